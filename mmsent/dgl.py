@@ -1,0 +1,137 @@
+"""Disentangled Gradient Learning (Wei, Luo & Luo, ICCV 2025) as a loss for any N >= 2 modalities.
+
+The paper trains the fusion head and the modality encoders on different losses:
+
+* ``L_d = l(h({m: stopgrad(z_m)}), y)`` (Eq. 9-10): the multimodal loss on detached features, so it
+  reaches only the head ("multimodal truncation", MT);
+* ``L_m = l(h({m: z_m, k != m: 0}), y)`` (Eq. 11-14): the unimodal loss of modality m through the SAME
+  head with every other modality zeroed; its gradient reaches the encoder of m through the head's
+  Jacobian but is discarded on the head's own parameters ("unimodal truncation", UT);
+* Eq. 15 concatenates ``[L_d, alpha * sum_m L_m]``: encoders get ``alpha * grad sum_m L_m``, the head
+  gets ``grad L_d``.
+
+Algorithm 1 realises Eq. 15 with two backward calls and the head's gradients zeroed in between. Here
+the unimodal passes call the head with *detached parameters* (``torch.func.functional_call``), so one
+``backward()`` of ``L_d + alpha * sum_m L_m`` yields exactly the same gradients, works with any
+optimizer, AMP or DDP, never matches parameter names, and the encoders run once per step.
+
+This module depends on torch only, so it can be dropped into any training loop::
+
+    feats = {m: encoders[m](x[m]) for m in x}
+    out = dgl_loss(feats, head, criterion, y, alpha=4.0)
+    out.total.backward(); optimizer.step()
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+__all__ = ["DGLOutput", "DGLLoss", "dgl_loss", "zero_others"]
+
+
+@dataclass
+class DGLOutput:
+    """``total`` is what to call ``backward()`` on; the parts are for logging."""
+
+    total: Tensor
+    multimodal: Tensor  # L_d, Eq. 10
+    unimodal: dict[str, Tensor]  # L_m per modality, Eq. 11/13
+
+
+def zero_others(features: Mapping[str, Tensor], keep: str) -> dict[str, Tensor]:
+    """The paper's parameter-free modality dropout: every modality but ``keep`` becomes zeros."""
+    return {m: z if m == keep else torch.zeros_like(z) for m, z in features.items()}
+
+
+def _has_batch_coupling(module: nn.Module) -> bool:
+    # BatchNorm in train mode mixes samples, so stacking the N masked passes into one call would
+    # change each pass's normalisation statistics; such heads run the passes one by one.
+    return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training for mod in module.modules())
+
+
+def _unimodal_predictions(
+    features: Mapping[str, Tensor], head: nn.Module, detach_head: bool, batched: bool
+) -> dict[str, object]:
+    params = {n: (p.detach() if detach_head else p) for n, p in head.named_parameters()}
+    # Buffers are cloned so that masked passes never update running statistics (method.md: BN
+    # layers seen by masked passes must not take statistics from them).
+    buffers = {n: b.clone() for n, b in head.named_buffers()}
+
+    def call(feats: dict[str, Tensor]):
+        return functional_call(head, {**params, **buffers}, (feats,))
+
+    names = list(features)
+    if not batched:
+        return {m: call(zero_others(features, m)) for m in names}
+    # One head call on N*B rows: row block i holds modality names[i] alone.
+    stacked = {
+        k: torch.cat([z if k == m else torch.zeros_like(z) for m in names], dim=0) for k, z in features.items()
+    }
+    pred = call(stacked)
+    if not isinstance(pred, Tensor):
+        raise TypeError("dgl_loss with batched unimodal passes needs a head that returns one tensor")
+    return dict(zip(names, pred.chunk(len(names), dim=0)))
+
+
+def dgl_loss(
+    features: Mapping[str, Tensor],
+    head: nn.Module,
+    criterion: Callable[[object, Tensor], Tensor],
+    target: Tensor,
+    alpha: float = 1.0,
+    truncate_multimodal: bool = True,
+    truncate_unimodal: bool = True,
+    batch_unimodal: bool | None = None,
+) -> DGLOutput:
+    """DGL's losses (Eq. 15) arranged so that one ``backward()`` gives Algorithm 1's gradients.
+
+    Args:
+        features: modality -> encoder output, batch first. At least two modalities.
+        head: fusion + predictor, called as ``head(features)``.
+        criterion: ``criterion(prediction, target) -> scalar``.
+        alpha: weight on the sum of unimodal losses (paper Table 4; 4 is best on CREMA-D).
+        truncate_multimodal: MT; ``False`` lets L_d reach the encoders too (Table 3 "+UT" row).
+        truncate_unimodal: UT; ``False`` lets each L_m reach the head too (Table 3 "+MT" row).
+        batch_unimodal: run the N masked passes as one head call on N*B rows. ``None`` picks it
+            unless the head holds a BatchNorm layer in train mode (which couples samples).
+
+    After ``out.total.backward()`` an encoder parameter holds ``alpha * grad(sum_m L_m)`` (plus
+    ``grad L_d`` without MT) and a head parameter holds ``grad L_d`` (plus ``alpha * grad sum L_m``
+    without UT).
+    """
+    if len(features) < 2:
+        raise ValueError(f"dgl_loss needs at least two modalities, got {sorted(features)}")
+    if batch_unimodal is None:
+        batch_unimodal = not _has_batch_coupling(head)
+    fused_in = {m: z.detach() for m, z in features.items()} if truncate_multimodal else dict(features)
+    multimodal = criterion(head(fused_in), target)
+    preds = _unimodal_predictions(features, head, truncate_unimodal, batch_unimodal)
+    unimodal = {m: criterion(p, target) for m, p in preds.items()}
+    total = multimodal + alpha * torch.stack(list(unimodal.values())).sum()
+    return DGLOutput(total=total, multimodal=multimodal, unimodal=unimodal)
+
+
+class DGLLoss(nn.Module):
+    """``dgl_loss`` with its settings bound, for loops that like a loss module."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        criterion: Callable[[object, Tensor], Tensor],
+        *,
+        alpha: float = 1.0,
+        truncate_multimodal: bool = True,
+        truncate_unimodal: bool = True,
+    ):
+        super().__init__()
+        self.head, self.criterion = head, criterion
+        self.alpha, self.truncate_multimodal, self.truncate_unimodal = alpha, truncate_multimodal, truncate_unimodal
+
+    def forward(self, features: Mapping[str, Tensor], target: Tensor) -> DGLOutput:
+        return dgl_loss(
+            features, self.head, self.criterion, target, self.alpha, self.truncate_multimodal, self.truncate_unimodal
+        )

@@ -1,0 +1,139 @@
+"""Fusion heads for N modalities: everything after the encoders (fusion + predictor).
+
+A head takes ``{modality: (B, L, D)}`` and returns ``(B, out_dim)``. It is the ``h`` of the DGL
+paper (Sec. 3.1): zero-masking a modality means passing ``zeros_like`` in its slot, and every head
+here stays well defined (and informative) when all but one modality are zero.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class ConcatHead(nn.Module):
+    """Late fusion by concatenation (the paper's "Concat" baseline): pool over L, concat, MLP."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.net = _mlp(len(self.modalities) * dim, hidden, out_dim, dropout)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.net(torch.cat([feats[m].mean(1) for m in self.modalities], dim=-1))
+
+
+class SumHead(nn.Module):
+    """Sum fusion: one projection per modality, summed, then a shared predictor."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.proj = nn.ModuleDict({m: nn.Linear(dim, hidden) for m in self.modalities})
+        self.out = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.out(sum(self.proj[m](feats[m].mean(1)) for m in self.modalities))
+
+
+class GatedHead(nn.Module):
+    """Gated fusion for N modalities: each projected modality is scaled by a sigmoid gate computed
+    from all modalities together, then the gated parts are summed (the N-way form of the gated
+    fusion in the DGL/OGM-GE code, without its frozen-projection bug)."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(modalities)
+        n = len(self.modalities)
+        self.proj = nn.ModuleDict({m: nn.Linear(dim, hidden) for m in self.modalities})
+        self.gate = nn.Linear(n * dim, n * hidden)
+        self.out = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        pooled = [feats[m].mean(1) for m in self.modalities]
+        gates = torch.sigmoid(self.gate(torch.cat(pooled, -1))).chunk(len(pooled), -1)
+        return self.out(sum(g * self.proj[m](z) for g, m, z in zip(gates, self.modalities, pooled)))
+
+
+class FiLMHead(nn.Module):
+    """FiLM (Perez et al., 2018) for N modalities: the first modality is the carrier and every other
+    modality k modulates it in turn, ``x <- x * (1 + gamma_k(z_k)) + beta_k(z_k)``. With the carrier
+    zeroed the betas still carry modality k, so every unimodal pass is informative."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.carrier = nn.Linear(dim, hidden)
+        self.film = nn.ModuleDict({m: nn.Linear(dim, 2 * hidden) for m in self.modalities[1:]})
+        self.out = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        x = self.carrier(feats[self.modalities[0]].mean(1))
+        for m in self.modalities[1:]:
+            gamma, beta = self.film[m](feats[m].mean(1)).chunk(2, -1)
+            x = x * (1 + gamma) + beta
+        return self.out(x)
+
+
+class AxisMLP(nn.Module):
+    """Pre-norm residual MLP that mixes one axis of a (B, L, M, D) cube.
+
+    LayerNorm is always over the channel axis D (MLP-Mixer convention) rather than over the mixed
+    axis as in CubeMLP: MOSI utterance data has L = 1 and M = 2..3, where a norm over the mixed axis
+    would erase the signal (a 1-entry LayerNorm outputs its bias).
+    """
+
+    def __init__(self, size: int, axis: int, dim: int, *, expansion: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.axis = axis
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _mlp(size, expansion * size, size, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(x).movedim(self.axis, -1)  # mixed axis last
+        return x + self.mlp(y).movedim(-1, self.axis)
+
+
+class MLPMixerHead(nn.Module):
+    """CubeMLP-style fusion (Sun et al., ACM MM 2022; DGL paper Table 2 right, "MLP-Fusion").
+
+    Stack the modalities into a (B, L, M, D) cube and apply ``depth`` blocks, each mixing along the
+    sequence (L), modality (M) and channel (D) axes in that order, as CubeMLP does. Then mean over L,
+    flatten M x D and predict. Zero-masking a modality zeroes its slot of the cube (method.md), after
+    which the modality-mixing MLP lets the kept modality fill every slot.
+    """
+
+    def __init__(
+        self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0,
+        depth: int = 2, expansion: int = 2,
+    ):
+        super().__init__()
+        self.modalities = list(modalities)
+        n = len(self.modalities)
+        blocks = []
+        for _ in range(depth):
+            blocks += [
+                AxisMLP(seq_len, 1, dim, expansion=expansion, dropout=dropout),
+                AxisMLP(n, 2, dim, expansion=expansion, dropout=dropout),
+                AxisMLP(dim, 3, dim, expansion=expansion, dropout=dropout),
+            ]
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.out = _mlp(n * dim, hidden, out_dim, dropout)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        cube = torch.stack([feats[m] for m in self.modalities], dim=2)  # (B, L, M, D)
+        cube = self.norm(self.blocks(cube)).mean(1)  # (B, M, D)
+        return self.out(cube.flatten(1))
+
+
+FUSIONS: dict[str, type[nn.Module]] = {
+    "concat": ConcatHead,
+    "sum": SumHead,
+    "gated": GatedHead,
+    "film": FiLMHead,
+    "mlpmixer": MLPMixerHead,
+}

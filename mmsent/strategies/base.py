@@ -1,0 +1,58 @@
+"""The strategy interface: how a multimodal model learns from one batch.
+
+Like a ``torch.optim.Optimizer``, a strategy is built on what it acts on (model, optimizer, task)
+plus keyword-only hyper-parameters, and owns the backward pass, any gradient edits and the
+optimizer step. ``train.fit`` calls, in order::
+
+    on_epoch_start(epoch, data)   # optional: prototypes, blending weights, re-initialisation
+    train_step(batch) -> logs     # forward, backward, (edit gradients), step
+    predict(batch)                # optional override: test-time fusion
+
+Parameters per modality come from ``model.encoders[m]`` and the head from ``model.head``: modules,
+never parameter-name matching.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mmsent.data.batch import Batch, Dataset
+from mmsent.models.model import MultimodalModel
+
+
+class Strategy:
+    def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0):
+        self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
+        self.epoch = 0
+
+    def on_epoch_start(self, epoch: int, data: Dataset) -> None:
+        self.epoch = epoch
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, keep: list[str] | None = None) -> Tensor:
+        """Prediction of the model, or of the branch that keeps only ``keep`` (others zeroed)."""
+        feats = self.model.encode(batch, keep)
+        return self.model.head(self.model.mask_modalities(feats, keep if keep is not None else feats))
+
+    def update(self, loss: Tensor) -> None:
+        """zero_grad -> backward -> clip -> step, the common case."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.clip_and_step()
+
+    def clip_and_step(self) -> None:
+        if self.grad_clip > 0:
+            # Joint clipping over encoders and head, as the DGL authors' code does.
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+    # Strategies with state between steps (G-Blending weights, PMR prototypes...) extend these so
+    # that --resume continues exactly.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]

@@ -1,0 +1,103 @@
+"""Tasks: the loss, a per-sample score, and the metrics for regression (MOSI) and classification.
+
+MOSI metrics follow MMSA's ``metricsTop.__eval_mosei_regression`` exactly:
+
+* ``acc2_has0`` / ``f1_has0``: negative (y < 0) vs non-negative (y >= 0) over all samples;
+* ``acc2_non0`` / ``f1_non0``: samples with y == 0 dropped, then y > 0 vs y <= 0;
+* F1 is sklearn's weighted F1 with the truth as first argument;
+* ``acc7`` / ``acc5``: clip to [-3, 3] / [-2, 2], then ``np.round`` (half to even) on both sides;
+* ``mae``; ``corr`` is Pearson's r (NaN for a constant prediction).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
+from torch import Tensor
+
+
+def msa_regression_metrics(pred, true) -> dict[str, float]:
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    true = np.asarray(true, dtype=np.float64).reshape(-1)
+    out = {"mae": float(np.mean(np.abs(pred - true)))}
+    if pred.std() > 0 and true.std() > 0:
+        out["corr"] = float(np.corrcoef(pred, true)[0, 1])
+    else:
+        out["corr"] = float("nan")
+    for k, lim in (("acc7", 3.0), ("acc5", 2.0)):
+        out[k] = float(np.mean(np.round(np.clip(pred, -lim, lim)) == np.round(np.clip(true, -lim, lim))))
+    bt, bp = true >= 0, pred >= 0
+    out["acc2_has0"] = float(accuracy_score(bt, bp))
+    out["f1_has0"] = float(f1_score(bt, bp, average="weighted"))
+    nz = true != 0
+    if nz.any():
+        bt, bp = true[nz] > 0, pred[nz] > 0
+        out["acc2_non0"] = float(accuracy_score(bt, bp))
+        out["f1_non0"] = float(f1_score(bt, bp, average="weighted"))
+    else:
+        out["acc2_non0"] = out["f1_non0"] = float("nan")
+    return out
+
+
+def classification_metrics(logits, true) -> dict[str, float]:
+    pred = np.asarray(logits).argmax(-1)
+    true = np.asarray(true).reshape(-1)
+    return {"acc": float(accuracy_score(true, pred)), "f1": float(f1_score(true, pred, average="weighted"))}
+
+
+class Regression:
+    """Sentiment regression (MOSI): L1 loss as in CubeMLP/MMSA; the head outputs (B, 1)."""
+
+    name = "regression"
+    out_dim = 1
+    headline = "acc2_has0"  # what a one-line summary shows
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        return F.l1_loss(pred.reshape(-1), y.to(pred.dtype))
+
+    def score(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Per-sample confidence in the truth (higher is better): ``-|pred - y|``. Stands in for the
+        softmax probability of the true class that classification-born baselines use."""
+        return -(pred.reshape(-1) - y).abs()
+
+    def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
+        return msa_regression_metrics(pred.reshape(-1).cpu().numpy(), y.cpu().numpy())
+
+
+class Classification:
+    """Single-label classification with cross-entropy."""
+
+    name = "classification"
+    headline = "acc"
+
+    def __init__(self, num_classes: int):
+        if num_classes < 2:
+            raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
+        self.out_dim = num_classes
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(pred, y.long())
+
+    def score(self, pred: Tensor, y: Tensor) -> Tensor:
+        return pred.softmax(-1).gather(1, y.long()[:, None]).squeeze(1)
+
+    def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
+        return classification_metrics(pred.cpu().numpy(), y.cpu().numpy())
+
+
+def build_task(task: str, num_classes: int = 1):
+    if task == "regression":
+        return Regression()
+    if task == "classification":
+        return Classification(num_classes)
+    raise ValueError(f"unknown task {task!r}; choose from classification, regression")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric in ("loss", "mae")
+
+
+def mean_loss(task, pred: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return float(task.loss(pred, y))

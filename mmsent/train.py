@@ -1,0 +1,257 @@
+"""The one training loop: ``fit(cfg)`` trains with any strategy, selects the epoch on validation
+only, and scores the test split once, on that epoch's checkpoint.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``best.pt`` and
+``last.pt`` (both written atomically) and, when done, ``results.json``. ``resume=True`` continues
+from ``last.pt`` with the same RNG streams, so a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mmsent.config import Config, ConfigError, load_config
+from mmsent.data import Dataset, Split, build_dataset
+from mmsent.dgl import zero_others
+from mmsent.models import BertEncoder, MultimodalModel, build_model, choose
+from mmsent.strategies import STRATEGIES
+from mmsent.tasks import build_task, lower_is_better
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on (existing run directory, non-finite loss...)."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
+    """Adam; pretrained transformer weights get their own (small) learning rate."""
+    bert = {id(p) for enc in model.encoders.values() if isinstance(enc, BertEncoder) for p in enc.bert.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in bert]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if bert:
+        groups.append({"params": [p for p in model.parameters() if id(p) in bert], "lr": cfg.bert_lr})
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_strategy(cfg: Config, model, optimizer, task):
+    cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "optimizer", "task"}
+    unknown = set(cfg.strategy.args) - accepted
+    if unknown:
+        raise ConfigError(f"unknown argument(s) {', '.join(sorted(unknown))} for strategy {cfg.strategy.name!r}; "
+                          f"it accepts {', '.join(sorted(accepted))}")
+    args = {"grad_clip": cfg.train.grad_clip, **cfg.strategy.args}
+    try:
+        return cls(model, optimizer, task, **args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"strategy {cfg.strategy.name!r}: {e}") from None
+
+
+@torch.no_grad()
+def evaluate(strategy, split: Split, task, batch_size: int, device) -> dict[str, dict[str, float]]:
+    """Metrics of the full model ("multi") and of every modality branch (the others zeroed)."""
+    model = strategy.model
+    was_training = model.training
+    model.eval()
+    branches = {"multi": None, **{m: [m] for m in model.modalities}}
+    preds = {k: [] for k in branches}
+    for batch in split.batches(batch_size):
+        batch = batch.to(device)
+        for k, keep in branches.items():
+            preds[k].append(strategy.predict(batch, keep).float().cpu())
+    model.train(was_training)
+    out = {}
+    for k, p in preds.items():
+        p = torch.cat(p)
+        out[k] = {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)}
+    return out
+
+
+def gradient_probe(model: MultimodalModel, batch, task) -> dict[str, dict[str, float]]:
+    """Norm of each encoder's gradient from its unimodal loss (others zeroed) and from the vanilla
+    multimodal loss, on a fixed batch in eval mode: the quantity of the paper's Fig. 1c / 3b."""
+    was_training = model.training
+    model.eval()
+    feats = model.encode(batch)
+    out = {}
+    multi = task.loss(model.head(feats), batch.y)
+    for m in model.modalities:
+        params = [p for p in model.encoders[m].parameters() if p.requires_grad]
+        uni = task.loss(model.head(zero_others(feats, m)), batch.y)
+        g_multi = torch.autograd.grad(multi, params, retain_graph=True, allow_unused=True)
+        g_uni = torch.autograd.grad(uni, params, retain_graph=True, allow_unused=True)
+        norm = lambda gs: float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs if g is not None)))  # noqa: E731
+        out[m] = {"unimodal": norm(g_uni), "multimodal": norm(g_multi)}
+    model.train(was_training)
+    return out
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN (Pearson r of a constant prediction)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.dataset}-{cfg.strategy.name}-{cfg.model.fusion}-s{cfg.seed}-{stamp}"
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{path}: not found; --resume needs the directory of an earlier run (--out DIR)")
+    return load_config(base=json.loads(path.read_text()))
+
+
+def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None) -> dict:
+    """Train one model and return ``results`` (also written to ``<run>/results.json``)."""
+    console = Console(quiet=quiet, stderr=True)
+    device = resolve_device(cfg.device)
+    if cfg.train.select != "loss" and cfg.train.select not in _metric_names(cfg):
+        raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this task; "
+                          f"choose from loss, {', '.join(_metric_names(cfg))}")
+    dataset = dataset or build_dataset(cfg.data)
+    task = build_task(dataset.task, dataset.num_classes)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, dataset, task.out_dim).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    strategy = build_strategy(cfg, model, optimizer, task)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    # Everything that can be wrong with the input has been checked: only now touch the disk.
+    run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
+    if resume:
+        if not (run / "last.pt").is_file():
+            raise RunError(f"{run}: no last.pt to resume from")
+        ckpt = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        strategy.load_state_dict(ckpt["strategy"])
+        torch.set_rng_state(ckpt["rng"])
+        generator.set_state(ckpt["generator"])
+        state = ckpt["state"]
+        _truncate_log(run / "metrics.jsonl", state["epoch"])
+    else:
+        if run.exists() and any(run.iterdir()):
+            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+        tmp = run.with_name(run.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _atomic_json(cfg.to_dict(), tmp / "config.json")
+        if run.exists():
+            run.rmdir()
+        tmp.rename(run)  # the directory appears complete (with its config) or not at all
+
+    sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
+    probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
+    steps_per_epoch = math.ceil(len(dataset.train) / cfg.data.batch_size)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, transient=True, disable=quiet)
+    with progress if not quiet else nullcontext():
+        epochs_bar = progress.add_task("epochs", total=cfg.train.epochs, completed=state["epoch"] + 1)
+        for epoch in range(state["epoch"] + 1, cfg.train.epochs):
+            if epoch - state["best_epoch"] > cfg.train.patience and state["best_epoch"] >= 0:
+                break
+            t0 = time.perf_counter()
+            strategy.on_epoch_start(epoch, dataset)
+            model.train()
+            sums: dict[str, float] = {}
+            batch_bar = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
+            for step, batch in enumerate(dataset.train.batches(cfg.data.batch_size, shuffle=True, generator=generator)):
+                logs = strategy.train_step(batch.to(device))
+                if not math.isfinite(logs["loss"]):
+                    raise RunError(f"non-finite training loss at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(batch)
+                progress.advance(batch_bar)
+            progress.remove_task(batch_bar)
+            val = evaluate(strategy, dataset.val, task, cfg.data.batch_size, device)
+            record = {"epoch": epoch, "train": {k: v / len(dataset.train) for k, v in sums.items()}, "val": val,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            if cfg.train.grad_probe:
+                record["grad_norm"] = gradient_probe(model, probe, task)
+            score = sign * val["multi"][cfg.train.select]
+            if score < state["best_score"]:
+                state.update(best_epoch=epoch, best_score=score, best_val=val)
+                _atomic_save({"model": model.state_dict(), "epoch": epoch}, run / "best.pt")
+            state["epoch"] = epoch
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
+                          "generator": generator.get_state(), "state": state}, run / "last.pt")
+            progress.advance(epochs_bar)
+            head = task.headline
+            console.print(f"epoch {epoch:3d}  train loss {record['train']['loss']:.4f}  val {cfg.train.select} "
+                          f"{val['multi'][cfg.train.select]:.4f}  val {head} {val['multi'][head]:.4f}"
+                          + ("  *" if state["best_epoch"] == epoch else ""))
+
+    if state["best_epoch"] < 0:
+        raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")
+    model.load_state_dict(torch.load(run / "best.pt", map_location=device, weights_only=True)["model"])
+    test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device)
+    results = {"val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
+               "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
+    _atomic_json(results, run / "results.json")
+    results["run_dir"] = str(run)
+    return results
+
+
+def _metric_names(cfg: Config) -> list[str]:
+    task = cfg.data.task if cfg.data.dataset == "synthetic" else "regression"
+    if task == "regression":
+        return ["mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7"]
+    return ["acc", "f1"]
+
+
+def _truncate_log(path: Path, last_epoch: int) -> None:
+    """Drop log lines of epochs after the checkpoint (a crash between log and checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)

@@ -1,0 +1,190 @@
+"""dgl_loss against an independent reference: the paper's Algorithm 1 with two backward calls and
+the head's unimodal gradients zeroed in between (selected by module, not by name)."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from mmsent import dgl_loss, zero_others
+from mmsent.models.fusions import FUSIONS
+
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    # exact comparisons: the contract is stated to 1e-6 in float64, we check far tighter
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+class LinearHead(nn.Module):
+    def __init__(self, names, d, out):
+        super().__init__()
+        self.names = names
+        self.fc = nn.Linear(len(names) * d, out)
+
+    def forward(self, feats):
+        return self.fc(torch.cat([feats[m] for m in self.names], -1))
+
+
+class MixingHead(nn.Module):
+    """Nonlinear, with multiplicative cross-modal terms, so the Jacobian seen by L_m depends on the
+    head's weights and on which modalities are zero."""
+
+    def __init__(self, names, d, out):
+        super().__init__()
+        self.names = names
+        self.a = nn.Linear(len(names) * d, 16)
+        self.b = nn.Linear(len(names) * d, 16)
+        self.out = nn.Linear(16, out)
+
+    def forward(self, feats):
+        z = torch.cat([feats[m] for m in self.names], -1)
+        return self.out(torch.tanh(self.a(z)) * torch.sigmoid(self.b(z)) + self.a(z) ** 2 / 10)
+
+
+def make(n, head_kind, d=5, out=3, B=7):
+    names = [f"m{i}" for i in range(n)]
+    encoders = nn.ModuleDict({m: nn.Sequential(nn.Linear(4 + i, d), nn.Tanh()) for i, m in enumerate(names)})
+    head = (LinearHead if head_kind == "linear" else MixingHead)(names, d, out)
+    x = {m: torch.randn(B, 4 + i) for i, m in enumerate(names)}
+    y = torch.randint(0, out, (B,))
+    return encoders, head, x, y
+
+
+def reference_grads(encoders, head, x, y, alpha, mt, ut):
+    """Algorithm 1: backward alpha * sum L_m, zero the head's gradients (UT), then backward L_d."""
+    crit = nn.functional.cross_entropy
+    encoders.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    feats = {m: encoders[m](x[m]) for m in x}
+    uni = sum(crit(head(zero_others(feats, m)), y) for m in feats)
+    (alpha * uni).backward(retain_graph=True)
+    if ut:
+        for p in head.parameters():
+            p.grad = None
+    fused_in = {m: f.detach() for m, f in feats.items()} if mt else feats
+    crit(head(fused_in), y).backward()
+    return grads(encoders, head)
+
+
+def grads(encoders, head):
+    out = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in encoders.parameters()]
+    return out + [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in head.parameters()]
+
+
+def ours(encoders, head, x, y, alpha, mt, ut, batch_unimodal=None):
+    encoders.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    feats = {m: encoders[m](x[m]) for m in x}
+    out = dgl_loss(feats, head, nn.functional.cross_entropy, y, alpha=alpha, truncate_multimodal=mt,
+                   truncate_unimodal=ut, batch_unimodal=batch_unimodal)
+    out.total.backward()
+    return grads(encoders, head), out
+
+
+@pytest.mark.parametrize("n", [2, 3, 6])
+@pytest.mark.parametrize("head_kind", ["linear", "mixing"])
+@pytest.mark.parametrize("mt,ut", list(itertools.product([True, False], repeat=2)))
+def test_one_backward_equals_algorithm_1(n, head_kind, mt, ut):
+    encoders, head, x, y = make(n, head_kind)
+    ref = reference_grads(encoders, head, x, y, 2.5, mt, ut)
+    for batched in (False, True):
+        got, _ = ours(encoders, head, x, y, 2.5, mt, ut, batch_unimodal=batched)
+        for a, b in zip(ref, got):
+            torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-10)
+
+
+def test_encoders_get_alpha_times_unimodal_and_head_gets_multimodal():
+    """The contract stated directly with torch.autograd.grad on separate losses."""
+    encoders, head, x, y = make(3, "mixing")
+    crit = nn.functional.cross_entropy
+    feats = {m: encoders[m](x[m]) for m in x}
+    enc_p, head_p = list(encoders.parameters()), list(head.parameters())
+    l_m = sum(crit(head(zero_others(feats, m)), y) for m in feats)
+    l_d = crit(head({m: f.detach() for m, f in feats.items()}), y)
+    want_enc = torch.autograd.grad(4.0 * l_m, enc_p, retain_graph=True)
+    want_head = torch.autograd.grad(l_d, head_p, retain_graph=True)
+    got, out = ours(encoders, head, x, y, 4.0, True, True)
+    for a, b in zip(list(want_enc) + list(want_head), got):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out.multimodal, l_d)
+    torch.testing.assert_close(sum(out.unimodal.values()), l_m)
+    torch.testing.assert_close(out.total, l_d + 4.0 * l_m)
+
+
+def test_unimodal_gradient_of_modality_reaches_only_its_encoder():
+    encoders, head, x, y = make(3, "mixing")
+    feats = {m: encoders[m](x[m]) for m in x}
+    out = dgl_loss(feats, head, nn.functional.cross_entropy, y)
+    g = torch.autograd.grad(out.unimodal["m1"], [p for e in encoders.values() for p in e.parameters()],
+                            allow_unused=True, retain_graph=True)
+    per_enc = [g[i:i + 2] for i in range(0, 6, 2)]  # Linear weight + bias per encoder
+    assert all(t is None or not t.abs().sum() for t in per_enc[0] + per_enc[2])
+    assert all(t is not None and t.abs().sum() > 0 for t in per_enc[1])
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_every_fusion_head_meets_the_contract(fusion):
+    names = ["text", "audio", "vision"]
+    head = FUSIONS[fusion](names, 6, 3, 1, hidden=8)
+    encoders = nn.ModuleDict({m: nn.Linear(4, 18) for m in names})
+    x = {m: torch.randn(5, 4) for m in names}
+    y = torch.randn(5)
+    crit = lambda p, t: nn.functional.l1_loss(p.reshape(-1), t)  # noqa: E731
+    feats = {m: encoders[m](x[m]).view(5, 3, 6) for m in names}
+    want_enc = torch.autograd.grad(
+        3.0 * sum(crit(head(zero_others(feats, m)), y) for m in names), list(encoders.parameters()), retain_graph=True)
+    want_head = torch.autograd.grad(crit(head({m: f.detach() for m, f in feats.items()}), y), list(head.parameters()))
+    out = dgl_loss(feats, head, crit, y, alpha=3.0)
+    got = torch.autograd.grad(out.total, list(encoders.parameters()) + list(head.parameters()))
+    for a, b in zip(list(want_enc) + list(want_head), got):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
+
+
+def test_masked_passes_leave_batchnorm_statistics_alone():
+    names = ["a", "b"]
+    head = BNHead(names)
+    feats = {m: torch.randn(8, 4) + 3 for m in names}
+    twin = BNHead(names)
+    twin.load_state_dict(head.state_dict())
+    twin(feats)  # only the multimodal pass may move running stats
+    out = dgl_loss(feats, head, lambda p, t: p.pow(2).mean() + 0 * t.sum(), torch.zeros(8))
+    torch.testing.assert_close(head.bn.running_mean, twin.bn.running_mean)
+    torch.testing.assert_close(head.bn.running_var, twin.bn.running_var)
+    assert torch.isfinite(out.total)
+
+
+class BNHead(nn.Module):
+    def __init__(self, names):
+        super().__init__()
+        self.names = names
+        self.bn = nn.BatchNorm1d(4 * len(names))
+        self.fc = nn.Linear(4 * len(names), 1)
+
+    def forward(self, feats):
+        return self.fc(self.bn(torch.cat([feats[m] for m in self.names], -1)))
+
+
+def test_batchnorm_head_gradients_match_separate_passes():
+    """With a train-mode BatchNorm head the passes must not be stacked (auto-detected)."""
+    names = ["a", "b", "c"]
+    head = BNHead(names)
+    enc = nn.ModuleDict({m: nn.Linear(3, 4) for m in names})
+    x = {m: torch.randn(6, 3) for m in names}
+    crit = lambda p, t: (p.reshape(-1) - t).pow(2).mean()  # noqa: E731
+    y = torch.randn(6)
+    feats = {m: enc[m](x[m]) for m in names}
+    want = torch.autograd.grad(sum(crit(head(zero_others(feats, m)), y) for m in names), list(enc.parameters()),
+                               retain_graph=True)
+    got = torch.autograd.grad(dgl_loss(feats, head, crit, y).total, list(enc.parameters()))
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a)
+
+
+def test_needs_two_modalities():
+    with pytest.raises(ValueError, match="at least two modalities"):
+        dgl_loss({"a": torch.randn(2, 3)}, nn.Identity(), lambda p, t: p.sum(), torch.zeros(2))
