@@ -82,6 +82,11 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         (tp,) = [a for a in get_args(tp) if a is not type(None)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")

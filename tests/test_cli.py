@@ -1,0 +1,124 @@
+"""End-to-end runs through cli.py on small data: results layout, logs, determinism, resume, and
+one-line errors with exit code 2 that leave no run directory behind."""
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
+
+SHARED_MOSI = ROOT.parent / "shared/data/mosi/mosi_utterance.pkl"
+SMALL = ["data.n_train=96", "data.n_val=32", "data.n_test=48", "data.batch_size=32", "model.dim=8",
+         "model.hidden=16", "model.seq_len=2"]
+
+
+def train(tmp_path, *args, name="run"):
+    out = tmp_path / name
+    rc = cli.main(["train", "--quiet", "--out", str(out), *args, *SMALL])
+    return rc, out
+
+
+def test_train_writes_results_logs_and_checkpoints(tmp_path):
+    rc, out = train(tmp_path, "--strategy", "dgl", "--alpha", "2", "--epochs", "3", "--fusion", "concat")
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["test"]) == {"multi", "text", "audio", "vision"}
+    assert {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "mae", "corr"} <= set(res["test"]["multi"])
+    assert set(res["val"]) == {"multi", "text", "audio", "vision"}
+    assert res["config"]["strategy"] == {"name": "dgl", "args": {"alpha": 2.0}}
+    assert 0 <= res["best_epoch"] < 3
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    gn = lines[0]["grad_norm"]
+    assert set(gn) == {"text", "audio", "vision"} and all(v["unimodal"] > 0 and v["multimodal"] > 0 for v in gn.values())
+    best = max(lines, key=lambda r: -r["val"]["multi"]["loss"])  # selection is on validation loss
+    assert best["epoch"] == res["best_epoch"]
+    assert res["val"]["multi"]["loss"] == pytest.approx(best["val"]["multi"]["loss"])
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    assert not list(out.glob("*.tmp"))
+
+
+def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
+    _, a = train(tmp_path, "--strategy", "dgl", "--epochs", "4", name="a")
+    _, b = train(tmp_path, "--strategy", "dgl", "--epochs", "4", name="b")
+    ra, rb = (json.loads((p / "results.json").read_text()) for p in (a, b))
+    assert ra["test"] == rb["test"]
+    _, c = train(tmp_path, "--strategy", "dgl", "--epochs", "2", name="c")
+    assert cli.main(["train", "--quiet", "--out", str(c), "--resume", "--epochs", "4"]) == 0
+    rc = json.loads((c / "results.json").read_text())
+    assert rc["test"] == ra["test"] and rc["best_epoch"] == ra["best_epoch"]
+    assert len((c / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("name", ["vanilla", "unimodal"])
+def test_other_strategies_and_classification(tmp_path, name):
+    extra = ["strategy.args.modality=text"] if name == "unimodal" else []
+    rc, out = train(tmp_path, "--strategy", name, "--epochs", "1", "data.task=classification", "data.num_classes=3", *extra)
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["test"]["multi"]) == {"loss", "acc", "f1"}
+
+
+def test_n_modalities_from_config(tmp_path):
+    rc, out = train(tmp_path, "--strategy", "dgl", "--epochs", "1", "data.n_modalities=5")
+    assert rc == 0 and set(json.loads((out / "results.json").read_text())["test"]) == {"multi", "m0", "m1", "m2", "m3", "m4"}
+
+
+def run_cli(tmp_path, *args):
+    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--quiet", *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stderr.strip()
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path):
+    bad_pickle = tmp_path / "bad.pkl"
+    bad_pickle.write_bytes(b"not a pickle at all")
+    wrong = tmp_path / "wrong.pkl"
+    wrong.write_bytes(pickle.dumps({"train": {}}))
+    cases = [
+        (["--dataset", "mosi", "--data", str(tmp_path / "missing.pkl")], "missing.pkl: file not found"),
+        (["--dataset", "mosi", "--data", str(bad_pickle)], "bad.pkl"),
+        (["--dataset", "mosi", "--data", str(wrong)], "wrong.pkl: split 'train' has no key 'regression_labels'"),
+        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, film, gated, mlpmixer, sum"),
+        (["--strategy", "magic"], "unknown strategy 'magic'"),
+        (["train.nope=1"], "unknown config key 'train.nope'"),
+        (["train.epochs=many"], "'train.epochs' must be int"),
+        (["--strategy", "dgl", "strategy.args.beta=1"], "unknown argument(s) beta for strategy 'dgl'"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    ]
+    for args, msg in cases:
+        rc, err = run_cli(tmp_path, "--out", str(tmp_path / "out"), *args)
+        assert rc == 2, (args, err)
+        assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
+        assert not (tmp_path / "out").exists(), args
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    rc, out = train(tmp_path, "--epochs", "1")
+    before = (out / "best.pt").read_bytes()
+    rc, err = run_cli(tmp_path, "--out", str(out), "--epochs", "1")
+    assert rc == 2 and "not empty" in err
+    assert (out / "best.pt").read_bytes() == before
+
+
+def test_default_train_command_runs(tmp_path):
+    """`python cli.py train` with no dataset: the synthetic default, end to end."""
+    rc, err = run_cli(tmp_path, "--out", str(tmp_path / "default"))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "default/results.json").read_text())
+    assert res["config"]["data"]["dataset"] == "synthetic"
+    assert res["test"]["multi"]["acc2_has0"] > 0.8  # the planted signal is learnable
+
+
+@pytest.mark.skipif(not SHARED_MOSI.is_file(), reason="../shared MOSI data not present")
+def test_real_mosi_dgl_run(tmp_path):
+    rc = cli.main(["train", "--quiet", "--dataset", "mosi", "--data", str(SHARED_MOSI), "--fusion", "mlpmixer",
+                   "--strategy", "dgl", "--alpha", "2", "--epochs", "2", "--out", str(tmp_path / "mosi")])
+    assert rc == 0
+    res = json.loads((tmp_path / "mosi/results.json").read_text())
+    assert res["test"]["text"]["acc2_has0"] > 0.65  # text carries the MOSI signal

@@ -1,0 +1,79 @@
+"""Encoders and fusion heads for N modalities: shapes, masking, zero-masked passes."""
+import pytest
+import torch
+from transformers import BertConfig
+
+from mmsent.data import make_synthetic
+from mmsent.config import ModelConfig
+from mmsent.models import FUSIONS, BertEncoder, LSTMEncoder, MLPEncoder, MultimodalModel, build_model
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+@pytest.mark.parametrize("n", [2, 3, 6])
+def test_fusion_shapes_and_informative_unimodal_passes(fusion, n):
+    names = [f"m{i}" for i in range(n)]
+    head = FUSIONS[fusion](names, 8, 3, 2, hidden=16).eval()
+    feats = {m: torch.randn(5, 3, 8) for m in names}
+    out = head(feats)
+    assert out.shape == (5, 2) and torch.isfinite(out).all()
+    zeros = {m: torch.zeros_like(f) for m, f in feats.items()}
+    for m in names:  # each single-modality pass depends on that modality's input
+        only = dict(zeros, **{m: feats[m]})
+        assert not torch.allclose(head(only), head(zeros)), m
+
+
+def test_lstm_ignores_padding_and_handles_missing_rows():
+    enc = LSTMEncoder(3, 8, seq_len=2, hidden=6).eval()
+    x = torch.randn(3, 5, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    noisy = x.clone()
+    noisy[0, 3:] = 100.0
+    a, b = enc(x, mask), enc(noisy, mask)
+    assert a.shape == (3, 2, 8)
+    torch.testing.assert_close(a, b)
+    # sample 0 alone, unpadded, gives the same encoding
+    torch.testing.assert_close(enc(x[:1, :3], mask[:1, :3]), a[:1])
+    torch.testing.assert_close(a[2], enc.proj(torch.zeros(2, 12)))  # missing -> pooled zeros
+
+
+def test_mlp_encoder_spreads_a_vector_over_seq_len():
+    enc = MLPEncoder(4, 6, seq_len=3, hidden=8)
+    z = enc(torch.randn(2, 1, 4), torch.ones(2, 1, dtype=torch.bool))
+    assert z.shape == (2, 3, 6) and not torch.allclose(z[:, 0], z[:, 1])
+
+
+def test_bert_encoder_from_tiny_config_respects_attention_mask():
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    enc = BertEncoder(8, seq_len=2, config=cfg).eval()
+    ids = torch.randint(1, 50, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    other = ids.clone()
+    other[0, 4:] = 7
+    torch.testing.assert_close(enc(ids, mask), enc(other, mask))
+    assert enc(ids, mask).shape == (2, 2, 8)
+    cls = BertEncoder(8, seq_len=2, config=cfg, pooling="cls").eval()
+    assert cls(ids, mask).shape == (2, 2, 8)
+
+
+def test_bert_loads_from_a_local_path_only(tmp_path):
+    cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    BertEncoder(4, config=cfg).bert.save_pretrained(tmp_path)
+    enc = BertEncoder(4, path=str(tmp_path))
+    assert enc.bert.config.hidden_size == 8
+    with pytest.raises(OSError):
+        BertEncoder(4, path=str(tmp_path / "missing"))
+
+
+def test_build_model_auto_encoders_and_mask_modalities():
+    ds = make_synthetic(n_modalities=3, n_train=8, n_val=4, n_test=4)
+    ds.train.x["audio"] = ds.train.x["audio"].repeat(1, 5, 1)  # a sequence modality
+    ds.train.mask["audio"] = torch.ones(8, 5, dtype=torch.bool)
+    model = build_model(ModelConfig(dim=8, seq_len=2, hidden=16), ds, 1)
+    assert isinstance(model, MultimodalModel)
+    assert isinstance(model.encoders["audio"], LSTMEncoder) and isinstance(model.encoders["text"], MLPEncoder)
+    batch = ds.train.batch(torch.arange(8))
+    feats = model.encode(batch)
+    masked = model.mask_modalities(feats, ["audio"])
+    assert masked["audio"] is feats["audio"] and (masked["text"] == 0).all() and (masked["vision"] == 0).all()
+    only = model.mask_modalities(model.encode(batch, ["text"]), ["text"])  # unencoded -> zeros
+    assert set(only) == {"text", "audio", "vision"} and (only["audio"] == 0).all()
