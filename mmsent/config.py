@@ -52,6 +52,8 @@ class StrategyConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
+    optimizer: str = "adam"  # adam | sgd (momentum 0.9, as in the DGL paper). Adam rescales each
+    # parameter's step, so DGL's alpha (a constant factor on the encoders' gradients) barely matters with it.
     lr: float = 1e-3
     bert_lr: float = 5e-5
     weight_decay: float = 0.0

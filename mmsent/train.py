@@ -49,13 +49,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
-    """Adam; pretrained transformer weights get their own (small) learning rate."""
+    """Adam or SGD with momentum 0.9; pretrained transformer weights get their own (small) learning rate."""
     bert = {id(p) for enc in model.encoders.values() if isinstance(enc, BertEncoder) for p in enc.bert.parameters()}
     rest = [p for p in model.parameters() if id(p) not in bert]
     groups = [{"params": rest, "lr": cfg.lr}]
     if bert:
         groups.append({"params": [p for p in model.parameters() if id(p) in bert], "lr": cfg.bert_lr})
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose from adam, sgd")
 
 
 def build_strategy(cfg: Config, model, optimizer, task):

@@ -122,3 +122,10 @@ def test_real_mosi_dgl_run(tmp_path):
     assert rc == 0
     res = json.loads((tmp_path / "mosi/results.json").read_text())
     assert res["test"]["text"]["acc2_has0"] > 0.65  # text carries the MOSI signal
+
+
+def test_sgd_optimizer_and_unknown_optimizer(tmp_path):
+    rc, out = train(tmp_path, "--strategy", "dgl", "--epochs", "1", "train.optimizer=sgd", "train.lr=0.01")
+    assert rc == 0
+    rc, err = run_cli(tmp_path, "--out", str(tmp_path / "x"), "train.optimizer=lbfgs")
+    assert rc == 2 and "unknown optimizer 'lbfgs'" in err and not (tmp_path / "x").exists()
