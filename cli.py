@@ -49,6 +49,56 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def cmd_sweep(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mmsent.sweep import Sweep, apply_best, best_trial, load_spec, plot, trial_rows
+
+    console = Console()
+    spec = load_spec(args.name)
+    overrides = [(k, v) for k, v in (("data.dataset", args.dataset), ("data.path", args.data)) if v is not None]
+    config = args.config or (str(ROOT / "configs" / f"{args.dataset}.yaml") if args.dataset else None)
+    if args.heartbeat:
+        spec.heartbeat = args.heartbeat
+    sweep = Sweep(spec, config=config, overrides=overrides + list(args.overrides), storage=args.storage,
+                  study=args.study, trials=args.trials, out_dir=args.out_dir)
+    console.print(f"study {sweep.study_name!r} in {sweep.storage_url}: {sweep.trials} trials x seeds {spec.seeds}, "
+                  f"{spec.direction} validation {spec.metric}")
+    study = sweep.run(progress=console.print, worker=args.worker)
+
+    table = Table(title=f"{sweep.study_name}: trials")
+    keys = [p.name for p in spec.params]
+    for col in ["#", "state", *keys, f"val {spec.metric}", "seed spread", "test acc/acc2 (multi)", "error"]:
+        table.add_column(col)
+    for r in trial_rows(study):
+        seeds = r["val_per_seed"] or []
+        spread = f"{min(seeds):.4f}..{max(seeds):.4f}" if seeds else ""
+        test = r["test"]["multi"] if r["test"] else {}
+        head = test.get("acc2_has0", test.get("acc"))
+        table.add_row(str(r["number"]), r["state"].lower(), *(_fmt(r.get(k)) for k in keys),
+                      "" if r["value"] is None else f"{r['value']:.4f}", spread,
+                      "" if head is None else f"{head:.4f}", (r["error"] or "")[:60])
+    console.print(table)
+    best = best_trial(study)
+    if best is None:
+        console.print("no completed trial")
+        return 1
+    test = best.user_attrs.get("test", {}).get("multi", {})
+    console.print(f"best: {best.params}  validation {spec.metric} {best.value:.4f}  test "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("acc2_has0", "f1_has0", "mae", "corr", "acc", "f1")))
+    png = plot(study, spec, args.plot or sweep.out_dir / f"{sweep.study_name}.png")
+    if png:
+        console.print(f"plot: {png}")
+    if args.apply:
+        console.print(f"wrote {apply_best(study, args.apply)} into {args.apply}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,15 +116,36 @@ def main(argv=None) -> int:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=3e-4")
-    args = parser.parse_args(argv)
+    s = sub.add_parser("sweep", help="Optuna sweep from sweeps/NAME.yaml; resumes from its storage")
+    s.add_argument("name", help="sweep spec: a name in sweeps/ (alpha) or a YAML path")
+    s.add_argument("--config", help="base training config (default: the spec's, or configs/<dataset>.yaml)")
+    s.add_argument("--dataset", help="synthetic | mosi")
+    s.add_argument("--data", help="dataset file")
+    s.add_argument("--trials", type=int, help="finished trials the study should hold")
+    s.add_argument("--storage", help="Optuna storage URL (default sqlite:///runs/sweeps/<study>.db; journal:PATH, "
+                                     "postgresql://..., mysql://... to share a study between workers)")
+    s.add_argument("--study", help="study name (default: the spec's name)")
+    s.add_argument("--heartbeat", type=int, help="seconds between trial heartbeats (stale trials are failed after 2x)")
+    s.add_argument("--worker", type=int, default=0, help="index of this worker when several share a study")
+    s.add_argument("--out-dir", default="runs/sweeps", help="where trial runs, the default database and the plot go")
+    s.add_argument("--plot", help="PNG path for objective vs parameter (default runs/sweeps/<study>.png)")
+    s.add_argument("--apply", metavar="CONFIG", help="write the best values into this YAML config")
+    s.add_argument("overrides", nargs="*", help="key=value overrides of the base training config")
+    # key=value overrides may come anywhere, also after options, which plain argparse rejects.
+    args, rest = parser.parse_known_args(argv)
+    stray = [r for r in rest if "=" not in r or r.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = list(args.overrides) + rest
 
     from mmsent.config import ConfigError
     from mmsent.data import DataError
+    from mmsent.sweep import SweepError
     from mmsent.train import RunError
 
     try:
-        return {"train": cmd_train}[args.command](args)
-    except (ConfigError, DataError, RunError) as e:
+        return {"train": cmd_train, "sweep": cmd_sweep}[args.command](args)
+    except (ConfigError, DataError, RunError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -62,13 +62,19 @@ def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose from adam, sgd")
 
 
-def build_strategy(cfg: Config, model, optimizer, task):
+def check_strategy_args(cfg: Config):
+    """The strategy class, after checking ``strategy.args`` against its keyword arguments."""
     cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "optimizer", "task"}
     unknown = set(cfg.strategy.args) - accepted
     if unknown:
         raise ConfigError(f"unknown argument(s) {', '.join(sorted(unknown))} for strategy {cfg.strategy.name!r}; "
                           f"it accepts {', '.join(sorted(accepted))}")
+    return cls
+
+
+def build_strategy(cfg: Config, model, optimizer, task):
+    cls = check_strategy_args(cfg)
     args = {"grad_clip": cfg.train.grad_clip, **cfg.strategy.args}
     try:
         return cls(model, optimizer, task, **args)
@@ -149,8 +155,13 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(base=json.loads(path.read_text()))
 
 
-def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None) -> dict:
-    """Train one model and return ``results`` (also written to ``<run>/results.json``)."""
+def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
+        on_epoch=None) -> dict:
+    """Train one model and return ``results`` (also written to ``<run>/results.json``).
+
+    ``on_epoch(epoch, val)`` is called after each epoch's validation (a sweep reports it to its
+    pruner); it may raise to stop the run, which then stays resumable from ``last.pt``.
+    """
     console = Console(quiet=quiet, stderr=True)
     device = resolve_device(cfg.device)
     if cfg.train.select != "loss" and cfg.train.select not in _metric_names(cfg):
@@ -232,6 +243,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             console.print(f"epoch {epoch:3d}  train loss {record['train']['loss']:.4f}  val {cfg.train.select} "
                           f"{val['multi'][cfg.train.select]:.4f}  val {head} {val['multi'][head]:.4f}"
                           + ("  *" if state["best_epoch"] == epoch else ""))
+            if on_epoch is not None:
+                on_epoch(epoch, val)
 
     if state["best_epoch"] < 0:
         raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")

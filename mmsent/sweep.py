@@ -1,0 +1,317 @@
+"""Hyper-parameter sweeps with Optuna: a YAML spec (``sweeps/<name>.yaml``) mapped onto
+``trial.suggest_*``, the objective a validation metric averaged over seeds.
+
+* TPE with a seed (or a grid, for paper-style alpha in {1, ..., 5}); MedianPruner on the first
+  seed's per-epoch validation metric.
+* Storage defaults to ``sqlite:///runs/sweeps/<study>.db``: re-running the same command resumes the
+  study and only runs the trials still missing. RDB storages record a heartbeat, so a trial whose
+  process was killed is marked FAIL on the next start instead of staying RUNNING for ever.
+* Several processes pointed at one storage URL share the study (SQLite or ``journal:PATH`` on one
+  machine; ``postgresql://`` / ``mysql://`` across machines). ``MaxTrialsCallback`` stops every
+  worker once the study holds ``trials`` finished trials.
+* Test metrics are stored as trial user attributes and never optimised.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mmsent.config import ConfigError, load_config, load_yaml
+from mmsent.data import build_dataset
+from mmsent.train import check_strategy_args, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+class SweepError(ValueError):
+    """Bad sweep spec or storage; the CLI prints it on one line and exits 2."""
+
+
+@dataclass
+class Param:
+    name: str  # dotted config key, e.g. strategy.args.alpha
+    type: str = "float"  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list | None = None  # categorical values
+    grid: list | None = None  # values for sampler: grid
+
+    def check(self) -> None:
+        if self.type not in ("float", "int", "categorical"):
+            raise SweepError(f"space.{self.name}: type must be float, int or categorical, got {self.type!r}")
+        if self.type == "categorical":
+            if not self.choices:
+                raise SweepError(f"space.{self.name}: categorical needs a non-empty 'choices' list")
+            return
+        if self.low is None or self.high is None:
+            raise SweepError(f"space.{self.name}: needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise SweepError(f"space.{self.name}: empty range [{self.low}, {self.high}] (need low < high)")
+        if self.log and self.low <= 0:
+            raise SweepError(f"space.{self.name}: a log range needs low > 0, got {self.low}")
+
+    def suggest(self, trial):
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def example(self):
+        return self.choices[0] if self.type == "categorical" else (int(self.low) if self.type == "int" else float(self.low))
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    config: str | None = None  # base training config, relative to the repo root
+    overrides: list = field(default_factory=list)
+    metric: str = "loss"  # validation metric of the multimodal model
+    direction: str = "minimize"
+    trials: int = 20
+    seeds: list = field(default_factory=lambda: [0])
+    sampler: str = "tpe"  # tpe | grid
+    sampler_seed: int = 0
+    pruner_warmup_epochs: int = 3
+    heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
+    space: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> list[Param]:
+        return [Param(k, **v) for k, v in self.space.items()]
+
+
+def load_spec(name_or_path: str) -> SweepSpec:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = ROOT / "sweeps" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")))
+        raise SweepError(f"{path}: sweep spec not found (known sweeps: {known})")
+    raw = load_yaml(path)
+    try:
+        spec = SweepSpec(name=path.stem, **raw)
+        params = spec.params
+    except TypeError as e:
+        raise SweepError(f"{path}: {e}") from None
+    if not params:
+        raise SweepError(f"{path}: empty search space")
+    for p in params:
+        p.check()
+    if spec.direction not in ("minimize", "maximize"):
+        raise SweepError(f"{path}: direction must be minimize or maximize, got {spec.direction!r}")
+    if spec.sampler not in ("tpe", "grid"):
+        raise SweepError(f"{path}: sampler must be tpe or grid, got {spec.sampler!r}")
+    if spec.sampler == "grid" and any(not p.grid for p in params):
+        raise SweepError(f"{path}: sampler grid needs a 'grid' list for every parameter")
+    if spec.trials < 1 or not spec.seeds:
+        raise SweepError(f"{path}: needs trials >= 1 and at least one seed")
+    return spec
+
+
+def make_storage(url: str, heartbeat: int):
+    import optuna
+
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                )
+            except Exception as e:
+                # Workers started together race to create the schema of a new database; the loser
+                # sees a constraint error and simply opens what the winner made.
+                if attempt == 4 or not any(s in str(e) for s in ("UNIQUE constraint", "already exists", "locked")):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+    except Exception as e:  # driver missing, host unreachable, bad URL...
+        raise SweepError(f"storage {url!r} is unreachable or invalid: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, *, config: str | None, overrides: list, storage: str | None,
+                 study: str | None, trials: int | None, out_dir: str = "runs/sweeps", quiet_console=None):
+        self.spec, self.overrides = spec, list(spec.overrides) + list(overrides)
+        self.config = config or (str(ROOT / spec.config) if spec.config else None)
+        self.study_name = study or spec.name
+        self.trials = trials or spec.trials
+        self.out_dir = Path(out_dir)
+        self.storage_url = storage or f"sqlite:///{self.out_dir / self.study_name}.db"
+        self.console = quiet_console
+        self._dataset = None
+        self._validate()
+
+    def _cfg(self, values: dict, seed: int, out: str | None = None):
+        extra = [(k, v) for k, v in values.items()] + [("seed", seed)] + ([("out", out)] if out else [])
+        return load_config(self.config, self.overrides + extra)
+
+    def _validate(self) -> None:
+        """Every parameter names a real config key of the right type, before any trial runs."""
+        try:
+            cfg = self._cfg({p.name: p.example() for p in self.spec.params}, 0)
+            check_strategy_args(cfg)
+        except ConfigError as e:
+            raise SweepError(f"sweep {self.spec.name!r}: {e}") from None
+        metrics = ["loss", "mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "acc", "f1"]
+        if self.spec.metric not in metrics:
+            raise SweepError(f"sweep {self.spec.name!r}: unknown metric {self.spec.metric!r}; choose from {', '.join(metrics)}")
+        self.base_cfg = cfg
+
+    def study(self, worker: int = 0):
+        import optuna
+
+        storage = make_storage(self.storage_url, self.spec.heartbeat)
+        try:
+            existing = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.spec.direction,
+                                           load_if_exists=True)
+        except Exception as e:
+            raise SweepError(f"storage {self.storage_url!r}: cannot open study {self.study_name!r}: {e}") from None
+        if existing.direction.name.lower() != self.spec.direction:
+            raise SweepError(f"study {self.study_name!r} in {self.storage_url} was created to {existing.direction.name.lower()}, "
+                             f"the spec says {self.spec.direction}; pass another --study")
+        # The seed moves on with the study's length (and the worker index), so a resumed or second
+        # worker does not replay the first worker's random start-up points.
+        seed = self.spec.sampler_seed + len(existing.trials) + 1000 * worker
+        sampler = (optuna.samplers.GridSampler({p.name: p.grid for p in self.spec.params}, seed=seed)
+                   if self.spec.sampler == "grid" else optuna.samplers.TPESampler(seed=seed))
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=self.spec.pruner_warmup_epochs)
+        return optuna.load_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner)
+
+    def objective(self, trial) -> float:
+        import optuna
+
+        values = {p.name: p.suggest(trial) for p in self.spec.params}
+        if self._dataset is None:
+            self._dataset = build_dataset(self.base_cfg.data)  # once per worker, not per trial
+        per_seed, tests = [], []
+        for i, seed in enumerate(self.spec.seeds):
+            out = self.out_dir / self.study_name / f"trial-{trial.number:04d}" / f"seed-{seed}"
+
+            def report(epoch, val, first=(i == 0)):
+                if first:  # prune on the first seed's curve: later seeds run only for promising values
+                    trial.report(val["multi"][self.spec.metric], epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+
+            try:
+                res = fit(self._cfg(values, seed, str(out)), quiet=True, dataset=self._dataset, on_epoch=report)
+            except optuna.TrialPruned:
+                raise
+            except Exception as e:
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                raise
+            per_seed.append(res["val"]["multi"][self.spec.metric])
+            tests.append(res["test"])
+        trial.set_user_attr("val_per_seed", per_seed)
+        trial.set_user_attr("test", {b: {k: statistics.fmean(t[b][k] for t in tests if t[b][k] is not None)
+                                         for k in tests[0][b]} for b in tests[0]})
+        return statistics.fmean(per_seed)
+
+    def run(self, progress=print, worker: int = 0):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = self.study(worker)
+        done = sum(t.state.name in FINISHED for t in study.trials)
+        if done >= self.trials:
+            progress(f"study {self.study_name!r} already holds {done} finished trials (of {self.trials}); nothing to run")
+            return study
+
+        def announce(study, trial):
+            n = sum(t.state.name in FINISHED for t in study.trials)
+            value = "-" if trial.value is None else f"{trial.value:.4f}"
+            progress(f"trial {trial.number:3d} {trial.state.name.lower():8s} {self.spec.metric}={value} "
+                     f"{trial.params}  [{n}/{self.trials} finished]")
+
+        states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
+        # n_trials bounds this worker even if every trial fails; the callback stops it as soon as the
+        # shared study holds enough finished trials from any worker.
+        study.optimize(self.objective, n_trials=self.trials - done,
+                       callbacks=[optuna.study.MaxTrialsCallback(self.trials, states=states), announce],
+                       catch=(Exception,))
+        return study
+
+
+def trial_rows(study) -> list[dict]:
+    rows = []
+    for t in study.trials:
+        rows.append({"number": t.number, "state": t.state.name, **t.params, "value": t.value,
+                     "val_per_seed": t.user_attrs.get("val_per_seed"), "test": t.user_attrs.get("test"),
+                     "error": t.user_attrs.get("error")})
+    return rows
+
+
+def best_trial(study):
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def apply_best(study, path: str | Path) -> dict:
+    """Write the best trial's parameters into the YAML config at ``path`` (keys are dotted)."""
+    best = best_trial(study)
+    if best is None:
+        raise SweepError("no completed trial yet; nothing to apply")
+    path = Path(path)
+    tree = load_yaml(path) if path.is_file() else {}
+    for key, value in best.params.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if isinstance(node.get(p), str):
+                node[p] = {"name": node[p]}
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
+    tmp.replace(path)
+    return best.params
+
+
+def plot(study, spec: SweepSpec, path: str | Path) -> Path | None:
+    """Objective vs the first parameter: one dot per seed, the mean as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = spec.params[0].name
+    done = sorted((t for t in study.trials if t.state.name == "COMPLETE" and key in t.params), key=lambda t: t.params[key])
+    if not done:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for t in done:
+        seeds = t.user_attrs.get("val_per_seed") or [t.value]
+        ax.scatter([t.params[key]] * len(seeds), seeds, s=12, alpha=0.5, color="tab:blue")
+    ax.plot([t.params[key] for t in done], [t.value for t in done], "o-", color="tab:red", label="mean over seeds")
+    if spec.params[0].log:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"validation {spec.metric}")
+    ax.set_title(f"{study.study_name}: {len(done)} trials")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+

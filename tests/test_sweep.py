@@ -1,0 +1,148 @@
+"""`cli.py sweep`: runs, resumes after a kill mid-trial, shares one study between two workers,
+applies the best value, and rejects bad specs and storages with one line and exit code 2."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
+
+TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.batch_size=32", "model.dim=8", "model.hidden=16",
+        "model.seq_len=2", "train.grad_probe=false"]
+
+
+def spec(tmp_path, **kw):
+    body = {"config": "configs/synthetic.yaml", "overrides": ["strategy=dgl", "train.epochs=2"], "metric": "acc2_has0",
+            "direction": "maximize", "trials": 2, "seeds": [0, 1],
+            "space": {"strategy.args.alpha": {"type": "float", "low": 0.5, "high": 4.0, "log": True}}}
+    body.update(kw)
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(body))
+    return p
+
+
+def load(tmp_path, name="tiny"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'sw' / name}.db")
+
+
+def test_sweep_runs_stores_test_metrics_plots_and_applies(tmp_path):
+    target = tmp_path / "best.yaml"
+    target.write_text("strategy: dgl\ntrain: {epochs: 7}\n")
+    rc = cli.main(["sweep", str(spec(tmp_path)), "--out-dir", str(tmp_path / "sw"), "--apply", str(target), *TINY])
+    assert rc == 0
+    study = load(tmp_path)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    for t in done:
+        assert len(t.user_attrs["val_per_seed"]) == 2
+        assert t.value == pytest.approx(sum(t.user_attrs["val_per_seed"]) / 2)  # mean over seeds is optimised
+        assert "acc2_has0" in t.user_attrs["test"]["multi"]
+        runs = sorted((tmp_path / "sw/tiny" / f"trial-{t.number:04d}").glob("seed-*/results.json"))
+        assert len(runs) == 2
+        # the objective is the validation metric of each run, never its test metric
+        vals = [json.loads(r.read_text())["val"]["multi"]["acc2_has0"] for r in runs]
+        assert t.user_attrs["val_per_seed"] == pytest.approx(vals)
+    assert (tmp_path / "sw/tiny.png").stat().st_size > 1000
+    applied = yaml.safe_load(target.read_text())
+    assert applied["strategy"] == {"name": "dgl", "args": {"alpha": study.best_params["strategy.args.alpha"]}}
+    assert applied["train"] == {"epochs": 7}
+    # the same command again: nothing left to run, no new trial
+    assert cli.main(["sweep", str(spec(tmp_path)), "--out-dir", str(tmp_path / "sw"), *TINY]) == 0
+    assert len(load(tmp_path).trials) == 2
+
+
+def test_grid_sampler_covers_the_grid(tmp_path):
+    s = spec(tmp_path, sampler="grid", trials=3, seeds=[0],
+             space={"strategy.args.alpha": {"type": "float", "low": 1, "high": 3, "grid": [1, 2, 3]}})
+    assert cli.main(["sweep", str(s), "--out-dir", str(tmp_path / "sw"), *TINY]) == 0
+    assert sorted(t.params["strategy.args.alpha"] for t in load(tmp_path).trials) == [1, 2, 3]
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # train.lr is swept over a range whose low end makes the run non-finite: some trials fail
+    s = spec(tmp_path, trials=3, seeds=[0], sampler="grid",
+             space={"train.lr": {"type": "float", "low": 1e-3, "high": 1e30, "grid": [1e30, 1e-3, 2e-3]}},
+             overrides=["strategy=dgl", "train.epochs=1", "train.optimizer=sgd"])
+    cli.main(["sweep", str(s), "--out-dir", str(tmp_path / "sw"), *TINY])
+    states = {t.params["train.lr"]: t for t in load(tmp_path).trials}
+    assert states[1e30].state.name == "FAIL" and "non-finite" in states[1e30].user_attrs["error"]
+    assert states[1e-3].state.name == "COMPLETE" and states[2e-3].state.name == "COMPLETE"
+
+
+def _sweep_cmd(tmp_path, spec_path, *extra):
+    return [sys.executable, str(ROOT / "cli.py"), "sweep", str(spec_path), "--out-dir", str(tmp_path / "sw"), *extra, *TINY]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_mid_trial(tmp_path):
+    s = spec(tmp_path, trials=2, seeds=[0], overrides=["strategy=dgl", "train.epochs=40", "train.patience=100"])
+    cmd = _sweep_cmd(tmp_path, s, "--heartbeat", "1")
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "sw/tiny/trial-0000/seed-0/metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)  # mid-trial: epoch 2 of 40
+    p.wait()
+    assert load(tmp_path).trials[0].state.name == "RUNNING"
+    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    trials = load(tmp_path).trials
+    assert trials[0].state.name == "FAIL"  # the killed trial, failed by the heartbeat check
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
+    assert [t.number for t in trials] == list(range(len(trials)))
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(tmp_path):
+    s = spec(tmp_path, trials=4, seeds=[0])
+    procs = [subprocess.Popen(_sweep_cmd(tmp_path, s, "--worker", str(w)), cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for w in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(o[-3000:] for o in outs)
+    trials = load(tmp_path).trials
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    # each worker stops once the study holds 4; the other's trial in flight may finish as a 5th
+    assert 4 <= len(trials) <= 5
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # none lost, none duplicated
+    for t in trials:
+        assert (tmp_path / "sw/tiny" / f"trial-{t.number:04d}/seed-0/results.json").is_file()
+    announced = [line for out in outs for line in out.splitlines() if line.startswith("trial")]
+    assert sorted(int(line.split()[1]) for line in announced) == sorted(t.number for t in trials)
+    assert len({t.params["strategy.args.alpha"] for t in trials}) == len(trials)  # workers do not replay points
+
+
+@pytest.mark.parametrize("body,msg", [
+    ({"space": {"strategy.args.beta": {"low": 1, "high": 2}}}, "unknown argument(s) beta for strategy 'dgl'"),
+    ({"space": {"train.nope": {"low": 1, "high": 2}}}, "unknown config key 'train.nope'"),
+    ({"space": {"strategy.args.alpha": {"low": 2, "high": 2}}}, "empty range [2, 2]"),
+    ({"space": {}}, "empty search space"),
+    ({"metric": "accuracy"}, "unknown metric 'accuracy'"),
+])
+def test_bad_specs(tmp_path, body, msg):
+    r = subprocess.run(_sweep_cmd(tmp_path, spec(tmp_path, **body)), cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://nobody@127.0.0.1:1/none", "mysql://nobody@127.0.0.1:1/none",
+                                 "notadb://x"])
+def test_unreachable_storage(tmp_path, url):
+    r = subprocess.run(_sweep_cmd(tmp_path, spec(tmp_path), "--storage", url), cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and url in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_shipped_sweeps_load():
+    from mmsent.sweep import load_spec
+
+    for p in sorted((ROOT / "sweeps").glob("*.yaml")):
+        assert load_spec(str(p)).params
