@@ -99,6 +99,30 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mmsent.report import load_results, summarize
+
+    try:
+        results = load_results(args.runs)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = summarize(results, args.split)
+    names = [n for n in args.metrics.split(",") if n in next(iter(summary.values()))]
+    table = Table(title=f"{args.split} metrics at the validation-selected epoch, mean ± std over {len(results)} runs")
+    table.add_column("branch")
+    for n in names:
+        table.add_column(n, justify="right")
+    for branch, metrics in summary.items():
+        table.add_row(branch, *(f"{100 * metrics[n][0]:.2f} ± {100 * metrics[n][1]:.2f}" if n.startswith(("acc", "f1"))
+                                else f"{metrics[n][0]:.3f} ± {metrics[n][1]:.3f}" for n in names))
+    Console().print(table)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,12 +155,16 @@ def main(argv=None) -> int:
     s.add_argument("--plot", help="PNG path for objective vs parameter (default runs/sweeps/<study>.png)")
     s.add_argument("--apply", metavar="CONFIG", help="write the best values into this YAML config")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the base training config")
+    r = sub.add_parser("report", help="mean ± std of finished runs' metrics (e.g. one method over seeds)")
+    r.add_argument("runs", nargs="+", help="run directories holding results.json")
+    r.add_argument("--split", default="test", choices=["test", "val"])
+    r.add_argument("--metrics", default="acc2_has0,f1_has0,acc2_non0,f1_non0,mae,corr,acc7,acc,f1")
     # key=value overrides may come anywhere, also after options, which plain argparse rejects.
     args, rest = parser.parse_known_args(argv)
     stray = [r for r in rest if "=" not in r or r.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.overrides = list(args.overrides) + rest
+    args.overrides = list(getattr(args, "overrides", [])) + rest
 
     from mmsent.config import ConfigError
     from mmsent.data import DataError
@@ -144,7 +172,7 @@ def main(argv=None) -> int:
     from mmsent.train import RunError
 
     try:
-        return {"train": cmd_train, "sweep": cmd_sweep}[args.command](args)
+        return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}[args.command](args)
     except (ConfigError, DataError, RunError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -57,9 +57,18 @@ class Regression:
         return F.l1_loss(pred.reshape(-1), y.to(pred.dtype))
 
     def score(self, pred: Tensor, y: Tensor) -> Tensor:
-        """Per-sample confidence in the truth (higher is better): ``-|pred - y|``. Stands in for the
-        softmax probability of the true class that classification-born baselines use."""
-        return -(pred.reshape(-1) - y).abs()
+        """Per-sample confidence in the truth, in (0, 1]: ``exp(-|pred - y|)``. It stands in for the
+        softmax probability of the true class that classification-born baselines (OGM-GE) sum into
+        a modality's score: 1 for a perfect prediction, falling with the error, always positive so
+        that ratios of scores are defined."""
+        return torch.exp(-(pred.reshape(-1) - y).abs())
+
+    def classes(self, y: Tensor) -> Tensor:
+        """Discrete labels for class-based baselines (PMR prototypes, D&R purity): MOSI's binary
+        has0 split, negative (y < 0) vs non-negative."""
+        return (y >= 0).long()
+
+    num_classes = 2
 
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
         return msa_regression_metrics(pred.reshape(-1).cpu().numpy(), y.cpu().numpy())
@@ -81,6 +90,13 @@ class Classification:
 
     def score(self, pred: Tensor, y: Tensor) -> Tensor:
         return pred.softmax(-1).gather(1, y.long()[:, None]).squeeze(1)
+
+    def classes(self, y: Tensor) -> Tensor:
+        return y.long()
+
+    @property
+    def num_classes(self) -> int:
+        return self.out_dim
 
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
         return classification_metrics(pred.cpu().numpy(), y.cpu().numpy())

@@ -203,6 +203,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
     probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.data.batch_size)
+    strategy.steps_per_epoch = steps_per_epoch
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True, disable=quiet)
     with progress if not quiet else nullcontext():

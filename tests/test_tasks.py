@@ -57,7 +57,8 @@ def test_task_losses_and_scores():
     reg = Regression()
     pred, y = torch.tensor([[1.0], [-1.0]]), torch.tensor([0.5, 1.0])
     assert reg.loss(pred, y).item() == pytest.approx((0.5 + 2.0) / 2)
-    assert reg.score(pred, y).tolist() == pytest.approx([-0.5, -2.0])
+    assert reg.score(pred, y).tolist() == pytest.approx([math.exp(-0.5), math.exp(-2.0)])
+    assert reg.classes(torch.tensor([-0.1, 0.0, 2.0])).tolist() == [0, 1, 1]
     cls = Classification(3)
     logits = torch.tensor([[0.0, math.log(3), 0.0]])
     assert cls.score(logits, torch.tensor([1])).item() == pytest.approx(0.6)

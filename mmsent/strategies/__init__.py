@@ -1,9 +1,28 @@
-"""Strategy registry: name -> class. Every class takes (model, optimizer, task, **hparams)."""
+"""Strategy registry: name -> class. Every class takes (model, optimizer, task, **hparams) and owns
+its backward pass and optimizer step (see ``base.Strategy``)."""
+from mmsent.strategies.agm import AGM
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.dgl import DGL
+from mmsent.strategies.dnr import DnR
+from mmsent.strategies.gblending import GBlending
+from mmsent.strategies.mla import MLA
+from mmsent.strategies.mmpareto import MMPareto
+from mmsent.strategies.ogm_ge import OGMGE
+from mmsent.strategies.pmr import PMR
 from mmsent.strategies.unimodal import Unimodal
 from mmsent.strategies.vanilla import Vanilla
 
-STRATEGIES: dict[str, type[Strategy]] = {"vanilla": Vanilla, "unimodal": Unimodal, "dgl": DGL}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "vanilla": Vanilla,
+    "unimodal": Unimodal,
+    "dgl": DGL,
+    "gblending": GBlending,
+    "ogm_ge": OGMGE,
+    "pmr": PMR,
+    "agm": AGM,
+    "mla": MLA,
+    "mmpareto": MMPareto,
+    "dnr": DnR,
+}
 
 __all__ = ["STRATEGIES", "Strategy"]

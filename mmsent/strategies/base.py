@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from mmsent.data.batch import Batch, Dataset
+from mmsent.dgl import zero_others
 from mmsent.models.model import MultimodalModel
 
 
@@ -24,6 +25,7 @@ class Strategy:
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0):
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
         self.epoch = 0
+        self.steps_per_epoch = 1  # set by the training loop; schedules inside an epoch use it
 
     def on_epoch_start(self, epoch: int, data: Dataset) -> None:
         self.epoch = epoch
@@ -36,6 +38,15 @@ class Strategy:
         """Prediction of the model, or of the branch that keeps only ``keep`` (others zeroed)."""
         feats = self.model.encode(batch, keep)
         return self.model.head(self.model.mask_modalities(feats, keep if keep is not None else feats))
+
+    def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each modality's prediction through the shared head with the others zeroed (the DGL
+        paper's protocol for the baselines' unimodal outputs, Sec. 4.3)."""
+        return {m: self.model.head(zero_others(feats, m)) for m in feats}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def update(self, loss: Tensor) -> None:
         """zero_grad -> backward -> clip -> step, the common case."""

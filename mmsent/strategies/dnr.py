@@ -1,0 +1,89 @@
+"""D&R: Diagnosing & Re-learning (Wei, Li, Feng & Hu, ECCV 2024), for N modalities.
+
+Training uses the multimodal loss only. After every ``reinit_epoch`` epochs (at most
+``reinit_num`` times) each encoder is diagnosed: its features on train and on the held-out
+validation split are min-max scaled to [-1, 1] (fit per split), clustered with KMeans
+(``n_clusters`` = number of classes, fixed ``n_init`` and seed), and scored by purity. The gap
+between train and validation purity sets the re-learning strength ``w_m = tanh(lambda * gap)``,
+and the encoder's parameters move to ``w_m theta_init + (1 - w_m) theta`` (buffers untouched, the
+head and optimizer state kept). Regression labels are binned with ``task.classes``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import MinMaxScaler
+
+from mmsent.strategies.base import Strategy
+
+
+def purity_score(labels, clusters) -> float:
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    hits = sum(np.bincount(labels[clusters == c]).max() for c in np.unique(clusters))
+    return float(hits / len(labels))
+
+
+def relearn_strength(gap: float, lam: float) -> float:
+    return math.tanh(lam * abs(gap))
+
+
+def diagnose_after(epoch: int, reinit_epoch: int, done: int, reinit_num: int) -> bool:
+    """True when a diagnosis follows (0-based) training epoch ``epoch``."""
+    return epoch > 0 and epoch % reinit_epoch == 0 and done < reinit_num
+
+
+class DnR(Strategy):
+    def __init__(self, model, optimizer, task, *, move_lambda: float = 3.0, reinit_epoch: int = 20,
+                 reinit_num: int = 3, grad_clip: float = 0.0):
+        super().__init__(model, optimizer, task, grad_clip=grad_clip)
+        self.lam, self.reinit_epoch, self.reinit_num = move_lambda, reinit_epoch, reinit_num
+        self.init = {m: [p.detach().clone() for p in enc.parameters()] for m, enc in model.encoders.items()}
+        self.done = 0
+        self.last_strength: dict[str, float] = {}
+
+    @torch.no_grad()
+    def purities(self, split) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        feats = {m: [] for m in self.model.modalities}
+        for batch in split.batches(256):
+            for m, z in self.model.encode(batch.to(self.device)).items():
+                feats[m].append(z.flatten(1).cpu())
+        self.model.train(was_training)
+        labels = self.task.classes(split.y).numpy()
+        k = self.task.num_classes
+        out = {}
+        for m, zs in feats.items():
+            x = MinMaxScaler((-1, 1)).fit_transform(torch.cat(zs).double().numpy())
+            out[m] = purity_score(labels, KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(x))
+        return out
+
+    @torch.no_grad()
+    def relearn(self, strengths: dict[str, float]) -> None:
+        for m, w in strengths.items():
+            for p, p0 in zip(self.model.encoders[m].parameters(), self.init[m]):
+                p.copy_(w * p0 + (1 - w) * p)
+
+    def on_epoch_start(self, epoch, data):
+        super().on_epoch_start(epoch, data)
+        if not diagnose_after(epoch - 1, self.reinit_epoch, self.done, self.reinit_num):
+            return
+        train, val = self.purities(data.train), self.purities(data.val)
+        self.last_strength = {m: relearn_strength(train[m] - val[m], self.lam) for m in train}
+        self.relearn(self.last_strength)
+        self.done += 1
+
+    def train_step(self, batch):
+        loss = self.task.loss(self.model(batch), batch.y)
+        self.update(loss)
+        return {"loss": loss.item(), **{f"relearn_{m}": w for m, w in self.last_strength.items()}}
+
+    def state_dict(self):
+        return {**super().state_dict(), "init": self.init, "done": self.done}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.init, self.done = state["init"], state["done"]

@@ -1,0 +1,94 @@
+"""MLA: Multimodal Learning with Alternating unimodal adaptation (Zhang et al., CVPR 2024).
+
+Per batch the modalities take turns, in a fixed order: modality m's branch (the shared head with
+the others zeroed) is trained on its own loss and the optimizer steps, so each encoder only ever
+sees its own unimodal gradient and the shared head is updated N times per batch. Before each step
+the gradient of the head's final linear layer is projected to protect what earlier modalities
+taught it (gradient modification, "HGM", an OWM/RLS projector): with ``r`` the mean input of that
+layer in this pass and ``a = 0.1 ** (batch / batches_per_epoch + 1)``,
+``k = P r;  P <- (P - k k^T / (a + r^T k)) / ||.||_F;  W.grad <- W.grad P^T`` (P starts at the
+identity and is never reset; no projection on the very first step). Unlike the released code,
+whose parameter-name check makes the projection never fire, it is applied.
+
+Test-time fusion (``predict``) weights the branches per sample by ``softmax_m(-H_m)`` with H the
+prediction entropy (classification), or averages them (regression, where no entropy exists).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmsent.dgl import zero_others
+from mmsent.strategies.base import Strategy
+
+
+def entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-sample ``softmax_m(-H_m)`` over modalities."""
+    names = list(logits)
+    h = torch.stack([-(l.softmax(-1) * l.log_softmax(-1)).sum(-1) for l in logits.values()], -1)  # (B, N)
+    w = (-h).softmax(-1)
+    return {m: w[:, i] for i, m in enumerate(names)}
+
+
+def project(P: torch.Tensor, r: torch.Tensor, a: float) -> torch.Tensor:
+    """One RLS update of the projector with input ``r`` (d,)."""
+    k = P @ r
+    P = P - torch.outer(k, k) / (a + r @ k)
+    return P / P.norm()
+
+
+class MLA(Strategy):
+    def __init__(self, model, optimizer, task, *, projection: bool = True, grad_clip: float = 0.0):
+        super().__init__(model, optimizer, task, grad_clip=grad_clip)
+        linears = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)]
+        self.last = linears[-1]  # the shared classifier the projector protects
+        self.projection = projection
+        self.P = torch.eye(self.last.in_features, device=self.last.weight.device)
+        self.steps = 0
+        self.batch_index = 0
+
+    def on_epoch_start(self, epoch, data):
+        super().on_epoch_start(epoch, data)
+        self.batch_index = 0
+
+    def train_step(self, batch):
+        feats = self.model.encode(batch)
+        captured = {}
+        hook = self.last.register_forward_hook(lambda mod, inp, out: captured.__setitem__("x", inp[0]))
+        logs = {}
+        try:
+            for m in feats:
+                loss = self.task.loss(self.model.head(zero_others(feats, m)), batch.y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward(retain_graph=True)
+                if self.projection and self.steps > 0 and self.last.weight.grad is not None:
+                    r = captured["x"].detach().reshape(-1, self.last.in_features).mean(0)
+                    a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
+                    self.P = project(self.P, r, a)
+                    self.last.weight.grad = self.last.weight.grad @ self.P.T
+                self.clip_and_step()
+                self.steps += 1
+                logs[f"loss_{m}"] = loss.item()
+        finally:
+            hook.remove()
+        self.batch_index += 1
+        logs["loss"] = sum(logs.values()) / len(feats)
+        return logs
+
+    @torch.no_grad()
+    def predict(self, batch, keep=None):
+        if keep is not None:
+            return super().predict(batch, keep)
+        feats = self.model.encode(batch)
+        preds = {m: self.model.head(zero_others(feats, m)) for m in feats}
+        if self.task.name == "classification":
+            w = entropy_weights(preds)
+            return sum(w[m][:, None] * preds[m].softmax(-1) for m in preds).clamp(min=1e-12).log()
+        return sum(preds.values()) / len(preds)
+
+    def state_dict(self):
+        return {**super().state_dict(), "P": self.P.cpu(), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.P, self.steps = state["P"].to(self.device), state["steps"]

@@ -1,0 +1,59 @@
+"""OGM-GE: On-the-fly Gradient Modulation with Generalisation Enhancement (Peng et al., CVPR 2022).
+
+Per step: the multimodal loss alone is back-propagated; each modality's score is the sum over the
+batch of its confidence in the truth (softmax of the true class; for regression ``exp(-|err|)``,
+see ``Regression.score``), computed from its zero-masked branch of the shared head. The
+discrepancy ratio of modality m for N modalities is the mean pairwise ratio (maintainer's
+suggestion, OGM-GE issue #16), ``rho_m = mean_{j != m} s_m / s_j``, which is ``s_a / s_v`` at
+N = 2. Every modality with ``rho_m > 1`` is damped by ``k_m = 1 - tanh(alpha * rho_m)`` (Eq. 10; the
+released code's form, note the jump at rho = 1). GE adds ``N(0, std(g))`` noise to every modulated
+tensor, also where k = 1.
+
+Parameters are selected by module (``model.encoders[m]``), never by name; all encoder tensors with
+more than one dimension are modulated (the maintainer's advice for non-conv encoders, issue #22).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mmsent.strategies.base import Strategy
+
+
+def ogm_ratios(scores: dict[str, float]) -> dict[str, float]:
+    """rho_m = mean over j != m of s_m / s_j."""
+    return {m: sum(s / scores[j] for j in scores if j != m) / (len(scores) - 1) for m, s in scores.items()}
+
+
+def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]:
+    return {m: (1 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in ogm_ratios(scores).items()}
+
+
+class OGMGE(Strategy):
+    def __init__(self, model, optimizer, task, *, alpha: float = 0.3, modulation_start: int = 0,
+                 modulation_end: int = 50, noise: bool = True, grad_clip: float = 0.0):
+        super().__init__(model, optimizer, task, grad_clip=grad_clip)
+        self.alpha, self.start, self.end, self.noise = alpha, modulation_start, modulation_end, noise
+
+    def train_step(self, batch):
+        feats = self.model.encode(batch)
+        loss = self.task.loss(self.model.head(feats), batch.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        logs = {"loss": loss.item()}
+        if self.start <= self.epoch <= self.end:
+            with torch.no_grad():
+                detached = {m: f.detach() for m, f in feats.items()}
+                scores = {m: float(self.task.score(p, batch.y).sum()) for m, p in self.branches(detached).items()}
+            coeffs = ogm_coefficients(scores, self.alpha)
+            for m, k in coeffs.items():
+                for p in self.model.encoders[m].parameters():
+                    if p.grad is None or p.grad.dim() < 2:
+                        continue
+                    g = p.grad
+                    std = g.std() if g.numel() > 1 else torch.zeros(())
+                    p.grad = g * k + (torch.randn_like(g) * (std + 1e-8) if self.noise else 0)
+                logs[f"coeff_{m}"] = k
+        self.clip_and_step()
+        return logs

@@ -1,0 +1,87 @@
+"""PMR: Prototypical Modal Rebalance (Fan et al., CVPR 2023), for N modalities.
+
+Prototypes ``c^m_k`` are class means of each encoder's (flattened) features, recomputed at each
+epoch start on a fixed 10% subset of train in eval mode and EMA-smoothed
+(``c = (1 - momentum) c_new + momentum c_old``, Eq. 12). A modality's prototype classifier is
+``softmax_k(-||z^m - c^m_k||)``; its batch score is ``s_m = sum_i p^m_i(y_i)`` (Eq. 8). For N
+modalities (paper-faithful form): ``dom = argmax_m s_m`` and every other modality gets
+``beta_m = clip(s_dom / s_m - 1, 0, 1)`` (Eq. 11; exactly the 2-modality beta/gamma at N = 2);
+``L = L_task + alpha * sum_m beta_m * PCE_m`` (Eq. 10), and for the first ``per_epochs`` epochs the
+entropy of the dominant modality's prototype distribution is maximised with weight
+``mu * max_m beta_m`` (PER, Eq. 13; missing from the released code). Regression labels are binned
+with ``task.classes`` (MOSI: y >= 0).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mmsent.strategies.base import Strategy
+
+
+def pmr_betas(scores: dict[str, float]) -> dict[str, float]:
+    dom = max(scores, key=scores.get)
+    return {m: 0.0 if m == dom else min(max(scores[dom] / s - 1.0, 0.0), 1.0) for m, s in scores.items()}
+
+
+def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    return -torch.cdist(z.flatten(1), protos)  # (B, K)
+
+
+class PMR(Strategy):
+    def __init__(self, model, optimizer, task, *, alpha: float = 1.0, mu: float = 1e-2, per_epochs: int = 5,
+                 momentum: float = 0.2, subset: float = 0.1, grad_clip: float = 0.0):
+        super().__init__(model, optimizer, task, grad_clip=grad_clip)
+        self.alpha, self.mu, self.per_epochs, self.momentum, self.subset = alpha, mu, per_epochs, momentum, subset
+        self.protos: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def compute_prototypes(self, split) -> dict[str, torch.Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        n = max(1, int(len(split) * self.subset))
+        batch = split.batch(torch.arange(n)).to(self.device)
+        feats = self.model.encode(batch)
+        labels = self.task.classes(batch.y)
+        K = self.task.num_classes
+        out = {}
+        for m, z in feats.items():
+            z = z.flatten(1)
+            sums = torch.zeros(K, z.shape[1], device=z.device).index_add_(0, labels, z)
+            counts = torch.bincount(labels, minlength=K).clamp(min=1)[:, None]
+            new = sums / counts
+            old = self.protos.get(m)
+            present = (torch.bincount(labels, minlength=K) > 0)[:, None]
+            if old is not None:  # a class absent from the subset keeps its old prototype
+                new = torch.where(present, (1 - self.momentum) * new + self.momentum * old, old)
+            out[m] = new
+        self.model.train(was_training)
+        return out
+
+    def on_epoch_start(self, epoch, data):
+        super().on_epoch_start(epoch, data)
+        self.protos = self.compute_prototypes(data.train)
+
+    def train_step(self, batch):
+        feats = self.model.encode(batch)
+        loss = self.task.loss(self.model.head(feats), batch.y)
+        labels = self.task.classes(batch.y)
+        logits = {m: prototype_logits(z, self.protos[m]) for m, z in feats.items()}
+        with torch.no_grad():
+            scores = {m: float(l.softmax(-1).gather(1, labels[:, None]).sum()) for m, l in logits.items()}
+        betas = pmr_betas(scores)
+        total = loss + self.alpha * sum(b * F.cross_entropy(logits[m], labels) for m, b in betas.items() if b > 0)
+        if self.epoch < self.per_epochs and max(betas.values()) > 0:
+            dom = max(scores, key=scores.get)
+            p = logits[dom].softmax(-1)
+            entropy = -(p * p.clamp(min=1e-12).log()).sum(-1).mean()
+            total = total - self.mu * max(betas.values()) * entropy
+        self.update(total)
+        return {"loss": loss.item(), **{f"beta_{m}": b for m, b in betas.items()}}
+
+    def state_dict(self):
+        return {**super().state_dict(), "protos": {m: p.cpu() for m, p in self.protos.items()}}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.protos = {m: p.to(self.device) for m, p in state["protos"].items()}
