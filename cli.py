@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -123,6 +124,39 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    from mmsent.table import run_table, write_table
+
+    dataset = args.dataset
+    if args.methods:  # nargs="+" also swallows key=value overrides written after --methods
+        args.overrides += [m for m in args.methods if "=" in m]
+        args.methods = [m for m in args.methods if "=" not in m]
+    runs_dir = Path(args.runs_dir or f"runs/table/{dataset}")
+    try:
+        dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
+                         methods=args.methods, overrides=args.overrides)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    md, csv_path = write_table(dirs, Path(args.out), dataset, "python cli.py " + shlex.join(args.argv))
+    print(md.read_text())
+    print(f"wrote {md} and {csv_path}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from mmsent.plots import plot_runs
+
+    try:
+        paths = plot_runs([Path(r) for r in args.runs], Path(args.out))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,8 +193,22 @@ def main(argv=None) -> int:
     r.add_argument("runs", nargs="+", help="run directories holding results.json")
     r.add_argument("--split", default="test", choices=["test", "val"])
     r.add_argument("--metrics", default="acc2_has0,f1_has0,acc2_non0,f1_non0,mae,corr,acc7,acc,f1")
+    tb = sub.add_parser("table", help="every strategy + unimodal-only models over seeds: the paper's Table 2 (right)")
+    tb.add_argument("--dataset", default="mosi")
+    tb.add_argument("--data", help="dataset file")
+    tb.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    tb.add_argument("--methods", nargs="+", help="subset of rows (default: all)")
+    tb.add_argument("--runs-dir", help="where the runs go (default runs/table/<dataset>); finished runs are reused")
+    tb.add_argument("--out", default="results", help="folder for <dataset>_table.md and .csv")
+    tb.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
+    pl.add_argument("runs", nargs="+", help="run directories")
+    pl.add_argument("--out", default="figures", help="output folder")
     # key=value overrides may come anywhere, also after options, which plain argparse rejects.
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv
     stray = [r for r in rest if "=" not in r or r.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
@@ -172,7 +220,8 @@ def main(argv=None) -> int:
     from mmsent.train import RunError
 
     try:
-        return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report}[args.command](args)
+        return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
+                "plot": cmd_plot}[args.command](args)
     except (ConfigError, DataError, RunError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,88 @@
+"""Figures from run logs (``metrics.jsonl``), after the DGL paper:
+
+* ``grad_norms.png`` (Fig. 1c / 3b): per modality, the norm of the encoder's gradient from its
+  unimodal loss and from the multimodal loss over training, one line pair per run;
+* ``branch_accuracy.png`` (Fig. 1a/b): per modality, the validation accuracy of that modality's
+  branch inside each multimodal run (others zeroed) next to the unimodal-only run(s) of it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_log(run: Path) -> tuple[dict, list[dict]]:
+    cfg_path, log_path = run / "config.json", run / "metrics.jsonl"
+    if not log_path.is_file():
+        raise FileNotFoundError(f"{log_path}: no metrics.jsonl (not a run directory?)")
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    return cfg, [json.loads(line) for line in log_path.read_text().splitlines() if line]
+
+
+def _label(run: Path, cfg: dict) -> str:
+    s = cfg.get("strategy", {})
+    extra = s.get("args", {}).get("modality") if s.get("name") == "unimodal" else None
+    return f"{run.name} ({s.get('name', '?')}{' ' + extra if extra else ''})"
+
+
+def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = {Path(r): read_log(Path(r)) for r in runs}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    modalities = []
+    for cfg, log in logs.values():
+        for m in log[0]["val"]:
+            if m != "multi" and m not in modalities:
+                modalities.append(m)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    grad_runs = {r: v for r, v in logs.items() if "grad_norm" in v[1][0]}
+    if grad_runs:
+        fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
+        for ax, m in zip(axes[0], modalities):
+            for i, (run, (cfg, log)) in enumerate(grad_runs.items()):
+                s = cfg.get("strategy", {})
+                if s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m:
+                    continue  # that encoder is never trained in another modality's unimodal-only model
+                ep = [r["epoch"] for r in log if m in r.get("grad_norm", {})]
+                c = colors[i % len(colors)]
+                ax.plot(ep, [r["grad_norm"][m]["unimodal"] for r in log if m in r.get("grad_norm", {})], "-", color=c,
+                        label=f"{_label(run, cfg)}: unimodal loss")
+                ax.plot(ep, [r["grad_norm"][m]["multimodal"] for r in log if m in r.get("grad_norm", {})], "--",
+                        color=c, label=f"{_label(run, cfg)}: multimodal loss")
+            ax.set_title(f"{m} encoder gradient norm")
+            ax.set_xlabel("epoch")
+            ax.set_yscale("log")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = out_dir / "grad_norms.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], modalities):
+        for i, (run, (cfg, log)) in enumerate(logs.items()):
+            if m not in log[0]["val"]:
+                continue
+            s = cfg.get("strategy", {})
+            if s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m:
+                continue  # another modality's unimodal-only model
+            metric = "acc2_has0" if "acc2_has0" in log[0]["val"][m] else "acc"
+            style = ":" if s.get("name") == "unimodal" else "-"
+            ax.plot([r["epoch"] for r in log], [r["val"][m][metric] for r in log], style, color=colors[i % len(colors)],
+                    label=_label(run, cfg))
+        ax.set_title(f"{m} branch, validation accuracy")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "branch_accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+    return written
