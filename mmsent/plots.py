@@ -35,7 +35,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     modalities = []
-    for cfg, log in logs.values():
+    for _, log in logs.values():
         for m in log[0]["val"]:
             if m != "multi" and m not in modalities:
                 modalities.append(m)

@@ -10,7 +10,6 @@ from mmsent import dgl_loss, zero_others
 from mmsent.models.fusions import FUSIONS
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     # exact comparisons: the contract is stated to 1e-6 in float64, we check far tighter

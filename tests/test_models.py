@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from mmsent.data import make_synthetic
 from mmsent.config import ModelConfig
+from mmsent.data import make_synthetic
 from mmsent.models import FUSIONS, BertEncoder, LSTMEncoder, MLPEncoder, MultimodalModel, build_model
 
 
