@@ -1,0 +1,39 @@
+"""Datasets: MMSA pickles (MOSI/MOSEI) and the synthetic imbalanced default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mmsent.data.batch import Batch, DataError, Dataset, Split
+from mmsent.data.mmsa import load_mmsa, safe_load_pickle
+from mmsent.data.synthetic import make_synthetic
+
+DATASETS = ("synthetic", "mosi")
+
+
+def default_mosi_path() -> Path | None:
+    """Where MOSI is looked for when no path is given: $MMSENT_MOSI, ./data/mosi, ../shared/data/mosi."""
+    candidates = [os.environ.get("MMSENT_MOSI"), "data/mosi/mosi_utterance.pkl", "../shared/data/mosi/mosi_utterance.pkl"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    return None
+
+
+def build_dataset(cfg, seed: int = 0) -> Dataset:
+    """``cfg`` is a ``DataConfig``."""
+    if cfg.dataset == "synthetic":
+        return make_synthetic(
+            n_modalities=cfg.n_modalities, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
+            dim=cfg.feature_dim, task=cfg.task, num_classes=cfg.num_classes, seed=seed,
+        )
+    if cfg.dataset == "mosi":
+        path = cfg.path or default_mosi_path()
+        if path is None:
+            raise DataError("MOSI data not found (looked at $MMSENT_MOSI, data/mosi/mosi_utterance.pkl, "
+                            "../shared/data/mosi/mosi_utterance.pkl); pass --data PATH to an MMSA pickle")
+        return load_mmsa(path, text_tokens=cfg.text_tokens, standardize=cfg.standardize)
+    raise DataError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(DATASETS)}")
+
+
+__all__ = ["Batch", "DataError", "Dataset", "Split", "build_dataset", "load_mmsa", "make_synthetic", "safe_load_pickle"]

@@ -1,0 +1,80 @@
+"""In-memory multimodal splits and the ``Batch`` the models consume.
+
+Modalities are dict keys (``"text"``, ``"audio"``, ``"vision"`` for MOSI), never positions. Every
+modality carries a boolean mask, True = real step, so padded steps never reach a model.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, key and value, and the CLI prints it on one line."""
+
+
+@dataclass
+class Batch:
+    x: dict[str, Tensor]  # m -> (B, T_m, F_m) float features, or (B, T) token ids
+    mask: dict[str, Tensor]  # m -> (B, T_m) bool, True = real step
+    y: Tensor  # (B,) float score (regression) or long class (classification)
+    ids: list[str]
+
+    def to(self, device) -> "Batch":
+        return Batch(
+            {m: v.to(device) for m, v in self.x.items()},
+            {m: v.to(device) for m, v in self.mask.items()},
+            self.y.to(device),
+            self.ids,
+        )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Split:
+    """One split held as padded tensors: small multimodal corpora fit in memory, and slicing
+    tensors is far cheaper than a DataLoader collating per-sample objects."""
+
+    x: dict[str, Tensor]
+    mask: dict[str, Tensor]
+    y: Tensor
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, index: Tensor) -> Batch:
+        return Batch(
+            {m: v[index] for m, v in self.x.items()},
+            {m: v[index] for m, v in self.mask.items()},
+            self.y[index],
+            [self.ids[i] for i in index.tolist()],
+        )
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """All samples, the last batch possibly short (every test sample is scored)."""
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+@dataclass
+class Dataset:
+    """train/val/test splits plus what a model needs to know about them."""
+
+    train: Split
+    val: Split
+    test: Split
+    task: str  # "regression" | "classification"
+    num_classes: int  # 1 for regression
+    dims: dict[str, int]  # m -> feature size (or vocabulary size for token ids)
+    token_modalities: tuple[str, ...] = ()  # modalities given as token ids (BERT input)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.dims)
