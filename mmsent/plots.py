@@ -25,6 +25,24 @@ def _label(run: Path, cfg: dict) -> str:
     return f"{run.name} ({s.get('name', '?')}{' ' + extra if extra else ''})"
 
 
+def _trains_only_another(cfg: dict, m: str) -> bool:
+    """A unimodal-only model of another modality: its encoder for ``m`` is never trained."""
+    s = cfg.get("strategy", {})
+    return s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m
+
+
+def _finish(fig, ax_row, path: Path) -> Path:
+    for ax in ax_row:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
 def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -46,9 +64,8 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
         for ax, m in zip(axes[0], modalities):
             for i, (run, (cfg, log)) in enumerate(grad_runs.items()):
-                s = cfg.get("strategy", {})
-                if s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m:
-                    continue  # that encoder is never trained in another modality's unimodal-only model
+                if _trains_only_another(cfg, m):
+                    continue
                 ep = [r["epoch"] for r in log if m in r.get("grad_norm", {})]
                 c = colors[i % len(colors)]
                 ax.plot(ep, [r["grad_norm"][m]["unimodal"] for r in log if m in r.get("grad_norm", {})], "-", color=c,
@@ -56,33 +73,18 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
                 ax.plot(ep, [r["grad_norm"][m]["multimodal"] for r in log if m in r.get("grad_norm", {})], "--",
                         color=c, label=f"{_label(run, cfg)}: multimodal loss")
             ax.set_title(f"{m} encoder gradient norm")
-            ax.set_xlabel("epoch")
             ax.set_yscale("log")
-            ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = out_dir / "grad_norms.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish(fig, axes[0], out_dir / "grad_norms.png"))
 
     fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
     for ax, m in zip(axes[0], modalities):
         for i, (run, (cfg, log)) in enumerate(logs.items()):
-            if m not in log[0]["val"]:
+            if m not in log[0]["val"] or _trains_only_another(cfg, m):
                 continue
-            s = cfg.get("strategy", {})
-            if s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m:
-                continue  # another modality's unimodal-only model
             metric = "acc2_has0" if "acc2_has0" in log[0]["val"][m] else "acc"
-            style = ":" if s.get("name") == "unimodal" else "-"
+            style = ":" if cfg.get("strategy", {}).get("name") == "unimodal" else "-"
             ax.plot([r["epoch"] for r in log], [r["val"][m][metric] for r in log], style, color=colors[i % len(colors)],
                     label=_label(run, cfg))
         ax.set_title(f"{m} branch, validation accuracy")
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = out_dir / "branch_accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_finish(fig, axes[0], out_dir / "branch_accuracy.png"))
     return written
