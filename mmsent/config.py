@@ -20,6 +20,8 @@ class DataConfig:
     batch_size: int = 64
     standardize: bool = True
     text_tokens: bool = False  # mosi: read BERT ids from `text_bert` instead of `text` features
+    tokenizer: Optional[str] = None  # mosi: tokenize `raw_text` with this local tokenizer (or "minilm")
+    max_tokens: int = 50  # token budget per utterance, [CLS]/[SEP] included
     # synthetic only
     n_modalities: int = 3
     n_train: int = 800
@@ -40,7 +42,9 @@ class ModelConfig:
     dropout: float = 0.1
     fusion: str = "mlpmixer"  # concat | sum | gated | film | mlpmixer
     depth: int = 2  # mlpmixer blocks
-    bert_path: Optional[str] = None  # local transformers model directory for the bert encoder
+    bert_path: Optional[str] = None  # local transformers model directory for the bert encoder, or "minilm"
+    bert_pooling: str = "mean"  # mean | cls
+    bert_freeze_layers: int = 0  # freeze the embeddings and this many lower transformer layers (-1: all)
 
 
 @dataclass(frozen=True)

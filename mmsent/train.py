@@ -51,10 +51,10 @@ def resolve_device(name: str) -> torch.device:
 def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
     """Adam or SGD with momentum 0.9; pretrained transformer weights get their own (small) learning rate."""
     bert = {id(p) for enc in model.encoders.values() if isinstance(enc, BertEncoder) for p in enc.bert.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in bert]
-    groups = [{"params": rest, "lr": cfg.lr}]
-    if bert:
-        groups.append({"params": [p for p in model.parameters() if id(p) in bert], "lr": cfg.bert_lr})
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen BERT layers stay out
+    groups = [{"params": [p for p in trainable if id(p) not in bert], "lr": cfg.lr}]
+    if any(id(p) in bert for p in trainable):
+        groups.append({"params": [p for p in trainable if id(p) in bert], "lr": cfg.bert_lr})
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":

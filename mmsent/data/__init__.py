@@ -32,7 +32,13 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
         if path is None:
             raise DataError("MOSI data not found (looked at $MMSENT_MOSI, data/mosi/mosi_utterance.pkl, "
                             "../shared/data/mosi/mosi_utterance.pkl); pass --data PATH to an MMSA pickle")
-        return load_mmsa(path, text_tokens=cfg.text_tokens, standardize=cfg.standardize)
+        tokenizer = None
+        if cfg.tokenizer:
+            from mmsent.models.pretrained import resolve_model_path
+
+            tokenizer = resolve_model_path(cfg.tokenizer)
+        return load_mmsa(path, text_tokens=cfg.text_tokens, standardize=cfg.standardize, tokenizer=tokenizer,
+                         max_tokens=cfg.max_tokens)
     raise DataError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(DATASETS)}")
 
 

@@ -95,11 +95,23 @@ def _features(path, split: str, part: dict, m: str, n: int) -> tuple[np.ndarray,
     return a, mask
 
 
-def load_mmsa(path: str | Path, *, modalities=MODALITIES, text_tokens: bool = False, standardize: bool = True) -> Dataset:
+def tokenize(texts: list[str], tokenizer_path: str, max_tokens: int):
+    """Token ids and attention mask of ``texts`` with a local ``transformers`` tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    enc = tok(list(texts), padding="longest", truncation=True, max_length=max_tokens, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"].bool(), tok.vocab_size
+
+
+def load_mmsa(path: str | Path, *, modalities=MODALITIES, text_tokens: bool = False, standardize: bool = True,
+              tokenizer: str | None = None, max_tokens: int = 50) -> Dataset:
     """Read an MMSA-layout pickle into a regression ``Dataset`` (MOSI sentiment in [-3, 3]).
 
-    ``text_tokens=True`` reads BERT token ids from ``text_bert`` instead of the ``text`` features.
+    ``text_tokens=True`` reads BERT token ids from ``text_bert`` instead of the ``text`` features;
+    ``tokenizer`` (a local tokenizer directory) instead tokenizes the ``raw_text`` transcripts.
     """
+    vocab = 30522  # bert-base-uncased, the tokenizer of MMSA's text_bert
     raw = safe_load_pickle(path)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a dict of splits, got {type(raw).__name__}")
@@ -116,6 +128,14 @@ def load_mmsa(path: str | Path, *, modalities=MODALITIES, text_tokens: bool = Fa
         ids = [str(i) for i in part["id"]] if "id" in part else [f"{key}_{i}" for i in range(n)]
         x, mask = {}, {}
         for m in modalities:
+            if m == "text" and tokenizer:
+                if "raw_text" not in part:
+                    raise DataError(f"{path}: split {key!r} has no key 'raw_text' to tokenize")
+                texts = [str(t) for t in part["raw_text"]]
+                if len(texts) != n:
+                    raise DataError(f"{path}: {key}['raw_text'] has {len(texts)} rows but the split has {n} labels")
+                x[m], mask[m], vocab = tokenize(texts, tokenizer, max_tokens)
+                continue
             if m == "text" and text_tokens:
                 tb = _array(path, key, part, "text_bert", n)
                 if tb.ndim != 3 or tb.shape[1] < 2:
@@ -126,17 +146,18 @@ def load_mmsa(path: str | Path, *, modalities=MODALITIES, text_tokens: bool = Fa
             a, mk = _features(path, key, part, m, n)
             x[m], mask[m] = torch.from_numpy(a), torch.from_numpy(mk)
         splits[name] = Split(x, mask, torch.from_numpy(y.astype(np.float32)), ids)
+    tokens = text_tokens or bool(tokenizer)
     if standardize:
         for m in modalities:
-            if m == "text" and text_tokens:
+            if m == "text" and tokens:
                 continue
             real = splits["train"].x[m][splits["train"].mask[m]]  # (steps, F)
             mean, std = real.mean(0), real.std(0)
             std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay put
             for s in splits.values():
                 s.x[m] = torch.where(s.mask[m][..., None], (s.x[m] - mean) / std, torch.zeros(()))
-    dims = {m: (30522 if (m == "text" and text_tokens) else splits["train"].x[m].shape[-1]) for m in modalities}
+    dims = {m: (vocab if (m == "text" and tokens) else splits["train"].x[m].shape[-1]) for m in modalities}
     return Dataset(
         splits["train"], splits["val"], splits["test"], task="regression", num_classes=1, dims=dims,
-        token_modalities=("text",) if text_tokens else (),
+        token_modalities=("text",) if tokens else (),
     )

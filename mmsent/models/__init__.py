@@ -4,6 +4,7 @@ from __future__ import annotations
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel
+from mmsent.models.pretrained import resolve_model_path
 
 ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder}
 
@@ -31,7 +32,8 @@ def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
                 from mmsent.config import ConfigError
 
                 raise ConfigError(f"encoder 'bert' for {m!r} needs model.bert_path (a local transformers model directory)")
-            encoders[m] = BertEncoder(cfg.dim, path=cfg.bert_path, **common)
+            encoders[m] = BertEncoder(cfg.dim, path=resolve_model_path(cfg.bert_path), pooling=cfg.bert_pooling,
+                                      freeze_layers=cfg.bert_freeze_layers, **common)
         else:
             encoders[m] = cls(dataset.dims[m], cfg.dim, hidden=cfg.hidden, **common)
     head_cls = choose(FUSIONS, "fusion", cfg.fusion)

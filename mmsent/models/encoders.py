@@ -81,7 +81,7 @@ class BertEncoder(nn.Module):
 
     def __init__(
         self, dim: int, *, seq_len: int = 1, path: str | None = None, config=None, pooling: str = "mean",
-        dropout: float = 0.0,
+        dropout: float = 0.0, freeze_layers: int = 0,
     ):
         super().__init__()
         from transformers import AutoModel  # imported here: only BERT runs pay its import time
@@ -93,6 +93,17 @@ class BertEncoder(nn.Module):
         self.bert = AutoModel.from_pretrained(path, local_files_only=True) if path else AutoModel.from_config(config)
         self.seq_len, self.pooling = seq_len, pooling
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.bert.config.hidden_size, dim))
+        if freeze_layers:
+            self.freeze(freeze_layers)
+
+    def freeze(self, n: int) -> None:
+        """Freeze the embeddings and the ``n`` lower layers (``-1``: the whole transformer), the
+        usual way to fine-tune BERT on a 1.4k-utterance corpus without wrecking it."""
+        layers = list(self.bert.encoder.layer) if hasattr(self.bert, "encoder") else []
+        frozen = [self.bert] if n < 0 else [self.bert.embeddings] + layers[:n]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         h = self.bert(input_ids=x.long(), attention_mask=mask.long()).last_hidden_state  # (B, T, H)
