@@ -97,7 +97,33 @@ def cmd_sweep(args) -> int:
         console.print(f"plot: {png}")
     if args.apply:
         console.print(f"wrote {apply_best(study, args.apply)} into {args.apply}")
+    if args.report:
+        write_sweep_report(study, spec, keys, Path(args.report), "python cli.py " + shlex.join(args.argv), png)
+        console.print(f"report: {args.report}")
     return 0
+
+
+def write_sweep_report(study, spec, keys, path: Path, command: str, png) -> None:
+    """Markdown record of a sweep: the command, every trial, the best value."""
+    from mmsent.sweep import best_trial, trial_rows
+
+    lines = [f"# Sweep `{study.study_name}`", "", f"Command: `{command}`", "",
+             f"Objective: validation `{spec.metric}` of the multimodal model ({spec.direction}), mean over seeds "
+             f"{spec.seeds}; test metrics are recorded, never optimised.", "",
+             "| trial | state | " + " | ".join(keys) + f" | val {spec.metric} (mean) | val per seed | test acc2_has0 | test mae |",
+             "|---|---|" + "---|" * (len(keys) + 4)]
+    for r in trial_rows(study):
+        test = (r["test"] or {}).get("multi", {})
+        seeds = ", ".join(f"{v:.4f}" for v in r["val_per_seed"] or [])
+        lines.append(f"| {r['number']} | {r['state'].lower()} | " + " | ".join(_fmt(r.get(k)) for k in keys)
+                     + f" | {_fmt(r['value'])} | {seeds} | {_fmt(test.get('acc2_has0'))} | {_fmt(test.get('mae'))} |")
+    best = best_trial(study)
+    if best is not None:
+        lines += ["", f"Best: {best.params} with validation {spec.metric} {best.value:.4f}."]
+    if png:
+        lines += ["", f"![objective vs parameter]({Path(png).name})"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def cmd_report(args) -> int:
@@ -188,6 +214,7 @@ def main(argv=None) -> int:
     s.add_argument("--out-dir", default="runs/sweeps", help="where trial runs, the default database and the plot go")
     s.add_argument("--plot", help="PNG path for objective vs parameter (default runs/sweeps/<study>.png)")
     s.add_argument("--apply", metavar="CONFIG", help="write the best values into this YAML config")
+    s.add_argument("--report", metavar="MD", help="write a markdown record (command, trials, best) here")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the base training config")
     r = sub.add_parser("report", help="mean ± std of finished runs' metrics (e.g. one method over seeds)")
     r.add_argument("runs", nargs="+", help="run directories holding results.json")

@@ -117,6 +117,13 @@ def test_unpickling_cannot_run_code(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned_by_pickle").exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_every_pickle_protocol_loads(tmp_path, protocol):
+    p = tmp_path / "d.pkl"
+    p.write_bytes(pickle.dumps(tiny_mmsa(), protocol=protocol))
+    assert len(load_mmsa(p).train) == 6
+
+
 def test_truncated_and_missing_files(tmp_path):
     p = write(tmp_path, tiny_mmsa())
     p.write_bytes(p.read_bytes()[:100])

@@ -37,8 +37,11 @@ def load(tmp_path, name="tiny"):
 def test_sweep_runs_stores_test_metrics_plots_and_applies(tmp_path):
     target = tmp_path / "best.yaml"
     target.write_text("strategy: dgl\ntrain: {epochs: 7}\n")
-    rc = cli.main(["sweep", str(spec(tmp_path)), "--out-dir", str(tmp_path / "sw"), "--apply", str(target), *TINY])
+    rc = cli.main(["sweep", str(spec(tmp_path)), "--out-dir", str(tmp_path / "sw"), "--apply", str(target),
+                   "--report", str(tmp_path / "sweep.md"), *TINY])
     assert rc == 0
+    report = (tmp_path / "sweep.md").read_text()
+    assert "python cli.py sweep" in report and report.count("| complete |") == 2 and "Best:" in report
     study = load(tmp_path)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 2

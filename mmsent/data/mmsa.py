@@ -31,7 +31,10 @@ _SAFE_BUILTINS = {
 _NUMPY_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.dtypes", None),
+    ("numpy._core.multiarray", "scalar"),
+    # protocol 5 pickles rebuild arrays from a buffer; protocol 2 (Python 2 era MulT/MMSA files)
+    # stores bytes as latin-1 text re-encoded by _codecs.encode. Both only build data.
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
 }
 
 

@@ -1,0 +1,53 @@
+"""Step time of every strategy relative to vanilla, in one run, on the MOSI-shaped model of
+``dgl_overhead.py`` (N = 3: BiLSTM encoders over aligned_50-shaped inputs, MLP-Mixer head).
+
+Per-epoch hooks (prototypes, blending weights, D&R diagnosis) are run once before timing and are
+not part of the step time; their cost is per epoch, not per step.
+
+    python benchmarks/strategy_cost.py [--steps 15]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dgl_overhead import make_model, mosi_batch, time_steps  # noqa: E402
+
+from mmsent.data import Dataset, Split  # noqa: E402
+from mmsent.strategies import STRATEGIES  # noqa: E402
+from mmsent.tasks import Regression  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    names = ["text", "audio", "vision"]
+    torch.manual_seed(0)
+    batch = mosi_batch(names, args.batch)
+    split = Split(batch.x, batch.mask, batch.y, batch.ids)
+    data = Dataset(split, split, split, "regression", 1, {m: v.shape[-1] for m, v in batch.x.items()})
+    runners = {}
+    for name, cls in STRATEGIES.items():
+        torch.manual_seed(0)
+        model = make_model(names, batch)
+        extra = {"modality": "text"} if name == "unimodal" else {}
+        runners[name] = cls(model, torch.optim.Adam(model.parameters(), lr=1e-4), Regression(), **extra)
+        runners[name].on_epoch_start(0, data)
+    t, ratio = time_steps(runners, batch, args.steps)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, N = 3, "
+          f"median of {args.steps} steps")
+    print(f"{'strategy':>10}  {'ms/step':>8}  {'x vanilla':>9}  (median of per-round ratios)")
+    for name, sec in sorted(t.items(), key=lambda kv: kv[1]):
+        print(f"{name:>10}  {sec * 1e3:8.1f}  {ratio[name]:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
