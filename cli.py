@@ -183,6 +183,54 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    import importlib.util
+    import json
+    import os
+    import pickle
+
+    from mmsent.data import DataError
+    from mmsent.data.csd import CSD, build_mmsa, find_files, video_folds
+
+    if args.action == "download":
+        if importlib.util.find_spec("mmsdk") is None:
+            raise DataError(f"{args.dataset}: automatic download needs the official CMU Multimodal SDK (mmsdk, "
+                            "installed from its source repository; it is not on PyPI) and network access; otherwise "
+                            "get the .csd files by hand and run: python cli.py data prepare "
+                            f"{args.dataset} --csd-dir DIR --out FILE")
+        raise DataError("mmsdk is installed, but its download asks questions on stdin (deploy()); fetch the .csd "
+                        "files with it yourself, then run `python cli.py data prepare`")
+    if not args.csd_dir or not args.out:
+        raise DataError("data prepare needs --csd-dir DIR and --out FILE")
+    csd_dir = Path(args.csd_dir)
+    if args.folds:
+        try:
+            folds = json.loads(Path(args.folds).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{args.folds}: cannot read folds JSON ({e})") from None
+        if set(folds) != {"train", "valid", "test"}:
+            raise DataError(f"{args.folds}: folds must have exactly the keys train, valid, test")
+    else:
+        labels = CSD(find_files(csd_dir)["labels"])
+        folds = video_folds(labels.videos())
+        labels.close()
+        print("note: no --folds given; using a deterministic video-level split, not the standard folds")
+    from rich.progress import Progress
+
+    with Progress() as progress:
+        task = progress.add_task("aligning videos", total=sum(len(v) for v in folds.values()))
+        data = build_mmsa(csd_dir, folds, seq_len=args.seq_len,
+                          progress=lambda done, total: progress.update(task, completed=done))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_bytes(pickle.dumps(data, protocol=4))
+    os.replace(tmp, out)  # a crash never leaves a half-written pickle under the real name
+    sizes = ", ".join(f"{k} {len(v['id'])}" for k, v in data.items())
+    print(f"wrote {out} ({sizes} segments); train with: python cli.py train --dataset {args.dataset} --data {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +280,13 @@ def main(argv=None) -> int:
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="figures", help="output folder")
+    da = sub.add_parser("data", help="prepare datasets from CMU SDK .csd files")
+    da.add_argument("action", choices=["prepare", "download"])
+    da.add_argument("dataset", choices=["mosi", "mosei"])
+    da.add_argument("--csd-dir", help="folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])")
+    da.add_argument("--out", help="MMSA-layout pickle to write")
+    da.add_argument("--folds", help='JSON {"train": [video ids], "valid": [...], "test": [...]}')
+    da.add_argument("--seq-len", type=int, default=50, help="words per segment (pad or cut)")
     # key=value overrides may come anywhere, also after options, which plain argparse rejects.
     argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parser.parse_known_args(argv)
@@ -248,7 +303,7 @@ def main(argv=None) -> int:
 
     try:
         return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
-                "plot": cmd_plot}[args.command](args)
+                "plot": cmd_plot, "data": cmd_data}[args.command](args)
     except (ConfigError, DataError, RunError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -259,7 +259,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
 
 
 def _metric_names(cfg: Config) -> list[str]:
-    task = cfg.data.task if cfg.data.dataset == "synthetic" else "regression"
+    task = cfg.data.task
     if task == "regression":
         return ["mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7"]
     return ["acc", "f1"]

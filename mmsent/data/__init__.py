@@ -8,7 +8,7 @@ from mmsent.data.batch import Batch, DataError, Dataset, Split
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.synthetic import make_synthetic
 
-DATASETS = ("synthetic", "mosi")
+DATASETS = ("synthetic", "mosi", "mosei")
 
 
 def default_mosi_path() -> Path | None:
@@ -20,6 +20,23 @@ def default_mosi_path() -> Path | None:
     return None
 
 
+def sentiment_classes(ds: Dataset, num_classes: int) -> Dataset:
+    """MOSI/MOSEI as classification: 2 classes = has0 (y >= 0), 7 classes = round(clip(y, -3, 3)) + 3
+    (np.round semantics: half to even, as MMSA's Acc-7)."""
+    import torch
+
+    if num_classes == 2:
+        to_class = lambda y: (y >= 0).long()  # noqa: E731
+    elif num_classes == 7:
+        to_class = lambda y: (torch.round(y.clamp(-3, 3)) + 3).long()  # noqa: E731  (torch.round: half to even)
+    else:
+        raise DataError(f"sentiment classification supports data.num_classes 2 or 7, got {num_classes}")
+    for split in (ds.train, ds.val, ds.test):
+        split.y = to_class(split.y)
+    ds.task, ds.num_classes = "classification", num_classes
+    return ds
+
+
 def build_dataset(cfg, seed: int = 0) -> Dataset:
     """``cfg`` is a ``DataConfig``."""
     if cfg.dataset == "synthetic":
@@ -27,8 +44,11 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
             n_modalities=cfg.n_modalities, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
             dim=cfg.feature_dim, task=cfg.task, num_classes=cfg.num_classes, seed=seed,
         )
-    if cfg.dataset == "mosi":
-        path = cfg.path or default_mosi_path()
+    if cfg.dataset in ("mosi", "mosei"):
+        path = cfg.path or (default_mosi_path() if cfg.dataset == "mosi" else None)
+        if path is None and cfg.dataset == "mosei":
+            raise DataError("MOSEI has no default location; pass --data PATH to an MMSA pickle "
+                            "(or build one with: python cli.py data prepare mosei --csd-dir DIR --out FILE)")
         if path is None:
             raise DataError("MOSI data not found (looked at $MMSENT_MOSI, data/mosi/mosi_utterance.pkl, "
                             "../shared/data/mosi/mosi_utterance.pkl); pass --data PATH to an MMSA pickle")
@@ -37,8 +57,9 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
             from mmsent.models.pretrained import resolve_model_path
 
             tokenizer = resolve_model_path(cfg.tokenizer)
-        return load_mmsa(path, text_tokens=cfg.text_tokens, standardize=cfg.standardize, tokenizer=tokenizer,
-                         max_tokens=cfg.max_tokens)
+        ds = load_mmsa(path, text_tokens=cfg.text_tokens, standardize=cfg.standardize, tokenizer=tokenizer,
+                       max_tokens=cfg.max_tokens)
+        return sentiment_classes(ds, cfg.num_classes) if cfg.task == "classification" else ds
     raise DataError(f"unknown dataset {cfg.dataset!r}; choose from {', '.join(DATASETS)}")
 
 

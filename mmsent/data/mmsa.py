@@ -107,7 +107,7 @@ def tokenize(texts: list[str], tokenizer_path: str, max_tokens: int):
     return enc["input_ids"], enc["attention_mask"].bool(), tok.vocab_size
 
 
-def load_mmsa(path: str | Path, *, modalities=MODALITIES, text_tokens: bool = False, standardize: bool = True,
+def load_mmsa(path: str | Path, *, modalities=None, text_tokens: bool = False, standardize: bool = True,
               tokenizer: str | None = None, max_tokens: int = 50) -> Dataset:
     """Read an MMSA-layout pickle into a regression ``Dataset`` (MOSI sentiment in [-3, 3]).
 
@@ -118,6 +118,11 @@ def load_mmsa(path: str | Path, *, modalities=MODALITIES, text_tokens: bool = Fa
     raw = safe_load_pickle(path)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a dict of splits, got {type(raw).__name__}")
+    if modalities is None:  # whatever the file holds: a pickle prepared without word vectors has no `text`
+        train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+        modalities = [m for m in MODALITIES if m in train or (m == "text" and (tokenizer or text_tokens))]
+        if not modalities:
+            raise DataError(f"{path}: no modality among {', '.join(MODALITIES)} in split 'train'")
     splits = {}
     for name, key in SPLITS.items():
         if key not in raw or not isinstance(raw[key], dict):

@@ -1,0 +1,171 @@
+"""CMU SDK .csd files written in the official layout with h5py: reading, word alignment,
+segmentation, the prepare command, and every bad-input case with a clear error or counted warning."""
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmsent.data import DataError, load_mmsa
+from mmsent.data.csd import CSD, build_mmsa, video_folds, write_csd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cli  # noqa: E402
+
+VIDEOS = ["vidA", "vidB", "vidC"]
+
+
+def make_corpus(d: Path, *, covarep_nan=False, label=None, drop=None, vectors=False):
+    """Per video: two labelled segments [0, 3) and [3, 6); words each 1 s long with one pause 'sp';
+    COVAREP rows every 0.5 s whose value is the row's start time (so averages are predictable);
+    FACET rows every 1 s with value 10 * start."""
+    d.mkdir(parents=True, exist_ok=True)
+    words, audio, vision, labels = {}, {}, {}, {}
+    for k, v in enumerate(VIDEOS):
+        starts = np.arange(6.0)
+        words[v] = (np.stack([starts, starts + 1], 1), np.array([[b"good"], [b"sp"], [b"film"], [b"bad"], [b"plot"], [b"ok"]]))
+        a_st = np.arange(0, 6, 0.5)
+        a = np.stack([a_st, a_st * 2], 1)
+        if covarep_nan and k == 0:
+            a[0, 0] = np.nan
+            a[1, 1] = -np.inf
+        audio[v] = (np.stack([a_st, a_st + 0.5], 1), a.astype(np.float32))
+        vision[v] = (np.stack([starts, starts + 1], 1), (10 * starts[:, None]).astype(np.float32))
+        y = np.array([[1.5 + 0.5 * k], [-0.5]]) if label is None or k else np.array([[label], [0.0]])
+        labels[v] = (np.array([[0.0, 3.0], [3.0, 6.0]]), y)
+    files = {"CMU_MOSI_TimestampedWords.csd": words, "CMU_MOSI_COVAREP.csd": audio,
+             "CMU_MOSI_Visual_Facet_41.csd": vision, "CMU_MOSI_Opinion_Labels.csd": labels}
+    if vectors:  # word vectors live on the word intervals: value = 100 + word start
+        files["CMU_MOSI_TimestampedWordVectors.csd"] = {
+            v: (words[v][0], np.repeat(100 + words[v][0][:, :1], 3, 1).astype(np.float32)) for v in VIDEOS}
+    for name, data in files.items():
+        if drop and drop in name:
+            continue
+        write_csd(d / name, name[:-4], data, {"root name": name[:-4], "dimension names": ["x"]})
+    return d
+
+
+def test_reader_is_lazy_and_reads_metadata(tmp_path):
+    d = make_corpus(tmp_path / "csd")
+    c = CSD(d / "CMU_MOSI_COVAREP.csd")
+    assert c.root == "CMU_MOSI_COVAREP" and sorted(c.videos()) == VIDEOS
+    assert c.metadata["dimension names"] == ["x"]
+    iv, feat = c["vidB"]
+    assert iv.shape == (12, 2) and feat.shape == (12, 2)
+    c.close()
+
+
+def test_alignment_averages_within_words_and_segments(tmp_path):
+    d = make_corpus(tmp_path / "csd")
+    data = build_mmsa(d, {"train": ["vidA", "vidB"], "valid": ["vidC"], "test": []}, seq_len=4)
+    tr = data["train"]
+    assert tr["id"] == ["vidA_0", "vidA_1", "vidB_0", "vidB_1"]
+    assert tr["raw_text"][:2] == ["good film", "bad plot ok"]  # the pause 'sp' is dropped with its rows
+    assert tr["regression_labels"].tolist() == [1.5, -0.5, 2.0, -0.5]
+    # word "good" spans [0, 1): COVAREP rows starting at 0 and 0.5 -> mean start 0.25
+    assert tr["audio"][0, 0].tolist() == pytest.approx([0.25, 0.5])
+    assert tr["audio"][0, 1].tolist() == pytest.approx([2.25, 4.5])  # "film" [2, 3)
+    assert tr["vision"][1, :3, 0].tolist() == pytest.approx([30, 40, 50])  # "bad", "plot", "ok"
+    assert tr["audio_lengths"].tolist() == [2, 3, 2, 3] and (tr["audio"][0, 2:] == 0).all()  # padded to 4
+    assert "text" not in tr  # no word-vector file: the transcript is in raw_text only
+    with_vectors = build_mmsa(make_corpus(tmp_path / "v", vectors=True), {"train": ["vidA"], "valid": [], "test": []},
+                              seq_len=4)["train"]
+    assert with_vectors["text"][0, :2, 0].tolist() == [100.0, 102.0]  # "good" at 0 s, "film" at 2 s
+
+
+def test_prepare_command_produces_a_trainable_pickle(tmp_path):
+    d = make_corpus(tmp_path / "csd")
+    folds = tmp_path / "folds.json"
+    folds.write_text(json.dumps({"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidC"]}))
+    out = tmp_path / "mosi.pkl"
+    assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(out), "--folds", str(folds),
+                     "--seq-len", "4"]) == 0
+    ds = load_mmsa(out)
+    assert ds.modalities == ["audio", "vision"]
+    assert ds.train.mask["audio"].sum(1).tolist() == [2, 3, 2, 3]
+    assert torch.isfinite(ds.train.x["vision"]).all()
+    rc = cli.main(["train", "--quiet", "--dataset", "mosi", "--data", str(out), "--epochs", "1", "--strategy", "dgl",
+                   "--out", str(tmp_path / "run"), "data.batch_size=2", "model.dim=4", "model.hidden=8"])
+    assert rc == 0
+
+
+def test_nan_and_inf_in_covarep_are_counted_by_the_loader(tmp_path):
+    d = make_corpus(tmp_path / "csd", covarep_nan=True)
+    data = build_mmsa(d, {"train": VIDEOS, "valid": ["vidA"], "test": ["vidB"]}, seq_len=4)
+    p = tmp_path / "x.pkl"
+    p.write_bytes(pickle.dumps(data))
+    with pytest.warns(UserWarning, match=r"train\['audio'\] has \d+ non-finite"):
+        load_mmsa(p)
+
+
+def test_bad_inputs(tmp_path):
+    good = make_corpus(tmp_path / "good")
+    with pytest.raises(DataError, match="outside \\[-3, 3\\]"):
+        build_mmsa(make_corpus(tmp_path / "lab", label=3.5), {"train": VIDEOS, "valid": [], "test": []})
+    with pytest.raises(DataError, match="no .csd file for audio"):
+        build_mmsa(make_corpus(tmp_path / "miss", drop="COVAREP"), {"train": VIDEOS, "valid": [], "test": []})
+    with pytest.raises(DataError, match="video 'vidZ' of fold 'test' is absent"):
+        build_mmsa(good, {"train": VIDEOS, "valid": [], "test": ["vidZ"]})
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in good.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "CMU_MOSI_COVAREP.csd").write_bytes((good / "CMU_MOSI_COVAREP.csd").read_bytes()[:200])
+    with pytest.raises(DataError, match="not a readable HDF5"):
+        build_mmsa(bad, {"train": VIDEOS, "valid": [], "test": []})
+    (bad / "CMU_MOSI_COVAREP.csd").write_text("just text")
+    with pytest.raises(DataError, match="not a readable HDF5"):
+        CSD(bad / "CMU_MOSI_COVAREP.csd")
+
+
+def test_empty_word_intervals_are_counted(tmp_path):
+    d = make_corpus(tmp_path / "csd")
+    iv, tok = CSD(d / "CMU_MOSI_TimestampedWords.csd")["vidA"]
+    words = {v: CSD(d / "CMU_MOSI_TimestampedWords.csd")[v] for v in VIDEOS}
+    words["vidA"] = (iv[3:], tok[3:])  # segment 0 of vidA loses all its words
+    write_csd(d / "CMU_MOSI_TimestampedWords.csd", "CMU_MOSI_TimestampedWords", words)
+    with pytest.warns(UserWarning, match="1 labelled segments hold no word"):
+        data = build_mmsa(d, {"train": VIDEOS, "valid": [], "test": []}, seq_len=4)
+    assert data["train"]["audio_lengths"][0] == 0 and data["train"]["raw_text"][0] == ""
+
+
+def test_download_never_prompts(tmp_path, capsys):
+    assert cli.main(["data", "download", "mosi"]) == 2
+    assert "data prepare mosi --csd-dir" in capsys.readouterr().err
+
+
+def test_video_folds_are_disjoint_and_cover_everything():
+    f = video_folds([f"v{i:02d}" for i in range(20)])
+    allv = f["train"] + f["valid"] + f["test"]
+    assert sorted(allv) == [f"v{i:02d}" for i in range(20)] and len(set(allv)) == 20
+    assert (len(f["valid"]), len(f["test"])) == (2, 4)
+
+
+@pytest.mark.parametrize("classes,want", [(2, [1, 0, 1, 0]), (7, [5, 3, 5, 3])])
+def test_binary_and_seven_class_settings_on_prepared_data(tmp_path, classes, want):
+    d = make_corpus(tmp_path / "csd")
+    out = tmp_path / "mosei.pkl"
+    assert cli.main(["data", "prepare", "mosei", "--csd-dir", str(d), "--out", str(out), "--seq-len", "4",
+                     "--folds", str(_folds(tmp_path))]) == 0
+    from mmsent.config import load_config
+    from mmsent.data import build_dataset
+
+    cfg = load_config(Path(cli.ROOT) / "configs/mosei.yaml", [("data.path", str(out)), ("data.task", "classification"),
+                                                              ("data.num_classes", classes)])
+    ds = build_dataset(cfg.data)
+    assert ds.task == "classification" and ds.train.y.tolist() == want  # labels 1.5, -0.5, 2.0, -0.5
+    rc = cli.main(["train", "--quiet", "--config", str(Path(cli.ROOT) / "configs/mosei.yaml"), "--data", str(out),
+                   "--epochs", "1", "--out", str(tmp_path / f"r{classes}"), "data.task=classification",
+                   f"data.num_classes={classes}", "data.batch_size=2", "model.dim=4", "model.hidden=8"])
+    assert rc == 0
+    res = json.loads((tmp_path / f"r{classes}/results.json").read_text())
+    assert set(res["test"]["multi"]) == {"loss", "acc", "f1"}
+
+
+def _folds(tmp_path):
+    p = tmp_path / "folds.json"
+    p.write_text(json.dumps({"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidC"]}))
+    return p
