@@ -23,7 +23,7 @@ class Batch:
     y: Tensor  # (B,) float score (regression) or long class (classification)
     ids: list[str]
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(
             {m: v.to(device) for m, v in self.x.items()},
             {m: v.to(device) for m, v in self.mask.items()},
