@@ -83,7 +83,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path):
     cases = [
         (["--dataset", "mosi", "--data", str(tmp_path / "missing.pkl")], "missing.pkl: file not found"),
         (["--dataset", "mosi", "--data", str(bad_pickle)], "bad.pkl"),
-        (["--dataset", "mosi", "--data", str(wrong)], "wrong.pkl: split 'train' has no key 'regression_labels'"),
+        (["--dataset", "mosi", "--data", str(wrong)], "wrong.pkl: no modality among text, audio, vision in split 'train'"),
         (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, film, gated, mlpmixer, sum"),
         (["--strategy", "magic"], "unknown strategy 'magic'"),
         (["train.nope=1"], "unknown config key 'train.nope'"),
