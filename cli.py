@@ -185,12 +185,10 @@ def cmd_plot(args) -> int:
 
 def cmd_data(args) -> int:
     import importlib.util
-    import json
     import os
     import pickle
 
-    from mmsent.data import DataError
-    from mmsent.data.csd import CSD, build_mmsa, find_files, video_folds
+    from mmsent.data import DataError, prepare_csd
 
     if args.action == "download":
         if importlib.util.find_spec("mmsdk") is None:
@@ -202,25 +200,13 @@ def cmd_data(args) -> int:
                         "files with it yourself, then run `python cli.py data prepare`")
     if not args.csd_dir or not args.out:
         raise DataError("data prepare needs --csd-dir DIR and --out FILE")
-    csd_dir = Path(args.csd_dir)
-    if args.folds:
-        try:
-            folds = json.loads(Path(args.folds).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{args.folds}: cannot read folds JSON ({e})") from None
-        if set(folds) != {"train", "valid", "test"}:
-            raise DataError(f"{args.folds}: folds must have exactly the keys train, valid, test")
-    else:
-        labels = CSD(find_files(csd_dir)["labels"])
-        folds = video_folds(labels.videos())
-        labels.close()
-        print("note: no --folds given; using a deterministic video-level split, not the standard folds")
     from rich.progress import Progress
 
+    csd_dir = Path(args.csd_dir)
     with Progress() as progress:
-        task = progress.add_task("aligning videos", total=sum(len(v) for v in folds.values()))
-        data = build_mmsa(csd_dir, folds, seq_len=args.seq_len,
-                          progress=lambda done, total: progress.update(task, completed=done))
+        task = progress.add_task("aligning videos", total=None)
+        data = prepare_csd(csd_dir, args.folds, args.seq_len,
+                           progress=lambda done, total: progress.update(task, completed=done, total=total))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -16,7 +16,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | mosi
-    path: Optional[str] = None  # MMSA pickle for mosi
+    path: Optional[str] = None  # MMSA pickle for mosi/mosei, or a folder of CMU SDK .csd files
+    folds: Optional[str] = None  # with a .csd folder: JSON {"train": [video ids], "valid": [...], "test": [...]}
+    seq_len: int = 50  # with a .csd folder: words per segment
     batch_size: int = 64
     standardize: bool = True
     text_tokens: bool = False  # mosi: read BERT ids from `text_bert` instead of `text` features

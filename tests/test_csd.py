@@ -169,3 +169,14 @@ def _folds(tmp_path):
     p = tmp_path / "folds.json"
     p.write_text(json.dumps({"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidC"]}))
     return p
+
+
+def test_train_straight_from_a_csd_folder(tmp_path):
+    """One command: a folder of .csd files in the official layout becomes a training run."""
+    d = make_corpus(tmp_path / "csd", vectors=True)
+    rc = cli.main(["train", "--quiet", "--dataset", "mosi", "--data", str(d), "--epochs", "1", "--strategy", "dgl",
+                   "--out", str(tmp_path / "run"), f"data.folds={_folds(tmp_path)}", "data.seq_len=4",
+                   "data.batch_size=2", "model.dim=4", "model.hidden=8"])
+    assert rc == 0
+    res = json.loads((tmp_path / "run/results.json").read_text())
+    assert set(res["test"]) == {"multi", "text", "audio", "vision"}

@@ -107,15 +107,18 @@ def tokenize(texts: list[str], tokenizer_path: str, max_tokens: int):
     return enc["input_ids"], enc["attention_mask"].bool(), tok.vocab_size
 
 
-def load_mmsa(path: str | Path, *, modalities=None, text_tokens: bool = False, standardize: bool = True,
+def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = False, standardize: bool = True,
               tokenizer: str | None = None, max_tokens: int = 50) -> Dataset:
     """Read an MMSA-layout pickle into a regression ``Dataset`` (MOSI sentiment in [-3, 3]).
 
     ``text_tokens=True`` reads BERT token ids from ``text_bert`` instead of the ``text`` features;
     ``tokenizer`` (a local tokenizer directory) instead tokenizes the ``raw_text`` transcripts.
+    ``path`` may also be the already-unpickled dict (e.g. straight from ``csd.build_mmsa``).
     """
     vocab = 30522  # bert-base-uncased, the tokenizer of MMSA's text_bert
-    raw = safe_load_pickle(path)
+    raw = path if isinstance(path, dict) else safe_load_pickle(path)
+    if isinstance(path, dict):
+        path = "<prepared data>"
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a dict of splits, got {type(raw).__name__}")
     if modalities is None:  # whatever the file holds: a pickle prepared without word vectors has no `text`
