@@ -112,8 +112,3 @@ def build_task(task: str, num_classes: int = 1):
 
 def lower_is_better(metric: str) -> bool:
     return metric in ("loss", "mae")
-
-
-def mean_loss(task, pred: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return float(task.loss(pred, y))

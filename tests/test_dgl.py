@@ -184,6 +184,17 @@ def test_batchnorm_head_gradients_match_separate_passes():
         torch.testing.assert_close(b, a)
 
 
+def test_module_form_matches_the_function():
+    from mmsent import DGLLoss
+
+    encoders, head, x, y = make(3, "mixing")
+    feats = {m: encoders[m](x[m]) for m in x}
+    a = dgl_loss(feats, head, nn.functional.cross_entropy, y, alpha=3.0, truncate_unimodal=False)
+    b = DGLLoss(head, nn.functional.cross_entropy, alpha=3.0, truncate_unimodal=False)(feats, y)
+    torch.testing.assert_close(a.total, b.total)
+    torch.testing.assert_close(a.unimodal["m2"], b.unimodal["m2"])
+
+
 def test_needs_two_modalities():
     with pytest.raises(ValueError, match="at least two modalities"):
         dgl_loss({"a": torch.randn(2, 3)}, nn.Identity(), lambda p, t: p.sum(), torch.zeros(2))
