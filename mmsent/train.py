@@ -190,14 +190,15 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         state = ckpt["state"]
         _truncate_log(run / "metrics.jsonl", state["epoch"])
     else:
-        if run.exists() and any(run.iterdir()):
+        if run.exists() and any((run / f).exists() for f in ("last.pt", "best.pt", "results.json")):
             raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+        if run.exists() and any(p.name != "config.json" for p in run.iterdir()):
+            raise RunError(f"{run}: exists and holds files that are not a run's; pass another --out")
+        shutil.rmtree(run, ignore_errors=True)  # at most the config of a run that died before its first epoch
         tmp = run.with_name(run.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _atomic_json(cfg.to_dict(), tmp / "config.json")
-        if run.exists():
-            run.rmdir()
         tmp.rename(run)  # the directory appears complete (with its config) or not at all
 
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0

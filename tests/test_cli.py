@@ -106,6 +106,19 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     assert (out / "best.pt").read_bytes() == before
 
 
+def test_a_run_that_died_before_its_first_epoch_can_be_started_again(tmp_path):
+    out = tmp_path / "dead"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    rc, out = train(tmp_path, "--epochs", "1", name="dead")
+    assert rc == 0 and (out / "results.json").is_file()
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    rc, err = run_cli(tmp_path, "--out", str(stranger), "--epochs", "1")
+    assert rc == 2 and "not a run's" in err and (stranger / "notes.txt").read_text() == "mine"
+
+
 def test_default_train_command_runs(tmp_path):
     """`python cli.py train` with no dataset: the synthetic default, end to end."""
     rc, err = run_cli(tmp_path, "--out", str(tmp_path / "default"))
