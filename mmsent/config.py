@@ -125,7 +125,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _set(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``a.b.c``; a component given by name becomes ``{name: ...}``."""
     *parents, leaf = dotted.split(".")
     for p in parents:
         node = tree.get(p)
@@ -167,7 +168,7 @@ def load_config(path: str | Path | None = None, overrides=(), base: dict | None 
         tree = _merge(tree, load_yaml(path))
     for text in overrides:
         key, value = parse_override(text) if isinstance(text, str) else text
-        _set(tree, key, value)
+        set_dotted(tree, key, value)
     return from_dict(Config, tree)
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from mmsent.config import ConfigError, load_config, load_yaml
+from mmsent.config import ConfigError, load_config, load_yaml, set_dotted
 from mmsent.data import build_dataset
+from mmsent.tasks import metric_names
 from mmsent.train import check_strategy_args, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,7 @@ class Sweep:
             check_strategy_args(cfg)
         except ConfigError as e:
             raise SweepError(f"sweep {self.spec.name!r}: {e}") from None
-        metrics = ["loss", "mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "acc", "f1"]
+        metrics = ["loss", *metric_names(cfg.data.task)]
         if self.spec.metric not in metrics:
             raise SweepError(f"sweep {self.spec.name!r}: unknown metric {self.spec.metric!r}; choose from {', '.join(metrics)}")
         self.base_cfg = cfg
@@ -273,13 +274,7 @@ def apply_best(study, path: str | Path) -> dict:
     path = Path(path)
     tree = load_yaml(path) if path.is_file() else {}
     for key, value in best.params.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if isinstance(node.get(p), str):
-                node[p] = {"name": node[p]}
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(tree, key, value)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
     tmp.replace(path)

@@ -16,6 +16,14 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import Tensor
 
+REGRESSION_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7")
+CLASSIFICATION_METRICS = ("acc", "f1")
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    """What ``metrics`` returns for a task (``loss`` is added by evaluation)."""
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+
 
 def msa_regression_metrics(pred, true) -> dict[str, float]:
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)

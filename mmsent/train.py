@@ -27,7 +27,7 @@ from mmsent.data import Dataset, Split, build_dataset
 from mmsent.dgl import zero_others
 from mmsent.models import BertEncoder, MultimodalModel, build_model, choose
 from mmsent.strategies import STRATEGIES
-from mmsent.tasks import build_task, lower_is_better
+from mmsent.tasks import build_task, lower_is_better, metric_names
 
 
 class RunError(RuntimeError):
@@ -164,9 +164,9 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     """
     console = Console(quiet=quiet, stderr=True)
     device = resolve_device(cfg.device)
-    if cfg.train.select != "loss" and cfg.train.select not in _metric_names(cfg):
+    if cfg.train.select != "loss" and cfg.train.select not in metric_names(cfg.data.task):
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this task; "
-                          f"choose from loss, {', '.join(_metric_names(cfg))}")
+                          f"choose from loss, {', '.join(metric_names(cfg.data.task))}")
     dataset = dataset or build_dataset(cfg.data)
     task = build_task(dataset.task, dataset.num_classes)
     seed_everything(cfg.seed)
@@ -257,13 +257,6 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     _atomic_json(results, run / "results.json")
     results["run_dir"] = str(run)
     return results
-
-
-def _metric_names(cfg: Config) -> list[str]:
-    task = cfg.data.task
-    if task == "regression":
-        return ["mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7"]
-    return ["acc", "f1"]
 
 
 def _truncate_log(path: Path, last_epoch: int) -> None:
