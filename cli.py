@@ -184,28 +184,31 @@ def cmd_plot(args) -> int:
 
 
 def cmd_data(args) -> int:
-    import importlib.util
     import os
     import pickle
+
+    from rich.progress import Progress
 
     from mmsent.data import DataError, prepare_csd
 
     if args.action == "download":
-        if importlib.util.find_spec("mmsdk") is None:
-            raise DataError(f"{args.dataset}: automatic download needs the official CMU Multimodal SDK (mmsdk, "
-                            "installed from its source repository; it is not on PyPI) and network access; otherwise "
-                            "get the .csd files by hand and run: python cli.py data prepare "
-                            f"{args.dataset} --csd-dir DIR --out FILE")
-        raise DataError("mmsdk is installed, but its download asks questions on stdin (deploy()); fetch the .csd "
-                        "files with it yourself, then run `python cli.py data prepare`")
+        from mmsent.data.download import download
+
+        out_dir = Path(args.out or f"data/{args.dataset}_csd")
+        with Progress() as progress:
+            task = progress.add_task(f"downloading {args.dataset}", total=None)
+            files = download(args.dataset, out_dir,
+                             progress=lambda done, total: progress.update(task, completed=done, total=total))
+        print(f"wrote {len(files)} .csd files to {out_dir}; next: python cli.py data prepare {args.dataset} "
+              f"--csd-dir {out_dir} --out data/{args.dataset}.pkl")
+        return 0
     if not args.csd_dir or not args.out:
         raise DataError("data prepare needs --csd-dir DIR and --out FILE")
-    from rich.progress import Progress
 
     csd_dir = Path(args.csd_dir)
     with Progress() as progress:
         task = progress.add_task("aligning videos", total=None)
-        data = prepare_csd(csd_dir, args.folds, args.seq_len,
+        data = prepare_csd(csd_dir, args.folds, args.seq_len, args.dataset,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -270,8 +273,9 @@ def main(argv=None) -> int:
     da.add_argument("action", choices=["prepare", "download"])
     da.add_argument("dataset", choices=["mosi", "mosei"])
     da.add_argument("--csd-dir", help="folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])")
-    da.add_argument("--out", help="MMSA-layout pickle to write")
-    da.add_argument("--folds", help='JSON {"train": [video ids], "valid": [...], "test": [...]}')
+    da.add_argument("--out", help="prepare: the MMSA-layout pickle to write; download: the folder (data/<dataset>_csd)")
+    da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '
+                    'FILE.json {"train": [video ids], "valid": [...], "test": [...]}')
     da.add_argument("--seq-len", type=int, default=50, help="words per segment (pad or cut)")
     # key=value overrides may come anywhere, also after options, which plain argparse rejects.
     argv = sys.argv[1:] if argv is None else list(argv)

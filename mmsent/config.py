@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | mosi
     path: Optional[str] = None  # MMSA pickle for mosi/mosei, or a folder of CMU SDK .csd files
-    folds: Optional[str] = None  # with a .csd folder: JSON {"train": [video ids], "valid": [...], "test": [...]}
+    folds: Optional[str] = None  # with a .csd folder: standard (default) | video | FILE.json
     seq_len: int = 50  # with a .csd folder: words per segment
     batch_size: int = 64
     standardize: bool = True

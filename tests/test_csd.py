@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mmsent.data import DataError, load_mmsa
-from mmsent.data.csd import CSD, build_mmsa, video_folds, write_csd
+from mmsent.data.csd import CSD, build_mmsa, write_csd
+from mmsent.data.folds import read_folds, standard_folds, video_folds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
@@ -18,13 +19,13 @@ import cli  # noqa: E402
 VIDEOS = ["vidA", "vidB", "vidC"]
 
 
-def make_corpus(d: Path, *, covarep_nan=False, label=None, drop=None, vectors=False):
+def make_corpus(d: Path, *, covarep_nan=False, label=None, drop=None, vectors=False, videos=VIDEOS):
     """Per video: two labelled segments [0, 3) and [3, 6); words each 1 s long with one pause 'sp';
     COVAREP rows every 0.5 s whose value is the row's start time (so averages are predictable);
     FACET rows every 1 s with value 10 * start."""
     d.mkdir(parents=True, exist_ok=True)
     words, audio, vision, labels = {}, {}, {}, {}
-    for k, v in enumerate(VIDEOS):
+    for k, v in enumerate(videos):
         starts = np.arange(6.0)
         words[v] = (np.stack([starts, starts + 1], 1), np.array([[b"good"], [b"sp"], [b"film"], [b"bad"], [b"plot"], [b"ok"]]))
         a_st = np.arange(0, 6, 0.5)
@@ -34,7 +35,7 @@ def make_corpus(d: Path, *, covarep_nan=False, label=None, drop=None, vectors=Fa
             a[1, 1] = -np.inf
         audio[v] = (np.stack([a_st, a_st + 0.5], 1), a.astype(np.float32))
         vision[v] = (np.stack([starts, starts + 1], 1), (10 * starts[:, None]).astype(np.float32))
-        y = np.array([[1.5 + 0.5 * k], [-0.5]]) if label is None or k else np.array([[label], [0.0]])
+        y = np.array([[1.5 + 0.5 * (k % 3)], [-0.5]]) if label is None or k else np.array([[label], [0.0]])
         labels[v] = (np.array([[0.0, 3.0], [3.0, 6.0]]), y)
     files = {"CMU_MOSI_TimestampedWords.csd": words, "CMU_MOSI_COVAREP.csd": audio,
              "CMU_MOSI_Visual_Facet_41.csd": vision, "CMU_MOSI_Opinion_Labels.csd": labels}
@@ -132,16 +133,48 @@ def test_empty_word_intervals_are_counted(tmp_path):
     assert data["train"]["audio_lengths"][0] == 0 and data["train"]["raw_text"][0] == ""
 
 
-def test_download_never_prompts(tmp_path, capsys):
-    assert cli.main(["data", "download", "mosi"]) == 2
+def test_download_without_the_sdk_says_how_to_get_the_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mmsdk", None)  # import fails even where an SDK is installed
+    assert cli.main(["data", "download", "mosi", "--out", str(tmp_path / "d")]) == 2
     assert "data prepare mosi --csd-dir" in capsys.readouterr().err
 
 
-def test_video_folds_are_disjoint_and_cover_everything():
-    f = video_folds([f"v{i:02d}" for i in range(20)])
-    allv = f["train"] + f["valid"] + f["test"]
-    assert sorted(allv) == [f"v{i:02d}" for i in range(20)] and len(set(allv)) == 20
-    assert (len(f["valid"]), len(f["test"])) == (2, 4)
+def _fake_sdk(monkeypatch, urls):
+    """An ``mmsdk`` whose MOSI recipe points at local files (urllib reads file:// like http://)."""
+    import types
+
+    sdk, datasdk = types.ModuleType("mmsdk"), types.ModuleType("mmsdk.mmdatasdk")
+    datasdk.cmu_mosi = types.SimpleNamespace(raw={"words": urls[0]}, highlevel={f"f{i}": u for i, u in enumerate(urls[1:-1])},
+                                             labels={"Opinion Segment Labels": urls[-1]})
+    sdk.mmdatasdk = datasdk
+    monkeypatch.setitem(sys.modules, "mmsdk", sdk)
+    monkeypatch.setitem(sys.modules, "mmsdk.mmdatasdk", datasdk)
+
+
+def test_download_uses_the_sdk_recipe_never_prompts_and_resumes(tmp_path, monkeypatch, capsys):
+    src = make_corpus(tmp_path / "server")
+    names = ["CMU_MOSI_TimestampedWords.csd", "CMU_MOSI_COVAREP.csd", "CMU_MOSI_Visual_Facet_41.csd",
+             "CMU_MOSI_Opinion_Labels.csd"]
+    _fake_sdk(monkeypatch, [(src / n).as_uri() for n in names])
+    monkeypatch.setattr("sys.stdin", None)  # any prompt would fail loudly
+    out = tmp_path / "got"
+    assert cli.main(["data", "download", "mosi", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert (out / names[1]).read_bytes() == (src / names[1]).read_bytes()
+    (src / names[0]).unlink()  # files already there are kept, so the gone source is not fetched again
+    assert cli.main(["data", "download", "mosi", "--out", str(out)]) == 0
+    assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(out), "--out", str(tmp_path / "m.pkl"),
+                     "--folds", "video", "--seq-len", "3"]) == 0
+
+
+def test_a_failed_download_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    src = make_corpus(tmp_path / "server")
+    _fake_sdk(monkeypatch, [(src / "CMU_MOSI_TimestampedWords.csd").as_uri(), (tmp_path / "gone/COVAREP.csd").as_uri(),
+                            (src / "CMU_MOSI_Visual_Facet_41.csd").as_uri(), (src / "CMU_MOSI_Opinion_Labels.csd").as_uri()])
+    out = tmp_path / "got"
+    assert cli.main(["data", "download", "mosi", "--out", str(out)]) == 2
+    assert "COVAREP.csd: download failed" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["CMU_MOSI_TimestampedWords.csd"]
 
 
 @pytest.mark.parametrize("classes,want", [(2, [1, 0, 1, 0]), (7, [5, 3, 5, 3])])
@@ -180,3 +213,56 @@ def test_train_straight_from_a_csd_folder(tmp_path):
     assert rc == 0
     res = json.loads((tmp_path / "run/results.json").read_text())
     assert set(res["test"]) == {"multi", "text", "audio", "vision"}
+
+
+SHARED_MOSI = Path(__file__).resolve().parents[2] / "shared/data/mosi/mosi_utterance.pkl"
+
+
+def test_shipped_mosi_folds_are_the_52_10_31_video_split():
+    f = standard_folds("mosi")
+    assert [len(f[s]) for s in ("train", "valid", "test")] == [52, 10, 31]
+    assert len(set(f["train"]) | set(f["valid"]) | set(f["test"])) == 93
+
+
+@pytest.mark.skipif(not SHARED_MOSI.is_file(), reason="needs ../shared/data/mosi")
+def test_shipped_mosi_folds_name_exactly_the_videos_of_real_mosi():
+    """An independent check of the shipped ids: the real corpus holds the same 93 videos."""
+    data = pickle.loads(SHARED_MOSI.read_bytes())
+    real = {i.rsplit("_", 1)[0] for split in data.values() for i in split["id"]}
+    f = standard_folds("mosi")
+    assert real == set(f["train"]) | set(f["valid"]) | set(f["test"])
+
+
+def test_prepare_defaults_to_the_standard_folds(tmp_path):
+    f = standard_folds("mosi")
+    d = make_corpus(tmp_path / "csd", videos=[*f["train"], *f["valid"], *f["test"], "extraVid"])
+    out = tmp_path / "mosi.pkl"
+    with pytest.warns(UserWarning, match="1 labelled videos are in no standard fold"):
+        assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(out), "--seq-len", "2"]) == 0
+    data = pickle.loads(out.read_bytes())
+    for split in ("train", "valid", "test"):  # two labelled segments per video, in fold order
+        assert data[split]["id"][::2] == [f"{v}_0" for v in f[split]]
+
+
+def test_standard_folds_on_a_partial_corpus_name_the_missing_video(tmp_path, capsys):
+    d = make_corpus(tmp_path / "csd")
+    rc = cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(tmp_path / "x.pkl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "videos of the standard mosi folds are not in the labels" in err and "--folds video" in err
+    assert not (tmp_path / "x.pkl").exists()
+    assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(tmp_path / "v.pkl"),
+                     "--folds", "video"]) == 0
+
+
+def test_folds_json_is_validated(tmp_path):
+    bad = tmp_path / "f.json"
+    bad.write_text(json.dumps({"train": ["a"], "valid": "b", "test": []}))
+    with pytest.raises(DataError, match="folds\\['valid'\\] must be a list"):
+        read_folds(bad)
+
+
+def test_video_folds_are_disjoint_and_cover_everything():
+    f = video_folds([f"v{i:02d}" for i in range(20)])
+    allv = f["train"] + f["valid"] + f["test"]
+    assert sorted(allv) == [f"v{i:02d}" for i in range(20)] and len(set(allv)) == 20
+    assert (len(f["valid"]), len(f["test"])) == (2, 4)

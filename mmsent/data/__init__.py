@@ -37,27 +37,17 @@ def sentiment_classes(ds: Dataset, num_classes: int) -> Dataset:
     return ds
 
 
-def prepare_csd(csd_dir: Path, folds_path: str | None, seq_len: int, progress=None) -> dict:
-    """The MMSA-layout dict of a folder of ``.csd`` files (folds from JSON, else a video-level split)."""
-    import json
-    import warnings
+def prepare_csd(csd_dir: Path, folds: str | None, seq_len: int, dataset: str = "mosi", progress=None) -> dict:
+    """The MMSA-layout dict of a folder of ``.csd`` files; ``folds`` as in ``resolve_folds``
+    (default: the dataset's standard folds)."""
+    from mmsent.data.csd import CSD, build_mmsa, find_files
+    from mmsent.data.folds import resolve_folds
 
-    from mmsent.data.csd import CSD, build_mmsa, find_files, video_folds
-
-    if folds_path:
-        try:
-            folds = json.loads(Path(folds_path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{folds_path}: cannot read folds JSON ({e})") from None
-        if not isinstance(folds, dict) or set(folds) != {"train", "valid", "test"}:
-            raise DataError(f"{folds_path}: folds must be a mapping with exactly the keys train, valid, test")
-    else:
-        labels = CSD(find_files(csd_dir)["labels"])
-        folds = video_folds(labels.videos())
-        labels.close()
-        warnings.warn(f"{csd_dir}: no folds given; using a deterministic video-level split, not the standard folds",
-                      stacklevel=2)
-    return build_mmsa(csd_dir, folds, seq_len=seq_len, progress=progress)
+    labels = CSD(find_files(csd_dir)["labels"])
+    videos = labels.videos()
+    labels.close()
+    return build_mmsa(csd_dir, resolve_folds(folds, dataset, videos, str(csd_dir)), seq_len=seq_len,
+                      progress=progress)
 
 
 def build_dataset(cfg, seed: int = 0) -> Dataset:
@@ -81,7 +71,7 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
 
             tokenizer = resolve_model_path(cfg.tokenizer)
         if Path(path).is_dir():  # a folder of .csd files: align in memory, no pickle needed
-            path = prepare_csd(Path(path), cfg.folds, cfg.seq_len)
+            path = prepare_csd(Path(path), cfg.folds, cfg.seq_len, cfg.dataset)
         ds = load_mmsa(path, text_tokens=cfg.text_tokens, standardize=cfg.standardize, tokenizer=tokenizer,
                        max_tokens=cfg.max_tokens)
         return sentiment_classes(ds, cfg.num_classes) if cfg.task == "classification" else ds

@@ -202,13 +202,3 @@ def build_mmsa(csd_dir: str | Path, folds: dict[str, list[str]], *, seq_len: int
 
 def rows_dim(c: CSD) -> int:
     return c[c.videos()[0]][1].shape[1]
-
-
-def video_folds(videos: list[str], valid: float = 0.1, test: float = 0.2) -> dict[str, list[str]]:
-    """A deterministic video-level split (sorted ids, every k-th video) for corpora without folds."""
-    vids = sorted(videos)
-    n_test, n_valid = round(len(vids) * test), round(len(vids) * valid)
-    test_ids = vids[:: max(1, len(vids) // max(1, n_test))][:n_test] if n_test else []
-    rest = [v for v in vids if v not in test_ids]
-    valid_ids = rest[:: max(1, len(rest) // max(1, n_valid))][:n_valid] if n_valid else []
-    return {"train": [v for v in rest if v not in valid_ids], "valid": valid_ids, "test": test_ids}
