@@ -15,8 +15,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | mosi
-    path: Optional[str] = None  # MMSA pickle for mosi/mosei, or a folder of CMU SDK .csd files
+    dataset: str = "synthetic"  # synthetic | mosi | mosei | cremad | ks | vggsound
+    path: Optional[str] = None  # MMSA pickle or .csd folder (mosi/mosei); corpus folder (cremad/ks/vggsound)
     folds: Optional[str] = None  # with a .csd folder: standard (default) | video | FILE.json
     seq_len: int = 50  # with a .csd folder: words per segment
     batch_size: int = 64
@@ -24,6 +24,16 @@ class DataConfig:
     text_tokens: bool = False  # mosi: read BERT ids from `text_bert` instead of `text` features
     tokenizer: Optional[str] = None  # mosi: tokenize `raw_text` with this local tokenizer (or "minilm")
     max_tokens: int = 50  # token budget per utterance, [CLS]/[SEP] included
+    # audio-visual corpora (cremad | ks | vggsound): spectrogram = log|STFT| of (audio_frames - 1) * hop samples
+    sample_rate: int = 22050
+    audio_frames: int = 299  # STFT frames (the paper: 257 x 299 on CREMA-D, 257 x 1004 on KS/VGGSound)
+    n_fft: int = 512
+    hop: int = 353
+    frames: int = 1  # video frames per clip (1 on CREMA-D, 3 on KS/VGGSound)
+    fps: int = 1  # frames per second extracted by `data prepare` from videos
+    image_size: int = 224
+    valid_fraction: float = 0.1  # validation carved from train (every k-th clip by id)
+    num_workers: int = 0  # DataLoader workers decoding clips
     # synthetic only
     n_modalities: int = 3
     n_train: int = 800
@@ -42,11 +52,13 @@ class ModelConfig:
     seq_len: int = 4  # L: steps every encoder pools to (the mixer's sequence axis)
     hidden: int = 128
     dropout: float = 0.1
-    fusion: str = "mlpmixer"  # concat | sum | gated | film | mlpmixer
+    fusion: str = "mlpmixer"  # concat | sum | gated | film | mlpmixer | mmtm (audio-visual)
     depth: int = 2  # mlpmixer blocks
     bert_path: Optional[str] = None  # local transformers model directory for the bert encoder, or "minilm"
     bert_pooling: str = "mean"  # mean | cls
     bert_freeze_layers: int = 0  # freeze the embeddings and this many lower transformer layers (-1: all)
+    width: int = 64  # ResNet18 base width of the spectrogram/frames encoders (64 = the standard ResNet18)
+    mmtm_ratio: int = 2  # MMTM squeeze ratio (the DGL authors' MMTM_Net uses 2)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,10 @@ class TrainConfig:
     lr: float = 1e-3
     bert_lr: float = 5e-5
     weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    lr_step: int = 0  # multiply the learning rate by lr_gamma every lr_step epochs (0: constant)
+    lr_gamma: float = 0.1
+    amp: bool = False  # bfloat16 autocast for forward passes (on CUDA, or CPU)
     grad_clip: float = 0.0
     patience: int = 10  # epochs without validation improvement before stopping
     select: str = "loss"  # validation metric of the multimodal model used for model selection

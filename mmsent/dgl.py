@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["DGLOutput", "DGLLoss", "dgl_loss", "zero_others"]
+__all__ = ["DGLOutput", "DGLLoss", "call_keeping_buffers", "dgl_loss", "zero_others"]
 
 
 @dataclass
@@ -53,16 +53,21 @@ def _has_batch_coupling(module: nn.Module) -> bool:
     return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training for mod in module.modules())
 
 
+def call_keeping_buffers(module: nn.Module, *args, detach_params: bool = False):
+    """``module(*args)`` on cloned buffers, so BatchNorm running statistics stay as they were;
+    with ``detach_params`` the parameters receive no gradient (DGL's unimodal truncation)."""
+    params = {n: (p.detach() if detach_params else p) for n, p in module.named_parameters()}
+    buffers = {n: b.clone() for n, b in module.named_buffers()}
+    return functional_call(module, {**params, **buffers}, args)
+
+
 def _unimodal_predictions(
     features: Mapping[str, Tensor], head: nn.Module, detach_head: bool, batched: bool
 ) -> dict[str, object]:
-    params = {n: (p.detach() if detach_head else p) for n, p in head.named_parameters()}
     # Buffers are cloned so that masked passes never update running statistics (method.md: BN
     # layers seen by masked passes must not take statistics from them).
-    buffers = {n: b.clone() for n, b in head.named_buffers()}
-
     def call(feats: dict[str, Tensor]):
-        return functional_call(head, {**params, **buffers}, (feats,))
+        return call_keeping_buffers(head, feats, detach_params=detach_head)
 
     names = list(features)
     if not batched:

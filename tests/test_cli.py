@@ -84,12 +84,14 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path):
         (["--dataset", "mosi", "--data", str(tmp_path / "missing.pkl")], "missing.pkl: file not found"),
         (["--dataset", "mosi", "--data", str(bad_pickle)], "bad.pkl"),
         (["--dataset", "mosi", "--data", str(wrong)], "wrong.pkl: no modality among text, audio, vision in split 'train'"),
-        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, film, gated, mlpmixer, sum"),
+        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, film, gated, mlpmixer, mmtm, sum"),
         (["--strategy", "magic"], "unknown strategy 'magic'"),
         (["train.nope=1"], "unknown config key 'train.nope'"),
         (["train.epochs=many"], "'train.epochs' must be int"),
         (["--strategy", "dgl", "strategy.args.beta=1"], "unknown argument(s) beta for strategy 'dgl'"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--fusion", "mmtm"], "fusion 'mmtm' needs spectrogram/frames encoders"),
+        (["--dataset", "cremad", "--data", str(tmp_path / "nowhere")], "nowhere: not a directory"),
     ]
     for args, msg in cases:
         rc, err = run_cli(tmp_path, "--out", str(tmp_path / "out"), *args)

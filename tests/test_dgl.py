@@ -129,12 +129,15 @@ def test_unimodal_gradient_of_modality_reaches_only_its_encoder():
 @pytest.mark.parametrize("fusion", sorted(FUSIONS))
 def test_every_fusion_head_meets_the_contract(fusion):
     names = ["text", "audio", "vision"]
-    head = FUSIONS[fusion](names, 6, 3, 1, hidden=8)
-    encoders = nn.ModuleDict({m: nn.Linear(4, 18) for m in names})
+    # Sequence heads read (B, L=3, D=6); the MMTM head reads (B, C=4, 4, 4) maps and holds
+    # train-mode BatchNorm, so dgl_loss takes its unbatched path there.
+    shape = (4, 4, 4) if fusion == "mmtm" else (3, 6)
+    head = FUSIONS[fusion](names, shape[-1] if fusion != "mmtm" else 4, 3, 1, hidden=8)
+    encoders = nn.ModuleDict({m: nn.Linear(4, int(torch.tensor(shape).prod())) for m in names})
     x = {m: torch.randn(5, 4) for m in names}
     y = torch.randn(5)
     crit = lambda p, t: nn.functional.l1_loss(p.reshape(-1), t)  # noqa: E731
-    feats = {m: encoders[m](x[m]).view(5, 3, 6) for m in names}
+    feats = {m: encoders[m](x[m]).view(5, *shape) for m in names}
     want_enc = torch.autograd.grad(
         3.0 * sum(crit(head(zero_others(feats, m)), y) for m in names), list(encoders.parameters()), retain_graph=True)
     want_head = torch.autograd.grad(crit(head({m: f.detach() for m, f in feats.items()}), y), list(head.parameters()))

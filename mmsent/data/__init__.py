@@ -8,7 +8,7 @@ from mmsent.data.batch import Batch, DataError, Dataset, Split
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.synthetic import make_synthetic
 
-DATASETS = ("synthetic", "mosi", "mosei")
+DATASETS = ("synthetic", "mosi", "mosei", "cremad", "ks", "vggsound")
 
 
 def default_mosi_path() -> Path | None:
@@ -57,6 +57,10 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
             n_modalities=cfg.n_modalities, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
             dim=cfg.feature_dim, task=cfg.task, num_classes=cfg.num_classes, seed=seed,
         )
+    if cfg.dataset in ("cremad", "ks", "vggsound"):
+        from mmsent.data.av import load_av
+
+        return load_av(cfg, seed)
     if cfg.dataset in ("mosi", "mosei"):
         path = cfg.path or (default_mosi_path() if cfg.dataset == "mosi" else None)
         if path is None and cfg.dataset == "mosei":

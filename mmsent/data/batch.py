@@ -6,7 +6,7 @@ modality carries a boolean mask, True = real step, so padded steps never reach a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -74,6 +74,7 @@ class Dataset:
     num_classes: int  # 1 for regression
     dims: dict[str, int]  # m -> feature size (or vocabulary size for token ids)
     token_modalities: tuple[str, ...] = ()  # modalities given as token ids (BERT input)
+    kinds: dict[str, str] = field(default_factory=dict)  # m -> "spectrogram" | "frames" (audio-visual corpora)
 
     @property
     def modalities(self) -> list[str]:

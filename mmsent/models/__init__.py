@@ -5,8 +5,11 @@ from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel
 from mmsent.models.pretrained import resolve_model_path
+from mmsent.models.resnet import FramesEncoder, SpectrogramEncoder
 
-ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder}
+ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder, "spectrogram": SpectrogramEncoder,
+            "frames": FramesEncoder}
+IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder)
 
 
 def choose(registry: dict, kind: str, name: str):
@@ -17,29 +20,60 @@ def choose(registry: dict, kind: str, name: str):
     return registry[name]
 
 
-def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
-    """``cfg`` is a ``ModelConfig``; ``dataset`` supplies modalities, feature sizes and lengths."""
-    encoders = {}
-    for m in dataset.modalities:
-        name = cfg.encoders.get(m, cfg.encoder)
-        if name == "auto":
+def _encoder(cfg, dataset, m: str):
+    from mmsent.config import ConfigError
+
+    name = cfg.encoders.get(m, cfg.encoder)
+    if name == "auto":
+        if m in dataset.kinds:
+            name = dataset.kinds[m]
+        else:
             steps = dataset.train.x[m].shape[1]
             name = "bert" if m in dataset.token_modalities else ("lstm" if steps > 1 else "mlp")
-        cls = choose(ENCODERS, "encoder", name)
-        common = dict(seq_len=cfg.seq_len, dropout=cfg.dropout)
-        if cls is BertEncoder:
-            if not cfg.bert_path:
-                from mmsent.config import ConfigError
+    cls = choose(ENCODERS, "encoder", name)
+    if (m in dataset.kinds) != (cls in IMAGE_ENCODERS) or (m in dataset.kinds and name != dataset.kinds[m]):
+        raise ConfigError(f"encoder {name!r} cannot read modality {m!r} "
+                          f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
+    if cls in IMAGE_ENCODERS:
+        # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
+        return cls(width=cfg.width, maps=cfg.fusion == "mmtm")
+    common = dict(seq_len=cfg.seq_len, dropout=cfg.dropout)
+    if cls is BertEncoder:
+        if not cfg.bert_path:
+            raise ConfigError(f"encoder 'bert' for {m!r} needs model.bert_path (a local transformers model directory)")
+        return BertEncoder(cfg.dim, path=resolve_model_path(cfg.bert_path), pooling=cfg.bert_pooling,
+                           freeze_layers=cfg.bert_freeze_layers, **common)
+    return cls(dataset.dims[m], cfg.dim, hidden=cfg.hidden, **common)
 
-                raise ConfigError(f"encoder 'bert' for {m!r} needs model.bert_path (a local transformers model directory)")
-            encoders[m] = BertEncoder(cfg.dim, path=resolve_model_path(cfg.bert_path), pooling=cfg.bert_pooling,
-                                      freeze_layers=cfg.bert_freeze_layers, **common)
-        else:
-            encoders[m] = cls(dataset.dims[m], cfg.dim, hidden=cfg.hidden, **common)
+
+def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
+    """``cfg`` is a ``ModelConfig``; ``dataset`` supplies modalities, feature sizes and lengths."""
+    import torch
+
+    from mmsent.config import ConfigError
+
+    encoders = {m: _encoder(cfg, dataset, m) for m in dataset.modalities}
+    image = [isinstance(e, IMAGE_ENCODERS) for e in encoders.values()]
+    if cfg.fusion == "mmtm" and not all(image):
+        raise ConfigError("fusion 'mmtm' needs spectrogram/frames encoders (an audio-visual dataset)")
+    dim, seq_len = cfg.dim, cfg.seq_len
+    if any(image):  # ResNet outputs: 512 pooled features (or 128-channel layer2 maps), one step
+        dims = {e.out_dim for e in encoders.values() if isinstance(e, IMAGE_ENCODERS)}
+        if len(dims) > 1 or not all(image):
+            raise ConfigError("audio-visual encoders must all be ResNets of one model.width")
+        dim, seq_len = dims.pop(), 1
     head_cls = choose(FUSIONS, "fusion", cfg.fusion)
-    extra = {"depth": cfg.depth} if cfg.fusion == "mlpmixer" else {}
-    head = head_cls(dataset.modalities, cfg.dim, cfg.seq_len, out_dim, hidden=cfg.hidden, dropout=cfg.dropout, **extra)
-    return MultimodalModel(encoders, head)
+    extra = {"depth": cfg.depth} if cfg.fusion == "mlpmixer" else {"ratio": cfg.mmtm_ratio} if cfg.fusion == "mmtm" else {}
+    head = head_cls(dataset.modalities, dim, seq_len, out_dim, hidden=cfg.hidden, dropout=cfg.dropout, **extra)
+    model = MultimodalModel(encoders, head)
+    # One tiny forward records every encoder's output shape (for zero-masking never-encoded
+    # modalities); eval mode and no_grad leave weights, BN statistics and the RNG untouched.
+    model.eval()
+    with torch.no_grad():
+        model.encode(dataset.train.batch(torch.arange(min(2, len(dataset.train)))))
+    model.train()
+    return model
 
 
-__all__ = ["ENCODERS", "FUSIONS", "BertEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel", "build_model", "masked_pool"]
+__all__ = ["ENCODERS", "FUSIONS", "BertEncoder", "FramesEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel",
+           "SpectrogramEncoder", "build_model", "masked_pool"]

@@ -9,8 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mmsent.models.resnet import MMTMHead
 
-def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
+    if hidden == 0:  # one linear layer: the authors' audio-visual classifier (concat -> fc)
+        return nn.Linear(d_in, d_out)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
 
 
@@ -136,4 +140,5 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "gated": GatedHead,
     "film": FiLMHead,
     "mlpmixer": MLPMixerHead,
+    "mmtm": MMTMHead,  # audio-visual only: fuses the encoders' layer2 maps
 }

@@ -21,6 +21,10 @@ class MultimodalModel(nn.Module):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.head = head
+        # Per-sample output shape of each encoder, recorded by ``encode``: encoders may differ (a
+        # spectrogram map and a frames map), and a modality that was never encoded in a step still
+        # needs zeros of its own shape.
+        self.feature_shapes: dict[str, tuple[int, ...]] = {}
 
     @property
     def modalities(self) -> list[str]:
@@ -28,14 +32,26 @@ class MultimodalModel(nn.Module):
 
     def encode(self, batch: Batch, modalities: Iterable[str] | None = None) -> dict[str, Tensor]:
         names = self.modalities if modalities is None else list(modalities)
-        return {m: self.encoders[m](batch.x[m], batch.mask[m]) for m in names}
+        out = {m: self.encoders[m](batch.x[m], batch.mask[m]) for m in names}
+        self.feature_shapes.update({m: tuple(z.shape[1:]) for m, z in out.items()})
+        return out
 
     def mask_modalities(self, feats: dict[str, Tensor], keep: Iterable[str]) -> dict[str, Tensor]:
-        """Zero every modality not in ``keep``. Modalities absent from ``feats`` (never encoded)
-        are filled with zeros shaped like the encoded ones: all encoders share one output shape."""
+        """Zero every modality not in ``keep``. A modality absent from ``feats`` (never encoded)
+        becomes zeros of its encoder's recorded output shape (``build_model`` records all)."""
         keep = set(keep)
         like = next(iter(feats.values()))
-        return {m: feats[m] if m in keep and m in feats else torch.zeros_like(like) for m in self.modalities}
+        return {m: feats[m] if m in keep and m in feats else
+                (torch.zeros_like(feats[m]) if m in feats else
+                 like.new_zeros((len(like), *self.feature_shapes[m])))
+                for m in self.modalities}
+
+    def head_masked(self, feats: dict[str, Tensor]) -> Tensor:
+        """``head(feats)`` for a zero-masked input without moving BatchNorm running statistics
+        (method.md: masked passes must not update them); gradients flow as in ``head(feats)``."""
+        from mmsent.dgl import call_keeping_buffers
+
+        return call_keeping_buffers(self.head, feats)
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.encode(batch))

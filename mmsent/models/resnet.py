@@ -33,56 +33,73 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
 
 
+def make_layer(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """One ResNet18 stage: two BasicBlocks, the first changing width/stride."""
+    return nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out))
+
+
+def _kaiming(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class ResNet18(nn.Module):
     """ResNet18 trunk (He et al., 2016) up to layer4, no classifier: (N, C, H, W) -> (N, 512, h, w).
-    ``stages()`` exposes the stem and the four layers so MMTM can sit between them."""
+    ``upto=2`` stops after layer2 (the encoder part of the MMTM network: layers 3-4 belong to the
+    fusion head there)."""
 
-    def __init__(self, in_channels: int = 3, width: int = 64):
+    def __init__(self, in_channels: int = 3, width: int = 64, upto: int = 4):
         super().__init__()
         w = width
         self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
-        self.layer1 = nn.Sequential(BasicBlock(w, w), BasicBlock(w, w))
-        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w))
-        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))
-        self.layer4 = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w))
-        self.out_dim = 8 * w
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def stages(self) -> list[nn.Module]:
-        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+        widths = [w, w, 2 * w, 4 * w, 8 * w]
+        self.layers = nn.Sequential(*[make_layer(widths[i], widths[i + 1], 1 if i == 0 else 2) for i in range(upto)])
+        self.out_dim = widths[upto]
+        _kaiming(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        for stage in self.stages():
-            x = stage(x)
-        return x
+        return self.layers(self.stem(x))
+
+
+def per_frame(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a 2-D ``layer`` to (B, C, H, W) maps or to every frame of (B, C, T, H, W) maps."""
+    if x.dim() == 4:
+        return layer(x)
+    B, C, T = x.shape[:3]
+    y = layer(x.transpose(1, 2).flatten(0, 1))  # (B*T, C', H', W')
+    return y.view(B, T, *y.shape[1:]).transpose(1, 2)
 
 
 class SpectrogramEncoder(nn.Module):
-    """Audio: ResNet18 on a 1-channel spectrogram (B, F, T) -> pooled (B, 1, 512)."""
+    """Audio: ResNet18 on a 1-channel log spectrogram (B, F, T). Pooled: (B, 1, 512); with
+    ``maps=True`` the layer2 map (B, 128, h, w) for an MMTM head."""
 
-    def __init__(self, width: int = 64):
+    def __init__(self, width: int = 64, maps: bool = False):
         super().__init__()
-        self.net = ResNet18(1, width)
+        self.maps = maps
+        self.net = ResNet18(1, width, upto=2 if maps else 4)
+        self.out_dim = self.net.out_dim
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.net(x.unsqueeze(1)).mean((2, 3))[:, None]
+        f = self.net(x.unsqueeze(1))
+        return f if self.maps else f.mean((2, 3))[:, None]
 
 
 class FramesEncoder(nn.Module):
-    """Visual: ResNet18 on each of T frames (B, T, 3, H, W), pooled over time and space -> (B, 1, 512)
-    (the authors' 3-D adaptive average pool)."""
+    """Visual: ResNet18 on each of T frames (B, T, 3, H, W). Pooled over time and space (the
+    authors' 3-D adaptive average pool): (B, 1, 512); with ``maps=True`` (B, 128, T, h, w)."""
 
-    def __init__(self, width: int = 64):
+    def __init__(self, width: int = 64, maps: bool = False):
         super().__init__()
-        self.net = ResNet18(3, width)
+        self.maps = maps
+        self.net = ResNet18(3, width, upto=2 if maps else 4)
+        self.out_dim = self.net.out_dim
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        B, T = x.shape[:2]
-        f = self.net(x.flatten(0, 1))  # (B*T, 512, h, w)
-        return f.view(B, T, *f.shape[1:]).mean((1, 3, 4))[:, None]
+        f = per_frame(self.net, x.transpose(1, 2))  # (B, C, T, h, w)
+        return f if self.maps else f.mean((2, 3, 4))[:, None]
 
 
 class MMTM(nn.Module):
@@ -106,3 +123,32 @@ class MMTM(nn.Module):
             g = torch.sigmoid(gate(z))
             out[m] = maps[m] * g.view(*g.shape, *([1] * (maps[m].dim() - 2)))
         return out
+
+
+class MMTMHead(nn.Module):
+    """The MMTM network's fusion part for N streams (Joze et al., CVPR 2020; the DGL paper's Table 2
+    left): MMTM on the encoders' layer2 maps, then per stream layer3 -> MMTM -> layer4 -> MMTM,
+    global average pooling, concatenation and one linear classifier. Each stream owns its layers 3-4
+    (the authors' MMTM_Net shares the rgb stream's by mistake). A masked stream enters as zeros at
+    the first MMTM (method.md), so DGL's branches are defined; the head holds train-mode BatchNorm,
+    so ``dgl_loss`` runs the masked passes one at a time and leaves running statistics alone.
+    ``dim`` is the channel count of the layer2 maps (2 x ResNet width)."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
+                 ratio: int = 2):
+        super().__init__()
+        self.modalities = list(modalities)
+        c2, c3, c4 = dim, 2 * dim, 4 * dim
+        self.mmtm = nn.ModuleList([MMTM(dict.fromkeys(self.modalities, c), ratio) for c in (c2, c3, c4)])
+        self.layer3 = nn.ModuleDict({m: make_layer(c2, c3, 2) for m in self.modalities})
+        self.layer4 = nn.ModuleDict({m: make_layer(c3, c4, 2) for m in self.modalities})
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(len(self.modalities) * c4, out_dim)
+        _kaiming(self)
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        x = self.mmtm[0]({m: feats[m] for m in self.modalities})
+        x = self.mmtm[1]({m: per_frame(self.layer3[m], x[m]) for m in self.modalities})
+        x = self.mmtm[2]({m: per_frame(self.layer4[m], x[m]) for m in self.modalities})
+        pooled = [x[m].flatten(2).mean(-1) for m in self.modalities]
+        return self.fc(self.drop(torch.cat(pooled, -1)))

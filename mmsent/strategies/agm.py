@@ -67,7 +67,9 @@ class AGM(Strategy):
     def train_step(self, batch):
         feats = self.model.encode(batch)
         names = list(feats)
-        values = {s: self.model.head({m: (f if m in s else torch.zeros_like(f)) for m, f in feats.items()})
+        # Only the full coalition is a real multimodal pass; the masked ones leave BN statistics alone.
+        values = {s: (self.model.head if len(s) == len(names) else self.model.head_masked)(
+                      {m: (f if m in s else torch.zeros_like(f)) for m, f in feats.items()})
                   for s in coalitions(names)}
         contrib = shapley_contributions(values, names)
         with torch.no_grad():

@@ -42,7 +42,7 @@ class Strategy:
     def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL
         paper's protocol for the baselines' unimodal outputs, Sec. 4.3)."""
-        return {m: self.model.head(zero_others(feats, m)) for m in feats}
+        return {m: self.model.head_masked(zero_others(feats, m)) for m in feats}
 
     @property
     def device(self) -> torch.device:

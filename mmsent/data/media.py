@@ -1,0 +1,102 @@
+"""``cli.py data prepare cremad|ks|vggsound --src RAW --out DIR``: raw media -> what training reads.
+
+For every clip of the split file: the WAV is decoded, resampled to ``sample_rate`` and written as
+16-bit mono (or extracted from the clip's video with ffmpeg), and the frames are copied (or
+extracted from the video with ffmpeg at ``fps`` frames per second). The output is a corpus folder
+in the same layout ``load_av`` reads (``audio/<clip>.wav``, ``frames/<clip>/NNNNN.jpg``,
+``splits.csv``), plus ``classes.txt``.
+
+Resumable: a clip's frames folder and WAV appear under their final names only when complete
+(written under temporary names, then renamed), so a crash loses at most the clip in progress and a
+re-run skips every finished clip.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from mmsent.data.av import Clip, read_split_file, read_wav, scan
+from mmsent.data.batch import DataError
+
+
+def find_ffmpeg() -> str | None:
+    exe = shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:  # a static binary from PyPI (`pip install imageio-ffmpeg`), if installed
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
+def _ffmpeg(args: list[str], video: Path) -> None:
+    exe = find_ffmpeg()
+    if exe is None:
+        raise DataError(f"{video}: extracting frames/audio from a video needs ffmpeg, which was not found; install it "
+                        "(apt install ffmpeg, or pip install imageio-ffmpeg) or provide extracted WAVs and frames")
+    r = subprocess.run([exe, "-nostdin", "-y", "-loglevel", "error", "-i", str(video), *args],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        raise DataError(f"{video}: ffmpeg failed ({last})")
+
+
+def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    from scipy.io import wavfile
+
+    wavfile.write(path, sample_rate, (np.clip(wave, -1, 1) * 32767).astype(np.int16))
+
+
+def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
+    frames_dir, wav = out / "frames" / clip.id, out / "audio" / f"{clip.id}.wav"
+    if not frames_dir.is_dir():
+        tmp = frames_dir.with_name(frames_dir.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        jpgs = sorted(p for p in clip.frames.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")) if clip.frames else []
+        if jpgs:
+            for k, p in enumerate(jpgs):
+                shutil.copyfile(p, tmp / f"{k:05d}.jpg")
+        elif clip.video is not None:
+            _ffmpeg(["-vf", f"fps={fps}", "-q:v", "2", str(tmp / "%05d.jpg")], clip.video)
+            if not any(tmp.iterdir()):
+                raise DataError(f"{clip.video}: ffmpeg wrote no frames")
+        else:
+            raise DataError(f"clip {clip.id!r}: no frames folder and no video found under the source folder")
+        os.replace(tmp, frames_dir)
+    if not wav.is_file():
+        tmp = wav.with_name(wav.name + ".part.wav")
+        if clip.wav is not None:
+            write_wav(tmp, read_wav(clip.wav, sample_rate), sample_rate)
+        elif clip.video is not None:
+            _ffmpeg(["-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", str(tmp)], clip.video)
+            read_wav(tmp, sample_rate)  # a video without an audio track fails here, naming the file
+        else:
+            raise DataError(f"clip {clip.id!r}: no WAV and no video found under the source folder")
+        os.replace(tmp, wav)
+
+
+def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int = 1, progress=None) -> int:
+    """Prepare every clip of ``src``'s split file into ``out``; returns the number of clips."""
+    clips, classes = scan(dataset, src)
+    rows, _ = read_split_file(src)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    (out / "frames").mkdir(parents=True, exist_ok=True)
+    for k, clip in enumerate(clips):
+        _prepare_clip(clip, out, sample_rate, fps)
+        if progress:
+            progress(k + 1, len(clips))
+    # The index comes last: a folder without splits.csv is visibly unfinished.
+    tmp = out / "splits.csv.part"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([("clip", "label", "split"), *((c, label, s) for c, label, s in rows)])
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+    os.replace(tmp, out / "splits.csv")
+    return len(clips)
