@@ -202,6 +202,8 @@ def cmd_data(args) -> int:
         print(f"wrote {len(files)} .csd files to {out_dir}; next: python cli.py data prepare {args.dataset} "
               f"--csd-dir {out_dir} --out data/{args.dataset}.pkl")
         return 0
+    if args.dataset in ("cremad", "ks", "vggsound"):
+        return _prepare_av(args)
     if not args.csd_dir or not args.out:
         raise DataError("data prepare needs --csd-dir DIR and --out FILE")
 
@@ -220,14 +222,37 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _prepare_av(args) -> int:
+    from rich.progress import Progress
+
+    from mmsent.config import load_config
+    from mmsent.data import DataError
+    from mmsent.data.media import prepare_av
+
+    if args.action != "prepare":
+        raise DataError(f"{args.dataset}: no download; get the corpus and run: python cli.py data prepare "
+                        f"{args.dataset} --src DIR --out DIR")
+    if not args.src or not args.out:
+        raise DataError(f"data prepare {args.dataset} needs --src DIR (the raw corpus) and --out DIR")
+    cfg = load_config(ROOT / "configs" / f"{args.dataset}.yaml").data  # sample rate and fps of the recipe
+    with Progress() as progress:
+        task = progress.add_task(f"preparing {args.dataset} clips", total=None)
+        n = prepare_av(args.dataset, Path(args.src), Path(args.out), sample_rate=args.sample_rate or cfg.sample_rate,
+                       fps=args.fps or cfg.fps,
+                       progress=lambda done, total: progress.update(task, completed=done, total=total))
+    print(f"prepared {n} clips in {args.out}; train with: python cli.py train --dataset {args.dataset} "
+          f"--data {args.out} --strategy dgl")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one model; writes RUN_DIR/results.json")
     t.add_argument("--config", help="YAML config (default: configs/<dataset>.yaml)")
-    t.add_argument("--dataset", help="synthetic (default) | mosi")
-    t.add_argument("--data", help="path to the dataset file (MMSA pickle for mosi)")
-    t.add_argument("--fusion", help="concat | sum | gated | film | mlpmixer")
+    t.add_argument("--dataset", help="synthetic (default) | mosi | mosei | cremad | ks | vggsound")
+    t.add_argument("--data", help="MMSA pickle or .csd folder (mosi/mosei); corpus folder (cremad/ks/vggsound)")
+    t.add_argument("--fusion", help="concat | sum | gated | film | mlpmixer | mmtm (audio-visual)")
     t.add_argument("--strategy", help="vanilla | unimodal | dgl")
     t.add_argument("--alpha", type=float, help="DGL weight on the unimodal losses")
     t.add_argument("--seed", type=int)
@@ -269,9 +294,12 @@ def main(argv=None) -> int:
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="figures", help="output folder")
-    da = sub.add_parser("data", help="prepare datasets from CMU SDK .csd files")
+    da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound)")
     da.add_argument("action", choices=["prepare", "download"])
-    da.add_argument("dataset", choices=["mosi", "mosei"])
+    da.add_argument("dataset", choices=["mosi", "mosei", "cremad", "ks", "vggsound"])
+    da.add_argument("--src", help="cremad/ks/vggsound: the raw corpus folder (split file, WAVs or videos, frames)")
+    da.add_argument("--sample-rate", type=int, help="cremad/ks/vggsound: audio rate to write (default: the config's)")
+    da.add_argument("--fps", type=int, help="cremad/ks/vggsound: frames per second taken from videos (default: the config's)")
     da.add_argument("--csd-dir", help="folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])")
     da.add_argument("--out", help="prepare: the MMSA-layout pickle to write; download: the folder (data/<dataset>_csd)")
     da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '

@@ -65,6 +65,7 @@ class ModelConfig:
 class StrategyConfig:
     name: str = "vanilla"
     args: dict = field(default_factory=dict)  # keyword arguments of the strategy class
+    presets: dict = field(default_factory=dict)  # strategy name -> default args when that strategy is chosen
 
 
 @dataclass(frozen=True)

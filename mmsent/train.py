@@ -62,11 +62,34 @@ def build_optimizer(model: MultimodalModel, cfg) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose from adam, sgd")
 
 
+def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg, epoch: int) -> None:
+    """Step decay (the DGL paper's "x0.1 every 70 epochs"): a function of the epoch alone, so a
+    resumed run gets the same rate without a scheduler state."""
+    for g in optimizer.param_groups:
+        base = g.setdefault("initial_lr", g["lr"])
+        g["lr"] = base * cfg.lr_gamma ** (epoch // cfg.lr_step) if cfg.lr_step > 0 else base
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast: no loss scaling is needed (unlike float16), so every strategy's own
+    backward and gradient edits stay exact in their float32 master weights."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def strategy_args(cfg: Config) -> dict:
+    """The chosen strategy's preset from the config (e.g. DGL's alpha = 4 on CREMA-D) under the
+    explicit ``strategy.args``."""
+    preset = cfg.strategy.presets.get(cfg.strategy.name, {})
+    if not isinstance(preset, dict):
+        raise ConfigError(f"config key 'strategy.presets.{cfg.strategy.name}' must be a mapping, got {preset!r}")
+    return {**preset, **cfg.strategy.args}
+
+
 def check_strategy_args(cfg: Config):
-    """The strategy class, after checking ``strategy.args`` against its keyword arguments."""
+    """The strategy class, after checking its arguments against its keyword arguments."""
     cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "optimizer", "task"}
-    unknown = set(cfg.strategy.args) - accepted
+    unknown = set(strategy_args(cfg)) - accepted
     if unknown:
         raise ConfigError(f"unknown argument(s) {', '.join(sorted(unknown))} for strategy {cfg.strategy.name!r}; "
                           f"it accepts {', '.join(sorted(accepted))}")
@@ -75,7 +98,7 @@ def check_strategy_args(cfg: Config):
 
 def build_strategy(cfg: Config, model, optimizer, task):
     cls = check_strategy_args(cfg)
-    args = {"grad_clip": cfg.train.grad_clip, **cfg.strategy.args}
+    args = {"grad_clip": cfg.train.grad_clip, **strategy_args(cfg)}
     try:
         return cls(model, optimizer, task, **args)
     except (TypeError, ValueError) as e:
@@ -83,7 +106,7 @@ def build_strategy(cfg: Config, model, optimizer, task):
 
 
 @torch.no_grad()
-def evaluate(strategy, split: Split, task, batch_size: int, device) -> dict[str, dict[str, float]]:
+def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = False) -> dict[str, dict[str, float]]:
     """Metrics of the full model ("multi") and of every modality branch (the others zeroed)."""
     model = strategy.model
     was_training = model.training
@@ -92,8 +115,9 @@ def evaluate(strategy, split: Split, task, batch_size: int, device) -> dict[str,
     preds = {k: [] for k in branches}
     for batch in split.batches(batch_size):
         batch = batch.to(device)
-        for k, keep in branches.items():
-            preds[k].append(strategy.predict(batch, keep).float().cpu())
+        with autocast(device, amp):
+            for k, keep in branches.items():
+                preds[k].append(strategy.predict(batch, keep).float().cpu())
     model.train(was_training)
     out = {}
     for k, p in preds.items():
@@ -213,19 +237,21 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             if epoch - state["best_epoch"] > cfg.train.patience and state["best_epoch"] >= 0:
                 break
             t0 = time.perf_counter()
+            set_epoch_lr(optimizer, cfg.train, epoch)
             strategy.on_epoch_start(epoch, dataset)
             model.train()
             sums: dict[str, float] = {}
             batch_bar = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
             for step, batch in enumerate(dataset.train.batches(cfg.data.batch_size, shuffle=True, generator=generator)):
-                logs = strategy.train_step(batch.to(device))
+                with autocast(device, cfg.train.amp):
+                    logs = strategy.train_step(batch.to(device, non_blocking=True))
                 if not math.isfinite(logs["loss"]):
                     raise RunError(f"non-finite training loss at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v * len(batch)
                 progress.advance(batch_bar)
             progress.remove_task(batch_bar)
-            val = evaluate(strategy, dataset.val, task, cfg.data.batch_size, device)
+            val = evaluate(strategy, dataset.val, task, cfg.data.batch_size, device, cfg.train.amp)
             record = {"epoch": epoch, "train": {k: v / len(dataset.train) for k, v in sums.items()}, "val": val,
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
             if cfg.train.grad_probe:
@@ -251,7 +277,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     if state["best_epoch"] < 0:
         raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")
     model.load_state_dict(torch.load(run / "best.pt", map_location=device, weights_only=True)["model"])
-    test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device)
+    test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
     results = {"val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
     _atomic_json(results, run / "results.json")

@@ -72,3 +72,30 @@ def test_dgl_through_mmtm_masked_passes_leave_bn_statistics():
             torch.testing.assert_close(a, b)
     assert torch.isfinite(out.total)
     assert out.unimodal.keys() == {"a", "v"}
+
+
+def test_real_mmtm_head_dgl_and_baseline_branches_keep_bn_statistics():
+    """The MMTM network's head (layers 3-4 per stream, three MMTMs) for three streams of different
+    map shapes: DGL's masked passes and a strategy's branch predictions leave running stats alone."""
+    from mmsent.models import MultimodalModel
+    from mmsent.models.resnet import MMTMHead
+    from mmsent.strategies.base import Strategy
+
+    torch.manual_seed(0)
+    names = ["audio", "visual", "depth"]
+    head, twin = MMTMHead(names, 4, 1, 3), MMTMHead(names, 4, 1, 3)
+    twin.load_state_dict(head.state_dict())
+    feats = {"audio": torch.randn(4, 4, 8, 6), "visual": torch.randn(4, 4, 2, 6, 6), "depth": torch.randn(4, 4, 5, 5)}
+    y = torch.tensor([0, 1, 2, 1])
+    twin(feats)
+    out = dgl_loss(feats, head, nn.functional.cross_entropy, y, alpha=4.0)
+    out.total.backward()
+    running = lambda m: {k: v for k, v in m.state_dict().items() if "running" in k}  # noqa: E731
+    for k, v in running(head).items():
+        torch.testing.assert_close(v, running(twin)[k])
+    before = {k: v.clone() for k, v in running(head).items()}
+    model = MultimodalModel({m: nn.Identity() for m in names}, head)
+    branches = Strategy(model, None, None).branches(feats)
+    assert set(branches) == set(names) and all(b.shape == (4, 3) for b in branches.values())
+    for k, v in running(head).items():
+        torch.testing.assert_close(v, before[k])

@@ -182,9 +182,9 @@ def check_wav(path: Path) -> None:
 def fit_length(wave: np.ndarray, n: int, rng: np.random.Generator | None) -> np.ndarray:
     """Tile a short clip (as the authors' ``np.tile``), cut a long one: at random when training,
     centred otherwise."""
-    if len(wave) < n:
-        wave = np.tile(wave, math.ceil(n / len(wave)))
-    start = 0 if len(wave) == n else (int(rng.integers(0, len(wave) - n + 1)) if rng else (len(wave) - n) // 2)
+    if len(wave) <= n:
+        return np.tile(wave, math.ceil(n / len(wave)))[:n]
+    start = int(rng.integers(0, len(wave) - n + 1)) if rng else (len(wave) - n) // 2
     return wave[start:start + n]
 
 
@@ -280,7 +280,7 @@ class AVSplit:
                      self.y[index], [self.ids[i] for i in index])
 
     def batch(self, index: torch.Tensor, seed: int = 0) -> Batch:
-        return self._to_batch(*self.set([(i, seed + i) for i in index.tolist()]))
+        return self._to_batch(*self.set[[(i, seed + i) for i in index.tolist()]])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))

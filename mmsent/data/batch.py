@@ -23,11 +23,11 @@ class Batch:
     y: Tensor  # (B,) float score (regression) or long class (classification)
     ids: list[str]
 
-    def to(self, device) -> Batch:
+    def to(self, device, non_blocking: bool = False) -> Batch:
         return Batch(
-            {m: v.to(device) for m, v in self.x.items()},
-            {m: v.to(device) for m, v in self.mask.items()},
-            self.y.to(device),
+            {m: v.to(device, non_blocking=non_blocking) for m, v in self.x.items()},
+            {m: v.to(device, non_blocking=non_blocking) for m, v in self.mask.items()},
+            self.y.to(device, non_blocking=non_blocking),
             self.ids,
         )
 
