@@ -218,10 +218,11 @@ def test_train_straight_from_a_csd_folder(tmp_path):
 SHARED_MOSI = Path(__file__).resolve().parents[2] / "shared/data/mosi/mosi_utterance.pkl"
 
 
-def test_shipped_mosi_folds_are_the_52_10_31_video_split():
-    f = standard_folds("mosi")
-    assert [len(f[s]) for s in ("train", "valid", "test")] == [52, 10, 31]
-    assert len(set(f["train"]) | set(f["valid"]) | set(f["test"])) == 93
+@pytest.mark.parametrize("dataset,sizes", [("mosi", [52, 10, 31]), ("mosei", [2249, 300, 678])])
+def test_shipped_folds_are_disjoint_video_splits_of_the_sdk_sizes(dataset, sizes):
+    f = standard_folds(dataset)
+    assert [len(f[s]) for s in ("train", "valid", "test")] == sizes
+    assert len(set(f["train"]) | set(f["valid"]) | set(f["test"])) == sum(sizes)  # no id twice
 
 
 @pytest.mark.skipif(not SHARED_MOSI.is_file(), reason="needs ../shared/data/mosi")
