@@ -105,25 +105,11 @@ def build_strategy(cfg: Config, model, optimizer, task):
         raise ConfigError(f"strategy {cfg.strategy.name!r}: {e}") from None
 
 
-@torch.no_grad()
 def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = False) -> dict[str, dict[str, float]]:
     """Metrics of the full model ("multi") and of every modality branch (the others zeroed)."""
-    model = strategy.model
-    was_training = model.training
-    model.eval()
-    branches = {"multi": None, **{m: [m] for m in model.modalities}}
-    preds = {k: [] for k in branches}
-    for batch in split.batches(batch_size):
-        batch = batch.to(device)
-        with autocast(device, amp):
-            for k, keep in branches.items():
-                preds[k].append(strategy.predict(batch, keep).float().cpu())
-    model.train(was_training)
-    out = {}
-    for k, p in preds.items():
-        p = torch.cat(p)
-        out[k] = {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)}
-    return out
+    with autocast(device, amp):
+        preds = strategy.branch_predictions(split, batch_size)
+    return {k: {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)} for k, p in preds.items()}
 
 
 def gradient_probe(model: MultimodalModel, batch, task) -> dict[str, dict[str, float]]:

@@ -39,6 +39,21 @@ class Strategy:
         feats = self.model.encode(batch, keep)
         return self.model.head(self.model.mask_modalities(feats, keep if keep is not None else feats))
 
+    @torch.no_grad()
+    def branch_predictions(self, split, batch_size: int = 256) -> dict[str, Tensor]:
+        """``predict`` of the model ("multi") and of every modality branch over a whole split, in
+        eval mode, on the CPU: what validation/test metrics and G-Blending's weights are made of."""
+        was_training = self.model.training
+        self.model.eval()
+        keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
+        preds = {k: [] for k in keeps}
+        for batch in split.batches(batch_size):
+            batch = batch.to(self.device)
+            for k, keep in keeps.items():
+                preds[k].append(self.predict(batch, keep).float().cpu())
+        self.model.train(was_training)
+        return {k: torch.cat(v) for k, v in preds.items()}
+
     def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL
         paper's protocol for the baselines' unimodal outputs, Sec. 4.3)."""

@@ -14,8 +14,6 @@ branch that stopped generalising (dG <= 0) gets weight 0 instead of BalanceBench
 """
 from __future__ import annotations
 
-import torch
-
 from mmsent.strategies.base import Strategy
 
 MULTI = "multi"
@@ -42,19 +40,10 @@ class GBlending(Strategy):
         self.weights = {k: 1.0 / len(names) for k in names}
         self.snapshot: dict[str, tuple[float, float]] | None = None
 
-    @torch.no_grad()
     def branch_losses(self, split) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
-        sums = {k: 0.0 for k in self.weights}
-        for batch in split.batches(256):
-            batch = batch.to(self.device)
-            feats = self.model.encode(batch)
-            preds = {MULTI: self.model.head(feats), **self.branches(feats)}
-            for k, p in preds.items():
-                sums[k] += float(self.task.loss(p, batch.y)) * len(batch)
-        self.model.train(was_training)
-        return {k: v / len(split) for k, v in sums.items()}
+        """Per-sample mean loss of the model and of each branch over ``split`` (eval mode)."""
+        preds = self.branch_predictions(split)
+        return {k: float(self.task.loss(preds[k], split.y)) for k in self.weights}
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
