@@ -1,5 +1,7 @@
-"""The paper's Table 2 (right) protocol: every strategy, vanilla fusion and the unimodal-only
-models, over several seeds, under one training recipe; model selection on validation only.
+"""The protocol of the paper's Tables 1 and 2: every strategy, vanilla fusion and the unimodal-only
+models, over several seeds, under one training recipe; model selection on validation only. MOSI and
+MOSEI report Acc-2 (has0) over audio / visual / text / multi (Table 2 right); the audio-visual
+corpora report accuracy over audio / visual / multi (Table 1, and Table 2 left with --fusion mmtm).
 
 Each (method, seed) is one ``cli.py train`` run in ``<runs>/<method>-s<seed>``. Finished runs
 (with ``results.json``) are never re-run; an interrupted one resumes from its ``last.pt``.
@@ -18,11 +20,17 @@ from mmsent.report import load_results, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# row label -> strategy overrides; the order is the paper's
-METHODS: dict[str, list[str]] = {
-    "Audio-only": ["strategy=unimodal", "strategy.args.modality=audio"],
-    "Visual-only": ["strategy=unimodal", "strategy.args.modality=vision"],
-    "Text-only": ["strategy=unimodal", "strategy.args.modality=text"],
+# modality key -> column label, per dataset (the paper's column order)
+MODALITIES: dict[str, dict[str, str]] = {
+    **dict.fromkeys(("synthetic", "mosi", "mosei"), {"audio": "Audio", "vision": "Visual", "text": "Text"}),
+    **dict.fromkeys(("cremad", "ks", "vggsound"), {"audio": "Audio", "visual": "Visual"}),
+}
+# the headline metric of a table cell
+HEADLINE = {**dict.fromkeys(("synthetic", "mosi", "mosei"), ("acc2_has0", "Test Acc-2 (has0, %)")),
+            **dict.fromkeys(("cremad", "ks", "vggsound"), ("acc", "Test accuracy (%)"))}
+
+# row label -> strategy overrides; the order is the paper's (unimodal-only rows come first, per dataset)
+STRATEGY_ROWS: dict[str, list[str]] = {
     "Multimodal Baseline": ["strategy=vanilla"],
     "G-Blending": ["strategy=gblending", "strategy.args.super_epoch=3"],
     "OGM_GE": ["strategy=ogm_ge", "strategy.args.alpha=0.3"],
@@ -34,8 +42,17 @@ METHODS: dict[str, list[str]] = {
     "D&R": ["strategy=dnr", "strategy.args.reinit_epoch=5"],
     "DGL": ["strategy=dgl"],
 }
-COLUMNS = {"audio": "Audio", "vision": "Visual", "text": "Text", "multi": "Multi"}
-UNIMODAL_ONLY = {"Audio-only": "audio", "Visual-only": "vision", "Text-only": "text"}
+
+
+def table_rows(dataset: str) -> dict[str, list[str]]:
+    """Every row of ``dataset``'s table: one unimodal-only model per modality, then the strategies."""
+    uni = {f"{label}-only": ["strategy=unimodal", f"strategy.args.modality={m}"]
+           for m, label in MODALITIES.get(dataset, MODALITIES["mosi"]).items()}
+    return {**uni, **STRATEGY_ROWS}
+
+
+def unimodal_only(dataset: str) -> dict[str, str]:
+    return {f"{label}-only": m for m, label in MODALITIES.get(dataset, MODALITIES["mosi"]).items()}
 
 
 def slug(method: str) -> str:
@@ -56,17 +73,18 @@ def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
 
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
               methods: list[str] | None = None, overrides: list[str] = (), progress=print) -> dict[str, list[Path]]:
-    methods = methods or list(METHODS)
-    unknown = [m for m in methods if m not in METHODS]
+    rows = table_rows(dataset)
+    methods = methods or list(rows)
+    unknown = [m for m in methods if m not in rows]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(rows)}")
     base = ["--dataset", dataset] + (["--data", data] if data else [])
     tasks, dirs = [], {m: [] for m in methods}
     for method in methods:
         for seed in seeds:
             out = runs_dir / f"{slug(method)}-s{seed}"
             dirs[method].append(out)
-            tasks.append(([*base, "--seed", str(seed), "--out", str(out), *METHODS[method], *overrides], out))
+            tasks.append(([*base, "--seed", str(seed), "--out", str(out), *rows[method], *overrides], out))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -87,21 +105,24 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     md = out_dir / f"{dataset}_table.md"
     csv_path = out_dir / f"{dataset}_table.csv"
     rows, lines = [], []
+    columns = {**MODALITIES.get(dataset, MODALITIES["mosi"]), "multi": "Multi"}
+    metric, title = HEADLINE.get(dataset, HEADLINE["mosi"])
+    only = unimodal_only(dataset)
     n_seeds = max(len(v) for v in dirs.values())
-    lines.append(f"Test Acc-2 (has0, %) at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
+    lines.append(f"{title} at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
     lines.append(f"Command: `{command}`\n")
-    lines.append("| Method | " + " | ".join(COLUMNS.values()) + " |")
-    lines.append("|---|" + "---|" * len(COLUMNS))
+    lines.append("| Method | " + " | ".join(columns.values()) + " |")
+    lines.append("|---|" + "---|" * len(columns))
     for method, run_dirs in dirs.items():
         summary = summarize(load_results(run_dirs))
         cells = []
-        for branch in COLUMNS:
+        for branch in columns:
             # a unimodal-only model fills only its own column, as in the paper
-            show = branch == UNIMODAL_ONLY[method] if method in UNIMODAL_ONLY else True
+            show = branch == only[method] if method in only else True
             if branch not in summary or not show:
                 cells.append("-")
                 continue
-            mean, std = summary[branch]["acc2_has0"]
+            mean, std = summary[branch][metric]
             cells.append(f"{100 * mean:.2f} ± {100 * std:.2f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for branch, metrics in summary.items():

@@ -267,3 +267,18 @@ def test_a_video_only_clip_without_ffmpeg_says_how_to_fix_it(tmp_path, monkeypat
     assert rc == 2 and "needs ffmpeg" in err and f"{name}.flv" in err
     rc = cli.main(["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--out", str(tmp_path / "r"), *SMALL])
     assert rc == 2 and "it has a video: run python cli.py data prepare cremad" in capsys.readouterr().err
+
+
+def test_table_protocol_on_an_audio_visual_corpus(tmp_path, capsys):
+    """Table 1's layout: accuracy in Audio / Visual / Multi columns, unimodal-only rows per modality."""
+    root = make_cremad(tmp_path / "CREMA-D")
+    rc = cli.main(["table", "--dataset", "cremad", "--data", str(root), "--seeds", "0", "--runs-dir",
+                   str(tmp_path / "runs"), "--out", str(tmp_path / "results"), "--methods", "Visual-only", "DGL",
+                   "train.epochs=1", *SMALL])
+    assert rc == 0, capsys.readouterr().err
+    md = (tmp_path / "results/cremad_table.md").read_text()
+    assert md.startswith("Test accuracy (%)") and "| Method | Audio | Visual | Multi |" in md
+    visual_only = next(line for line in md.splitlines() if line.startswith("| Visual-only |"))
+    assert visual_only.split("|")[2].strip() == "-" and "±" in visual_only.split("|")[3]
+    cfg = json.loads((tmp_path / "runs/visual_only-s0/config.json").read_text())
+    assert cfg["strategy"]["args"] == {"modality": "visual"}
