@@ -21,6 +21,13 @@ from mmsent.dgl import zero_others
 from mmsent.models.model import MultimodalModel
 
 
+def feature_vectors(z: Tensor) -> Tensor:
+    """One vector per sample of an encoder output: sequences (B, L, D) are flattened; CNN feature
+    maps (B, C, H, W[, T]) are average-pooled to their channels, as the audio-visual baselines pool
+    them (flattened, a layer2 map is ~10^5 values per sample)."""
+    return z.flatten(1) if z.dim() <= 3 else z.flatten(2).mean(-1)
+
+
 class Strategy:
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0):
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip

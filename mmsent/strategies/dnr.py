@@ -17,7 +17,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
 
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Strategy, feature_vectors
 
 
 def purity_score(labels, clusters) -> float:
@@ -51,7 +51,7 @@ class DnR(Strategy):
         feats = {m: [] for m in self.model.modalities}
         for batch in split.batches(256):
             for m, z in self.model.encode(batch.to(self.device)).items():
-                feats[m].append(z.flatten(1).cpu())
+                feats[m].append(feature_vectors(z).cpu())
         self.model.train(was_training)
         labels = self.task.classes(split.y).numpy()
         k = self.task.num_classes

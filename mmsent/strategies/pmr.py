@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Strategy, feature_vectors
 
 
 def pmr_betas(scores: dict[str, float]) -> dict[str, float]:
@@ -25,7 +25,7 @@ def pmr_betas(scores: dict[str, float]) -> dict[str, float]:
 
 
 def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    return -torch.cdist(z.flatten(1), protos)  # (B, K)
+    return -torch.cdist(feature_vectors(z), protos)  # (B, K)
 
 
 class PMR(Strategy):
@@ -40,18 +40,21 @@ class PMR(Strategy):
         was_training = self.model.training
         self.model.eval()
         n = max(1, int(len(split) * self.subset))
-        batch = split.batch(torch.arange(n)).to(self.device)
-        feats = self.model.encode(batch)
-        labels = self.task.classes(batch.y)
         K = self.task.num_classes
+        sums: dict[str, torch.Tensor] = {}
+        counts = torch.zeros(K, device=self.device)
+        for start in range(0, n, 256):  # in batches: a subset of an audio-visual corpus does not fit at once
+            batch = split.batch(torch.arange(start, min(n, start + 256))).to(self.device)
+            labels = self.task.classes(batch.y)
+            counts += torch.bincount(labels, minlength=K)
+            for m, z in self.model.encode(batch).items():
+                z = feature_vectors(z)
+                sums[m] = sums.get(m, torch.zeros(K, z.shape[1], device=z.device)).index_add_(0, labels, z)
         out = {}
-        for m, z in feats.items():
-            z = z.flatten(1)
-            sums = torch.zeros(K, z.shape[1], device=z.device).index_add_(0, labels, z)
-            counts = torch.bincount(labels, minlength=K).clamp(min=1)[:, None]
-            new = sums / counts
+        present = (counts > 0)[:, None]
+        for m, s in sums.items():
+            new = s / counts.clamp(min=1)[:, None]
             old = self.protos.get(m)
-            present = (torch.bincount(labels, minlength=K) > 0)[:, None]
             if old is not None:  # a class absent from the subset keeps its old prototype
                 new = torch.where(present, (1 - self.momentum) * new + self.momentum * old, old)
             out[m] = new
