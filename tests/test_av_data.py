@@ -143,8 +143,14 @@ def test_bad_inputs_name_the_file_clip_or_label(tmp_path):
 
     root = make_cremad(tmp_path / "label")
     with open(root / "test.csv", "a") as f:
-        f.write(f"{clip_name(1)},CALM\n")
+        f.write("9999_IEO_CAL_XX,CALM\n")
     with pytest.raises(DataError, match="unknown class label 'CALM'"):
+        build_dataset(cremad_cfg(root).data)
+
+    root = make_cremad(tmp_path / "twice")
+    with open(root / "test.csv", "a") as f:
+        f.write(f"{clip_name(0)},NEU\n")  # a train clip in test too
+    with pytest.raises(DataError, match=f"clip '{clip_name(0)}' is listed twice \\(train and test\\)"):
         build_dataset(cremad_cfg(root).data)
 
     root = make_cremad(tmp_path / "nosplit")

@@ -305,8 +305,11 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     classes = class_names(dataset, root, [r[1] for r in rows])
     ids = {c: i for i, c in enumerate(classes)}
     media = index_media(root)
-    clips = []
+    clips, seen = [], {}
     for clip, label, split in rows:
+        if clip in seen:  # a clip twice (or in train and test) would leak or double-count
+            raise DataError(f"{split_file}: clip {clip!r} is listed twice ({seen[clip]} and {split})")
+        seen[clip] = split
         key = label.replace(" ", "_")
         if key not in ids:
             raise DataError(f"{split_file}: clip {clip!r} has unknown class label {label!r}; "
