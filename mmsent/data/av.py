@@ -234,7 +234,10 @@ def load_frames(folder: Path, spec: AVSpec, rng: np.random.Generator | None) -> 
         except (OSError, UnidentifiedImageError) as e:
             raise DataError(f"{path}: not a readable image ({e})") from None
         out.append(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
-    return np.stack(out)
+    # C-contiguous: the transposed HWC arrays would otherwise reach the convolutions as a
+    # channels-last tensor, and torch 2.13's CPU (oneDNN) kernels corrupted the heap on that
+    # layout in backward (glibc "corrupted size vs. prev_size" within a few steps)
+    return np.ascontiguousarray(np.stack(out))
 
 
 # ----------------------------------------------------------------------------------- splits
@@ -288,6 +291,11 @@ class AVSplit:
         # with the generator state saved in last.pt.
         base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if self.train and generator is not None else 0
         chunks = [[(i, base + i) for i in order[s:s + batch_size].tolist()] for s in range(0, len(self), batch_size)]
+        if self.train and len(chunks) > 1 and len(chunks[-1]) == 1:
+            # BatchNorm cannot train on one clip (its pooled maps have one value per channel), so a
+            # trailing single clip joins the previous batch rather than being dropped
+            last = chunks.pop()
+            chunks[-1] = chunks[-1] + last
         loader = torch.utils.data.DataLoader(self.set, batch_size=None, sampler=chunks, num_workers=self.num_workers,
                                              persistent_workers=False, pin_memory=torch.cuda.is_available())
         for audio, frames, index in loader:

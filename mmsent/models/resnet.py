@@ -68,7 +68,9 @@ def per_frame(layer: nn.Module, x: Tensor) -> Tensor:
     if x.dim() == 4:
         return layer(x)
     B, C, T = x.shape[:3]
-    y = layer(x.transpose(1, 2).flatten(0, 1))  # (B*T, C', H', W')
+    # contiguous: a flattened transpose can come out channels-last, a layout on which torch 2.13's
+    # CPU convolution backward corrupted memory (see data/av.py)
+    y = layer(x.transpose(1, 2).flatten(0, 1).contiguous())  # (B*T, C', H', W')
     return y.view(B, T, *y.shape[1:]).transpose(1, 2)
 
 
