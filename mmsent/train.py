@@ -174,6 +174,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     """
     console = Console(quiet=quiet, stderr=True)
     device = resolve_device(cfg.device)
+    if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.amp=true uses bfloat16 autocast, which this GPU does not support; set train.amp=false")
     if cfg.train.select != "loss" and cfg.train.select not in metric_names(cfg.data.task):
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this task; "
                           f"choose from loss, {', '.join(metric_names(cfg.data.task))}")
