@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     t.add_argument("--dataset", help="synthetic (default) | mosi | mosei | cremad | ks | vggsound")
     t.add_argument("--data", help="MMSA pickle or .csd folder (mosi/mosei); corpus folder (cremad/ks/vggsound)")
     t.add_argument("--fusion", help="concat | sum | gated | film | mlpmixer | mmtm (audio-visual)")
-    t.add_argument("--strategy", help="vanilla | unimodal | dgl")
+    t.add_argument("--strategy", help="vanilla | unimodal | dgl | gblending | ogm_ge | pmr | agm | mla | mmpareto | dnr")
     t.add_argument("--alpha", type=float, help="DGL weight on the unimodal losses")
     t.add_argument("--seed", type=int)
     t.add_argument("--epochs", type=int)
