@@ -344,3 +344,25 @@ def test_the_pipeline_learns_a_tone_coded_corpus(tmp_path):
     assert rc == 0
     test = json.loads((out / "results.json").read_text())["test"]
     assert test["audio"]["acc"] >= 0.75 and test["multi"]["acc"] >= 0.75, test
+
+
+def test_class_folder_layout_needs_no_split_file(tmp_path):
+    """The OGM-GE/DGL Kinetics-Sounds layout: audio/<split>/<class>/<clip>.wav and
+    visual/<split>_img/Image-01-FPS/<class>/<clip>/*.jpg, no CSV."""
+    root = tmp_path / "ks"
+    for i in range(10):
+        split, label = ("test" if i >= 8 else "train"), ["playing_drums", "singing"][i % 2]
+        t = np.arange(4800) / 16000
+        (root / "audio" / split / label).mkdir(parents=True, exist_ok=True)
+        wavfile.write(root / "audio" / split / label / f"c{i}.wav", 16000,
+                      (0.3 * np.sin(2 * np.pi * (300 + 200 * (i % 2)) * t) * 32767).astype(np.int16))
+        frames = root / "visual" / f"{split}_img" / "Image-01-FPS" / label / f"c{i}"
+        frames.mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((32, 40, 3), 60 * k + i, np.uint8)).save(frames / f"{k:05d}.jpg")
+    cfg = load_config(Path(cli.ROOT) / "configs/ks.yaml", [("data.path", str(root)), ("data.valid_fraction", 0.25),
+                                                           ("data.audio_frames", 64), ("data.image_size", 48)])
+    ds = build_dataset(cfg.data)
+    assert ds.num_classes == 2 and (len(ds.train) + len(ds.val), len(ds.test)) == (8, 2)
+    assert sorted(ds.test.ids) == ["c8", "c9"] and ds.test.y.tolist() == [0, 1]
+    assert ds.test.batch(torch.arange(2)).x["visual"].shape == (2, 3, 3, 48, 48)

@@ -102,13 +102,34 @@ def read_split_file(root: Path) -> tuple[list[tuple[str, str, str]], Path]:
         return out, p
     train, test = find("train.csv"), find("test.csv")
     if train is None or test is None:
-        raise DataError(f"{root}: no split file (looked for splits.csv, vggsound.csv, or train.csv + test.csv)")
+        rows = split_from_folders(root)
+        if rows:
+            return rows, root
+        raise DataError(f"{root}: no split file (looked for splits.csv, vggsound.csv, or train.csv + test.csv, "
+                        "and for media in <split>/<class>/<clip> folders)")
     for split, p in (("train", train), ("test", test)):
         for line, r in _rows(p):
             if len(r) < 2:
                 raise DataError(f"{p}:{line}: expected clip,label, got {','.join(r)!r}")
             out.append((r[0], r[1], split))
     return out, train
+
+
+def split_from_folders(root: Path) -> list[tuple[str, str, str]]:
+    """Rows from the class-folder layout of the OGM-GE/DGL Kinetics-Sounds code, where the media
+    path names split and class: ``.../<train|test|val>/<class>/<clip>.wav`` (or a video). Empty
+    when some media file does not follow it."""
+    rows: dict[str, tuple[str, str, str]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in (".wav", *VIDEO_EXTS):
+            continue
+        parts = p.relative_to(root).parts
+        at = [i for i, part in enumerate(parts[:-2]) if part.lower() in ("train", "test", "val", "valid")]
+        if not at:
+            return []
+        i = at[-1]
+        rows.setdefault(p.stem, (p.stem, parts[i + 1], "train" if parts[i].lower() == "train" else "test"))
+    return list(rows.values())
 
 
 def _split_name(path: Path, line: int, value: str) -> str:
