@@ -189,8 +189,10 @@ def cmd_data(args) -> int:
 
     from rich.progress import Progress
 
-    from mmsent.data import DataError, prepare_csd
+    from mmsent.data import AV_DATASETS, DataError, prepare_csd
 
+    if args.dataset in AV_DATASETS:  # before the CMU SDK download path, which is MOSI/MOSEI only
+        return _prepare_av(args)
     if args.action == "download":
         from mmsent.data.download import download
 
@@ -202,8 +204,6 @@ def cmd_data(args) -> int:
         print(f"wrote {len(files)} .csd files to {out_dir}; next: python cli.py data prepare {args.dataset} "
               f"--csd-dir {out_dir} --out data/{args.dataset}.pkl")
         return 0
-    if args.dataset in ("cremad", "ks", "vggsound"):
-        return _prepare_av(args)
     if not args.csd_dir or not args.out:
         raise DataError("data prepare needs --csd-dir DIR and --out FILE")
 

@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mmsent.data import AV_DATASETS
 from mmsent.report import load_results, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # modality key -> column label, per dataset (the paper's column order)
 MODALITIES: dict[str, dict[str, str]] = {
     **dict.fromkeys(("synthetic", "mosi", "mosei"), {"audio": "Audio", "vision": "Visual", "text": "Text"}),
-    **dict.fromkeys(("cremad", "ks", "vggsound"), {"audio": "Audio", "visual": "Visual"}),
+    **dict.fromkeys(AV_DATASETS, {"audio": "Audio", "visual": "Visual"}),
 }
 # the headline metric of a table cell
 HEADLINE = {**dict.fromkeys(("synthetic", "mosi", "mosei"), ("acc2_has0", "Test Acc-2 (has0, %)")),
-            **dict.fromkeys(("cremad", "ks", "vggsound"), ("acc", "Test accuracy (%)"))}
+            **dict.fromkeys(AV_DATASETS, ("acc", "Test accuracy (%)"))}
 
 # row label -> strategy overrides; the order is the paper's (unimodal-only rows come first, per dataset)
 STRATEGY_ROWS: dict[str, list[str]] = {

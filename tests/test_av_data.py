@@ -366,3 +366,9 @@ def test_class_folder_layout_needs_no_split_file(tmp_path):
     assert ds.num_classes == 2 and (len(ds.train) + len(ds.val), len(ds.test)) == (8, 2)
     assert sorted(ds.test.ids) == ["c8", "c9"] and ds.test.y.tolist() == [0, 1]
     assert ds.test.batch(torch.arange(2)).x["visual"].shape == (2, 3, 3, 48, 48)
+
+
+def test_download_of_an_audio_visual_corpus_says_to_prepare_it(capsys):
+    assert cli.main(["data", "download", "cremad"]) == 2
+    err = capsys.readouterr().err
+    assert "cremad: no download" in err and "data prepare cremad --src DIR" in err and "CMU" not in err

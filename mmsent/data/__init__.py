@@ -8,7 +8,8 @@ from mmsent.data.batch import Batch, DataError, Dataset, Split
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.synthetic import make_synthetic
 
-DATASETS = ("synthetic", "mosi", "mosei", "cremad", "ks", "vggsound")
+AV_DATASETS = ("cremad", "ks", "vggsound")  # audio-visual corpora (mmsent.data.av)
+DATASETS = ("synthetic", "mosi", "mosei", *AV_DATASETS)
 
 
 def default_mosi_path() -> Path | None:
@@ -57,7 +58,7 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
             n_modalities=cfg.n_modalities, n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
             dim=cfg.feature_dim, task=cfg.task, num_classes=cfg.num_classes, seed=seed,
         )
-    if cfg.dataset in ("cremad", "ks", "vggsound"):
+    if cfg.dataset in AV_DATASETS:
         from mmsent.data.av import load_av
 
         return load_av(cfg, seed)

@@ -31,7 +31,6 @@ import torch
 
 from mmsent.data.batch import Batch, DataError, Dataset
 
-AV_DATASETS = ("cremad", "ks", "vggsound")
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the OGM-GE/DGL label ids 0..5
 HEADER_WORDS = {"clip", "id", "name", "file", "filename", "video", "youtube_id", "ytid", "path"}
 VIDEO_EXTS = (".mp4", ".flv", ".avi", ".mkv", ".webm", ".mov")
