@@ -76,11 +76,11 @@ def _rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def read_split_file(root: Path) -> tuple[list[tuple[str, str, str]], Path]:
-    """``[(clip, label, split)]`` from the first split file found under ``root``."""
+def read_split_file(root: Path, files: list[Path]) -> tuple[list[tuple[str, str, str]], Path]:
+    """``[(clip, label, split)]`` from the first split file among ``files`` (the sorted listing of
+    ``root``)."""
     def find(name):
-        hits = sorted(root.rglob(name))
-        return hits[0] if hits else None
+        return next((p for p in files if p.name == name), None)
 
     out = []
     if (p := find("splits.csv")) is not None:
@@ -101,7 +101,7 @@ def read_split_file(root: Path) -> tuple[list[tuple[str, str, str]], Path]:
         return out, p
     train, test = find("train.csv"), find("test.csv")
     if train is None or test is None:
-        rows = split_from_folders(root)
+        rows = split_from_folders(root, files)
         if rows:
             return rows, root
         raise DataError(f"{root}: no split file (looked for splits.csv, vggsound.csv, or train.csv + test.csv, "
@@ -114,12 +114,12 @@ def read_split_file(root: Path) -> tuple[list[tuple[str, str, str]], Path]:
     return out, train
 
 
-def split_from_folders(root: Path) -> list[tuple[str, str, str]]:
+def split_from_folders(root: Path, files: list[Path]) -> list[tuple[str, str, str]]:
     """Rows from the class-folder layout of the OGM-GE/DGL Kinetics-Sounds code, where the media
     path names split and class: ``.../<train|test|val>/<class>/<clip>.wav`` (or a video). Empty
     when some media file does not follow it."""
     rows: dict[str, tuple[str, str, str]] = {}
-    for p in sorted(root.rglob("*")):
+    for p in files:
         if p.suffix.lower() not in (".wav", *VIDEO_EXTS):
             continue
         parts = p.relative_to(root).parts
@@ -140,20 +140,20 @@ def _split_name(path: Path, line: int, value: str) -> str:
     raise DataError(f"{path}:{line}: split {value!r} is not train or test")
 
 
-def class_names(dataset: str, root: Path, labels: list[str]) -> list[str]:
+def class_names(dataset: str, files: list[Path], labels: list[str]) -> list[str]:
     if dataset == "cremad":
         return list(CREMAD_CLASSES)
-    hits = sorted(root.rglob("classes.txt"))
-    if hits:
-        return [c.strip().replace(" ", "_") for c in hits[0].read_text().splitlines() if c.strip()]
+    listed = next((p for p in files if p.name == "classes.txt"), None)
+    if listed is not None:
+        return [c.strip().replace(" ", "_") for c in listed.read_text().splitlines() if c.strip()]
     return sorted({label.replace(" ", "_") for label in labels})
 
 
 # ----------------------------------------------------------------------------------- media
-def index_media(root: Path) -> dict[str, dict[str, Path]]:
-    """Clip id -> path of its WAV, its frames folder and its video, from one walk of ``root``."""
+def index_media(files: list[Path]) -> dict[str, dict[str, Path]]:
+    """Clip id -> path of its WAV, its frames folder and its video."""
     found = {"wav": {}, "frames": {}, "video": {}}
-    for p in sorted(root.rglob("*")):
+    for p in files:
         suffix = p.suffix.lower()
         if suffix == ".wav":
             found["wav"].setdefault(p.stem, p)
@@ -327,12 +327,13 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     WAVs and empty frame folders are errors naming the clip and file."""
     if not root.is_dir():
         raise DataError(f"{root}: not a directory (expected a {dataset} corpus folder)")
-    rows, split_file = read_split_file(root)
+    files = sorted(root.rglob("*"))  # one walk serves the split file, classes.txt and the media index
+    rows, split_file = read_split_file(root, files)
     if not rows:
         raise DataError(f"{split_file}: no clips listed")
-    classes = class_names(dataset, root, [r[1] for r in rows])
+    classes = class_names(dataset, files, [r[1] for r in rows])
     ids = {c: i for i, c in enumerate(classes)}
-    media = index_media(root)
+    media = index_media(files)
     clips, seen = [], {}
     for clip, label, split in rows:
         if clip in seen:  # a clip twice (or in train and test) would leak or double-count

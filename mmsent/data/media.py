@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsent.data.av import Clip, read_split_file, read_wav, scan
+from mmsent.data.av import Clip, read_wav, scan
 from mmsent.data.batch import DataError
 
 
@@ -86,7 +86,6 @@ def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
 def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int = 1, progress=None) -> int:
     """Prepare every clip of ``src``'s split file into ``out``; returns the number of clips."""
     clips, classes = scan(dataset, src)
-    rows, _ = read_split_file(src)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     for k, clip in enumerate(clips):
@@ -96,7 +95,7 @@ def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int
     # The index comes last: a folder without splits.csv is visibly unfinished.
     tmp = out / "splits.csv.part"
     with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([("clip", "label", "split"), *((c, label, s) for c, label, s in rows)])
+        csv.writer(f).writerows([("clip", "label", "split"), *((c.id, classes[c.label], c.split) for c in clips)])
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
     os.replace(tmp, out / "splits.csv")
     return len(clips)
