@@ -46,15 +46,19 @@ STRATEGY_ROWS: dict[str, list[str]] = {
 }
 
 
-def table_rows(dataset: str) -> dict[str, list[str]]:
-    """Every row of ``dataset``'s table: one unimodal-only model per modality, then the strategies."""
-    uni = {f"{label}-only": ["strategy=unimodal", f"strategy.args.modality={m}"]
-           for m, label in MODALITIES.get(dataset, MODALITIES["mosi"]).items()}
-    return {**uni, **STRATEGY_ROWS}
+def modality_columns(dataset: str) -> dict[str, str]:
+    return MODALITIES.get(dataset, MODALITIES["mosi"])
 
 
 def unimodal_only(dataset: str) -> dict[str, str]:
-    return {f"{label}-only": m for m, label in MODALITIES.get(dataset, MODALITIES["mosi"]).items()}
+    """Row label -> modality, for the unimodal-only rows of ``dataset``'s table."""
+    return {f"{label}-only": m for m, label in modality_columns(dataset).items()}
+
+
+def table_rows(dataset: str) -> dict[str, list[str]]:
+    """Every row of ``dataset``'s table: one unimodal-only model per modality, then the strategies."""
+    uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(dataset).items()}
+    return {**uni, **STRATEGY_ROWS}
 
 
 def slug(method: str) -> str:
@@ -107,7 +111,7 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     md = out_dir / f"{dataset}_table.md"
     csv_path = out_dir / f"{dataset}_table.csv"
     rows, lines = [], []
-    columns = {**MODALITIES.get(dataset, MODALITIES["mosi"]), "multi": "Multi"}
+    columns = {**modality_columns(dataset), "multi": "Multi"}
     metric, title = HEADLINE.get(dataset, HEADLINE["mosi"])
     only = unimodal_only(dataset)
     n_seeds = max(len(v) for v in dirs.values())
