@@ -142,6 +142,17 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def _is_component(dotted: str) -> bool:
+    """Whether ``dotted`` is a config section chosen by name (``strategy``)."""
+    tp: Any = Config
+    for part in dotted.split("."):
+        hints = get_type_hints(tp) if is_dataclass(tp) else {}
+        if part not in hints:
+            return False
+        tp = hints[part]
+    return is_dataclass(tp) and "name" in {f.name for f in fields(tp)}
+
+
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     """``tree[a][b][c] = value`` for ``a.b.c``; a component given by name becomes ``{name: ...}``."""
     *parents, leaf = dotted.split(".")
@@ -151,6 +162,11 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
             node = {"name": node}
         tree[p] = node = dict(node or {})
         tree = node
+    old = tree.get(leaf)
+    if isinstance(value, str) and isinstance(old, dict) and _is_component(dotted):
+        # `strategy=dnr` over a config's strategy section: the new choice keeps the section's
+        # settings for every choice (strategy.presets); only the old choice's args go
+        value = {**{k: v for k, v in old.items() if k != "args"}, "name": value}
     tree[leaf] = value
 
 

@@ -37,3 +37,14 @@ def test_bad_yaml_file(tmp_path):
     p.write_text("train: [unclosed")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(p)
+
+
+def test_choosing_a_strategy_by_name_keeps_the_configs_presets():
+    """`cli.py table` runs `strategy=dnr` on configs/mosi.yaml: D&R must get the preset reinit_epoch."""
+    from mmsent.train import strategy_args
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs/mosi.yaml", ["strategy=dgl", "strategy.args.alpha=2", "strategy=dnr"])
+    assert cfg.strategy.name == "dnr" and cfg.strategy.args == {}  # dgl's args went with dgl
+    assert strategy_args(cfg) == {"reinit_epoch": 5}
+    assert load_config(None, ["strategy=dgl"]).strategy.presets == {}
