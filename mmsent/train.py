@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -153,6 +154,24 @@ def _jsonable(obj):
     return obj
 
 
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint written by ``fit``. Only tensors and plain containers are read
+    (``weights_only=True``): a file holding anything else, code included, is refused, never run.
+    A missing, empty or truncated file is a ``RunError`` naming it."""
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found; the run directory is incomplete (start a new run with another --out)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # what weights_only raises for a disallowed global
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
+                       f"({first[:160]}); mmsent never writes such checkpoints") from None
+    except Exception as e:  # empty, truncated or not a checkpoint at all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunError(f"{path}: damaged checkpoint ({type(e).__name__}: {first[:160]}); "
+                       "start a new run with another --out") from None
+
+
 def default_run_dir(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.data.dataset}-{cfg.strategy.name}-{cfg.model.fusion}-s{cfg.seed}-{stamp}"
@@ -193,7 +212,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     if resume:
         if not (run / "last.pt").is_file():
             raise RunError(f"{run}: no last.pt to resume from")
-        ckpt = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        ckpt = load_checkpoint(run / "last.pt", device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         strategy.load_state_dict(ckpt["strategy"])
@@ -264,7 +283,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
 
     if state["best_epoch"] < 0:
         raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")
-    model.load_state_dict(torch.load(run / "best.pt", map_location=device, weights_only=True)["model"])
+    model.load_state_dict(load_checkpoint(run / "best.pt", device)["model"])
     test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
     results = {"val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
