@@ -31,16 +31,26 @@ def _trains_only_another(cfg: dict, m: str) -> bool:
     return s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m
 
 
-def _finish(fig, ax_row, path: Path) -> Path:
+def _finish(fig, ax_row, ylabel: str, path: Path) -> Path:
+    """Axis labels on every panel and ONE legend below the panels, never over the curves."""
+    seen = {}
     for ax in ax_row:
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+        ax.set_ylabel(ylabel)
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
+
+
+def _panels(plt, n: int, n_lines: int):
+    # room under the panels for the legend: one row per two entries
+    return plt.subplots(1, n, figsize=(4.2 * n, 3.2 + 0.16 * (n_lines + 1) / 2), squeeze=False, layout="constrained")
 
 
 def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
@@ -61,7 +71,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
 
     grad_runs = {r: v for r, v in logs.items() if "grad_norm" in v[1][0]}
     if grad_runs:
-        fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
+        fig, axes = _panels(plt, len(modalities), 2 * len(grad_runs))
         for ax, m in zip(axes[0], modalities):
             for i, (run, (cfg, log)) in enumerate(grad_runs.items()):
                 if _trains_only_another(cfg, m):
@@ -72,11 +82,12 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
                         label=f"{_label(run, cfg)}: unimodal loss")
                 ax.plot(ep, [r["grad_norm"][m]["multimodal"] for r in log if m in r.get("grad_norm", {})], "--",
                         color=c, label=f"{_label(run, cfg)}: multimodal loss")
-            ax.set_title(f"{m} encoder gradient norm")
+            ax.set_title(f"{m} encoder")
             ax.set_yscale("log")
-        written.append(_finish(fig, axes[0], out_dir / "grad_norms.png"))
+        written.append(_finish(fig, axes[0], "gradient norm (log scale)", out_dir / "grad_norms.png"))
 
-    fig, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.4), squeeze=False)
+    fig, axes = _panels(plt, len(modalities), len(logs))
+    metric = "acc"
     for ax, m in zip(axes[0], modalities):
         for i, (run, (cfg, log)) in enumerate(logs.items()):
             if m not in log[0]["val"] or _trains_only_another(cfg, m):
@@ -85,6 +96,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
             style = ":" if cfg.get("strategy", {}).get("name") == "unimodal" else "-"
             ax.plot([r["epoch"] for r in log], [r["val"][m][metric] for r in log], style, color=colors[i % len(colors)],
                     label=_label(run, cfg))
-        ax.set_title(f"{m} branch, validation accuracy")
-    written.append(_finish(fig, axes[0], out_dir / "branch_accuracy.png"))
+        ax.set_title(f"{m} branch (others zeroed)")
+    label = "validation Acc-2 (has0)" if metric == "acc2_has0" else "validation accuracy"
+    written.append(_finish(fig, axes[0], label, out_dir / "branch_accuracy.png"))
     return written
