@@ -9,56 +9,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-def _train_overrides(args) -> list[str]:
-    pairs = [("data.dataset", args.dataset), ("data.path", args.data), ("model.fusion", args.fusion),
+def _train_overrides(args, dataset: str | None) -> list[tuple[str, object]]:
+    """Flags as overrides; ``load_config`` applies the component choices among them first, then
+    the rest and the key=value overrides in the order given (see mmsent/config.py)."""
+    pairs = [("data.dataset", dataset), ("data.path", args.data), ("model.fusion", args.fusion),
              ("strategy.name", args.strategy), ("strategy.args.alpha", args.alpha), ("seed", args.seed),
              ("train.epochs", args.epochs), ("out", args.out), ("device", args.device)]
     return [(k, v) for k, v in pairs if v is not None]
 
 
 def cmd_train(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from mmsent.config import load_config
-    from mmsent.train import fit, load_run_config
+    from mmsent.report import print_results
+    from mmsent.train import RunError, fit, load_run_config
 
-    overrides = _train_overrides(args) + list(args.overrides)
+    dataset = args.dataset
     if args.resume:
         if not args.out:
-            raise SystemExit("error: --resume needs --out DIR (the run to continue)")
+            raise RunError("--resume needs --out DIR (the run to continue)")
         base = load_run_config(Path(args.out)).to_dict()
-        cfg = load_config(args.config, overrides, base=base)
+        cfg = load_config(args.config, _train_overrides(args, dataset) + list(args.overrides), base=base)
     else:
+        chosen = args.config or any(str(o).startswith("data.dataset=") for o in args.overrides)
+        if dataset is None and args.data and not chosen:
+            from mmsent.data import infer_dataset
+
+            dataset = infer_dataset(args.data)
+            print(f"note: --data {args.data} is read as dataset {dataset!r} (pass --dataset to choose another, "
+                  "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
         config = args.config
         if config is None:
-            candidate = ROOT / "configs" / f"{args.dataset or 'synthetic'}.yaml"
+            candidate = ROOT / "configs" / f"{dataset or 'synthetic'}.yaml"
             config = candidate if candidate.is_file() else None
-        cfg = load_config(config, overrides)
-    results = fit(cfg, resume=args.resume, quiet=args.quiet)
-
-    console = Console()
-    names = ["mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "acc7", "acc", "f1"]
-    names = [n for n in names if n in results["test"]["multi"]] or list(results["test"]["multi"])
-    table = Table(title=f"test metrics at best validation epoch {results['best_epoch']} ({results['run_dir']})")
-    table.add_column("branch")
-    for n in names:
-        table.add_column(n, justify="right")
-    for branch, metrics in results["test"].items():
-        table.add_row(branch, *(f"{metrics[n]:.3f}" for n in names))
-    console.print(table)
+        cfg = load_config(config, _train_overrides(args, dataset) + list(args.overrides))
+    print_results(fit(cfg, resume=args.resume, quiet=args.quiet))
     return 0
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
 def cmd_sweep(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mmsent.sweep import Sweep, apply_best, best_trial, load_spec, plot, trial_rows
+    from mmsent.sweep import Sweep, apply_best, best_trial, fmt, load_spec, plot, trial_rows, write_report
 
     console = Console()
     spec = load_spec(args.name)
@@ -81,7 +73,7 @@ def cmd_sweep(args) -> int:
         spread = f"{min(seeds):.4f}..{max(seeds):.4f}" if seeds else ""
         test = r["test"]["multi"] if r["test"] else {}
         head = test.get("acc2_has0", test.get("acc"))
-        table.add_row(str(r["number"]), r["state"].lower(), *(_fmt(r.get(k)) for k in keys),
+        table.add_row(str(r["number"]), r["state"].lower(), *(fmt(r.get(k)) for k in keys),
                       "" if r["value"] is None else f"{r['value']:.4f}", spread,
                       "" if head is None else f"{head:.4f}", (r["error"] or "")[:60])
     console.print(table)
@@ -98,55 +90,20 @@ def cmd_sweep(args) -> int:
     if args.apply:
         console.print(f"wrote {apply_best(study, args.apply)} into {args.apply}")
     if args.report:
-        write_sweep_report(study, spec, keys, Path(args.report), "python cli.py " + shlex.join(args.argv), png)
+        write_report(study, spec, Path(args.report), "python cli.py " + shlex.join(args.argv), png)
         console.print(f"report: {args.report}")
     return 0
 
 
-def write_sweep_report(study, spec, keys, path: Path, command: str, png) -> None:
-    """Markdown record of a sweep: the command, every trial, the best value."""
-    from mmsent.sweep import best_trial, trial_rows
-
-    lines = [f"# Sweep `{study.study_name}`", "", f"Command: `{command}`", "",
-             f"Objective: validation `{spec.metric}` of the multimodal model ({spec.direction}), mean over seeds "
-             f"{spec.seeds}; test metrics are recorded, never optimised.", "",
-             "| trial | state | " + " | ".join(keys) + f" | val {spec.metric} (mean) | val per seed | test acc2_has0 | test mae |",
-             "|---|---|" + "---|" * (len(keys) + 4)]
-    for r in trial_rows(study):
-        test = (r["test"] or {}).get("multi", {})
-        seeds = ", ".join(f"{v:.4f}" for v in r["val_per_seed"] or [])
-        lines.append(f"| {r['number']} | {r['state'].lower()} | " + " | ".join(_fmt(r.get(k)) for k in keys)
-                     + f" | {_fmt(r['value'])} | {seeds} | {_fmt(test.get('acc2_has0'))} | {_fmt(test.get('mae'))} |")
-    best = best_trial(study)
-    if best is not None:
-        lines += ["", f"Best: {best.params} with validation {spec.metric} {best.value:.4f}."]
-    if png:
-        lines += ["", f"![objective vs parameter]({Path(png).name})"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
 def cmd_report(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from mmsent.report import load_results, summarize
+    from mmsent.report import load_results, print_summary
 
     try:
         results = load_results(args.runs)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = summarize(results, args.split)
-    names = [n for n in args.metrics.split(",") if n in next(iter(summary.values()))]
-    table = Table(title=f"{args.split} metrics at the validation-selected epoch, mean ± std over {len(results)} runs")
-    table.add_column("branch")
-    for n in names:
-        table.add_column(n, justify="right")
-    for branch, metrics in summary.items():
-        table.add_row(branch, *(f"{100 * metrics[n][0]:.2f} ± {100 * metrics[n][1]:.2f}" if n.startswith(("acc", "f1"))
-                                else f"{metrics[n][0]:.3f} ± {metrics[n][1]:.3f}" for n in names))
-    Console().print(table)
+    print_summary(results, args.split, args.metrics.split(","))
     return 0
 
 
@@ -184,14 +141,12 @@ def cmd_plot(args) -> int:
 
 
 def cmd_data(args) -> int:
-    import os
-    import pickle
-
     from rich.progress import Progress
 
-    from mmsent.data import AV_DATASETS, DataError, prepare_csd
+    from mmsent.data import DATASETS, DataError, prepare_csd
+    from mmsent.data.mmsa import write_pickle
 
-    if args.dataset in AV_DATASETS:  # before the CMU SDK download path, which is MOSI/MOSEI only
+    if DATASETS[args.dataset].family == "av":  # before the CMU SDK download path, which is MOSI/MOSEI only
         return _prepare_av(args)
     if args.action == "download":
         from mmsent.data.download import download
@@ -212,11 +167,7 @@ def cmd_data(args) -> int:
         task = progress.add_task("aligning videos", total=None)
         data = prepare_csd(csd_dir, args.folds, args.seq_len, args.dataset,
                            progress=lambda done, total: progress.update(task, completed=done, total=total))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_bytes(pickle.dumps(data, protocol=4))
-    os.replace(tmp, out)  # a crash never leaves a half-written pickle under the real name
+    out = write_pickle(data, Path(args.out))
     sizes = ", ".join(f"{k} {len(v['id'])}" for k, v in data.items())
     print(f"wrote {out} ({sizes} segments); train with: python cli.py train --dataset {args.dataset} --data {out}")
     return 0
@@ -234,7 +185,8 @@ def _prepare_av(args) -> int:
                         f"{args.dataset} --src DIR --out DIR")
     if not args.src or not args.out:
         raise DataError(f"data prepare {args.dataset} needs --src DIR (the raw corpus) and --out DIR")
-    cfg = load_config(ROOT / "configs" / f"{args.dataset}.yaml").data  # sample rate and fps of the recipe
+    recipe = ROOT / "configs" / f"{args.dataset}.yaml"  # sample rate and fps of the recipe, if it has one
+    cfg = load_config(recipe if recipe.is_file() else None, [("data.dataset", args.dataset)]).data.settings
     with Progress() as progress:
         task = progress.add_task(f"preparing {args.dataset} clips", total=None)
         n = prepare_av(args.dataset, Path(args.src), Path(args.out), sample_rate=args.sample_rate or cfg.sample_rate,
@@ -246,14 +198,22 @@ def _prepare_av(args) -> int:
 
 
 def main(argv=None) -> int:
+    from mmsent.data import DATASETS
+    from mmsent.models.fusions import FUSIONS
+    from mmsent.strategies import STRATEGIES
+
+    def names(registry, **notes) -> str:  # help text read from a registry, so it never goes stale
+        return " | ".join(f"{n} ({notes[n]})" if n in notes else n for n in registry)
+
     parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one model; writes RUN_DIR/results.json")
     t.add_argument("--config", help="YAML config (default: configs/<dataset>.yaml)")
-    t.add_argument("--dataset", help="synthetic (default) | mosi | mosei | cremad | ks | vggsound")
-    t.add_argument("--data", help="MMSA pickle or .csd folder (mosi/mosei); corpus folder (cremad/ks/vggsound)")
-    t.add_argument("--fusion", help="concat | sum | gated | film | mlpmixer | mmtm (audio-visual)")
-    t.add_argument("--strategy", help="vanilla | unimodal | dgl | gblending | ogm_ge | pmr | agm | mla | mmpareto | dnr")
+    t.add_argument("--dataset", help=names(DATASETS, synthetic="default") + "; inferred from --data for "
+                   + ", ".join(n for n, d in DATASETS.items() if d.detect))
+    t.add_argument("--data", help="MMSA pickle/.npz or .csd folder (mosi/mosei/features); corpus folder (audio-visual)")
+    t.add_argument("--fusion", help=names(FUSIONS, **{n: "audio-visual" for n, f in FUSIONS.items() if f.needs_maps}))
+    t.add_argument("--strategy", help=names(STRATEGIES))
     t.add_argument("--alpha", type=float, help="DGL weight on the unimodal losses")
     t.add_argument("--seed", type=int)
     t.add_argument("--epochs", type=int)
@@ -265,7 +225,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("sweep", help="Optuna sweep from sweeps/NAME.yaml; resumes from its storage")
     s.add_argument("name", help="sweep spec: a name in sweeps/ (alpha) or a YAML path")
     s.add_argument("--config", help="base training config (default: the spec's, or configs/<dataset>.yaml)")
-    s.add_argument("--dataset", help="synthetic | mosi")
+    s.add_argument("--dataset", help=names(DATASETS))
     s.add_argument("--data", help="dataset file")
     s.add_argument("--trials", type=int, help="finished trials the study should hold")
     s.add_argument("--storage", help="Optuna storage URL (default sqlite:///runs/sweeps/<study>.db; journal:PATH, "
@@ -283,7 +243,7 @@ def main(argv=None) -> int:
     r.add_argument("--split", default="test", choices=["test", "val"])
     r.add_argument("--metrics", default="acc2_has0,f1_has0,acc2_non0,f1_non0,mae,corr,acc7,acc,f1")
     tb = sub.add_parser("table", help="every strategy + unimodal-only models over seeds: the paper's Table 2 (right)")
-    tb.add_argument("--dataset", default="mosi")
+    tb.add_argument("--dataset", default="mosi", help=names(DATASETS))
     tb.add_argument("--data", help="dataset file")
     tb.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
@@ -296,10 +256,10 @@ def main(argv=None) -> int:
     pl.add_argument("--out", default="figures", help="output folder")
     da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound)")
     da.add_argument("action", choices=["prepare", "download"])
-    da.add_argument("dataset", choices=["mosi", "mosei", "cremad", "ks", "vggsound"])
-    da.add_argument("--src", help="cremad/ks/vggsound: the raw corpus folder (split file, WAVs or videos, frames)")
-    da.add_argument("--sample-rate", type=int, help="cremad/ks/vggsound: audio rate to write (default: the config's)")
-    da.add_argument("--fps", type=int, help="cremad/ks/vggsound: frames per second taken from videos (default: the config's)")
+    da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.family in ("sentiment", "av")])
+    da.add_argument("--src", help="audio-visual: the raw corpus folder (split file, WAVs or videos, frames)")
+    da.add_argument("--sample-rate", type=int, help="audio-visual: audio rate to write (default: the config's)")
+    da.add_argument("--fps", type=int, help="audio-visual: frames per second taken from videos (default: the config's)")
     da.add_argument("--csd-dir", help="folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])")
     da.add_argument("--out", help="prepare: the MMSA-layout pickle to write; download: the folder (data/<dataset>_csd)")
     da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '

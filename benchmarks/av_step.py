@@ -27,7 +27,7 @@ from dgl_overhead import time_steps  # noqa: E402
 
 from mmsent.config import ModelConfig  # noqa: E402
 from mmsent.data import Batch, Dataset  # noqa: E402
-from mmsent.data.av import AVSpec, AVSplit, Clip  # noqa: E402
+from mmsent.data.av import AVSettings, AVSplit, Clip  # noqa: E402
 from mmsent.models import build_model  # noqa: E402
 from mmsent.strategies import STRATEGIES  # noqa: E402
 from mmsent.tasks import Classification  # noqa: E402
@@ -66,7 +66,7 @@ def decode_seconds(B: int) -> float:
             (root / f"f{i}").mkdir()
             Image.fromarray(np.random.randint(0, 255, (360, 480, 3), np.uint8)).save(root / f"f{i}" / "00000.jpg")
             clips.append(Clip(str(i), 0, "train", root / f"{i}.wav", root / f"f{i}"))
-        split = AVSplit(clips, AVSpec(), train=True)
+        split = AVSplit(clips, AVSettings(), train=True)
         times = []
         for s in range(5):
             t0 = time.perf_counter()

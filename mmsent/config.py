@@ -1,8 +1,27 @@
 """Run configuration: frozen dataclasses hold the defaults, YAML holds only deviations, and
-``a.b=value`` overrides (values parsed as YAML) go on top. Unknown keys and wrong types raise
-``ConfigError`` naming the key.
+``a.b=value`` overrides (values parsed as YAML) go on top. Unknown keys, wrong types and values out
+of range raise ``ConfigError`` naming the key.
+
+Three sections are chosen by name from a registry, and the chosen entry declares the typed settings
+of its section (timm-style plain dicts; see ``registry_of``):
+
+* ``data.dataset`` -> ``mmsent.data.DATASETS[name].settings``: the dataset's own keys sit flat under
+  ``data`` (``data.sample_rate=16000``);
+* ``model.fusion`` -> ``mmsent.models.FUSIONS[name].Settings``: flat under ``model`` (``model.depth=3``);
+* ``strategy.name`` -> ``mmsent.strategies.STRATEGIES[name].Settings``: under ``strategy.args``, with
+  ``strategy.presets.<name>`` giving per-strategy defaults (checked for every strategy named there).
+
+Overrides compose in one order: the config file (or a stored run's config), then every choice of a
+component (``--dataset``, ``--fusion``, ``--strategy``, ``strategy=X``, ``model.fusion=X``), then all
+other flags and ``key=value`` overrides, left to right. Choosing a component keeps the section's
+settings when the choice is unchanged and drops those of the component it replaces.
 """
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -13,35 +32,73 @@ class ConfigError(ValueError):
     """Bad configuration; the message names the key or file."""
 
 
+class SettingError(ConfigError):
+    """A value out of range, raised by a settings class; ``from_dict`` prefixes the section's key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key} {message}")
+        self.key, self.message = key, message
+
+
+def check(key: str, ok: bool, value: Any, need: str) -> None:
+    """Range check for a settings ``__post_init__``: ``check("alpha", alpha >= 0, alpha, ">= 0")``."""
+    if not ok:
+        raise SettingError(key, f"must be {need}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a component that has none."""
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def choose(registry: dict, kind: str, name: str):
+    """``registry[name]``, or a ``ConfigError`` listing the valid names."""
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def registry_of(kind: str) -> dict:
+    """The registry of a component kind, imported late (the registries import this module)."""
+    if kind == "dataset":
+        from mmsent.data import DATASETS
+
+        return DATASETS
+    if kind == "fusion":
+        from mmsent.models.fusions import FUSIONS
+
+        return FUSIONS
+    from mmsent.strategies import STRATEGIES
+
+    return STRATEGIES
+
+
+def settings_class(kind: str, name: str) -> type:
+    entry = choose(registry_of(kind), kind, name)
+    return entry.settings if kind == "dataset" else entry.Settings
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic | mosi | mosei | cremad | ks | vggsound
-    path: Optional[str] = None  # MMSA pickle or .csd folder (mosi/mosei); corpus folder (cremad/ks/vggsound)
-    folds: Optional[str] = None  # with a .csd folder: standard (default) | video | FILE.json
-    seq_len: int = 50  # with a .csd folder: words per segment
+    dataset: str = "synthetic"  # a name in mmsent.data.DATASETS
+    path: Optional[str] = None  # a file or folder, as the dataset reads it
     batch_size: int = 64
-    standardize: bool = True
-    text_tokens: bool = False  # mosi: read BERT ids from `text_bert` instead of `text` features
-    tokenizer: Optional[str] = None  # mosi: tokenize `raw_text` with this local tokenizer (or "minilm")
-    max_tokens: int = 50  # token budget per utterance, [CLS]/[SEP] included
-    # audio-visual corpora (cremad | ks | vggsound): spectrogram = log|STFT| of (audio_frames - 1) * hop samples
-    sample_rate: int = 22050
-    audio_frames: int = 299  # STFT frames (the paper: 257 x 299 on CREMA-D, 257 x 1004 on KS/VGGSound)
-    n_fft: int = 512
-    hop: int = 353
-    frames: int = 1  # video frames per clip (1 on CREMA-D, 3 on KS/VGGSound)
-    fps: int = 1  # frames per second extracted by `data prepare` from videos
-    image_size: int = 224
-    valid_fraction: float = 0.1  # validation carved from train (every k-th clip by id)
-    num_workers: int = 0  # DataLoader workers decoding clips
-    # synthetic only
-    n_modalities: int = 3
-    n_train: int = 800
-    n_val: int = 200
-    n_test: int = 400
-    feature_dim: int = 16
-    task: str = "regression"
-    num_classes: int = 2
+    # the dataset's own settings, written flat under `data` (see DATASETS[dataset].settings)
+    options: dict = field(default_factory=dict)
+
+    _choice = ("dataset", "dataset")  # (field naming the component, registry kind)
+
+    def __post_init__(self):
+        check("data.batch_size", self.batch_size >= 1, self.batch_size, ">= 1")
+
+    @cached_property
+    def settings(self):
+        """The typed settings of the chosen dataset (validated when the config was built)."""
+        return from_dict(settings_class("dataset", self.dataset), self.options, "data.")
 
 
 @dataclass(frozen=True)
@@ -52,20 +109,45 @@ class ModelConfig:
     seq_len: int = 4  # L: steps every encoder pools to (the mixer's sequence axis)
     hidden: int = 128
     dropout: float = 0.1
-    fusion: str = "mlpmixer"  # concat | sum | gated | film | mlpmixer | mmtm (audio-visual)
-    depth: int = 2  # mlpmixer blocks
+    fusion: str = "mlpmixer"  # a name in mmsent.models.FUSIONS
     bert_path: Optional[str] = None  # local transformers model directory for the bert encoder, or "minilm"
     bert_pooling: str = "mean"  # mean | cls
     bert_freeze_layers: int = 0  # freeze the embeddings and this many lower transformer layers (-1: all)
     width: int = 64  # ResNet18 base width of the spectrogram/frames encoders (64 = the standard ResNet18)
-    mmtm_ratio: int = 2  # MMTM squeeze ratio (the DGL authors' MMTM_Net uses 2)
+    # the fusion's own settings, written flat under `model` (see FUSIONS[fusion].Settings)
+    options: dict = field(default_factory=dict)
+
+    _choice = ("fusion", "fusion")
+
+    def __post_init__(self):
+        for key in ("dim", "seq_len", "width"):
+            check(f"model.{key}", getattr(self, key) >= 1, getattr(self, key), ">= 1")
+        check("model.hidden", self.hidden >= 0, self.hidden, ">= 0")
+        check("model.dropout", finite(self.dropout) and 0 <= self.dropout < 1, self.dropout, "in [0, 1)")
+        check("model.bert_pooling", self.bert_pooling in ("mean", "cls"), self.bert_pooling, "mean or cls")
+
+    @cached_property
+    def settings(self):
+        return from_dict(settings_class("fusion", self.fusion), self.options, "model.")
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = "vanilla"
-    args: dict = field(default_factory=dict)  # keyword arguments of the strategy class
-    presets: dict = field(default_factory=dict)  # strategy name -> default args when that strategy is chosen
+    name: str = "vanilla"  # a name in mmsent.strategies.STRATEGIES
+    args: dict = field(default_factory=dict)  # the strategy's settings (STRATEGIES[name].Settings)
+    presets: dict = field(default_factory=dict)  # strategy name -> its default settings when it is chosen
+
+    def __post_init__(self):
+        for name, preset in self.presets.items():
+            if not isinstance(preset, dict):
+                raise ConfigError(f"config key 'strategy.presets.{name}' must be a mapping, got {preset!r}")
+            from_dict(settings_class("strategy", name), preset, f"strategy.presets.{name}.")
+
+    @cached_property
+    def settings(self):
+        """The chosen strategy's typed settings: its preset under the explicit ``args``."""
+        given = {**self.presets.get(self.name, {}), **self.args}
+        return from_dict(settings_class("strategy", self.name), given, "strategy.args.")
 
 
 @dataclass(frozen=True)
@@ -84,20 +166,46 @@ class TrainConfig:
     patience: int = 10  # epochs without validation improvement before stopping
     select: str = "loss"  # validation metric of the multimodal model used for model selection
     grad_probe: bool = True  # log per-encoder gradient norms (unimodal vs multimodal loss) each epoch
+    probe: bool = True  # fit a linear probe on each frozen encoder's features after training
+
+    def __post_init__(self):
+        check("train.epochs", self.epochs >= 1, self.epochs, ">= 1")
+        check("train.optimizer", self.optimizer in ("adam", "sgd"), self.optimizer, "adam or sgd")
+        for key in ("lr", "bert_lr", "lr_gamma"):
+            v = getattr(self, key)
+            check(f"train.{key}", finite(v) and v > 0, v, "a finite number > 0")
+        for key in ("weight_decay", "grad_clip"):
+            v = getattr(self, key)
+            check(f"train.{key}", finite(v) and v >= 0, v, "a finite number >= 0")
+        check("train.momentum", finite(self.momentum) and 0 <= self.momentum < 1, self.momentum, "in [0, 1)")
+        check("train.lr_step", self.lr_step >= 0, self.lr_step, ">= 0")
+        check("train.patience", self.patience >= 0, self.patience, ">= 0")
+
+
+DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
-    device: str = "cpu"  # cpu | cuda | auto
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     out: Optional[str] = None  # run directory; default runs/<dataset>-<strategy>-<fusion>-s<seed>-<time>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        # numpy's seed range: every RNG of a run is seeded from this one number
+        check("seed", 0 <= self.seed < 2**32, self.seed, "in [0, 2**32)")
+        check("device", bool(DEVICE.match(self.device)), self.device, "cpu, cuda, cuda:N, mps or auto")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as a plain tree, the component options flat again (what YAML holds)."""
+        tree = asdict(self)
+        for section in ("data", "model"):
+            tree[section].update(tree[section].pop("options"))
+        return tree
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -105,6 +213,13 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
         (tp,) = [a for a in get_args(tp) if a is not type(None)]
+    if get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        (item,) = get_args(tp) or (Any,)
+        return value if item is Any else [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
@@ -122,52 +237,94 @@ def _check(value: Any, tp: Any, key: str) -> Any:
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys, wrong types and values
+    out of range. A section with a ``_choice`` gathers the keys it does not know into ``options``:
+    they are the chosen component's settings and are checked against them."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
-    kwargs = {}
+    choice = getattr(cls, "_choice", None)
+    kwargs, options = {}, {}
     for k, v in data.items():
         key = f"{prefix}{k}"
-        if k not in names:
-            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(names))}")
-        tp = hints[k]
-        if is_dataclass(tp):
+        if k == "options" and choice:
+            options.update(_check(v, dict, key))
+        elif k not in names:
+            if choice:
+                options[k] = v
+                continue
+            what = f" of {prefix.rstrip('.')}" if prefix else ""
+            raise ConfigError(f"unknown config key {key!r}; valid keys{what}: {', '.join(sorted(names)) or 'none'}")
+        elif is_dataclass(tp := hints[k]):
             if isinstance(v, str) and "name" in {f.name for f in fields(tp)}:
                 v = {"name": v}  # `strategy: dgl` is shorthand for `strategy: {name: dgl}`
             kwargs[k] = from_dict(tp, v or {}, key + ".")
         else:
             kwargs[k] = _check(v, tp, key)
-    return cls(**kwargs)
+    if choice:
+        name_field, kind = choice
+        chosen = kwargs.get(name_field, next(f.default for f in fields(cls) if f.name == name_field))
+        settings = settings_class(kind, chosen)
+        allowed = {f.name for f in fields(settings)}
+        for k in options:
+            if k not in allowed:
+                raise ConfigError(f"unknown config key {prefix + k!r} for {kind} {chosen!r}; valid keys: "
+                                  f"{', '.join(sorted(names - {'options'} | allowed))}")
+        kwargs["options"] = options
+    try:
+        obj = cls(**kwargs)
+        if choice or cls is StrategyConfig:
+            obj.settings  # noqa: B018  (validates the component's settings now, not at first use)
+    except SettingError as e:
+        key = e.key if "." in e.key or not prefix else f"{prefix}{e.key}"
+        raise ConfigError(f"config key {key!r} {e.message}") from None
+    except TypeError as e:  # a required setting without a default
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: {e}") from None
+    return obj
 
 
-def _is_component(dotted: str) -> bool:
-    """Whether ``dotted`` is a config section chosen by name (``strategy``)."""
-    tp: Any = Config
-    for part in dotted.split("."):
-        hints = get_type_hints(tp) if is_dataclass(tp) else {}
-        if part not in hints:
-            return False
-        tp = hints[part]
-    return is_dataclass(tp) and "name" in {f.name for f in fields(tp)}
+# The keys that choose a component, and where that component's settings live in the tree.
+CHOICES = {"strategy": "strategy", "strategy.name": "strategy", "model.fusion": "fusion", "data.dataset": "dataset"}
+
+
+def _drop_replaced(tree: dict, dotted: str, value: Any) -> None:
+    """Choosing a different component drops the settings of the one it replaces (they were written
+    for it); the same choice again keeps them."""
+    kind = CHOICES[dotted]
+    if kind == "strategy":
+        node = tree.get("strategy")
+        old = node if isinstance(node, str) else (node or {}).get("name", StrategyConfig.name)
+        if isinstance(node, dict) and old != value:
+            tree["strategy"] = {k: v for k, v in node.items() if k != "args"}
+        return
+    section, name_field = dotted.split(".")
+    node = tree.get(section)
+    if not isinstance(node, dict):
+        return
+    default = {"dataset": DataConfig.dataset, "fusion": ModelConfig.fusion}[kind]
+    old = node.get(name_field, default)
+    if old != value and old in registry_of(kind):
+        owned = {f.name for f in fields(settings_class(kind, old))}
+        tree[section] = {k: v for k, v in node.items() if k not in owned}
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     """``tree[a][b][c] = value`` for ``a.b.c``; a component given by name becomes ``{name: ...}``."""
+    if dotted in CHOICES and isinstance(value, str):
+        _drop_replaced(tree, dotted, value)
     *parents, leaf = dotted.split(".")
+    node = tree
     for p in parents:
-        node = tree.get(p)
-        if isinstance(node, str):  # `strategy: dgl` then `strategy.args.alpha=2`
-            node = {"name": node}
-        tree[p] = node = dict(node or {})
-        tree = node
-    old = tree.get(leaf)
-    if isinstance(value, str) and isinstance(old, dict) and _is_component(dotted):
-        # `strategy=dnr` over a config's strategy section: the new choice keeps the section's
-        # settings for every choice (strategy.presets); only the old choice's args go
-        value = {**{k: v for k, v in old.items() if k != "args"}, "name": value}
-    tree[leaf] = value
+        child = node.get(p)
+        if isinstance(child, str):  # `strategy: dgl` then `strategy.args.alpha=2`
+            child = {"name": child}
+        node[p] = child = dict(child or {})
+        node = child
+    old = node.get(leaf)
+    if dotted == "strategy" and isinstance(value, str) and isinstance(old, dict):
+        value = {**old, "name": value}  # keep the section's presets (and args, if the choice is unchanged)
+    node[leaf] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -194,13 +351,18 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def ordered(overrides) -> list[tuple[str, Any]]:
+    """Parsed overrides in the documented order: component choices first, then the rest as given."""
+    pairs = [parse_override(o) if isinstance(o, str) else tuple(o) for o in overrides]
+    return [p for p in pairs if p[0] in CHOICES] + [p for p in pairs if p[0] not in CHOICES]
+
+
 def load_config(path: str | Path | None = None, overrides=(), base: dict | None = None) -> Config:
-    """``base`` dict (e.g. a stored run config) <- YAML file <- ``key=value`` overrides."""
+    """``base`` dict (e.g. a stored run config) <- YAML file <- ``key=value`` overrides (choices first)."""
     tree = dict(base or {})
     if path is not None:
         tree = _merge(tree, load_yaml(path))
-    for text in overrides:
-        key, value = parse_override(text) if isinstance(text, str) else text
+    for key, value in ordered(overrides):
         set_dotted(tree, key, value)
     return from_dict(Config, tree)
 
@@ -212,4 +374,5 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "StrategyConfig", "TrainConfig", "load_config", "replace"]
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "SettingError", "StrategyConfig", "TrainConfig",
+           "NoSettings", "check", "choose", "finite", "load_config"]

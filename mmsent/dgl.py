@@ -23,14 +23,14 @@ This module depends on torch only, so it can be dropped into any training loop::
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["DGLOutput", "DGLLoss", "call_keeping_buffers", "dgl_loss", "zero_others"]
+__all__ = ["DGLOutput", "DGLLoss", "call_keeping_buffers", "dgl_loss", "keep_only", "zero_others"]
 
 
 @dataclass
@@ -42,9 +42,17 @@ class DGLOutput:
     unimodal: dict[str, Tensor]  # L_m per modality, Eq. 11/13
 
 
+def keep_only(features: Mapping[str, Tensor], keep: Iterable[str]) -> dict[str, Tensor]:
+    """The paper's parameter-free modality dropout: every modality outside ``keep`` becomes zeros
+    of its own shape. The one zero-masking rule of mmsent (``MultimodalModel.mask_modalities``
+    calls it for every strategy and every evaluation)."""
+    keep = set(keep)
+    return {m: z if m in keep else torch.zeros_like(z) for m, z in features.items()}
+
+
 def zero_others(features: Mapping[str, Tensor], keep: str) -> dict[str, Tensor]:
-    """The paper's parameter-free modality dropout: every modality but ``keep`` becomes zeros."""
-    return {m: z if m == keep else torch.zeros_like(z) for m, z in features.items()}
+    """Modality ``keep`` alone, the others zeroed (Eq. 12 / 14)."""
+    return keep_only(features, [keep])
 
 
 def _has_batch_coupling(module: nn.Module) -> bool:

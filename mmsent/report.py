@@ -30,3 +30,49 @@ def summarize(results: list[dict], split: str = "test") -> dict[str, dict[str, t
         b: {k: mean_std([r[split][b][k] for r in results]) for k in branches[b]}
         for b in branches
     }
+
+
+RESULT_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "acc7", "acc", "f1")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def print_results(results: dict) -> None:
+    """One run's test metrics per branch (what ``cli.py train`` prints at the end)."""
+    from rich.table import Table
+
+    multi = results["test"]["multi"]
+    names = [n for n in RESULT_METRICS if n in multi] or list(multi)
+    table = Table(title=f"test metrics at best validation epoch {results['best_epoch']} ({results['run_dir']})")
+    table.add_column("branch")
+    for n in names:
+        table.add_column(n, justify="right")
+    for branch, metrics in results["test"].items():
+        table.add_row(branch, *(f"{metrics[n]:.3f}" if metrics.get(n) is not None else "-" for n in names))
+    _console().print(table)
+
+
+def cell(metric: str, mean: float, std: float) -> str:
+    """Accuracy-like metrics in percent, the others as they are."""
+    if metric.startswith(("acc", "f1")):
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def print_summary(results: list[dict], split: str, metrics: list[str]) -> None:
+    """Mean ± std over runs, one row per branch (``cli.py report``)."""
+    from rich.table import Table
+
+    summary = summarize(results, split)
+    names = [n for n in metrics if n in next(iter(summary.values()))]
+    table = Table(title=f"{split} metrics at the validation-selected epoch, mean ± std over {len(results)} runs")
+    table.add_column("branch")
+    for n in names:
+        table.add_column(n, justify="right")
+    for branch, values in summary.items():
+        table.add_row(branch, *(cell(n, *values[n]) for n in names))
+    _console().print(table)

@@ -3,9 +3,15 @@
 
 * TPE with a seed (or a grid, for paper-style alpha in {1, ..., 5}); MedianPruner on the first
   seed's per-epoch validation metric.
-* Storage defaults to ``sqlite:///runs/sweeps/<study>.db``: re-running the same command resumes the
-  study and only runs the trials still missing. RDB storages record a heartbeat, so a trial whose
-  process was killed is marked FAIL on the next start instead of staying RUNNING for ever.
+* The study is named after the spec, the dataset, the data file and the rest of the base config
+  (``alpha-mosi-mosi_utterance-1a2b3c``), so different data or settings never share a study; storage
+  defaults to ``sqlite:///runs/sweeps/<study>.db``. Re-running the same command resumes the study
+  and only runs the trials still missing.
+* A killed trial never stays RUNNING: each trial records its host and process, and a restart on
+  that host fails the trials of processes that are gone; RDB storages also keep a heartbeat, which
+  fails a dead trial of another host after two missed beats.
+* Trial runs go to ``<out>/<study>-<token>/trial-NNNN/seed-S``, the token made when the study is
+  created, so a new study under an old name (a fresh storage) never meets the old study's runs.
 * Several processes pointed at one storage URL share the study (SQLite or ``journal:PATH`` on one
   machine; ``postgresql://`` / ``mysql://`` across machines). ``MaxTrialsCallback`` stops every
   worker once the study holds ``trials`` finished trials.
@@ -13,8 +19,13 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
 import statistics
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +35,7 @@ import yaml
 from mmsent.config import ConfigError, load_config, load_yaml, set_dotted
 from mmsent.data import build_dataset
 from mmsent.tasks import metric_names
-from mmsent.train import check_strategy_args, fit
+from mmsent.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = ("COMPLETE", "PRUNED")
@@ -65,8 +76,12 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
 
-    def example(self):
-        return self.choices[0] if self.type == "categorical" else (int(self.low) if self.type == "int" else float(self.low))
+    def extremes(self) -> list:
+        """Every value a trial could be given at the edges of the space: checked before any trial."""
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return sorted({cast(self.low), cast(self.high), *map(cast, self.grid or [])})
 
 
 @dataclass
@@ -146,31 +161,51 @@ def make_storage(url: str, heartbeat: int):
         raise SweepError(f"storage {url!r} is unreachable or invalid: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
+def study_key(spec: SweepSpec, cfg) -> str:
+    """``<spec>-<dataset>[-<data file stem>]-<hash>``: the hash covers the data path and the base
+    config without the swept keys, so a study never mixes trials of different data or settings."""
+    tree = cfg.to_dict()
+    for p in spec.params:
+        set_dotted(tree, p.name, None)
+    tree.pop("seed"), tree.pop("out")
+    path = str(Path(cfg.data.path).resolve()) if cfg.data.path else ""
+    digest = hashlib.sha1(json.dumps([path, tree], sort_keys=True, default=str).encode()).hexdigest()[:6]
+    stem = f"-{Path(cfg.data.path).stem}" if cfg.data.path else ""
+    return f"{spec.name}-{cfg.data.dataset}{stem}-{digest}"
+
+
 class Sweep:
     def __init__(self, spec: SweepSpec, *, config: str | None, overrides: list, storage: str | None,
                  study: str | None, trials: int | None, out_dir: str = "runs/sweeps", quiet_console=None):
         self.spec, self.overrides = spec, list(spec.overrides) + list(overrides)
         self.config = config or (str(ROOT / spec.config) if spec.config else None)
-        self.study_name = study or spec.name
         self.trials = trials or spec.trials
         self.out_dir = Path(out_dir)
-        self.storage_url = storage or f"sqlite:///{self.out_dir / self.study_name}.db"
         self.console = quiet_console
-        self._dataset = None
-        self._validate()
+        self._validate()  # config, space and data: a bad one stops here, before any trial
+        self.study_name = study or study_key(spec, self.base_cfg)
+        self.storage_url = storage or f"sqlite:///{self.out_dir / self.study_name}.db"
 
     def _cfg(self, values: dict, seed: int, out: str | None = None):
         extra = [(k, v) for k, v in values.items()] + [("seed", seed)] + ([("out", out)] if out else [])
         return load_config(self.config, self.overrides + extra)
 
-    def _validate(self) -> None:
-        """Every parameter names a real config key of the right type, before any trial runs."""
+    def check_space(self):
+        """The base config, with every parameter at each edge of its range: all must be valid."""
         try:
-            cfg = self._cfg({p.name: p.example() for p in self.spec.params}, 0)
-            check_strategy_args(cfg)
+            for p in self.spec.params:
+                for value in p.extremes():
+                    self._cfg({p.name: value}, 0)
+            return self._cfg({}, 0)
         except ConfigError as e:
             raise SweepError(f"sweep {self.spec.name!r}: {e}") from None
-        metrics = ["loss", *metric_names(cfg.data.task)]
+
+    def _validate(self) -> None:
+        """Every parameter names a real config key whose whole range is valid, the data loads and
+        the metric belongs to its task -- all before any trial runs."""
+        cfg = self.check_space()
+        self._dataset = build_dataset(cfg.data)  # a DataError ends the command in one line; loaded once per worker
+        metrics = ["loss", *metric_names(self._dataset.task)]
         if self.spec.metric not in metrics:
             raise SweepError(f"sweep {self.spec.name!r}: unknown metric {self.spec.metric!r}; choose from {', '.join(metrics)}")
         self.base_cfg = cfg
@@ -193,17 +228,25 @@ class Sweep:
         sampler = (optuna.samplers.GridSampler({p.name: p.grid for p in self.spec.params}, seed=seed)
                    if self.spec.sampler == "grid" else optuna.samplers.TPESampler(seed=seed))
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=self.spec.pruner_warmup_epochs)
-        return optuna.load_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        if "runs_token" not in study.user_attrs:  # made once per study; racing workers agree on the last write
+            study.set_user_attr("runs_token", uuid.uuid4().hex[:8])
+        fail_dead_local_trials(study)
+        return study
+
+    def trial_dir(self, study, number: int) -> Path:
+        return self.out_dir / f"{self.study_name}-{study.user_attrs['runs_token']}" / f"trial-{number:04d}"
 
     def objective(self, trial) -> float:
         import optuna
 
+        trial.set_user_attr("worker", worker_id())
         values = {p.name: p.suggest(trial) for p in self.spec.params}
-        if self._dataset is None:
-            self._dataset = build_dataset(self.base_cfg.data)  # once per worker, not per trial
+        root = self.trial_dir(trial.study, trial.number)
+        trial.set_user_attr("run_dir", str(root))
         per_seed, tests = [], []
         for i, seed in enumerate(self.spec.seeds):
-            out = self.out_dir / self.study_name / f"trial-{trial.number:04d}" / f"seed-{seed}"
+            out = root / f"seed-{seed}"
 
             def report(epoch, val, first=(i == 0)):
                 if first:  # prune on the first seed's curve: later seeds run only for promising values
@@ -248,6 +291,36 @@ class Sweep:
                        callbacks=[optuna.study.MaxTrialsCallback(self.trials, states=states), announce],
                        catch=(Exception,))
         return study
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def fail_dead_local_trials(study) -> list[int]:
+    """Mark FAIL every RUNNING trial whose process ran on this host and is gone (killed, crashed):
+    whatever the heartbeat timing, a restart then runs as many trials as are still missing."""
+    import optuna
+
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        who = str(t.user_attrs.get("worker", ""))
+        name, _, pid = who.rpartition(":")
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            failed.append(t.number)
+    return failed
 
 
 def trial_rows(study) -> list[dict]:
@@ -310,3 +383,29 @@ def plot(study, spec: SweepSpec, path: str | Path) -> Path | None:
     plt.close(fig)
     return path
 
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def write_report(study, spec: SweepSpec, path: Path, command: str, png) -> None:
+    """Markdown record of a sweep: the command, every trial, the best value."""
+    keys = [p.name for p in spec.params]
+    lines = [f"# Sweep `{study.study_name}`", "", f"Command: `{command}`", "",
+             f"Objective: validation `{spec.metric}` of the multimodal model ({spec.direction}), mean over seeds "
+             f"{spec.seeds}; test metrics are recorded, never optimised.", "",
+             "| trial | state | " + " | ".join(keys) + f" | val {spec.metric} (mean) | val per seed | test acc2_has0 | test mae |",
+             "|---|---|" + "---|" * (len(keys) + 4)]
+    for r in trial_rows(study):
+        test = (r["test"] or {}).get("multi", {})
+        seeds = ", ".join(f"{v:.4f}" for v in r["val_per_seed"] or [])
+        lines.append(f"| {r['number']} | {r['state'].lower()} | " + " | ".join(fmt(r.get(k)) for k in keys)
+                     + f" | {fmt(r['value'])} | {seeds} | {fmt(test.get('acc2_has0'))} | {fmt(test.get('mae'))} |")
+    best = best_trial(study)
+    if best is not None:
+        lines += ["", f"Best: {best.params} with validation {spec.metric} {best.value:.4f}."]
+    if png:
+        lines += ["", f"![objective vs parameter]({Path(png).name})"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

@@ -1,7 +1,9 @@
 """The protocol of the paper's Tables 1 and 2: every strategy, vanilla fusion and the unimodal-only
-models, over several seeds, under one training recipe; model selection on validation only. MOSI and
-MOSEI report Acc-2 (has0) over audio / visual / text / multi (Table 2 right); the audio-visual
-corpora report accuracy over audio / visual / multi (Table 1, and Table 2 left with --fusion mmtm).
+models, over several seeds, under one training recipe; model selection on validation only. The
+columns and the cell metric come from the dataset's registry entry (``DATASETS``): MOSI and MOSEI
+report Acc-2 (has0) over audio / visual / text / multi (Table 2 right), the audio-visual corpora
+accuracy over audio / visual / multi (Table 1, and Table 2 left with --fusion mmtm); a dataset
+without labels gets one column per modality key of its data and its task's headline metric.
 
 Each (method, seed) is one ``cli.py train`` run in ``<runs>/<method>-s<seed>``. Finished runs
 (with ``results.json``) are never re-run; an interrupted one resumes from its ``last.pt``.
@@ -16,19 +18,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmsent.data import AV_DATASETS
-from mmsent.report import load_results, summarize
+from mmsent.config import choose, load_config
+from mmsent.data import DATASETS, build_dataset
+from mmsent.report import cell, load_results, summarize
+from mmsent.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# modality key -> column label, per dataset (the paper's column order)
-MODALITIES: dict[str, dict[str, str]] = {
-    **dict.fromkeys(("synthetic", "mosi", "mosei"), {"audio": "Audio", "vision": "Visual", "text": "Text"}),
-    **dict.fromkeys(AV_DATASETS, {"audio": "Audio", "visual": "Visual"}),
-}
-# the headline metric of a table cell
-HEADLINE = {**dict.fromkeys(("synthetic", "mosi", "mosei"), ("acc2_has0", "Test Acc-2 (has0, %)")),
-            **dict.fromkeys(AV_DATASETS, ("acc", "Test accuracy (%)"))}
 
 # row label -> strategy overrides; the order is the paper's (unimodal-only rows come first, per dataset)
 STRATEGY_ROWS: dict[str, list[str]] = {
@@ -46,18 +41,29 @@ STRATEGY_ROWS: dict[str, list[str]] = {
 }
 
 
-def modality_columns(dataset: str) -> dict[str, str]:
-    return MODALITIES.get(dataset, MODALITIES["mosi"])
+def modality_columns(dataset: str, data: str | None = None, overrides=()) -> dict[str, str]:
+    """Modality key -> column label: the registry's labels, else the keys of the data itself."""
+    if choose(DATASETS, "dataset", dataset).modalities is None:
+        recipe = ROOT / "configs" / f"{dataset}.yaml"
+        cfg = load_config(recipe if recipe.is_file() else None,
+                          [("data.dataset", dataset), *([("data.path", data)] if data else []), *overrides])
+        return labels_of(dataset, build_dataset(cfg.data).modalities)
+    return labels_of(dataset, [])
 
 
-def unimodal_only(dataset: str) -> dict[str, str]:
-    """Row label -> modality, for the unimodal-only rows of ``dataset``'s table."""
-    return {f"{label}-only": m for m, label in modality_columns(dataset).items()}
+def labels_of(dataset: str, keys) -> dict[str, str]:
+    """The registry's column labels, else each key capitalised, in the data's order."""
+    return dict(DATASETS[dataset].modalities or {m: m.capitalize() for m in keys})
 
 
-def table_rows(dataset: str) -> dict[str, list[str]]:
-    """Every row of ``dataset``'s table: one unimodal-only model per modality, then the strategies."""
-    uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(dataset).items()}
+def unimodal_only(columns: dict[str, str]) -> dict[str, str]:
+    """Row label -> modality, for the unimodal-only rows."""
+    return {f"{label}-only": m for m, label in columns.items()}
+
+
+def table_rows(columns: dict[str, str]) -> dict[str, list[str]]:
+    """Every row of a table: one unimodal-only model per modality, then the strategies."""
+    uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(columns).items()}
     return {**uni, **STRATEGY_ROWS}
 
 
@@ -79,7 +85,7 @@ def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
 
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
               methods: list[str] | None = None, overrides: list[str] = (), progress=print) -> dict[str, list[Path]]:
-    rows = table_rows(dataset)
+    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")]))
     methods = methods or list(rows)
     unknown = [m for m in methods if m not in rows]
     if unknown:
@@ -111,16 +117,20 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     md = out_dir / f"{dataset}_table.md"
     csv_path = out_dir / f"{dataset}_table.csv"
     rows, lines = [], []
-    columns = {**modality_columns(dataset), "multi": "Multi"}
-    metric, title = HEADLINE.get(dataset, HEADLINE["mosi"])
-    only = unimodal_only(dataset)
+    results = {method: load_results(run_dirs) for method, run_dirs in dirs.items()}
+    first = next(iter(results.values()))[0]
+    labels = labels_of(dataset, [b for b in first["test"] if b != "multi"])
+    columns = {**labels, "multi": "Multi"}
+    metric = DATASETS[dataset].headline or build_task(first["task"], 2).headline
+    only = unimodal_only(labels)
     n_seeds = max(len(v) for v in dirs.values())
-    lines.append(f"{title} at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
+    title = {"acc2_has0": "Acc-2 (has0, %)", "acc": "accuracy (%)"}.get(metric, metric)
+    lines.append(f"Test {title} at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
     lines.append(f"Command: `{command}`\n")
     lines.append("| Method | " + " | ".join(columns.values()) + " |")
     lines.append("|---|" + "---|" * len(columns))
     for method, run_dirs in dirs.items():
-        summary = summarize(load_results(run_dirs))
+        summary = summarize(results[method])
         cells = []
         for branch in columns:
             # a unimodal-only model fills only its own column, as in the paper
@@ -128,8 +138,7 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
             if branch not in summary or not show:
                 cells.append("-")
                 continue
-            mean, std = summary[branch][metric]
-            cells.append(f"{100 * mean:.2f} ± {100 * std:.2f}")
+            cells.append(cell(metric, *summary[branch][metric]))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for branch, metrics in summary.items():
             rows.append({"method": method, "branch": branch, "seeds": len(run_dirs),

@@ -7,7 +7,6 @@ from ``last.pt`` with the same RNG streams, so a resumed run equals an uninterru
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mmsent.config import Config, ConfigError, load_config
+from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import Dataset, Split, build_dataset
-from mmsent.dgl import zero_others
-from mmsent.models import BertEncoder, MultimodalModel, build_model, choose
+from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task, lower_is_better, metric_names
 
@@ -77,31 +76,13 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def strategy_args(cfg: Config) -> dict:
-    """The chosen strategy's preset from the config (e.g. DGL's alpha = 4 on CREMA-D) under the
-    explicit ``strategy.args``."""
-    preset = cfg.strategy.presets.get(cfg.strategy.name, {})
-    if not isinstance(preset, dict):
-        raise ConfigError(f"config key 'strategy.presets.{cfg.strategy.name}' must be a mapping, got {preset!r}")
-    return {**preset, **cfg.strategy.args}
-
-
-def check_strategy_args(cfg: Config):
-    """The strategy class, after checking its arguments against its keyword arguments."""
-    cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "model", "optimizer", "task"}
-    unknown = set(strategy_args(cfg)) - accepted
-    if unknown:
-        raise ConfigError(f"unknown argument(s) {', '.join(sorted(unknown))} for strategy {cfg.strategy.name!r}; "
-                          f"it accepts {', '.join(sorted(accepted))}")
-    return cls
-
-
 def build_strategy(cfg: Config, model, optimizer, task):
-    cls = check_strategy_args(cfg)
-    args = {"grad_clip": cfg.train.grad_clip, **strategy_args(cfg)}
+    """The chosen strategy on its typed settings (``cfg.strategy.settings``, checked at config load);
+    what only the model can tell (a unimodal modality that the data lacks) fails here, still before
+    the run directory exists."""
+    cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
     try:
-        return cls(model, optimizer, task, **args)
+        return cls(model, optimizer, task, grad_clip=cfg.train.grad_clip, **asdict(cfg.strategy.settings))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"strategy {cfg.strategy.name!r}: {e}") from None
 
@@ -116,19 +97,19 @@ def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = 
 def gradient_probe(model: MultimodalModel, batch, task) -> dict[str, dict[str, float]]:
     """Norm of each encoder's gradient from its unimodal loss (others zeroed) and from the vanilla
     multimodal loss, on a fixed batch in eval mode: the quantity of the paper's Fig. 1c / 3b."""
-    was_training = model.training
-    model.eval()
-    feats = model.encode(batch)
+    def norm(gs) -> float:
+        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs if g is not None)))
+
     out = {}
-    multi = task.loss(model.head(feats), batch.y)
-    for m in model.modalities:
-        params = [p for p in model.encoders[m].parameters() if p.requires_grad]
-        uni = task.loss(model.head(zero_others(feats, m)), batch.y)
-        g_multi = torch.autograd.grad(multi, params, retain_graph=True, allow_unused=True)
-        g_uni = torch.autograd.grad(uni, params, retain_graph=True, allow_unused=True)
-        norm = lambda gs: float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs if g is not None)))  # noqa: E731
-        out[m] = {"unimodal": norm(g_uni), "multimodal": norm(g_multi)}
-    model.train(was_training)
+    with evaluating(model):
+        feats = model.encode(batch)
+        multi = task.loss(model.head(feats), batch.y)
+        for m in model.modalities:
+            params = [p for p in model.encoders[m].parameters() if p.requires_grad]
+            uni = task.loss(model.head(model.mask_modalities(feats, [m])), batch.y)
+            g_multi = torch.autograd.grad(multi, params, retain_graph=True, allow_unused=True)
+            g_uni = torch.autograd.grad(uni, params, retain_graph=True, allow_unused=True)
+            out[m] = {"unimodal": norm(g_uni), "multimodal": norm(g_multi)}
     return out
 
 
@@ -195,10 +176,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     device = resolve_device(cfg.device)
     if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.amp=true uses bfloat16 autocast, which this GPU does not support; set train.amp=false")
-    if cfg.train.select != "loss" and cfg.train.select not in metric_names(cfg.data.task):
-        raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this task; "
-                          f"choose from loss, {', '.join(metric_names(cfg.data.task))}")
     dataset = dataset or build_dataset(cfg.data)
+    if cfg.train.select != "loss" and cfg.train.select not in metric_names(dataset.task):
+        raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this {dataset.task} task; "
+                          f"choose from loss, {', '.join(metric_names(dataset.task))}")
     task = build_task(dataset.task, dataset.num_classes)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, dataset, task.out_dim).to(device)
@@ -285,7 +266,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")
     model.load_state_dict(load_checkpoint(run / "best.pt", device)["model"])
     test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
-    results = {"val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
+    results = {"task": dataset.task, "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
     _atomic_json(results, run / "results.json")
     results["run_dir"] = str(run)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from mmsent import dgl_loss
-from mmsent.models.resnet import MMTM, BasicBlock, FramesEncoder, SpectrogramEncoder, log_spectrogram
+from mmsent.data.av import log_spectrogram
+from mmsent.models.resnet import MMTM, BasicBlock, FramesEncoder, SpectrogramEncoder
 
 
 def numpy_log_stft(x, n_fft=512, hop=353):

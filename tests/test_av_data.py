@@ -15,7 +15,7 @@ from scipy.io import wavfile
 
 from mmsent.config import load_config
 from mmsent.data import DataError, build_dataset
-from mmsent.data.av import AVSpec, fit_length, load_frames, read_wav
+from mmsent.data.av import AVSettings, fit_length, load_frames, read_wav
 from mmsent.data.media import find_ffmpeg
 from mmsent.train import set_epoch_lr
 
@@ -111,7 +111,7 @@ def test_resampling_keeps_the_tone_and_long_clips_are_cut(tmp_path):
 def test_frames_sampling_augmentation_and_determinism(tmp_path):
     root = make_cremad(tmp_path / "c")
     folder = root / "Image-01-FPS" / clip_name(0)
-    spec = AVSpec(frames=1, image_size=32)
+    spec = AVSettings(frames=1, image_size=32)
     a = load_frames(folder, spec, None)
     b = load_frames(folder, spec, None)
     assert a.shape == (1, 3, 32, 32) and np.array_equal(a, b)
@@ -303,25 +303,39 @@ def av_dataset(tmp_path_factory):
 @pytest.mark.parametrize("fusion", ["concat", "mmtm"])
 @pytest.mark.parametrize("name", ["vanilla", "dgl", "gblending", "ogm_ge", "pmr", "agm", "mla", "mmpareto", "dnr"])
 def test_every_strategy_steps_on_the_audio_visual_model(av_dataset, fusion, name):
-    """Each strategy's epoch hooks and a training step on ResNet encoders with the linear or MMTM
-    head; masked passes outside DGL's must not move BatchNorm statistics either."""
-    from mmsent.config import StrategyConfig
+    """Each strategy's epoch hooks and training steps on ResNet encoders with the linear or MMTM head.
+    In the first step the head's BatchNorm running statistics must end where ONE train-mode pass on
+    the full features puts them: every masked pass (DGL's, the branches of G-Blending, OGM-GE,
+    MMPareto, AGM's coalitions) leaves them alone. MLA trains the head on masked passes only, so its
+    statistics come from those (its regime) and it is exempt."""
+    import copy
+
+    from mmsent.config import load_config
     from mmsent.models import build_model
     from mmsent.tasks import build_task
     from mmsent.train import build_optimizer, build_strategy
 
-    cfg = cremad_cfg(Path("unused"), f"model.fusion={fusion}")
-    cfg = type(cfg)(**{**cfg.__dict__, "strategy": StrategyConfig(name=name)})
+    cfg = load_config(Path(cli.ROOT) / "configs/cremad.yaml", [("strategy", name), ("model.fusion", fusion)])
     torch.manual_seed(0)
     task = build_task("classification", 6)
     model = build_model(cfg.model, av_dataset, task.out_dim)
     strategy = build_strategy(cfg, model, build_optimizer(model, cfg.train), task)
     strategy.steps_per_epoch = 4
+    running = lambda m: {k: v.clone() for k, v in m.head.state_dict().items() if "running" in k}  # noqa: E731
     for epoch in range(2):
         strategy.on_epoch_start(epoch, av_dataset)
-        for batch in av_dataset.train.batches(4, shuffle=True, generator=torch.Generator().manual_seed(epoch)):
+        for i, batch in enumerate(av_dataset.train.batches(4, shuffle=True, generator=torch.Generator().manual_seed(epoch))):
+            if epoch == 0 and i == 0:
+                ref = copy.deepcopy(model).train()
+                with torch.no_grad():
+                    ref.head(ref.encode(batch))
             logs = strategy.train_step(batch)
             assert np.isfinite(logs["loss"])
+            if epoch == 0 and i == 0 and name != "mla":
+                want, got = running(ref), running(model)
+                assert (len(want) > 0) == (fusion == "mmtm")
+                for k in want:
+                    torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
     preds = strategy.branch_predictions(av_dataset.test)
     assert set(preds) == {"multi", "audio", "visual"} and all(p.shape == (4, 6) for p in preds.values())
 

@@ -312,8 +312,6 @@ def test_real_step_any_n_both_tasks(name, n, task_name):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     pred = s.predict(ds.test.batch(torch.arange(4)))
     assert pred.shape == (4, task.out_dim) and torch.isfinite(pred).all()
-    state = s.state_dict()
-    s.load_state_dict(state)
 
 
 def test_coalitions_count():

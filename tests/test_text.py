@@ -12,7 +12,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from mmsent.config import ConfigError, ModelConfig, TrainConfig
 from mmsent.data import DataError, load_mmsa
 from mmsent.models import BertEncoder
-from mmsent.models.pretrained import resolve_model_path
+from mmsent.pretrained import resolve_model_path
 from mmsent.train import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

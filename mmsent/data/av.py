@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from mmsent.config import check, finite
 from mmsent.data.batch import Batch, DataError, Dataset
 
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the OGM-GE/DGL label ids 0..5
@@ -49,19 +51,38 @@ class Clip:
 
 
 @dataclass(frozen=True)
-class AVSpec:
-    """How a clip becomes tensors (from ``DataConfig``)."""
+class AVSettings:
+    """The ``data.*`` keys of an audio-visual corpus: how a clip becomes tensors."""
 
     sample_rate: int = 22050
-    audio_frames: int = 299
+    audio_frames: int = 299  # STFT frames (the paper: 257 x 299 on CREMA-D, 257 x 1004 on KS/VGGSound)
     n_fft: int = 512
     hop: int = 353
-    frames: int = 1
+    frames: int = 1  # video frames per clip (1 on CREMA-D, 3 on KS/VGGSound)
+    fps: int = 1  # frames per second extracted by `data prepare` from videos
     image_size: int = 224
+    valid_fraction: float = 0.1  # validation carved from train (every k-th clip by id)
+    num_workers: int = 0  # DataLoader workers decoding clips
+
+    def __post_init__(self):
+        for key in ("sample_rate", "audio_frames", "n_fft", "hop", "frames", "fps", "image_size"):
+            check(key, getattr(self, key) >= 1, getattr(self, key), ">= 1")
+        check("valid_fraction", finite(self.valid_fraction) and 0 < self.valid_fraction < 1, self.valid_fraction,
+              "in (0, 1)")
+        check("num_workers", self.num_workers >= 0, self.num_workers, ">= 0")
 
     @property
     def samples(self) -> int:
         return (self.audio_frames - 1) * self.hop  # centred STFT: 1 + samples // hop frames
+
+
+def log_spectrogram(wave: Tensor, *, n_fft: int = 512, hop: int = 353, eps: float = 1e-7) -> Tensor:
+    """``log(|STFT| + eps)`` with a periodic Hann window of ``n_fft`` and reflect padding (librosa's
+    defaults): (..., samples) -> (..., n_fft // 2 + 1, frames). The paper's CREMA-D input is 257 x 299."""
+    window = torch.hann_window(n_fft, dtype=wave.dtype, device=wave.device)
+    spec = torch.stft(wave, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)
+    return torch.log(spec.abs() + eps)
 
 
 # ----------------------------------------------------------------------------------- split files
@@ -227,7 +248,7 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
 
 
-def load_frames(folder: Path, spec: AVSpec, rng: np.random.Generator | None) -> np.ndarray:
+def load_frames(folder: Path, spec: AVSettings, rng: np.random.Generator | None) -> np.ndarray:
     """(T, 3, S, S) float32: one frame per equal segment of the clip's sorted frames."""
     from PIL import Image, UnidentifiedImageError
 
@@ -265,15 +286,13 @@ class ClipSet(torch.utils.data.Dataset):
     """Map-style dataset whose item is a whole batch ``[(index, seed)]``, so DataLoader workers
     decode batches in parallel while the order and augmentation stay fixed by the caller's seeds."""
 
-    def __init__(self, clips: list[Clip], spec: AVSpec, train: bool):
+    def __init__(self, clips: list[Clip], spec: AVSettings, train: bool):
         self.clips, self.spec, self.train = clips, spec, train
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, items: list[tuple[int, int]]):
-        from mmsent.models.resnet import log_spectrogram
-
         audio, frames = [], []
         for i, seed in items:
             clip = self.clips[i]
@@ -288,7 +307,7 @@ class AVSplit:
     """A split decoded on demand; the same interface as ``Split`` (``y``, ``ids``, ``batch``,
     ``batches``) so the one training loop and every strategy run unchanged."""
 
-    def __init__(self, clips: list[Clip], spec: AVSpec, *, train: bool, num_workers: int = 0):
+    def __init__(self, clips: list[Clip], spec: AVSettings, *, train: bool, num_workers: int = 0):
         self.clips, self.spec, self.train, self.num_workers = clips, spec, train, num_workers
         self.set = ClipSet(clips, spec, train)
         self.y = torch.tensor([c.label for c in clips], dtype=torch.long)
@@ -348,6 +367,13 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     return clips, classes
 
 
+def is_av_folder(path: Path) -> bool:
+    """A folder holding a split file at its top, or media in <split>/<class>/ folders."""
+    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    return bool(names & {"splits.csv", "vggsound.csv"}) or {"train.csv", "test.csv"} <= names or (
+        "train" in names and "test" in names)
+
+
 def load_av(cfg, seed: int = 0) -> Dataset:
     """A ``Dataset`` of ``AVSplit``s for a prepared corpus folder (``cfg`` is a ``DataConfig``)."""
     if not cfg.path:
@@ -364,19 +390,19 @@ def load_av(cfg, seed: int = 0) -> Dataset:
         check_wav(c.wav)
         if not frame_files(c.frames):
             raise DataError(f"{c.frames}: clip {c.id!r} has no .jpg frames")
-    spec = AVSpec(cfg.sample_rate, cfg.audio_frames, cfg.n_fft, cfg.hop, cfg.frames, cfg.image_size)
+    spec = cfg.settings
     train = sorted((c for c in clips if c.split == "train"), key=lambda c: c.id)
     test = [c for c in clips if c.split == "test"]
     if not train or not test:
         raise DataError(f"{root}: the split file needs train and test clips (got {len(train)} train, {len(test)} test)")
-    k = max(2, round(1 / cfg.valid_fraction)) if cfg.valid_fraction > 0 else 0
-    if not k or len(train) < k:
-        raise DataError(f"{root}: data.valid_fraction={cfg.valid_fraction} leaves no validation clip "
+    k = max(2, round(1 / spec.valid_fraction))
+    if len(train) < k:
+        raise DataError(f"{root}: data.valid_fraction={spec.valid_fraction} leaves no validation clip "
                         f"among {len(train)} train clips")
     val = train[k - 1::k]
     held = {c.id for c in val}
     train = [c for c in train if c.id not in held]
-    w = cfg.num_workers
+    w = spec.num_workers
     return Dataset(
         train=AVSplit(train, spec, train=True, num_workers=w),
         val=AVSplit(val, spec, train=False, num_workers=w),

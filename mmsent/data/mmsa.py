@@ -1,9 +1,15 @@
-"""CMU-MOSI / MOSEI in the MMSA pickle layout (``aligned_50.pkl``, ``unaligned_50.pkl`` and the
-utterance-level ``mosi_utterance.pkl``): ``{"train"|"valid"|"test": {key: array}}``.
+"""Feature files in the MMSA layout: ``{"train"|"valid"|"test": {key: array}}`` as a pickle, or the
+same as an ``.npz`` whose arrays are named ``<split>/<key>`` (read with ``allow_pickle=False``).
 
-Keys read per split: ``text``/``audio``/``vision`` features (N, T, F); optional ``text_bert``
-(N, 3, T) token ids + attention mask; optional ``audio_lengths``/``vision_lengths`` for the
-unaligned variant; ``regression_labels`` (N,) in [-3, 3]; ``id``.
+* ``mosi`` / ``mosei`` (CMU-MOSI, MOSEI: ``aligned_50.pkl``, ``unaligned_50.pkl``, the
+  utterance-level ``mosi_utterance.pkl``): the ``text``/``audio``/``vision`` features, optional
+  ``text_bert`` (N, 3, T) token ids + mask, ``regression_labels`` (N,) in [-3, 3].
+* ``features`` (any N-modality data): every array of shape (N, T, F) or (N, F) is a modality,
+  whatever its key (or the keys in ``data.modalities``); labels from ``regression_labels`` (any
+  real value) or ``classification_labels`` (integers 0..K-1, any K >= 2).
+
+Both read optional ``<modality>_lengths`` (unaligned sequences) and ``id``. Every split must hold
+rows, one id per row, the same modalities with the same feature widths.
 
 Pickles are opened with a restricted unpickler (builtins containers and numpy arrays only), so a
 hostile file cannot run code. Non-finite values (COVAREP's -inf, NaN) become 0 with a warning that
@@ -21,8 +27,10 @@ import torch
 
 from mmsent.data.batch import DataError, Dataset, Split
 
-MODALITIES = ("text", "audio", "vision")
-SPLITS = {"train": "train", "val": "valid", "test": "test"}
+MODALITIES = ("text", "audio", "vision")  # MOSI / MOSEI
+SPLITS = {"train": ("train",), "val": ("valid", "val", "validation"), "test": ("test",)}
+LABELS = {"regression": "regression_labels", "classification": "classification_labels"}
+NOT_MODALITIES = {"id", "raw_text", "text_bert", "annotations"}
 
 _SAFE_BUILTINS = {
     "dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float", "complex",
@@ -46,6 +54,38 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def load_arrays(path: str | Path):
+    """The split dict of a pickle (restricted unpickler) or of an ``.npz`` (no pickled objects)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        return safe_load_pickle(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            flat = {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as e:  # object arrays need pickle; not a zip
+        raise DataError(f"{path}: not a loadable .npz of numeric/string arrays ({e})") from None
+    out: dict = {}
+    for k, v in flat.items():
+        split, sep, key = k.partition("/")
+        if not sep:
+            raise DataError(f"{path}: array {k!r} must be named <split>/<key> (e.g. train/audio)")
+        out.setdefault(split, {})[key] = v
+    return out
+
+
+def write_pickle(data: dict, out: Path) -> Path:
+    """Write an MMSA-layout dict atomically: a crash never leaves a half-written pickle under ``out``."""
+    import os
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_bytes(pickle.dumps(data, protocol=4))
+    os.replace(tmp, out)
+    return out
 
 
 def safe_load_pickle(path: str | Path):
@@ -107,36 +147,83 @@ def tokenize(texts: list[str], tokenizer_path: str, max_tokens: int):
     return enc["input_ids"], enc["attention_mask"].bool(), tok.vocab_size
 
 
-def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = False, standardize: bool = True,
-              tokenizer: str | None = None, max_tokens: int = 50) -> Dataset:
-    """Read an MMSA-layout pickle into a regression ``Dataset`` (MOSI sentiment in [-3, 3]).
+def _split(path, raw: dict, name: str) -> tuple[str, dict]:
+    for key in SPLITS[name]:
+        if isinstance(raw.get(key), dict):
+            return key, raw[key]
+    raise DataError(f"{path}: missing split {SPLITS[name][0]!r} (found {sorted(map(str, raw))})")
 
-    ``text_tokens=True`` reads BERT token ids from ``text_bert`` instead of the ``text`` features;
-    ``tokenizer`` (a local tokenizer directory) instead tokenizes the ``raw_text`` transcripts.
-    ``path`` may also be the already-unpickled dict (e.g. straight from ``csd.build_mmsa``).
+
+def _is_modality(key: str, value, n: int) -> bool:
+    if key in NOT_MODALITIES or key.endswith("_lengths") or "label" in key:
+        return False
+    a = np.asarray(value) if isinstance(value, np.ndarray) else None
+    return a is not None and a.ndim in (2, 3) and len(a) == n and np.issubdtype(a.dtype, np.number)
+
+
+def _labels(path, split: str, part: dict, key: str, sentiment: bool) -> np.ndarray:
+    y = _array(path, split, part, key)
+    if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1) or not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{path}: {split}[{key!r}] must be numeric with one value per row, got shape {y.shape} dtype {y.dtype}")
+    y = y.astype(np.float64).reshape(-1)
+    if key == LABELS["classification"]:
+        bad = np.flatnonzero(~np.isfinite(y) | (y < 0) | (y != np.round(y)))
+        what = "is not a class id (an integer >= 0)"
+    elif sentiment:
+        bad = np.flatnonzero(~np.isfinite(y) | (np.abs(y) > 3))
+        what = "is outside [-3, 3]"
+    else:
+        bad = np.flatnonzero(~np.isfinite(y))
+        what = "is not finite"
+    if len(bad):
+        raise DataError(f"{path}: {split}[{key!r}][{bad[0]}] = {y[bad[0]]} {what}")
+    return y
+
+
+def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = False, standardize: bool = True,
+              tokenizer: str | None = None, max_tokens: int = 50, task: str = "regression",
+              sentiment: bool = True) -> Dataset:
+    """Read an MMSA-layout file (or the already-loaded dict, e.g. from ``csd.build_mmsa``).
+
+    ``sentiment=True`` is MOSI/MOSEI: modalities among text/audio/vision, regression labels in
+    [-3, 3]; ``text_tokens`` reads BERT ids from ``text_bert`` and ``tokenizer`` (a local tokenizer
+    directory) tokenizes ``raw_text`` instead of the ``text`` features. ``sentiment=False`` reads
+    any modality keys. ``task`` is regression, classification or auto (regression labels when the
+    file has them, else classification labels).
     """
     vocab = 30522  # bert-base-uncased, the tokenizer of MMSA's text_bert
-    raw = path if isinstance(path, dict) else safe_load_pickle(path)
+    raw = path if isinstance(path, dict) else load_arrays(path)
     if isinstance(path, dict):
         path = "<prepared data>"
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a dict of splits, got {type(raw).__name__}")
-    if modalities is None:  # whatever the file holds: a pickle prepared without word vectors has no `text`
-        train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-        modalities = [m for m in MODALITIES if m in train or (m == "text" and (tokenizer or text_tokens))]
-        if not modalities:
-            raise DataError(f"{path}: no modality among {', '.join(MODALITIES)} in split 'train'")
-    splits = {}
-    for name, key in SPLITS.items():
-        if key not in raw or not isinstance(raw[key], dict):
-            raise DataError(f"{path}: missing split {key!r} (found {sorted(map(str, raw))})")
-        part = raw[key]
-        y = _array(path, key, part, "regression_labels").astype(np.float64).reshape(-1)
+    parts = {name: _split(path, raw, name) for name in SPLITS}
+    train_key, train = parts["train"]
+    if task == "auto":
+        task = "regression" if LABELS["regression"] in train else "classification"
+    if task not in LABELS:
+        raise DataError(f"{path}: task must be regression, classification or auto, got {task!r}")
+    label_key = LABELS[task]
+    n_train = len(_array(path, train_key, train, label_key))
+    if modalities is None:
+        if sentiment:  # a pickle prepared without word vectors has no `text`
+            modalities = [m for m in MODALITIES if m in train or (m == "text" and (tokenizer or text_tokens))]
+            if not modalities:
+                raise DataError(f"{path}: no modality among {', '.join(MODALITIES)} in split {train_key!r}")
+        else:
+            modalities = [k for k, v in train.items() if _is_modality(k, v, n_train)]
+            if not modalities:
+                raise DataError(f"{path}: no modality in split {train_key!r}: expected arrays of shape (n, L, D) or "
+                                f"(n, D) with n = {n_train} rows (found keys {', '.join(sorted(map(str, train)))})")
+    splits, ys = {}, {}
+    for name, (key, part) in parts.items():
+        y = _labels(path, key, part, label_key, sentiment)
         n = len(y)
-        bad = np.flatnonzero(~np.isfinite(y) | (np.abs(y) > 3))
-        if len(bad):
-            raise DataError(f"{path}: {key}['regression_labels'][{bad[0]}] = {y[bad[0]]} is outside [-3, 3]")
+        if n == 0:
+            raise DataError(f"{path}: split {key!r} is empty (0 rows of {label_key!r})")
         ids = [str(i) for i in part["id"]] if "id" in part else [f"{key}_{i}" for i in range(n)]
+        if len(ids) != n:
+            raise DataError(f"{path}: {key}['id'] has {len(ids)} entries but the split has {n} rows")
         x, mask = {}, {}
         for m in modalities:
             if m == "text" and tokenizer:
@@ -155,8 +242,19 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
                 mask[m] = torch.from_numpy(tb[:, 1] > 0)
                 continue
             a, mk = _features(path, key, part, m, n)
+            if name != "train" and a.shape[-1] != splits["train"].x[m].shape[-1]:
+                raise DataError(f"{path}: {key}[{m!r}] has {a.shape[-1]} features per step but "
+                                f"{train_key}[{m!r}] has {splits['train'].x[m].shape[-1]}")
             x[m], mask[m] = torch.from_numpy(a), torch.from_numpy(mk)
+        ys[name] = y
         splits[name] = Split(x, mask, torch.from_numpy(y.astype(np.float32)), ids)
+    num_classes = 1
+    if task == "classification":
+        num_classes = int(max(y.max() for y in ys.values())) + 1
+        if num_classes < 2:
+            raise DataError(f"{path}: {label_key!r} holds a single class; classification needs at least two")
+        for s in splits.values():
+            s.y = s.y.long()
     tokens = text_tokens or bool(tokenizer)
     if standardize:
         for m in modalities:
@@ -169,6 +267,6 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
                 s.x[m] = torch.where(s.mask[m][..., None], (s.x[m] - mean) / std, torch.zeros(()))
     dims = {m: (vocab if (m == "text" and tokens) else splits["train"].x[m].shape[-1]) for m in modalities}
     return Dataset(
-        splits["train"], splits["val"], splits["test"], task="regression", num_classes=1, dims=dims,
+        splits["train"], splits["val"], splits["test"], task=task, num_classes=num_classes, dims=dims,
         token_modalities=("text",) if tokens else (),
     )

@@ -9,9 +9,11 @@ information a fused model should use. It is the embedded default dataset and the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from mmsent.config import check
 from mmsent.data.batch import Dataset, Split
 
 DEFAULT_NAMES = ("text", "audio", "vision")
@@ -19,6 +21,32 @@ DEFAULT_NAMES = ("text", "audio", "vision")
 
 def modality_names(n: int) -> list[str]:
     return list(DEFAULT_NAMES) if n == 3 else [f"m{i}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """The ``data.*`` keys of the synthetic dataset."""
+
+    n_modalities: int = 3
+    n_train: int = 800
+    n_val: int = 200
+    n_test: int = 400
+    feature_dim: int = 16
+    task: str = "regression"  # regression | classification
+    num_classes: int = 2
+
+    def __post_init__(self):
+        for key in ("n_modalities", "n_train", "n_val", "n_test", "feature_dim"):
+            check(key, getattr(self, key) >= 1, getattr(self, key), ">= 1")
+        check("task", self.task in ("regression", "classification"), self.task, "regression or classification")
+        check("num_classes", self.num_classes >= 2, self.num_classes, ">= 2")
+
+
+def load_synthetic(cfg, seed: int = 0) -> Dataset:
+    """``cfg`` is a ``DataConfig`` of dataset ``synthetic``."""
+    s = cfg.settings
+    return make_synthetic(n_modalities=s.n_modalities, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test,
+                          dim=s.feature_dim, task=s.task, num_classes=s.num_classes, seed=seed)
 
 
 def make_synthetic(

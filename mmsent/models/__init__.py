@@ -1,28 +1,23 @@
 """Models: encoders, fusion heads and ``MultimodalModel``; ``build_model`` wires them from config."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
+import torch
+
+from mmsent.config import ConfigError, choose
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
-from mmsent.models.model import MultimodalModel
-from mmsent.models.pretrained import resolve_model_path
+from mmsent.models.model import MultimodalModel, evaluating
 from mmsent.models.resnet import FramesEncoder, SpectrogramEncoder
+from mmsent.pretrained import resolve_model_path
 
 ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder, "spectrogram": SpectrogramEncoder,
             "frames": FramesEncoder}
 IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder)
 
 
-def choose(registry: dict, kind: str, name: str):
-    if name not in registry:
-        from mmsent.config import ConfigError
-
-        raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(sorted(registry))}")
-    return registry[name]
-
-
-def _encoder(cfg, dataset, m: str):
-    from mmsent.config import ConfigError
-
+def _encoder(cfg, dataset, m: str, maps: bool):
     name = cfg.encoders.get(m, cfg.encoder)
     if name == "auto":
         if m in dataset.kinds:
@@ -36,7 +31,7 @@ def _encoder(cfg, dataset, m: str):
                           f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
     if cls in IMAGE_ENCODERS:
         # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
-        return cls(width=cfg.width, maps=cfg.fusion == "mmtm")
+        return cls(width=cfg.width, maps=maps)
     common = dict(seq_len=cfg.seq_len, dropout=cfg.dropout)
     if cls is BertEncoder:
         if not cfg.bert_path:
@@ -48,32 +43,26 @@ def _encoder(cfg, dataset, m: str):
 
 def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
     """``cfg`` is a ``ModelConfig``; ``dataset`` supplies modalities, feature sizes and lengths."""
-    import torch
-
-    from mmsent.config import ConfigError
-
-    encoders = {m: _encoder(cfg, dataset, m) for m in dataset.modalities}
+    head_cls = choose(FUSIONS, "fusion", cfg.fusion)
+    encoders = {m: _encoder(cfg, dataset, m, head_cls.needs_maps) for m in dataset.modalities}
     image = [isinstance(e, IMAGE_ENCODERS) for e in encoders.values()]
-    if cfg.fusion == "mmtm" and not all(image):
-        raise ConfigError("fusion 'mmtm' needs spectrogram/frames encoders (an audio-visual dataset)")
+    if head_cls.needs_maps and not all(image):
+        raise ConfigError(f"fusion {cfg.fusion!r} needs spectrogram/frames encoders (an audio-visual dataset)")
     dim, seq_len = cfg.dim, cfg.seq_len
     if any(image):  # ResNet outputs: 512 pooled features (or 128-channel layer2 maps), one step
         dims = {e.out_dim for e in encoders.values() if isinstance(e, IMAGE_ENCODERS)}
         if len(dims) > 1 or not all(image):
             raise ConfigError("audio-visual encoders must all be ResNets of one model.width")
         dim, seq_len = dims.pop(), 1
-    head_cls = choose(FUSIONS, "fusion", cfg.fusion)
-    extra = {"depth": cfg.depth} if cfg.fusion == "mlpmixer" else {"ratio": cfg.mmtm_ratio} if cfg.fusion == "mmtm" else {}
-    head = head_cls(dataset.modalities, dim, seq_len, out_dim, hidden=cfg.hidden, dropout=cfg.dropout, **extra)
+    head = head_cls(dataset.modalities, dim, seq_len, out_dim, hidden=cfg.hidden, dropout=cfg.dropout,
+                    **asdict(cfg.settings))
     model = MultimodalModel(encoders, head)
     # One tiny forward records every encoder's output shape (for zero-masking never-encoded
     # modalities); eval mode and no_grad leave weights, BN statistics and the RNG untouched.
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         model.encode(dataset.train.batch(torch.arange(min(2, len(dataset.train)))))
-    model.train()
     return model
 
 
-__all__ = ["ENCODERS", "FUSIONS", "BertEncoder", "FramesEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel",
+__all__ = ["ENCODERS", "FUSIONS", "choose", "evaluating", "BertEncoder", "FramesEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel",
            "SpectrogramEncoder", "build_model", "masked_pool"]

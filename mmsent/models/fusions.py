@@ -3,12 +3,19 @@
 A head takes ``{modality: (B, L, D)}`` and returns ``(B, out_dim)``. It is the ``h`` of the DGL
 paper (Sec. 3.1): zero-masking a modality means passing ``zeros_like`` in its slot, and every head
 here stays well defined (and informative) when all but one modality are zero.
+
+``FUSIONS`` is the registry. A head class is built as ``cls(modalities, dim, seq_len, out_dim, *,
+hidden, dropout, **settings)`` and declares ``Settings`` (its own keys, flat under ``model`` in a
+config) and ``needs_maps`` (whether its encoders must stop at feature maps instead of pooling).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from mmsent.config import NoSettings, check
 from mmsent.models.resnet import MMTMHead
 
 
@@ -18,7 +25,14 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
 
 
-class ConcatHead(nn.Module):
+class Head(nn.Module):
+    """What every fusion head declares for the registry (defaults: no settings, pooled features)."""
+
+    Settings: type = NoSettings
+    needs_maps: bool = False
+
+
+class ConcatHead(Head):
     """Late fusion by concatenation (the paper's "Concat" baseline): pool over L, concat, MLP."""
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0):
@@ -30,7 +44,7 @@ class ConcatHead(nn.Module):
         return self.net(torch.cat([feats[m].mean(1) for m in self.modalities], dim=-1))
 
 
-class SumHead(nn.Module):
+class SumHead(Head):
     """Sum fusion: one projection per modality, summed, then a shared predictor."""
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0):
@@ -43,7 +57,7 @@ class SumHead(nn.Module):
         return self.out(sum(self.proj[m](feats[m].mean(1)) for m in self.modalities))
 
 
-class GatedHead(nn.Module):
+class GatedHead(Head):
     """Gated fusion for N modalities: each projected modality is scaled by a sigmoid gate computed
     from all modalities together, then the gated parts are summed (the N-way form of the gated
     fusion in the DGL/OGM-GE code, without its frozen-projection bug)."""
@@ -62,7 +76,7 @@ class GatedHead(nn.Module):
         return self.out(sum(g * self.proj[m](z) for g, m, z in zip(gates, self.modalities, pooled)))
 
 
-class FiLMHead(nn.Module):
+class FiLMHead(Head):
     """FiLM (Perez et al., 2018) for N modalities: the first modality is the carrier and every other
     modality k modulates it in turn, ``x <- x * (1 + gamma_k(z_k)) + beta_k(z_k)``. With the carrier
     zeroed the betas still carry modality k, so every unimodal pass is informative."""
@@ -101,7 +115,17 @@ class AxisMLP(nn.Module):
         return x + self.mlp(y).movedim(-1, self.axis)
 
 
-class MLPMixerHead(nn.Module):
+@dataclass(frozen=True)
+class MixerSettings:
+    depth: int = 2  # mixer blocks, each mixing L, then M, then D
+    expansion: int = 2  # hidden width of each axis MLP, as a multiple of the axis size
+
+    def __post_init__(self):
+        check("depth", self.depth >= 1, self.depth, ">= 1")
+        check("expansion", self.expansion >= 1, self.expansion, ">= 1")
+
+
+class MLPMixerHead(Head):
     """CubeMLP-style fusion (Sun et al., ACM MM 2022; DGL paper Table 2 right, "MLP-Fusion").
 
     Stack the modalities into a (B, L, M, D) cube and apply ``depth`` blocks, each mixing along the
@@ -109,6 +133,8 @@ class MLPMixerHead(nn.Module):
     flatten M x D and predict. Zero-masking a modality zeroes its slot of the cube (method.md), after
     which the modality-mixing MLP lets the kept modality fill every slot.
     """
+
+    Settings = MixerSettings
 
     def __init__(
         self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 128, dropout: float = 0.0,
@@ -134,7 +160,7 @@ class MLPMixerHead(nn.Module):
         return self.out(cube.flatten(1))
 
 
-FUSIONS: dict[str, type[nn.Module]] = {
+FUSIONS: dict[str, type[Head]] = {
     "concat": ConcatHead,
     "sum": SumHead,
     "gated": GatedHead,

@@ -1,12 +1,24 @@
 """``MultimodalModel``: a dict of encoders plus one head. No state is kept between calls."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
-import torch
 from torch import Tensor, nn
 
 from mmsent.data.batch import Batch
+from mmsent.dgl import call_keeping_buffers, keep_only
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block, the caller's mode restored after it (even on error)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class MultimodalModel(nn.Module):
@@ -39,18 +51,14 @@ class MultimodalModel(nn.Module):
     def mask_modalities(self, feats: dict[str, Tensor], keep: Iterable[str]) -> dict[str, Tensor]:
         """Zero every modality not in ``keep``. A modality absent from ``feats`` (never encoded)
         becomes zeros of its encoder's recorded output shape (``build_model`` records all)."""
-        keep = set(keep)
         like = next(iter(feats.values()))
-        return {m: feats[m] if m in keep and m in feats else
-                (torch.zeros_like(feats[m]) if m in feats else
-                 like.new_zeros((len(like), *self.feature_shapes[m])))
+        full = {m: feats[m] if m in feats else like.new_zeros((len(like), *self.feature_shapes[m]))
                 for m in self.modalities}
+        return keep_only(full, keep)
 
     def head_masked(self, feats: dict[str, Tensor]) -> Tensor:
         """``head(feats)`` for a zero-masked input without moving BatchNorm running statistics
         (method.md: masked passes must not update them); gradients flow as in ``head(feats)``."""
-        from mmsent.dgl import call_keeping_buffers
-
         return call_keeping_buffers(self.head, feats)
 
     def forward(self, batch: Batch) -> Tensor:

@@ -1,21 +1,16 @@
-"""Audio-visual building blocks (DGL paper Sec. 4.2, the OGM-GE protocol): log-magnitude STFT
-spectrograms, ResNet18 encoders for a 1-channel spectrogram and for T video frames, and the MMTM
-fusion block for N streams. Written here because torchvision does not install beside the CPU
+"""Audio-visual building blocks (DGL paper Sec. 4.2, the OGM-GE protocol): ResNet18 encoders for a
+1-channel spectrogram (made by ``mmsent.data.av.log_spectrogram``) and for T video frames, and the
+MMTM fusion block for N streams. Written here because torchvision does not install beside the CPU
 torch wheel this project pins.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-
-def log_spectrogram(wave: Tensor, *, n_fft: int = 512, hop: int = 353, eps: float = 1e-7) -> Tensor:
-    """``log(|STFT| + eps)`` with a periodic Hann window of ``n_fft`` and reflect padding (librosa's
-    defaults): (..., samples) -> (..., n_fft // 2 + 1, frames). The paper's CREMA-D input is 257 x 299."""
-    window = torch.hann_window(n_fft, dtype=wave.dtype, device=wave.device)
-    spec = torch.stft(wave, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
-                      pad_mode="reflect", return_complex=True)
-    return torch.log(spec.abs() + eps)
+from mmsent.config import check
 
 
 class BasicBlock(nn.Module):
@@ -127,6 +122,14 @@ class MMTM(nn.Module):
         return out
 
 
+@dataclass(frozen=True)
+class MMTMSettings:
+    ratio: int = 2  # MMTM squeeze ratio (the DGL authors' MMTM_Net uses 2)
+
+    def __post_init__(self):
+        check("ratio", self.ratio >= 1, self.ratio, ">= 1")
+
+
 class MMTMHead(nn.Module):
     """The MMTM network's fusion part for N streams (Joze et al., CVPR 2020; the DGL paper's Table 2
     left): MMTM on the encoders' layer2 maps, then per stream layer3 -> MMTM -> layer4 -> MMTM,
@@ -135,6 +138,9 @@ class MMTMHead(nn.Module):
     the first MMTM (method.md), so DGL's branches are defined; the head holds train-mode BatchNorm,
     so ``dgl_loss`` runs the masked passes one at a time and leaves running statistics alone.
     ``dim`` is the channel count of the layer2 maps (2 x ResNet width)."""
+
+    Settings = MMTMSettings
+    needs_maps = True  # the encoders stop after layer2: layers 3-4 live here
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
                  ratio: int = 2):

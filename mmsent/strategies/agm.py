@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from mmsent.config import check, finite
 from mmsent.strategies.base import Strategy
 
 
@@ -56,11 +58,25 @@ def _scale_grad(x: Tensor, k: float) -> Tensor:
     return x * k + x.detach() * (1 - k)
 
 
+@dataclass(frozen=True)
+class AGMSettings:
+    alpha: float = 1.0  # strength of the modulation
+    cap: float = 10.0  # bound on opt_m - ratio_m inside the exponential
+    modulation_start: int = 0
+    modulation_end: int = 10**9
+
+    def __post_init__(self):
+        check("alpha", finite(self.alpha) and self.alpha >= 0, self.alpha, "a finite number >= 0")
+        check("cap", finite(self.cap) and self.cap > 0, self.cap, "a finite number > 0")
+
+
 class AGM(Strategy):
-    def __init__(self, model, optimizer, task, *, alpha: float = 1.0, cap: float = 10.0, modulation_start: int = 0,
-                 modulation_end: int = 10**9, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.alpha, self.cap, self.start, self.end = alpha, cap, modulation_start, modulation_end
+    Settings = AGMSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        s = self.settings
+        self.alpha, self.cap, self.start, self.end = s.alpha, s.cap, s.modulation_start, s.modulation_end
         self.running = {m: 0.0 for m in model.modalities}
         self.iteration = 0
 
@@ -69,7 +85,7 @@ class AGM(Strategy):
         names = list(feats)
         # Only the full coalition is a real multimodal pass; the masked ones leave BN statistics alone.
         values = {s: (self.model.head if len(s) == len(names) else self.model.head_masked)(
-                      {m: (f if m in s else torch.zeros_like(f)) for m, f in feats.items()})
+                      self.model.mask_modalities(feats, s))
                   for s in coalitions(names)}
         contrib = shapley_contributions(values, names)
         with torch.no_grad():

@@ -1,24 +1,26 @@
 """The strategy interface: how a multimodal model learns from one batch.
 
 Like a ``torch.optim.Optimizer``, a strategy is built on what it acts on (model, optimizer, task)
-plus keyword-only hyper-parameters, and owns the backward pass, any gradient edits and the
-optimizer step. ``train.fit`` calls, in order::
+plus keyword-only settings, and owns the backward pass, any gradient edits and the optimizer step.
+Each strategy declares its settings as a frozen dataclass ``Settings`` (types, defaults, range
+checks); the config layer validates ``strategy.args`` and ``strategy.presets`` against it when a
+config loads, and the constructor builds it from the keyword arguments. ``train.fit`` calls::
 
     on_epoch_start(epoch, data)   # optional: prototypes, blending weights, re-initialisation
     train_step(batch) -> logs     # forward, backward, (edit gradients), step
     predict(batch)                # optional override: test-time fusion
 
 Parameters per modality come from ``model.encoders[m]`` and the head from ``model.head``: modules,
-never parameter-name matching.
+never parameter-name matching. Zero-masking goes through ``model.mask_modalities`` only.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from mmsent.config import NoSettings
 from mmsent.data.batch import Batch, Dataset
-from mmsent.dgl import zero_others
-from mmsent.models.model import MultimodalModel
+from mmsent.models.model import MultimodalModel, evaluating
 
 
 def feature_vectors(z: Tensor) -> Tensor:
@@ -29,7 +31,11 @@ def feature_vectors(z: Tensor) -> Tensor:
 
 
 class Strategy:
-    def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0):
+    Settings: type = NoSettings
+
+    def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0,
+                 **settings):
+        self.settings = self.Settings(**settings)  # TypeError on an unknown setting, SettingError out of range
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
         self.epoch = 0
         self.steps_per_epoch = 1  # set by the training loop; schedules inside an epoch use it
@@ -50,21 +56,19 @@ class Strategy:
     def branch_predictions(self, split, batch_size: int = 256) -> dict[str, Tensor]:
         """``predict`` of the model ("multi") and of every modality branch over a whole split, in
         eval mode, on the CPU: what validation/test metrics and G-Blending's weights are made of."""
-        was_training = self.model.training
-        self.model.eval()
         keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
         preds = {k: [] for k in keeps}
-        for batch in split.batches(batch_size):
-            batch = batch.to(self.device)
-            for k, keep in keeps.items():
-                preds[k].append(self.predict(batch, keep).float().cpu())
-        self.model.train(was_training)
+        with evaluating(self.model):
+            for batch in split.batches(batch_size):
+                batch = batch.to(self.device)
+                for k, keep in keeps.items():
+                    preds[k].append(self.predict(batch, keep).float().cpu())
         return {k: torch.cat(v) for k, v in preds.items()}
 
     def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL
-        paper's protocol for the baselines' unimodal outputs, Sec. 4.3)."""
-        return {m: self.model.head_masked(zero_others(feats, m)) for m in feats}
+        paper's protocol for the baselines' unimodal outputs, Sec. 4.3); BatchNorm statistics stay."""
+        return {m: self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in feats}
 
     @property
     def device(self) -> torch.device:
@@ -83,7 +87,8 @@ class Strategy:
         self.optimizer.step()
 
     # Strategies with state between steps (G-Blending weights, PMR prototypes...) extend these so
-    # that --resume continues exactly.
+    # that --resume continues exactly. Values must be tensors or plain containers: checkpoints are
+    # read with torch.load(weights_only=True).
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}
 

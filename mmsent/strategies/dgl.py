@@ -7,22 +7,27 @@ ablations of Table 3. The gradient arithmetic lives in :func:`mmsent.dgl.dgl_los
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
+from mmsent.config import check, finite
 from mmsent.dgl import dgl_loss
 from mmsent.strategies.base import Strategy
 
 
+@dataclass(frozen=True)
+class DGLSettings:
+    alpha: float = 1.0  # weight on sum_m L_m (Eq. 15; Table 4: 4 is best on CREMA-D)
+    truncate_multimodal: bool = True  # MT: L_d on detached features
+    truncate_unimodal: bool = True  # UT: L_m never reaches the head
+
+    def __post_init__(self):
+        check("alpha", finite(self.alpha) and self.alpha >= 0, self.alpha, "a finite number >= 0")
+
+
 class DGL(Strategy):
-    def __init__(
-        self, model, optimizer, task, *, alpha: float = 1.0, truncate_multimodal: bool = True,
-        truncate_unimodal: bool = True, grad_clip: float = 0.0,
-    ):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.alpha, self.truncate_multimodal, self.truncate_unimodal = alpha, truncate_multimodal, truncate_unimodal
+    Settings = DGLSettings
 
     def train_step(self, batch):
-        out = dgl_loss(
-            self.model.encode(batch), self.model.head, self.task.loss, batch.y, alpha=self.alpha,
-            truncate_multimodal=self.truncate_multimodal, truncate_unimodal=self.truncate_unimodal,
-        )
+        out = dgl_loss(self.model.encode(batch), self.model.head, self.task.loss, batch.y, **asdict(self.settings))
         self.update(out.total)
         return {"loss": out.multimodal.item(), **{f"loss_{m}": v.item() for m, v in out.unimodal.items()}}

@@ -11,12 +11,15 @@ head and optimizer state kept). Regression labels are binned with ``task.classes
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import MinMaxScaler
 
+from mmsent.config import check, finite
+from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 
 
@@ -35,24 +38,36 @@ def diagnose_after(epoch: int, reinit_epoch: int, done: int, reinit_num: int) ->
     return epoch > 0 and epoch % reinit_epoch == 0 and done < reinit_num
 
 
+@dataclass(frozen=True)
+class DnRSettings:
+    move_lambda: float = 3.0  # re-learning strength tanh(lambda * gap)
+    reinit_epoch: int = 20  # epochs between diagnoses
+    reinit_num: int = 3  # at most this many re-initialisations
+
+    def __post_init__(self):
+        check("move_lambda", finite(self.move_lambda) and self.move_lambda >= 0, self.move_lambda, "a finite number >= 0")
+        check("reinit_epoch", self.reinit_epoch >= 1, self.reinit_epoch, ">= 1")
+        check("reinit_num", self.reinit_num >= 0, self.reinit_num, ">= 0")
+
+
 class DnR(Strategy):
-    def __init__(self, model, optimizer, task, *, move_lambda: float = 3.0, reinit_epoch: int = 20,
-                 reinit_num: int = 3, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.lam, self.reinit_epoch, self.reinit_num = move_lambda, reinit_epoch, reinit_num
+    Settings = DnRSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        s = self.settings
+        self.lam, self.reinit_epoch, self.reinit_num = s.move_lambda, s.reinit_epoch, s.reinit_num
         self.init = {m: [p.detach().clone() for p in enc.parameters()] for m, enc in model.encoders.items()}
         self.done = 0
         self.last_strength: dict[str, float] = {}
 
     @torch.no_grad()
     def purities(self, split) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
         feats = {m: [] for m in self.model.modalities}
-        for batch in split.batches(256):
-            for m, z in self.model.encode(batch.to(self.device)).items():
-                feats[m].append(feature_vectors(z).cpu())
-        self.model.train(was_training)
+        with evaluating(self.model):
+            for batch in split.batches(256):
+                for m, z in self.model.encode(batch.to(self.device)).items():
+                    feats[m].append(feature_vectors(z).cpu())
         labels = self.task.classes(split.y).numpy()
         k = self.task.num_classes
         out = {}

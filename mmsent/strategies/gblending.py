@@ -14,6 +14,9 @@ branch that stopped generalising (dG <= 0) gets weight 0 instead of BalanceBench
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from mmsent.config import check
 from mmsent.strategies.base import Strategy
 
 MULTI = "multi"
@@ -32,10 +35,20 @@ def blend_weights(prev: dict[str, tuple[float, float]], now: dict[str, tuple[flo
     return None if total <= 0 else {k: v / total for k, v in raw.items()}
 
 
+@dataclass(frozen=True)
+class GBlendingSettings:
+    super_epoch: int = 5  # epochs between weight re-estimates
+
+    def __post_init__(self):
+        check("super_epoch", self.super_epoch >= 1, self.super_epoch, ">= 1")
+
+
 class GBlending(Strategy):
-    def __init__(self, model, optimizer, task, *, super_epoch: int = 5, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.super_epoch = super_epoch
+    Settings = GBlendingSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        self.super_epoch = self.settings.super_epoch
         names = [MULTI, *model.modalities]
         self.weights = {k: 1.0 / len(names) for k in names}
         self.snapshot: dict[str, tuple[float, float]] | None = None

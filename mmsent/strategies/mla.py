@@ -15,10 +15,11 @@ prediction entropy (classification), or averages them (regression, where no entr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from mmsent.dgl import zero_others
 from mmsent.strategies.base import Strategy
 
 
@@ -37,12 +38,19 @@ def project(P: torch.Tensor, r: torch.Tensor, a: float) -> torch.Tensor:
     return P / P.norm()
 
 
+@dataclass(frozen=True)
+class MLASettings:
+    projection: bool = True  # HGM: project the shared classifier's gradient
+
+
 class MLA(Strategy):
-    def __init__(self, model, optimizer, task, *, projection: bool = True, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
+    Settings = MLASettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
         linears = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)]
         self.last = linears[-1]  # the shared classifier the projector protects
-        self.projection = projection
+        self.projection = self.settings.projection
         self.P = torch.eye(self.last.in_features, device=self.last.weight.device)
         self.steps = 0
         self.batch_index = 0
@@ -58,7 +66,7 @@ class MLA(Strategy):
         logs = {}
         try:
             for m in feats:
-                loss = self.task.loss(self.model.head(zero_others(feats, m)), batch.y)
+                loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [m])), batch.y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward(retain_graph=True)
                 if self.projection and self.steps > 0 and self.last.weight.grad is not None:
@@ -80,7 +88,7 @@ class MLA(Strategy):
         if keep is not None:
             return super().predict(batch, keep)
         feats = self.model.encode(batch)
-        preds = {m: self.model.head(zero_others(feats, m)) for m in feats}
+        preds = {m: self.model.head(self.model.mask_modalities(feats, [m])) for m in feats}
         if self.task.name == "classification":
             w = entropy_weights(preds)
             return sum(w[m][:, None] * preds[m].softmax(-1) for m in preds).clamp(min=1e-12).log()

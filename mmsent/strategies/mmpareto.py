@@ -10,8 +10,11 @@ plain gradient of ``L_mm + sum_m L_m``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from mmsent.config import check, finite
 from mmsent.strategies.base import Strategy
 
 
@@ -35,10 +38,20 @@ def pareto_combine(g_mm: list[torch.Tensor], g_m: list[torch.Tensor], gamma: flo
     return out
 
 
+@dataclass(frozen=True)
+class MMParetoSettings:
+    gamma: float = 1.5  # the official rescaling constant
+
+    def __post_init__(self):
+        check("gamma", finite(self.gamma) and self.gamma > 0, self.gamma, "a finite number > 0")
+
+
 class MMPareto(Strategy):
-    def __init__(self, model, optimizer, task, *, gamma: float = 1.5, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.gamma = gamma
+    Settings = MMParetoSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        self.gamma = self.settings.gamma
 
     def train_step(self, batch):
         feats = self.model.encode(batch)

@@ -15,9 +15,11 @@ more than one dimension are modulated (the maintainer's advice for non-conv enco
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from mmsent.config import check, finite
 from mmsent.strategies.base import Strategy
 
 
@@ -30,11 +32,24 @@ def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]
     return {m: (1 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in ogm_ratios(scores).items()}
 
 
+@dataclass(frozen=True)
+class OGMGESettings:
+    alpha: float = 0.3  # Eq. 10's tanh slope
+    modulation_start: int = 0  # first and last epoch of modulation
+    modulation_end: int = 50
+    noise: bool = True  # GE: Gaussian noise with the gradient's std
+
+    def __post_init__(self):
+        check("alpha", finite(self.alpha) and self.alpha >= 0, self.alpha, "a finite number >= 0")
+
+
 class OGMGE(Strategy):
-    def __init__(self, model, optimizer, task, *, alpha: float = 0.3, modulation_start: int = 0,
-                 modulation_end: int = 50, noise: bool = True, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.alpha, self.start, self.end, self.noise = alpha, modulation_start, modulation_end, noise
+    Settings = OGMGESettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        s = self.settings
+        self.alpha, self.start, self.end, self.noise = s.alpha, s.modulation_start, s.modulation_end, s.noise
 
     def train_step(self, batch):
         feats = self.model.encode(batch)

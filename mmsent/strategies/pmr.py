@@ -13,9 +13,13 @@ with ``task.classes`` (MOSI: y >= 0).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from mmsent.config import check, finite
+from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 
 
@@ -28,28 +32,45 @@ def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(feature_vectors(z), protos)  # (B, K)
 
 
+@dataclass(frozen=True)
+class PMRSettings:
+    alpha: float = 1.0  # weight of the prototype losses (Eq. 10)
+    mu: float = 1e-2  # PER entropy weight (Eq. 13)
+    per_epochs: int = 5  # epochs with PER
+    momentum: float = 0.2  # prototype EMA (Eq. 12)
+    subset: float = 0.1  # fraction of train used for prototypes
+
+    def __post_init__(self):
+        for key in ("alpha", "mu"):
+            v = getattr(self, key)
+            check(key, finite(v) and v >= 0, v, "a finite number >= 0")
+        check("momentum", finite(self.momentum) and 0 <= self.momentum < 1, self.momentum, "in [0, 1)")
+        check("subset", finite(self.subset) and 0 < self.subset <= 1, self.subset, "in (0, 1]")
+
+
 class PMR(Strategy):
-    def __init__(self, model, optimizer, task, *, alpha: float = 1.0, mu: float = 1e-2, per_epochs: int = 5,
-                 momentum: float = 0.2, subset: float = 0.1, grad_clip: float = 0.0):
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.alpha, self.mu, self.per_epochs, self.momentum, self.subset = alpha, mu, per_epochs, momentum, subset
+    Settings = PMRSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        s = self.settings
+        self.alpha, self.mu, self.per_epochs, self.momentum, self.subset = s.alpha, s.mu, s.per_epochs, s.momentum, s.subset
         self.protos: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def compute_prototypes(self, split) -> dict[str, torch.Tensor]:
-        was_training = self.model.training
-        self.model.eval()
         n = max(1, int(len(split) * self.subset))
         K = self.task.num_classes
         sums: dict[str, torch.Tensor] = {}
         counts = torch.zeros(K, device=self.device)
-        for start in range(0, n, 256):  # in batches: a subset of an audio-visual corpus does not fit at once
-            batch = split.batch(torch.arange(start, min(n, start + 256))).to(self.device)
-            labels = self.task.classes(batch.y)
-            counts += torch.bincount(labels, minlength=K)
-            for m, z in self.model.encode(batch).items():
-                z = feature_vectors(z)
-                sums[m] = sums.get(m, torch.zeros(K, z.shape[1], device=z.device)).index_add_(0, labels, z)
+        with evaluating(self.model):
+            for start in range(0, n, 256):  # in batches: a subset of an audio-visual corpus does not fit at once
+                batch = split.batch(torch.arange(start, min(n, start + 256))).to(self.device)
+                labels = self.task.classes(batch.y)
+                counts += torch.bincount(labels, minlength=K)
+                for m, z in self.model.encode(batch).items():
+                    z = feature_vectors(z)
+                    sums[m] = sums.get(m, torch.zeros(K, z.shape[1], device=z.device)).index_add_(0, labels, z)
         out = {}
         present = (counts > 0)[:, None]
         for m, s in sums.items():
@@ -58,7 +79,6 @@ class PMR(Strategy):
             if old is not None:  # a class absent from the subset keeps its old prototype
                 new = torch.where(present, (1 - self.momentum) * new + self.momentum * old, old)
             out[m] = new
-        self.model.train(was_training)
         return out
 
     def on_epoch_start(self, epoch, data):

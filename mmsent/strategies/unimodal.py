@@ -2,15 +2,25 @@
 paper's "Audio-only" / "Visual-only" / "Text-only" rows). Only that modality's encoder runs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mmsent.strategies.base import Strategy
 
 
+@dataclass(frozen=True)
+class UnimodalSettings:
+    modality: str = ""  # the modality key to train (required; checked against the model's)
+
+
 class Unimodal(Strategy):
-    def __init__(self, model, optimizer, task, *, modality: str, grad_clip: float = 0.0):
-        if modality not in model.modalities:
-            raise ValueError(f"unimodal strategy: unknown modality {modality!r}; choose from {', '.join(model.modalities)}")
-        super().__init__(model, optimizer, task, grad_clip=grad_clip)
-        self.modality = modality
+    Settings = UnimodalSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        self.modality = self.settings.modality
+        if self.modality not in model.modalities:
+            raise ValueError(f"unimodal strategy: unknown modality {self.modality!r} (strategy.args.modality); "
+                             f"choose from {', '.join(model.modalities)}")
 
     def train_step(self, batch):
         feats = self.model.encode(batch, [self.modality])
