@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from mmsent.config import choose, load_config
 from mmsent.data import DATASETS, build_dataset
-from mmsent.report import cell, load_results, summarize
+from mmsent.report import cell, load_results, summarize, summarize_probes
 from mmsent.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +40,10 @@ STRATEGY_ROWS: dict[str, list[str]] = {
 }
 
 
-def modality_columns(dataset: str, data: str | None = None, overrides=()) -> dict[str, str]:
+def modality_columns(dataset: str, data: str | None = None, overrides=(), config: str | None = None) -> dict[str, str]:
     """Modality key -> column label: the registry's labels, else the keys of the data itself."""
     if choose(DATASETS, "dataset", dataset).modalities is None:
-        recipe = ROOT / "configs" / f"{dataset}.yaml"
+        recipe = Path(config) if config else ROOT / "configs" / f"{dataset}.yaml"
         cfg = load_config(recipe if recipe.is_file() else None,
                           [("data.dataset", dataset), *([("data.path", data)] if data else []), *overrides])
         return labels_of(dataset, build_dataset(cfg.data).modalities)
@@ -74,8 +73,7 @@ def slug(method: str) -> str:
 def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
     if (out / "results.json").is_file():
         return out, 0, "done before"
-    if out.exists() and not (out / "last.pt").is_file():
-        shutil.rmtree(out)  # died before its first checkpoint: nothing to keep
+    # a run of ours that died before its first checkpoint is started again in place by `train`
     resume = ["--resume"] if (out / "last.pt").is_file() else []
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--quiet", *cmd, *resume],
@@ -83,14 +81,27 @@ def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
     return out, p.returncode, (p.stderr.strip().splitlines() or [""])[-1]
 
 
+def custom_row(text: str) -> tuple[str, list[str]]:
+    """``"LABEL:key=value,key=value"`` -> (label, overrides): an ablation row of its own."""
+    label, _, spec = text.partition(":")
+    overrides = [o.strip() for o in spec.split(",") if o.strip()]
+    if not label.strip() or not overrides or any("=" not in o for o in overrides):
+        raise ValueError(f"custom row {text!r} must look like 'LABEL:key=value[,key=value...]'")
+    return label.strip(), overrides
+
+
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
-              methods: list[str] | None = None, overrides: list[str] = (), progress=print) -> dict[str, list[Path]]:
-    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")]))
-    methods = methods or list(rows)
+              methods: list[str] | None = None, overrides: list[str] = (), config: str | None = None,
+              progress=print) -> dict[str, list[Path]]:
+    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config))
+    for text in [m for m in methods or [] if ":" in m]:
+        label, extra = custom_row(text)
+        rows[label] = extra
+    methods = [m.partition(":")[0].strip() for m in methods] if methods else list(rows)
     unknown = [m for m in methods if m not in rows]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(rows)}")
-    base = ["--dataset", dataset] + (["--data", data] if data else [])
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(rows)} or give 'LABEL:key=value,...'")
+    base = ["--dataset", dataset] + (["--data", data] if data else []) + (["--config", config] if config else [])
     tasks, dirs = [], {m: [] for m in methods}
     for method in methods:
         for seed in seeds:
@@ -112,10 +123,11 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
     return dirs
 
 
-def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, command: str) -> tuple[Path, Path]:
+def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, command: str,
+                name: str | None = None) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = out_dir / f"{dataset}_table.md"
-    csv_path = out_dir / f"{dataset}_table.csv"
+    md = out_dir / f"{name or dataset + '_table'}.md"
+    csv_path = out_dir / f"{name or dataset + '_table'}.csv"
     rows, lines = [], []
     results = {method: load_results(run_dirs) for method, run_dirs in dirs.items()}
     first = next(iter(results.values()))[0]
@@ -140,9 +152,19 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
                 continue
             cells.append(cell(metric, *summary[branch][metric]))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        for branch, metrics in summary.items():
+        probes = summarize_probes(results[method])
+        for branch, metrics in [*summary.items(), *((f"probe:{m}", v) for m, v in probes.items())]:
             rows.append({"method": method, "branch": branch, "seeds": len(run_dirs),
                          **{f"{k}_{s}": v for k, (mean, std) in metrics.items() for s, v in (("mean", mean), ("std", std))}})
+    if all(summarize_probes(r) for r in results.values()):
+        lines += ["", f"Linear probe of each frozen encoder at the selected epoch (test {title}; regularisation chosen "
+                  "on validation). A unimodal-only row shows the encoder it trained.", "",
+                  "| Method | " + " | ".join(labels.values()) + " |", "|---|" + "---|" * len(labels)]
+        for method, res in results.items():
+            probes = summarize_probes(res)
+            cells = [cell(metric, *probes[m][metric]) if (method not in only or only[method] == m) else "-"
+                     for m in labels]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     md.write_text("\n".join(lines) + "\n")
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -12,7 +12,7 @@ import math
 import os
 import pickle
 import random
-import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import Dataset, Split, build_dataset
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
+from mmsent.probe import probe_encoders
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task, lower_is_better, metric_names
 
@@ -113,6 +114,30 @@ def gradient_probe(model: MultimodalModel, batch, task) -> dict[str, dict[str, f
     return out
 
 
+@torch.no_grad()
+def diagnostics(model: MultimodalModel, batch, task) -> dict[str, dict[str, float]]:
+    """What explains a branch's behaviour, on a fixed batch in eval mode: each encoder's feature
+    norm (mean over samples of ||z_m||), and for the full pass and every masked pass (the others
+    zeroed) the loss, the spread of the outputs over the batch and their mean magnitude (for
+    classes: of the logits, plus the mean top probability)."""
+    from mmsent.strategies.base import feature_vectors
+
+    out: dict[str, dict[str, float]] = {}
+    with evaluating(model):
+        feats = model.encode(batch)
+        passes = {"multi": feats, **{m: model.mask_modalities(feats, [m]) for m in model.modalities}}
+        for k, inputs in passes.items():
+            pred = model.head(inputs).float()
+            row = {"loss": float(task.loss(pred, batch.y)), "out_std": float(pred.std(0).mean()),
+                   "out_abs": float(pred.abs().mean())}
+            if task.name == "classification":
+                row["top_prob"] = float(pred.softmax(-1).max(-1).values.mean())
+            if k != "multi":
+                row["feat_norm"] = float(feature_vectors(feats[k].float()).norm(dim=1).mean())
+            out[k] = row
+    return out
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -158,11 +183,44 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.dataset}-{cfg.strategy.name}-{cfg.model.fusion}-s{cfg.seed}-{stamp}"
 
 
+MARKER = ".mmsent-run"  # written into every run directory: only such a directory is ever reused
+
+
 def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunError(f"{path}: not found; --resume needs the directory of an earlier run (--out DIR)")
-    return load_config(base=json.loads(path.read_text()))
+    try:
+        tree = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: damaged, not valid JSON ({e}); the run cannot be resumed, start a new one "
+                       "with another --out") from None
+    if not isinstance(tree, dict):
+        raise RunError(f"{path}: damaged, not a config mapping; start a new run with another --out")
+    return load_config(base=tree)
+
+
+def create_run_dir(run: Path, cfg: Config) -> None:
+    """Make ``run`` with the marker and ``config.json``; it appears complete or not at all. Nothing
+    the program did not write is ever replaced or deleted: an existing non-empty folder must be a
+    run directory of ours that died before its first checkpoint (it is then reused in place)."""
+    if run.exists() and not run.is_dir():
+        raise RunError(f"{run}: exists and is not a directory; pass another --out")
+    if run.is_dir() and any(run.iterdir()):
+        if not (run / MARKER).is_file():
+            raise RunError(f"{run}: exists, is not empty and is not an mmsent run directory; pass another --out")
+        if any((run / f).exists() for f in ("last.pt", "best.pt", "results.json")):
+            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+        _atomic_json(cfg.to_dict(), run / "config.json")  # ours, died before epoch 0: start again in place
+        return
+    try:
+        run.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=run.parent))
+        (tmp / MARKER).write_text("written by mmsent: a run directory (config.json, checkpoints, logs)\n")
+        _atomic_json(cfg.to_dict(), tmp / "config.json")
+        os.rename(tmp, run)  # replaces at most an empty directory
+    except OSError as e:
+        raise RunError(f"{run}: cannot create the run directory ({e.strerror or e}); pass another --out") from None
 
 
 def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
@@ -192,26 +250,26 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
     if resume:
         if not (run / "last.pt").is_file():
-            raise RunError(f"{run}: no last.pt to resume from")
+            raise RunError(f"{run}: no last.pt to resume from (a run that died before its first epoch is started "
+                           "again without --resume)")
         ckpt = load_checkpoint(run / "last.pt", device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        strategy.load_state_dict(ckpt["strategy"])
-        torch.set_rng_state(ckpt["rng"])
-        generator.set_state(ckpt["generator"])
-        state = ckpt["state"]
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            strategy.load_state_dict(ckpt["strategy"])
+            torch.set_rng_state(ckpt["rng"])
+            generator.set_state(ckpt["generator"])
+            state = dict(ckpt["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise RunError(f"{run / 'last.pt'}: does not fit this run's model and settings ({type(e).__name__}: "
+                           f"{first}); start a new run with another --out") from None
+        if state["best_epoch"] >= 0 and not (run / "best.pt").is_file():
+            raise RunError(f"{run / 'best.pt'}: missing (the selected epoch's weights); the run cannot be finished, "
+                           "start a new one with another --out")
         _truncate_log(run / "metrics.jsonl", state["epoch"])
     else:
-        if run.exists() and any((run / f).exists() for f in ("last.pt", "best.pt", "results.json")):
-            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
-        if run.exists() and any(p.name != "config.json" for p in run.iterdir()):
-            raise RunError(f"{run}: exists and holds files that are not a run's; pass another --out")
-        shutil.rmtree(run, ignore_errors=True)  # at most the config of a run that died before its first epoch
-        tmp = run.with_name(run.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _atomic_json(cfg.to_dict(), tmp / "config.json")
-        tmp.rename(run)  # the directory appears complete (with its config) or not at all
+        create_run_dir(run, cfg)
 
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
     probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
@@ -244,6 +302,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
             if cfg.train.grad_probe:
                 record["grad_norm"] = gradient_probe(model, probe, task)
+                record["diag"] = diagnostics(model, probe, task)
             score = sign * val["multi"][cfg.train.select]
             if score < state["best_score"]:
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
@@ -268,6 +327,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
     results = {"task": dataset.task, "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
+    if cfg.train.probe:  # the selected epoch's encoders, frozen, each with a linear probe
+        t0 = time.perf_counter()
+        results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)
+        results["probe_seconds"] = time.perf_counter() - t0
     _atomic_json(results, run / "results.json")
     results["run_dir"] = str(run)
     return results

@@ -113,8 +113,11 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
 
 
 def test_a_run_that_died_before_its_first_epoch_can_be_started_again(tmp_path):
+    from mmsent.train import MARKER
+
     out = tmp_path / "dead"
     out.mkdir()
+    (out / MARKER).write_text("")  # what a run of ours that died before its first checkpoint holds
     (out / "config.json").write_text("{}")
     rc, out = train(tmp_path, "--epochs", "1", name="dead")
     assert rc == 0 and (out / "results.json").is_file()
@@ -122,7 +125,7 @@ def test_a_run_that_died_before_its_first_epoch_can_be_started_again(tmp_path):
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     rc, err = run_cli(tmp_path, "--out", str(stranger), "--epochs", "1")
-    assert rc == 2 and "not a run's" in err and (stranger / "notes.txt").read_text() == "mine"
+    assert rc == 2 and "not an mmsent run directory" in err and (stranger / "notes.txt").read_text() == "mine"
 
 
 def test_default_train_command_runs(tmp_path):

@@ -205,6 +205,9 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
         raise DataError(f"{path}: task must be regression, classification or auto, got {task!r}")
     label_key = LABELS[task]
     n_train = len(_array(path, train_key, train, label_key))
+    if n_train == 0:
+        raise DataError(f"{path}: split {train_key!r} is empty (0 rows of {label_key!r})")
+    inferred = modalities is None
     if modalities is None:
         if sentiment:  # a pickle prepared without word vectors has no `text`
             modalities = [m for m in MODALITIES if m in train or (m == "text" and (tokenizer or text_tokens))]
@@ -224,6 +227,13 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
         ids = [str(i) for i in part["id"]] if "id" in part else [f"{key}_{i}" for i in range(n)]
         if len(ids) != n:
             raise DataError(f"{path}: {key}['id'] has {len(ids)} entries but the split has {n} rows")
+        if inferred:  # a modality of another split that train lacks would be dropped without a word
+            n_rows = len(part[label_key]) if label_key in part else n
+            extra = sorted(k for k, v in part.items() if k not in modalities
+                           and (k in MODALITIES if sentiment else _is_modality(k, v, n_rows)))
+            if extra:
+                raise DataError(f"{path}: split {key!r} has modality {extra[0]!r} that split {train_key!r} lacks; "
+                                "every split needs the same modalities")
         x, mask = {}, {}
         for m in modalities:
             if m == "text" and tokenizer:
