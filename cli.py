@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -112,16 +113,17 @@ def cmd_table(args) -> int:
 
     dataset = args.dataset
     if args.methods:  # nargs="+" also swallows key=value overrides written after --methods
-        args.overrides += [m for m in args.methods if "=" in m]
-        args.methods = [m for m in args.methods if "=" not in m]
+        override = lambda m: re.match(r"^[A-Za-z_][\w.]*=", m) is not None  # noqa: E731  (else a row, maybe 'LABEL:k=v')
+        args.overrides += [m for m in args.methods if override(m)]
+        args.methods = [m for m in args.methods if not override(m)]
     runs_dir = Path(args.runs_dir or f"runs/table/{dataset}")
     try:
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
-                         methods=args.methods, overrides=args.overrides)
+                         methods=args.methods, overrides=args.overrides, config=args.config)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md, csv_path = write_table(dirs, Path(args.out), dataset, "python cli.py " + shlex.join(args.argv))
+    md, csv_path = write_table(dirs, Path(args.out), dataset, "python cli.py " + shlex.join(args.argv), args.name)
     print(md.read_text())
     print(f"wrote {md} and {csv_path}")
     return 0
@@ -247,7 +249,10 @@ def main(argv=None) -> int:
     tb.add_argument("--data", help="dataset file")
     tb.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    tb.add_argument("--methods", nargs="+", help="subset of rows (default: all)")
+    tb.add_argument("--methods", nargs="+", help="subset of rows (default: all); 'LABEL:key=value,...' adds a row "
+                    "of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
+    tb.add_argument("--config", help="training config for every row (default: configs/<dataset>.yaml)")
+    tb.add_argument("--name", help="output file stem (default: <dataset>_table)")
     tb.add_argument("--runs-dir", help="where the runs go (default runs/table/<dataset>); finished runs are reused")
     tb.add_argument("--out", default="results", help="folder for <dataset>_table.md and .csv")
     tb.add_argument("overrides", nargs="*", help="key=value overrides for every run")

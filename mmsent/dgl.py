@@ -61,29 +61,56 @@ def _has_batch_coupling(module: nn.Module) -> bool:
     return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training for mod in module.modules())
 
 
-def call_keeping_buffers(module: nn.Module, *args, detach_params: bool = False):
-    """``module(*args)`` on cloned buffers, so BatchNorm running statistics stay as they were;
-    with ``detach_params`` the parameters receive no gradient (DGL's unimodal truncation)."""
-    params = {n: (p.detach() if detach_params else p) for n, p in module.named_parameters()}
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward (bit-exact), gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+def call_keeping_buffers(module: nn.Module, *args, param_grad: float = 1.0):
+    """``module(*args)`` on cloned buffers, so BatchNorm running statistics stay as they were. The
+    parameters receive ``param_grad`` times their gradient: 0 detaches them (DGL's unimodal
+    truncation), 1 is a plain call."""
+    if param_grad == 0:
+        params = {n: p.detach() for n, p in module.named_parameters()}
+    elif param_grad == 1:
+        params = dict(module.named_parameters())
+    else:
+        params = {n: _ScaleGrad.apply(p, param_grad) for n, p in module.named_parameters()}
     buffers = {n: b.clone() for n, b in module.named_buffers()}
     return functional_call(module, {**params, **buffers}, args)
 
 
+FILLS = ("zero", "mean")
+
+
+def _absent(z: Tensor, fill: str) -> Tensor:
+    """What a masked modality becomes: zeros (the paper), or its batch-mean feature, detached (the
+    centre of what the head is fitted on, so a masked input stays inside its training range)."""
+    return torch.zeros_like(z) if fill == "zero" else z.detach().mean(0, keepdim=True).expand_as(z)
+
+
 def _unimodal_predictions(
-    features: Mapping[str, Tensor], head: nn.Module, detach_head: bool, batched: bool
+    features: Mapping[str, Tensor], head: nn.Module, param_grad: float, batched: bool, fill: str
 ) -> dict[str, object]:
     # Buffers are cloned so that masked passes never update running statistics (method.md: BN
     # layers seen by masked passes must not take statistics from them).
     def call(feats: dict[str, Tensor]):
-        return call_keeping_buffers(head, feats, detach_params=detach_head)
+        return call_keeping_buffers(head, feats, param_grad=param_grad)
 
     names = list(features)
+    absent = {k: _absent(z, fill) for k, z in features.items()}
     if not batched:
-        return {m: call(zero_others(features, m)) for m in names}
+        return {m: call({k: z if k == m else absent[k] for k, z in features.items()}) for m in names}
     # One head call on N*B rows: row block i holds modality names[i] alone.
-    stacked = {
-        k: torch.cat([z if k == m else torch.zeros_like(z) for m in names], dim=0) for k, z in features.items()
-    }
+    stacked = {k: torch.cat([z if k == m else absent[k] for m in names], dim=0) for k, z in features.items()}
     pred = call(stacked)
     if not isinstance(pred, Tensor):
         raise TypeError("dgl_loss with batched unimodal passes needs a head that returns one tensor")
@@ -99,6 +126,8 @@ def dgl_loss(
     truncate_multimodal: bool = True,
     truncate_unimodal: bool = True,
     batch_unimodal: bool | None = None,
+    head_weight: float = 0.0,
+    fill: str = "zero",
 ) -> DGLOutput:
     """DGL's losses (Eq. 15) arranged so that one ``backward()`` gives Algorithm 1's gradients.
 
@@ -111,18 +140,31 @@ def dgl_loss(
         truncate_unimodal: UT; ``False`` lets each L_m reach the head too (Table 3 "+MT" row).
         batch_unimodal: run the N masked passes as one head call on N*B rows. ``None`` picks it
             unless the head holds a BatchNorm layer in train mode (which couples samples).
+        head_weight: beta >= 0, with UT: the head also learns ``beta * sum_m L_m`` (the masked
+            passes, the encoders' share untouched). 0 is the paper's DGL; beta = alpha equals "+MT".
+        fill: what a masked modality becomes: ``"zero"`` (the paper) or ``"mean"`` (its detached
+            batch mean).
 
     After ``out.total.backward()`` an encoder parameter holds ``alpha * grad(sum_m L_m)`` (plus
-    ``grad L_d`` without MT) and a head parameter holds ``grad L_d`` (plus ``alpha * grad sum L_m``
-    without UT).
+    ``grad L_d`` without MT) and a head parameter holds ``grad L_d + beta * grad(sum_m L_m)`` (with
+    ``beta = alpha`` without UT).
     """
     if len(features) < 2:
         raise ValueError(f"dgl_loss needs at least two modalities, got {sorted(features)}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    if head_weight and not truncate_unimodal:
+        raise ValueError("head_weight sets the head's share of the unimodal losses under UT; without UT it is alpha")
+    if head_weight and alpha <= 0:
+        raise ValueError("head_weight needs alpha > 0 (the masked passes are shared with the encoders' loss)")
     if batch_unimodal is None:
         batch_unimodal = not _has_batch_coupling(head)
     fused_in = {m: z.detach() for m, z in features.items()} if truncate_multimodal else dict(features)
     multimodal = criterion(head(fused_in), target)
-    preds = _unimodal_predictions(features, head, truncate_unimodal, batch_unimodal)
+    # The head's share of alpha * L_m is beta: its parameters' gradient is scaled by beta / alpha
+    # inside the one masked pass, which the encoders see unscaled.
+    param_grad = 1.0 if not truncate_unimodal else (head_weight / alpha if head_weight else 0.0)
+    preds = _unimodal_predictions(features, head, param_grad, batch_unimodal, fill)
     unimodal = {m: criterion(p, target) for m, p in preds.items()}
     total = multimodal + alpha * torch.stack(list(unimodal.values())).sum()
     return DGLOutput(total=total, multimodal=multimodal, unimodal=unimodal)
@@ -139,12 +181,13 @@ class DGLLoss(nn.Module):
         alpha: float = 1.0,
         truncate_multimodal: bool = True,
         truncate_unimodal: bool = True,
+        head_weight: float = 0.0,
+        fill: str = "zero",
     ):
         super().__init__()
         self.head, self.criterion = head, criterion
-        self.alpha, self.truncate_multimodal, self.truncate_unimodal = alpha, truncate_multimodal, truncate_unimodal
+        self.options = dict(alpha=alpha, truncate_multimodal=truncate_multimodal, truncate_unimodal=truncate_unimodal,
+                            head_weight=head_weight, fill=fill)
 
     def forward(self, features: Mapping[str, Tensor], target: Tensor) -> DGLOutput:
-        return dgl_loss(
-            features, self.head, self.criterion, target, self.alpha, self.truncate_multimodal, self.truncate_unimodal
-        )
+        return dgl_loss(features, self.head, self.criterion, target, **self.options)

@@ -32,6 +32,14 @@ def summarize(results: list[dict], split: str = "test") -> dict[str, dict[str, t
     }
 
 
+def summarize_probes(results: list[dict], split: str = "test") -> dict[str, dict[str, tuple[float, float]]]:
+    """modality -> metric -> (mean, std) of the encoder probes (runs without probes: empty)."""
+    if any("probe" not in r for r in results):
+        return {}
+    probes = results[0]["probe"]
+    return {m: {k: mean_std([r["probe"][m][split][k] for r in results]) for k in probes[m][split]} for m in probes}
+
+
 RESULT_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "acc7", "acc", "f1")
 
 
@@ -51,7 +59,8 @@ def print_results(results: dict) -> None:
     table.add_column("branch")
     for n in names:
         table.add_column(n, justify="right")
-    for branch, metrics in results["test"].items():
+    rows = {**results["test"], **{f"probe {m}": v["test"] for m, v in results.get("probe", {}).items()}}
+    for branch, metrics in rows.items():
         table.add_row(branch, *(f"{metrics[n]:.3f}" if metrics.get(n) is not None else "-" for n in names))
     _console().print(table)
 
@@ -68,6 +77,7 @@ def print_summary(results: list[dict], split: str, metrics: list[str]) -> None:
     from rich.table import Table
 
     summary = summarize(results, split)
+    summary.update({f"probe {m}": v for m, v in summarize_probes(results, split).items()})
     names = [n for n in metrics if n in next(iter(summary.values()))]
     table = Table(title=f"{split} metrics at the validation-selected epoch, mean ± std over {len(results)} runs")
     table.add_column("branch")

@@ -3,6 +3,7 @@ its backward pass and optimizer step (see ``base.Strategy``)."""
 from mmsent.strategies.agm import AGM
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.dgl import DGL
+from mmsent.strategies.dgl_mh import DGLMH
 from mmsent.strategies.dnr import DnR
 from mmsent.strategies.gblending import GBlending
 from mmsent.strategies.mla import MLA
@@ -16,6 +17,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "vanilla": Vanilla,
     "unimodal": Unimodal,
     "dgl": DGL,
+    "dgl_mh": DGLMH,
     "gblending": GBlending,
     "ogm_ge": OGMGE,
     "pmr": PMR,
