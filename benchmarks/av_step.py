@@ -2,7 +2,9 @@
 6 classes, standard-width ResNet18 encoders), measured in one run:
 
 * DGL step time relative to vanilla, with the concat head and with the MMTM head (whose
-  train-mode BatchNorm makes DGL run its masked passes one at a time through layers 3-4);
+  train-mode BatchNorm makes DGL map its masked passes with vmap, each with its own batch
+  statistics: every masked pass is a full pass through each stream's layers 3-4, so DGL runs that
+  half of the network 1 + N times where vanilla runs it once);
 * decoding: seconds to turn a batch of clips (WAV + JPG written here) into tensors, against the
   vanilla step time, i.e. how many DataLoader workers keep the model fed.
 

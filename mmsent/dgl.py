@@ -56,8 +56,8 @@ def zero_others(features: Mapping[str, Tensor], keep: str) -> dict[str, Tensor]:
 
 
 def _has_batch_coupling(module: nn.Module) -> bool:
-    # BatchNorm in train mode mixes samples, so stacking the N masked passes into one call would
-    # change each pass's normalisation statistics; such heads run the passes one by one.
+    # BatchNorm in train mode mixes samples, so stacking the N masked passes as rows of one call
+    # would pool their normalisation statistics; such heads map the passes with vmap instead.
     return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training for mod in module.modules())
 
 
@@ -74,18 +74,23 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def _params(module: nn.Module, param_grad: float) -> dict[str, Tensor]:
+    """The parameters, receiving ``param_grad`` times their gradient (0: detached)."""
+    if param_grad == 0:
+        return {n: p.detach() for n, p in module.named_parameters()}
+    if param_grad == 1:
+        return dict(module.named_parameters())
+    return {n: _ScaleGrad.apply(p, param_grad) for n, p in module.named_parameters()}
+
+
 def call_keeping_buffers(module: nn.Module, *args, param_grad: float = 1.0):
     """``module(*args)`` on cloned buffers, so BatchNorm running statistics stay as they were. The
     parameters receive ``param_grad`` times their gradient: 0 detaches them (DGL's unimodal
     truncation), 1 is a plain call."""
-    if param_grad == 0:
-        params = {n: p.detach() for n, p in module.named_parameters()}
-    elif param_grad == 1:
-        params = dict(module.named_parameters())
-    else:
-        params = {n: _ScaleGrad.apply(p, param_grad) for n, p in module.named_parameters()}
     buffers = {n: b.clone() for n, b in module.named_buffers()}
-    return functional_call(module, {**params, **buffers}, args)
+    return functional_call(module, {**_params(module, param_grad), **buffers}, args)
+
+
 
 
 FILLS = ("zero", "mean")
@@ -95,6 +100,16 @@ def _absent(z: Tensor, fill: str) -> Tensor:
     """What a masked modality becomes: zeros (the paper), or its batch-mean feature, detached (the
     centre of what the head is fitted on, so a masked input stays inside its training range)."""
     return torch.zeros_like(z) if fill == "zero" else z.detach().mean(0, keepdim=True).expand_as(z)
+
+
+def _vmapped_passes(head: nn.Module, stacked: dict[str, Tensor], param_grad: float) -> Tensor:
+    """The N masked passes of a head with train-mode BatchNorm in one call: ``vmap`` over the pass
+    axis gives every pass its own batch statistics (as N separate calls would), and each pass
+    updates its own copy of the buffers, so the module's running statistics stay untouched."""
+    n = len(next(iter(stacked.values())))
+    params = _params(head, param_grad)
+    buffers = {k: b.unsqueeze(0).repeat(n, *[1] * b.dim()) for k, b in head.named_buffers()}
+    return torch.func.vmap(lambda x, b: functional_call(head, {**params, **b}, (x,)))(stacked, buffers)
 
 
 def _unimodal_predictions(
@@ -109,6 +124,9 @@ def _unimodal_predictions(
     absent = {k: _absent(z, fill) for k, z in features.items()}
     if not batched:
         return {m: call({k: z if k == m else absent[k] for k, z in features.items()}) for m in names}
+    if _has_batch_coupling(head):  # (N, B, ...) inputs, one pass per leading index
+        stacked = {k: torch.stack([z if k == m else absent[k] for m in names]) for k, z in features.items()}
+        return dict(zip(names, _vmapped_passes(head, stacked, param_grad).unbind(0)))
     # One head call on N*B rows: row block i holds modality names[i] alone.
     stacked = {k: torch.cat([z if k == m else absent[k] for m in names], dim=0) for k, z in features.items()}
     pred = call(stacked)
@@ -138,8 +156,9 @@ def dgl_loss(
         alpha: weight on the sum of unimodal losses (paper Table 4; 4 is best on CREMA-D).
         truncate_multimodal: MT; ``False`` lets L_d reach the encoders too (Table 3 "+UT" row).
         truncate_unimodal: UT; ``False`` lets each L_m reach the head too (Table 3 "+MT" row).
-        batch_unimodal: run the N masked passes as one head call on N*B rows. ``None`` picks it
-            unless the head holds a BatchNorm layer in train mode (which couples samples).
+        batch_unimodal: run the N masked passes in one head call (default): as N*B rows, or, for a
+            head with train-mode BatchNorm (which couples samples), vmapped over the passes so each
+            keeps its own batch statistics. ``False`` runs them one by one.
         head_weight: beta >= 0, with UT: the head also learns ``beta * sum_m L_m`` (the masked
             passes, the encoders' share untouched). 0 is the paper's DGL; beta = alpha equals "+MT".
         fill: what a masked modality becomes: ``"zero"`` (the paper) or ``"mean"`` (its detached
@@ -158,7 +177,7 @@ def dgl_loss(
     if head_weight and alpha <= 0:
         raise ValueError("head_weight needs alpha > 0 (the masked passes are shared with the encoders' loss)")
     if batch_unimodal is None:
-        batch_unimodal = not _has_batch_coupling(head)
+        batch_unimodal = True
     fused_in = {m: z.detach() for m, z in features.items()} if truncate_multimodal else dict(features)
     multimodal = criterion(head(fused_in), target)
     # The head's share of alpha * L_m is beta: its parameters' gradient is scaled by beta / alpha

@@ -130,7 +130,7 @@ def test_unimodal_gradient_of_modality_reaches_only_its_encoder():
 def test_every_fusion_head_meets_the_contract(fusion):
     names = ["text", "audio", "vision"]
     # Sequence heads read (B, L=3, D=6); the MMTM head reads (B, C=4, 4, 4) maps and holds
-    # train-mode BatchNorm, so dgl_loss takes its unbatched path there.
+    # train-mode BatchNorm, so dgl_loss maps its masked passes with vmap there.
     shape = (4, 4, 4) if fusion == "mmtm" else (3, 6)
     head = FUSIONS[fusion](names, shape[-1] if fusion != "mmtm" else 4, 3, 1, hidden=8)
     encoders = nn.ModuleDict({m: nn.Linear(4, int(torch.tensor(shape).prod())) for m in names})
@@ -172,19 +172,38 @@ class BNHead(nn.Module):
 
 
 def test_batchnorm_head_gradients_match_separate_passes():
-    """With a train-mode BatchNorm head the passes must not be stacked (auto-detected)."""
+    """With a train-mode BatchNorm head the passes must not be stacked as rows (their statistics would
+    pool); the one vmapped call equals N separate passes: losses, every gradient, running statistics."""
     names = ["a", "b", "c"]
     head = BNHead(names)
     enc = nn.ModuleDict({m: nn.Linear(3, 4) for m in names})
     x = {m: torch.randn(6, 3) for m in names}
     crit = lambda p, t: (p.reshape(-1) - t).pow(2).mean()  # noqa: E731
     y = torch.randn(6)
+    params = list(enc.parameters()) + list(head.parameters())
     feats = {m: enc[m](x[m]) for m in names}
     want = torch.autograd.grad(sum(crit(head(zero_others(feats, m)), y) for m in names), list(enc.parameters()),
                                retain_graph=True)
-    got = torch.autograd.grad(dgl_loss(feats, head, crit, y).total, list(enc.parameters()))
-    for a, b in zip(want, got):
-        torch.testing.assert_close(b, a)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    for beta, fill in ((0.0, "zero"), (0.4, "zero"), (0.4, "mean")):
+        outs = {}
+        for batched in (True, False):
+            out = dgl_loss(feats, head, crit, y, alpha=2.0, head_weight=beta, fill=fill, batch_unimodal=batched)
+            outs[batched] = (out, torch.autograd.grad(out.total, params, retain_graph=True))
+        (a, ga), (b, gb) = outs[True], outs[False]
+        for m in names:
+            torch.testing.assert_close(a.unimodal[m], b.unimodal[m], atol=1e-12, rtol=0)
+        for u, v in zip(ga, gb):
+            torch.testing.assert_close(u, v, atol=1e-12, rtol=0)
+        if beta == 0 and fill == "zero":
+            for u, v in zip(want, ga):
+                torch.testing.assert_close(u * 2.0, v, atol=1e-12, rtol=0)
+    running = {k: v for k, v in head.state_dict().items() if "running" in k or "num_batches" in k}
+    for k, v in running.items():  # each masked pass updated only its own copy
+        if k.endswith("num_batches_tracked"):
+            assert v == before[k] + 3 * 2  # the three fused passes above, nothing else
+        else:
+            assert not torch.equal(v, before[k])
 
 
 def test_module_form_matches_the_function():
