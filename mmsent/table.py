@@ -139,8 +139,8 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     title = {"acc2_has0": "Acc-2 (has0, %)", "acc": "accuracy (%)"}.get(metric, metric)
     lines.append(f"Test {title} at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
     lines.append(f"Command: `{command}`\n")
-    lines.append("| Method | " + " | ".join(columns.values()) + " |")
-    lines.append("|---|" + "---|" * len(columns))
+    lines.append("| Method | " + " | ".join(columns.values()) + " | Val Multi |")
+    lines.append("|---|" + "---|" * (len(columns) + 1))
     for method, run_dirs in dirs.items():
         summary = summarize(results[method])
         cells = []
@@ -151,6 +151,7 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
                 cells.append("-")
                 continue
             cells.append(cell(metric, *summary[branch][metric]))
+        cells.append(cell(metric, *summarize(results[method], "val")["multi"][metric]))  # what selection sees
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         probes = summarize_probes(results[method])
         for branch, metrics in [*summary.items(), *((f"probe:{m}", v) for m, v in probes.items())]:

@@ -107,4 +107,4 @@ def test_a_registered_dataset_gets_its_table_rows_and_columns(tmp_path, toys):
         dirs[method] = [out]
     md, _ = write_table(dirs, tmp_path / "res", "toy", "test")
     text = md.read_text()
-    assert "| Method | One | Zero | Multi |" in text and "| Zero-only | - |" in text
+    assert "| Method | One | Zero | Multi | Val Multi |" in text and "| Zero-only | - |" in text

@@ -154,3 +154,57 @@ def test_a_damaged_run_directory_on_resume_says_what_is_damaged(tmp_path, finish
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert want in err and ("another --out" in err or "start" in err), (case, err)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_path):
+    import signal
+    import time
+
+    args = ["train", "--quiet", "--strategy", "dgl", "--epochs", "8", "train.patience=100", *SMALL]
+    rc, err = cli(tmp_path, *args, "--out", str(tmp_path / "straight"))
+    assert rc == 0, err
+    run = tmp_path / "killed"
+    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args, "--out", str(run)], cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = run / "metrics.jsonl"
+    while p.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 3):
+        time.sleep(0.05)  # no deadline: ends when epoch 3 is logged or the process exits
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (run / "results.json").exists(), "the run finished before it could be killed"
+    rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume")
+    assert rc == 0, err
+    a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "straight", run))
+    assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"] and a["probe"] == b["probe"]
+    assert len(log.read_text().splitlines()) == 8
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    """A crash while last.pt is written (here: the 3rd save raises after writing half a file) leaves
+    the previous last.pt whole; resuming from it gives the uninterrupted numbers."""
+    import mmsent.train as train
+    from mmsent.config import load_config
+
+    def cfg(out, epochs):
+        return load_config(None, [*SMALL, "strategy=dgl", f"train.epochs={epochs}", "train.patience=100",
+                                  f"out={tmp_path / out}"])
+
+    straight = train.fit(cfg("a", 4), quiet=True)
+    real_save, calls = torch.save, []
+
+    def crashing_save(obj, path):
+        if Path(path).name.startswith("last.pt"):
+            calls.append(path)
+            if len(calls) == 2:  # the second write of last.pt (epoch 1) dies half-way
+                Path(path).write_bytes(b"\x50\x4b half a zip")
+                raise KeyboardInterrupt("power cut")
+        real_save(obj, path)
+
+    monkeypatch.setattr(train.torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg("b", 4), quiet=True)
+    monkeypatch.setattr(train.torch, "save", real_save)
+    ckpt = torch.load(tmp_path / "b/last.pt", weights_only=True)  # whole, not the half-written file
+    assert ckpt["state"]["epoch"] == 0
+    resumed = train.fit(cfg("b", 4), quiet=True, resume=True)
+    assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
