@@ -386,3 +386,17 @@ def test_download_of_an_audio_visual_corpus_says_to_prepare_it(capsys):
     assert cli.main(["data", "download", "cremad"]) == 2
     err = capsys.readouterr().err
     assert "cremad: no download" in err and "data prepare cremad --src DIR" in err and "CMU" not in err
+
+
+def test_the_corpus_walk_follows_linked_folders_and_survives_link_cycles(tmp_path):
+    from mmsent.data.av import walk
+
+    real = tmp_path / "elsewhere"
+    (real / "clip1").mkdir(parents=True)
+    (real / "clip1" / "0001.jpg").write_bytes(b"")
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "frames").symlink_to(real)
+    (root / "loop").symlink_to(root)  # a cycle: must not hang, nothing listed twice
+    names = [p.relative_to(root).as_posix() for p in walk(root)]
+    assert "frames/clip1/0001.jpg" in names and len(names) == len(set(names))

@@ -341,12 +341,28 @@ class AVSplit:
             yield self._to_batch(audio, frames, index)
 
 
+def walk(root: Path) -> list[Path]:
+    """Every path below ``root``, sorted, following symlinked folders (a corpus assembled from links
+    is common on shared machines) but never the same real folder twice (no link cycles)."""
+    import os
+
+    out, seen = [], set()
+    for here, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out += [Path(here) / n for n in dirs + names]
+    return sorted(out)
+
+
 def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     """Every clip of the split file with its media, checked: unknown labels, missing or corrupt
     WAVs and empty frame folders are errors naming the clip and file."""
     if not root.is_dir():
         raise DataError(f"{root}: not a directory (expected a {dataset} corpus folder)")
-    files = sorted(root.rglob("*"))  # one walk serves the split file, classes.txt and the media index
+    files = walk(root)  # one walk serves the split file, classes.txt and the media index
     rows, split_file = read_split_file(root, files)
     if not rows:
         raise DataError(f"{split_file}: no clips listed")
