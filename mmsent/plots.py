@@ -3,7 +3,9 @@
 * ``grad_norms.png`` (Fig. 1c / 3b): per modality, the norm of the encoder's gradient from its
   unimodal loss and from the multimodal loss over training, one line pair per run;
 * ``branch_accuracy.png`` (Fig. 1a/b): per modality, the validation accuracy of that modality's
-  branch inside each multimodal run (others zeroed) next to the unimodal-only run(s) of it.
+  branch inside each multimodal run (others zeroed) next to the unimodal-only run(s) of it;
+* ``masked_passes.png``: per run, the mean over modalities of each encoder's feature norm and of the
+  masked passes' loss on a fixed training batch (the logged diagnostics): how a branch drifts.
 """
 from __future__ import annotations
 
@@ -85,6 +87,20 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
             ax.set_title(f"{m} encoder")
             ax.set_yscale("log")
         written.append(_finish(fig, axes[0], "gradient norm (log scale)", out_dir / "grad_norms.png"))
+
+    diag_runs = {r: v for r, v in logs.items() if "diag" in v[1][0]}
+    if diag_runs:
+        fig, axes = _panels(plt, 2, len(diag_runs))
+        for i, (run, (cfg, log)) in enumerate(diag_runs.items()):
+            c = colors[i % len(colors)]
+            mods = [m for m in log[0]["diag"] if m != "multi"]
+            for ax, key in zip(axes[0], ("feat_norm", "loss")):
+                ax.plot([r["epoch"] for r in log], [sum(r["diag"][m][key] for m in mods) / len(mods) for r in log],
+                        "-", color=c, label=_label(run, cfg))
+        axes[0][0].set_title("encoder feature norm (mean over modalities)")
+        axes[0][1].set_title("masked-pass loss (mean over modalities)")
+        axes[0][0].set_yscale("log")
+        written.append(_finish(fig, axes[0], "on a fixed training batch", out_dir / "masked_passes.png"))
 
     fig, axes = _panels(plt, len(modalities), len(logs))
     metric = "acc"
