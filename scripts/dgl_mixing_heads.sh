@@ -46,3 +46,6 @@ with open("results/dgl_mixing_heads.csv", "w", newline="") as f:
     w.writerows(rows)
 print("wrote results/dgl_mixing_heads.md and .csv")
 PY
+$PY scripts/select_mixing_head.py runs/mh >> results/dgl_mixing_heads.md
+# the mechanism on the six-view set, seed 0: feature norms and masked-pass losses over epochs
+$PY cli.py plot runs/mh/avdigits6_mlpmixer/{multimodal_baseline,dgl,dgl_mh_b=0.1}-s0 --out results/figures/avdigits6
