@@ -67,3 +67,18 @@ def test_one_epoch_on_real_media_through_the_cli(tmp_path, small_corpus, fusion,
     res = json.loads((out / "results.json").read_text())
     assert set(res["test"]) == {"multi", "audio", "visual"} and set(res["probe"]) == {"audio", "visual"}
     assert all(np.isfinite(v["loss"]) for v in res["test"].values())
+
+
+def test_a_users_corpus_folder_needs_no_dataset_name(tmp_path, small_corpus, capsys):
+    """`--data DIR` alone: a folder with a split file is read as the generic audio-visual dataset
+    with the authors' recipe (configs/av.yaml), here shrunk to the 8 kHz clips."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--data", str(small_corpus), "--strategy", "dgl", "--epochs", "1",
+                     "--out", str(out), "data.sample_rate=8000", "data.audio_frames=64", "data.n_fft=256",
+                     "data.hop=64", "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
+                     "data.valid_fraction=0.2", "model.width=8"]) == 0
+    assert "read as dataset 'av'" in capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    cfg = res["config"]
+    assert cfg["data"]["dataset"] == "av" and cfg["train"]["optimizer"] == "sgd" and cfg["strategy"]["presets"]["dgl"] == {"alpha": 4.0}
+    assert set(res["test"]) == {"multi", "audio", "visual"} and res["task"] == "classification"
