@@ -5,6 +5,8 @@
 # then joined into results/dgl_mixing_heads.{md,csv}. About 2 hours on 2 CPU cores.
 #   python scripts/avdigits_views.py && python scripts/mosi_views.py    # the two view files, once
 #   bash scripts/dgl_mixing_heads.sh
+#   SETTINGS="avdigits6_mlpmixer mosi_mlpmixer" bash scripts/dgl_mixing_heads.sh   # re-run only these;
+#     the others' tables in results/mh/ are joined as they are
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -17,18 +19,30 @@ ROWS=(
   "DGL-MH mean:strategy=dgl_mh,strategy.args.head_weight=0,strategy.args.fill=mean"
   "DGL-MH mean b=0.1:strategy=dgl_mh,strategy.args.head_weight=0.1,strategy.args.fill=mean"
 )
+SETTINGS=${SETTINGS:-avdigits6_mlpmixer mosi_mlpmixer mosi_concat synthetic6_mlpmixer mosi4_mlpmixer}
+# MOSI with the mixer also under the paper's optimizer (SGD lr 0.01 momentum 0.9, as sweeps/alpha_grid.yaml,
+# whose validation-best alpha = 2 DGL takes here): under Adam alpha is nearly inert (README)
+SGD="train.optimizer=sgd,train.lr=0.01"
+SGD_ROWS=(
+  "Multimodal Baseline SGD:strategy=vanilla,$SGD"
+  "DGL SGD a=2:strategy=dgl,strategy.args.alpha=2,$SGD"
+  "DGL-MH SGD a=2 b=0.1:strategy=dgl_mh,strategy.args.alpha=2,strategy.args.head_weight=0.1,$SGD"
+)
 table() {
   local name=$1; shift
+  [[ " $SETTINGS " == *" $name "* ]] || return 0
   $PY cli.py table --seeds 0 1 2 3 4 --jobs 2 --runs-dir "runs/mh/$name" --out results/mh --name "$name" "$@"
 }
-table mosi_mlpmixer --dataset mosi --data "$MOSI" --methods Audio-only Visual-only Text-only "${ROWS[@]}" model.fusion=mlpmixer
+# the six-view set first: it is the collapse case the selection rule checks
+table avdigits6_mlpmixer --dataset features --config configs/avdigits_views.yaml \
+  --methods Pixels-only Profiles-only Fourier-only Spectrum-only Mfcc-only Envelope-only "${ROWS[@]}"
+table mosi_mlpmixer --dataset mosi --data "$MOSI" --methods Audio-only Visual-only Text-only "${ROWS[@]}" "${SGD_ROWS[@]}" \
+  model.fusion=mlpmixer
 table mosi_concat --dataset mosi --data "$MOSI" --methods Audio-only Visual-only Text-only "${ROWS[@]}" model.fusion=concat
 table synthetic6_mlpmixer --dataset synthetic --methods M0-only M1-only M2-only M3-only M4-only M5-only "${ROWS[@]}" \
   data.n_modalities=6
 table mosi4_mlpmixer --dataset features --config configs/mosi_views.yaml \
   --methods Text-only Minilm-only Audio-only Vision-only "${ROWS[@]}"
-table avdigits6_mlpmixer --dataset features --config configs/avdigits_views.yaml \
-  --methods Pixels-only Profiles-only Fourier-only Spectrum-only Mfcc-only Envelope-only "${ROWS[@]}"
 $PY - <<'PY'
 import csv
 from pathlib import Path
@@ -46,6 +60,7 @@ with open("results/dgl_mixing_heads.csv", "w", newline="") as f:
     w.writerows(rows)
 print("wrote results/dgl_mixing_heads.md and .csv")
 PY
-$PY scripts/select_mixing_head.py runs/mh >> results/dgl_mixing_heads.md
+$PY scripts/select_mixing_head.py runs/mh results/mh >> results/dgl_mixing_heads.md
+$PY scripts/mixing_head_mechanism.py runs/mh/avdigits6_mlpmixer >> results/dgl_mixing_heads.md
 # the mechanism on the six-view set, seed 0: feature norms and masked-pass losses over epochs
 $PY cli.py plot runs/mh/avdigits6_mlpmixer/{multimodal_baseline,dgl,dgl_mh_b=0.1}-s0 --out results/figures/avdigits6
