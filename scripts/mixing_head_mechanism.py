@@ -39,7 +39,7 @@ def main() -> None:
         "masked-pass top probability": lambda r, m: r["diag"][m]["top_prob"],
         "validation branch accuracy (%)": lambda r, m: 100 * r["val"][m]["acc"],
     }
-    lines = [f"## The mechanism, per epoch (`{root.name}`, mean over seeds and modalities)", "",
+    lines = ["", f"## The mechanism, per epoch (`{root.name}`, mean over seeds and modalities)", "",
              "From each run's `metrics.jsonl` (diagnostics on a fixed training batch after each epoch); "
              "`python scripts/mixing_head_mechanism.py " + str(root) + "`. A blank cell: every seed had "
              "stopped early before that epoch.", "",
