@@ -15,6 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
+from mmsent.sweep import fmt  # noqa: E402
 
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.batch_size=32", "model.dim=8", "model.hidden=16",
         "model.seq_len=2", "train.grad_probe=false"]
@@ -60,6 +61,7 @@ def test_sweep_runs_stores_test_metrics_plots_and_applies(tmp_path):
         # the objective is the validation metric of each run, never its test metric
         vals = [json.loads(r.read_text())["val"]["multi"]["acc2_has0"] for r in runs]
         assert t.user_attrs["val_per_seed"] == pytest.approx(vals)
+        assert f"| {fmt(t.user_attrs['test']['multi']['acc2_has0'])} | {fmt(t.user_attrs['test']['multi']['mae'])} |" in report
     assert (tmp_path / "sw" / f"{study.study_name}.png").stat().st_size > 1000
     applied = yaml.safe_load(target.read_text())
     assert applied["strategy"] == {"name": "dgl", "args": {"alpha": study.best_params["strategy.args.alpha"]}}
