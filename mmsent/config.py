@@ -107,7 +107,10 @@ class ModelConfig:
     encoders: dict = field(default_factory=dict)  # per-modality override, e.g. {audio: lstm}
     dim: int = 64  # D of every encoder output (B, L, D)
     seq_len: int = 4  # L: steps every encoder pools to (the mixer's sequence axis)
-    hidden: int = 128
+    hidden: int = 128  # the head's hidden width; 0: one linear layer (concat -> fc)
+    # hidden width of the MLP/LSTM encoders; 0: the same as model.hidden, or 128 when model.hidden=0
+    # (a zero-width encoder would output a constant, silently)
+    encoder_hidden: int = 0
     dropout: float = 0.1
     fusion: str = "mlpmixer"  # a name in mmsent.models.FUSIONS
     bert_path: Optional[str] = None  # local transformers model directory for the bert encoder, or "minilm"
@@ -123,6 +126,7 @@ class ModelConfig:
         for key in ("dim", "seq_len", "width"):
             check(f"model.{key}", getattr(self, key) >= 1, getattr(self, key), ">= 1")
         check("model.hidden", self.hidden >= 0, self.hidden, ">= 0")
+        check("model.encoder_hidden", self.encoder_hidden >= 0, self.encoder_hidden, ">= 0")
         check("model.dropout", finite(self.dropout) and 0 <= self.dropout < 1, self.dropout, "in [0, 1)")
         check("model.bert_pooling", self.bert_pooling in ("mean", "cls"), self.bert_pooling, "mean or cls")
 

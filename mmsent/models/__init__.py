@@ -38,7 +38,8 @@ def _encoder(cfg, dataset, m: str, maps: bool):
             raise ConfigError(f"encoder 'bert' for {m!r} needs model.bert_path (a local transformers model directory)")
         return BertEncoder(cfg.dim, path=resolve_model_path(cfg.bert_path), pooling=cfg.bert_pooling,
                            freeze_layers=cfg.bert_freeze_layers, **common)
-    return cls(dataset.dims[m], cfg.dim, hidden=cfg.hidden, **common)
+    hidden = cfg.encoder_hidden or cfg.hidden or 128  # model.hidden=0 means a linear *head* only
+    return cls(dataset.dims[m], cfg.dim, hidden=hidden, **common)
 
 
 def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
