@@ -20,6 +20,7 @@ from pathlib import Path
 from mmsent.config import choose, load_config
 from mmsent.data import DATASETS, build_dataset
 from mmsent.report import cell, load_results, summarize, summarize_probes
+from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,13 @@ STRATEGY_ROWS: dict[str, list[str]] = {
     "MMPareto": ["strategy=mmpareto"],
     "D&R": ["strategy=dnr"],
     "DGL": ["strategy=dgl"],
+    # BalanceMM's further methods; a method that needs its own head (MMCosine: linear concat) gets it
+    "MMCosine": ["strategy=mmcosine"],
+    "CML": ["strategy=cml"],
+    "UMT": ["strategy=umt"],
 }
+for _row in STRATEGY_ROWS.values():
+    _row += [f"model.{k}={v}" for k, v in STRATEGIES[_row[0].partition("=")[2]].needs_model.items()]
 
 
 def modality_columns(dataset: str, data: str | None = None, overrides=(), config: str | None = None) -> dict[str, str]:

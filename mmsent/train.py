@@ -275,6 +275,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.data.batch_size)
     strategy.steps_per_epoch = steps_per_epoch
+    strategy.batch_size = cfg.data.batch_size
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True, disable=quiet)
     with progress if not quiet else nullcontext():

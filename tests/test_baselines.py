@@ -301,7 +301,8 @@ EXTRA = {"unimodal": {"modality": "m1"}}
 def test_real_step_any_n_both_tasks(name, n, task_name):
     ds = make_synthetic(n_modalities=n, n_train=24, n_val=8, n_test=4, task=task_name, num_classes=3)
     task = Regression() if task_name == "regression" else Classification(3)
-    model = build_model(ModelConfig(dim=6, seq_len=2, hidden=8, dropout=0.0), ds, task.out_dim)
+    model = build_model(ModelConfig(**{"dim": 6, "seq_len": 2, "hidden": 8, "dropout": 0.0, **STRATEGIES[name].needs_model}),
+                        ds, task.out_dim)
     s = STRATEGIES[name](model, torch.optim.Adam(model.parameters(), lr=1e-2), task, **EXTRA.get(name, {}))
     before = [p.clone() for p in model.parameters()]
     for epoch in range(2):

@@ -95,6 +95,9 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path):
         (["--strategy", "unimodal", "strategy.args.modality=smell"], "unknown modality 'smell'"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["--fusion", "mmtm"], "fusion 'mmtm' needs spectrogram/frames encoders"),
+        (["--strategy", "mmcosine"], "mmcosine needs a linear late-fusion head to split per modality: "
+                                     "set model.fusion=concat and model.hidden=0"),
+        (["--strategy", "umt", "strategy.args.teacher_epochs=0"], "'strategy.args.teacher_epochs' must be an integer >= 1"),
         (["--dataset", "cremad", "--data", str(tmp_path / "nowhere")], "nowhere: not a directory"),
     ]
     for args, msg in cases:

@@ -78,3 +78,16 @@ def test_build_model_auto_encoders_and_mask_modalities():
     assert masked["audio"] is feats["audio"] and (masked["text"] == 0).all() and (masked["vision"] == 0).all()
     only = model.mask_modalities(model.encode(batch, ["text"]), ["text"])  # unencoded -> zeros
     assert set(only) == {"text", "audio", "vision"} and (only["audio"] == 0).all()
+
+
+def test_a_linear_head_keeps_mlp_encoders_that_see_their_input():
+    """model.hidden=0 asks for a linear head (concat -> fc); the MLP encoders used to take the same
+    width and, zero wide, output their bias whatever the input (every prediction the same)."""
+    ds = make_synthetic(n_modalities=2, n_train=8, n_val=4, n_test=4)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, fusion="concat"), ds, 1)
+    assert isinstance(model.head.net, torch.nn.Linear)
+    with torch.no_grad():
+        out = model(ds.train.batch(torch.arange(8)))
+    assert out.std() > 0
+    wide = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, encoder_hidden=32, fusion="concat"), ds, 1)
+    assert wide.encoders[ds.modalities[0]].net[0].out_features == 32

@@ -18,14 +18,15 @@ STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0}, "gblending
 ARGS = STATEFUL
 
 
-def setup(fusion="mlpmixer", n=3):
+def setup(fusion="mlpmixer", n=3, **model):
     ds = make_synthetic(n_modalities=n, n_train=16, n_val=4, n_test=4)
-    model = build_model(ModelConfig(dim=8, seq_len=2, hidden=16, dropout=0.0, fusion=fusion), ds, 1)
+    model = build_model(ModelConfig(**{"dim": 8, "seq_len": 2, "hidden": 16, "dropout": 0.0, "fusion": fusion, **model}), ds, 1)
     return ds, model, ds.train.batch(torch.arange(16))
 
 
 def _cfg(tmp_path, name, epochs, out):
     args = [f"strategy.args.{k}={v}" for k, v in STATEFUL.get(name, {}).items()]
+    args += [f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items()]
     return load_config(None, [f"strategy={name}", f"train.epochs={epochs}", "train.patience=100", "train.grad_probe=false",
                               "train.probe=false", "data.batch_size=16", "model.dim=8", "model.hidden=16",
                               "model.seq_len=2", f"out={tmp_path / out}", *args])
@@ -48,21 +49,23 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
     """What validation/test report per modality must be the shared head with the OTHER modalities
-    zeroed (built here by hand), not the full model; "multi" is the full model (MLA: its fusion)."""
-    ds, model, batch = setup()
+    zeroed (built here by hand), not the full model; "multi" is the full model (MLA: its fusion).
+    MMCosine's head is its cosine classifier over the linear head's weight blocks."""
+    ds, model, batch = setup(**STRATEGIES[name].needs_model)
     strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **ARGS.get(name, {}))
     strategy.on_epoch_start(0, ds)
     strategy.train_step(batch)
     preds = strategy.branch_predictions(ds.test, batch_size=3)
     model.eval()
+    head = strategy.logits if name == "mmcosine" else model.head
     with torch.no_grad():
         feats = model.encode(ds.test.batch(torch.arange(len(ds.test))))
         for m in feats:
             masked = {k: f if k == m else torch.zeros_like(f) for k, f in feats.items()}
-            torch.testing.assert_close(preds[m], model.head(masked), rtol=0, atol=1e-6)
-        multi = (sum(model.head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
-                 else model.head(feats))
-        torch.testing.assert_close(preds["multi"], multi, rtol=0, atol=1e-6)
+            torch.testing.assert_close(preds[m], head(masked), rtol=1e-6, atol=1e-6)
+        multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
+                 else head(feats))
+        torch.testing.assert_close(preds["multi"], multi, rtol=1e-6, atol=1e-6)
 
 
 def test_dgl_step_applies_alpha_unimodal_to_encoders_and_multimodal_to_head():

@@ -2,14 +2,17 @@
 its backward pass and optimizer step (see ``base.Strategy``)."""
 from mmsent.strategies.agm import AGM
 from mmsent.strategies.base import Strategy
+from mmsent.strategies.cml import CML
 from mmsent.strategies.dgl import DGL
 from mmsent.strategies.dgl_mh import DGLMH
 from mmsent.strategies.dnr import DnR
 from mmsent.strategies.gblending import GBlending
 from mmsent.strategies.mla import MLA
+from mmsent.strategies.mmcosine import MMCosine
 from mmsent.strategies.mmpareto import MMPareto
 from mmsent.strategies.ogm_ge import OGMGE
 from mmsent.strategies.pmr import PMR
+from mmsent.strategies.umt import UMT
 from mmsent.strategies.unimodal import Unimodal
 from mmsent.strategies.vanilla import Vanilla
 
@@ -25,6 +28,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "mla": MLA,
     "mmpareto": MMPareto,
     "dnr": DnR,
+    # BalanceMM's further methods (issue #13)
+    "mmcosine": MMCosine,
+    "cml": CML,
+    "umt": UMT,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

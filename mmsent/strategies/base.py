@@ -32,6 +32,9 @@ def feature_vectors(z: Tensor) -> Tensor:
 
 class Strategy:
     Settings: type = NoSettings
+    # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
+    # linear late-fusion head; tables, benchmarks and tests build its model with these.
+    needs_model: dict = {}
 
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0,
                  **settings):
@@ -39,6 +42,7 @@ class Strategy:
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
         self.epoch = 0
         self.steps_per_epoch = 1  # set by the training loop; schedules inside an epoch use it
+        self.batch_size = 64  # set by the training loop (data.batch_size); stages of a method's own use it
 
     def on_epoch_start(self, epoch: int, data: Dataset) -> None:
         self.epoch = epoch

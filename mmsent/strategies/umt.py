@@ -1,0 +1,113 @@
+"""UMT: Uni-Modal Teacher (Du, Teng, Wang, Li, Qu, Zhao et al., "On Uni-Modal Feature Learning in
+Supervised Multi-Modal Learning", ICML 2023), for N modalities.
+
+The paper's diagnosis: joint training under-learns each modality's own features ("modality
+laziness"); features learned by a unimodal model are better. UMT therefore works in two stages:
+
+1. one unimodal model per modality (its encoder and the shared head's architecture, the other
+   modalities zeroed) is trained on the training split; mmsent keeps, per modality, the epoch
+   with the lowest validation loss of that branch (validation-only selection) and freezes it;
+2. the multimodal model trains on its task loss plus a feature-distillation term that pulls each
+   encoder's output towards its frozen teacher's on the same input:
+
+       L = L_task(h(phi_1(x_1), ..., phi_N(x_N)), y) + lambda * sum_m MSE(phi_m(x_m), phi_m^T(x_m)).
+
+N modalities: one teacher and one distillation term per modality (the paper's two-modality loss
+summed over m). Stage 1 runs inside the first ``on_epoch_start`` (``teacher_epochs`` epochs per
+modality, the run's own optimizer type and settings, the run's batch size), so one ``cli.py train``
+is the whole method; its cost is therefore up to N * teacher_epochs extra unimodal epochs. The
+teachers start from a copy of the multimodal model's initial weights. Feature maps (audio-visual
+ResNets) are average-pooled to their channels before the MSE (``feature_vectors``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mmsent.config import check, finite
+from mmsent.models.model import evaluating
+from mmsent.strategies.base import Strategy, feature_vectors
+
+
+@dataclass(frozen=True)
+class UMTSettings:
+    lam: float = 1.0  # lambda: weight of the feature-distillation term
+    teacher_epochs: int = 10  # stage 1: epochs per unimodal teacher (best validation epoch kept)
+
+    def __post_init__(self):
+        check("lam", finite(self.lam) and self.lam >= 0, self.lam, "a finite number >= 0")
+        check("teacher_epochs", self.teacher_epochs >= 1, self.teacher_epochs, "an integer >= 1")
+
+
+def distillation(student: dict, teacher: dict) -> torch.Tensor:
+    """``sum_m mean((phi_m - phi_m^T)^2)`` over pooled feature vectors."""
+    return sum(F.mse_loss(feature_vectors(student[m]), feature_vectors(teacher[m])) for m in teacher)
+
+
+class UMT(Strategy):
+    Settings = UMTSettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        self.lam, self.teacher_epochs = self.settings.lam, self.settings.teacher_epochs
+        self.teachers: dict[str, torch.nn.Module] = {}
+
+    def on_epoch_start(self, epoch, data):
+        super().on_epoch_start(epoch, data)
+        if not self.teachers:
+            self.teachers = {m: self._train_teacher(m, data) for m in self.model.modalities}
+
+    def _train_teacher(self, m: str, data) -> torch.nn.Module:
+        """Stage 1 for modality m: its unimodal model, the lowest-validation-loss epoch kept."""
+        uni = copy.deepcopy(self.model)
+        opt = type(self.optimizer)(uni.parameters(), **self.optimizer.defaults)
+        # a generator of its own, seeded from the run's RNG: the order is reproducible and resumes
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
+        best, best_loss = None, math.inf
+        for _ in range(self.teacher_epochs):
+            uni.train()
+            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen):
+                batch = batch.to(self.device)
+                feats = uni.encode(batch, [m])
+                loss = self.task.loss(uni.head(uni.mask_modalities(feats, [m])), batch.y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(uni.parameters(), self.grad_clip)
+                opt.step()
+            with evaluating(uni), torch.no_grad():
+                preds, ys = [], []
+                for batch in data.val.batches(self.batch_size):
+                    batch = batch.to(self.device)
+                    preds.append(uni.head(uni.mask_modalities(uni.encode(batch, [m]), [m])))
+                    ys.append(batch.y)
+                val_loss = float(self.task.loss(torch.cat(preds), torch.cat(ys)))
+            if val_loss < best_loss:
+                best, best_loss = copy.deepcopy(uni.encoders[m].state_dict()), val_loss
+        teacher = copy.deepcopy(self.model.encoders[m])
+        teacher.load_state_dict(best)
+        return teacher.eval().requires_grad_(False)
+
+    def train_step(self, batch):
+        feats = self.model.encode(batch)
+        task_loss = self.task.loss(self.model.head(feats), batch.y)
+        with torch.no_grad():
+            target = {m: t(batch.x[m], batch.mask[m]) for m, t in self.teachers.items()}
+        distill = distillation(feats, target)
+        self.update(task_loss + self.lam * distill)
+        return {"loss": task_loss.item(), "distill": distill.item()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "teachers": {m: t.state_dict() for m, t in self.teachers.items()}}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.teachers = {}
+        for m, weights in state["teachers"].items():
+            teacher = copy.deepcopy(self.model.encoders[m])
+            teacher.load_state_dict(weights)
+            self.teachers[m] = teacher.eval().requires_grad_(False)
