@@ -35,10 +35,12 @@ def mosi_batch(names, B, T=50):
     return Batch(x, mask, torch.empty(B).uniform_(-3, 3), [str(i) for i in range(B)])
 
 
-def make_model(names, batch):
+def make_model(names, batch, **model):
+    """``model``: ModelConfig overrides (a strategy's ``needs_model``, e.g. MMCosine's linear concat head)."""
     split = Split(batch.x, batch.mask, batch.y, batch.ids)
     ds = Dataset(split, split, split, "regression", 1, {m: DIMS[m] for m in names})
-    cfg = ModelConfig(encoder="lstm", dim=64, seq_len=8, hidden=64, dropout=0.0, fusion="mlpmixer")
+    cfg = ModelConfig(**{"encoder": "lstm", "dim": 64, "seq_len": 8, "hidden": 64, "dropout": 0.0, "fusion": "mlpmixer",
+                         "encoder_hidden": 64, **model})
     return build_model(cfg, ds, 1)
 
 
@@ -60,10 +62,11 @@ class TwoBackwardDGL:
         self.optimizer.step()
 
 
-def time_steps(runners, batch, steps, reference="vanilla"):
+def time_steps(runners, batch, steps, reference="vanilla", references=None):
     """Median step time per runner, and the median over rounds of each runner's time divided by
     the reference's time in the same round: the runners are interleaved step by step, so drift in
-    machine load (this VM's speed wanders by 10-20 %) cancels in the per-round ratio."""
+    machine load (this VM's speed wanders by 10-20 %) cancels in the per-round ratio.
+    ``references`` maps a runner to a reference of its own (default: ``reference``)."""
     times = {k: [] for k in runners}
     for _ in range(3):
         for r in runners.values():
@@ -74,7 +77,8 @@ def time_steps(runners, batch, steps, reference="vanilla"):
             r.train_step(batch)
             times[k].append(time.perf_counter() - t0)
     medians = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {k: statistics.median(a / b for a, b in zip(v, times[reference])) for k, v in times.items()}
+    refs = references or {}
+    ratios = {k: statistics.median(a / b for a, b in zip(v, times[refs.get(k, reference)])) for k, v in times.items()}
     return medians, ratios
 
 

@@ -1,8 +1,10 @@
 """Step time of every strategy relative to vanilla, in one run, on the MOSI-shaped model of
 ``dgl_overhead.py`` (N = 3: BiLSTM encoders over aligned_50-shaped inputs, MLP-Mixer head).
 
-Per-epoch hooks (prototypes, blending weights, D&R diagnosis) are run once before timing and are
-not part of the step time; their cost is per epoch, not per step.
+Per-epoch hooks (prototypes, blending weights, D&R diagnosis, UMT's unimodal teachers) are run
+once before timing and are not part of the step time; their cost is per epoch (UMT: once per run).
+A strategy that needs its own head (MMCosine: linear concat) is timed against a vanilla run on
+that same head, ``vanilla[fusion]``, and its ratio is to that row.
 
     python benchmarks/strategy_cost.py [--steps 15]
 """
@@ -34,19 +36,30 @@ def main():
     batch = mosi_batch(names, args.batch)
     split = Split(batch.x, batch.mask, batch.y, batch.ids)
     data = Dataset(split, split, split, "regression", 1, {m: v.shape[-1] for m, v in batch.x.items()})
-    runners = {}
+    runners, reference = {}, {}
     for name, cls in STRATEGIES.items():
+        needs = cls.needs_model
+        base = f"vanilla[{needs['fusion']}]" if needs else "vanilla"
+        if base not in runners:  # the vanilla reference on the head this strategy needs
+            torch.manual_seed(0)
+            model = make_model(names, batch, **needs)
+            runners[base] = STRATEGIES["vanilla"](model, torch.optim.Adam(model.parameters(), lr=1e-4), Regression())
+        if name == "vanilla":
+            continue
         torch.manual_seed(0)
-        model = make_model(names, batch)
+        model = make_model(names, batch, **needs)
         extra = {"modality": "text"} if name == "unimodal" else {}
         runners[name] = cls(model, torch.optim.Adam(model.parameters(), lr=1e-4), Regression(), **extra)
+        runners[name].batch_size = args.batch
         runners[name].on_epoch_start(0, data)
-    t, ratio = time_steps(runners, batch, args.steps)
+        reference[name] = base
+    t, ratio = time_steps(runners, batch, args.steps, references=reference)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, N = 3, "
           f"median of {args.steps} steps")
-    print(f"{'strategy':>10}  {'ms/step':>8}  {'x vanilla':>9}  (median of per-round ratios)")
+    print(f"{'strategy':>16}  {'ms/step':>8}  {'x vanilla':>9}  (median of per-round ratios)")
     for name, sec in sorted(t.items(), key=lambda kv: kv[1]):
-        print(f"{name:>10}  {sec * 1e3:8.1f}  {ratio[name]:9.2f}")
+        note = f"  (x {reference[name]})" if reference.get(name, "vanilla") != "vanilla" else ""
+        print(f"{name:>16}  {sec * 1e3:8.1f}  {ratio[name]:9.2f}{note}")
 
 
 if __name__ == "__main__":
