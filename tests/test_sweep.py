@@ -1,11 +1,16 @@
 """`cli.py sweep`: runs, resumes after a kill mid-trial, shares one study between two workers,
-applies the best value, and rejects bad specs and storages with one line and exit code 2."""
+applies the best value, and rejects bad specs and storages with one line and exit code 2.
+
+The kill/resume and two-worker tests run on SQLite and on a real PostgreSQL server when
+``MMSENT_TEST_POSTGRES`` names one (``scripts/pg_throwaway.sh`` starts a throw-away cluster; CI does,
+and sets ``MMSENT_REQUIRE_POSTGRES=1`` so that a missing server fails instead of skipping)."""
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -31,10 +36,37 @@ def spec(tmp_path, **kw):
     return p
 
 
-def load(tmp_path, name="tiny"):
+def load(tmp_path, name="tiny", storage=None):
     """The one study whose name starts with ``name`` (names carry the dataset and a config hash)."""
+    if storage:
+        (study,) = [s for s in optuna.get_all_study_names(storage) if s.startswith(name + "-")]
+        return optuna.load_study(study_name=study, storage=storage)
     (db,) = (tmp_path / "sw").glob(f"{name}-*.db")
     return optuna.load_study(study_name=db.stem, storage=f"sqlite:///{db}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request):
+    """None (each sweep's own SQLite file) or a fresh database on the PostgreSQL server of
+    ``MMSENT_TEST_POSTGRES``, dropped afterwards."""
+    if request.param == "sqlite":
+        yield None
+        return
+    admin = os.environ.get("MMSENT_TEST_POSTGRES")
+    if not admin:
+        if os.environ.get("MMSENT_REQUIRE_POSTGRES"):
+            pytest.fail("MMSENT_REQUIRE_POSTGRES is set but MMSENT_TEST_POSTGRES names no server")
+        pytest.skip("no PostgreSQL server: set MMSENT_TEST_POSTGRES (scripts/pg_throwaway.sh starts one)")
+    import psycopg
+
+    name = f"mmsent_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin, autocommit=True) as con:
+            con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def runs_of(trial) -> Path:
@@ -94,34 +126,37 @@ def _sweep_cmd(tmp_path, spec_path, *extra):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_mid_trial_at_once(tmp_path):
+def test_resume_after_kill_mid_trial_at_once(tmp_path, storage):
     """Re-run within the heartbeat grace period: the killed trial stayed RUNNING for good and the
     study never reached its count. Its process is gone, so the restart fails it at once."""
     s = spec(tmp_path, trials=2, seeds=[0], overrides=["strategy=dgl", "train.epochs=40", "train.patience=100"])
-    cmd = _sweep_cmd(tmp_path, s, "--heartbeat", "600")
+    cmd = _sweep_cmd(tmp_path, s, "--heartbeat", "600", *(["--storage", storage] if storage else []))
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     logs = lambda: list((tmp_path / "sw").glob("tiny-*/trial-0000/seed-0/metrics.jsonl"))  # noqa: E731
     while p.poll() is None and not (logs() and logs()[0].read_text().count("\n") >= 2):
         time.sleep(0.2)  # no deadline: the loop ends when the trial logs epoch 2 or the process dies
     os.killpg(p.pid, signal.SIGKILL)  # mid-trial: epoch 2 of 40
     p.wait()
-    assert load(tmp_path).trials[0].state.name == "RUNNING"
+    assert load(tmp_path, storage=storage).trials[0].state.name == "RUNNING"
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)  # at once, well inside the grace period
     assert r.returncode == 0, r.stderr[-2000:]
-    trials = load(tmp_path).trials
+    trials = load(tmp_path, storage=storage).trials
     assert trials[0].state.name == "FAIL"
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
     assert [t.number for t in trials] == list(range(len(trials)))
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study(tmp_path):
+def test_two_workers_share_one_study(tmp_path, storage):
+    """Two worker processes on one storage (each sweep's SQLite file, or one PostgreSQL database):
+    every requested trial finishes once, none lost or repeated."""
     s = spec(tmp_path, trials=4, seeds=[0])
-    procs = [subprocess.Popen(_sweep_cmd(tmp_path, s, "--worker", str(w)), cwd=tmp_path, stdout=subprocess.PIPE,
+    extra = ["--storage", storage] if storage else []
+    procs = [subprocess.Popen(_sweep_cmd(tmp_path, s, "--worker", str(w), *extra), cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for w in (0, 1)]
     outs = [p.communicate()[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(o[-3000:] for o in outs)
-    trials = load(tmp_path).trials
+    trials = load(tmp_path, storage=storage).trials
     assert all(t.state.name == "COMPLETE" for t in trials)
     # each worker stops once the study holds 4; the other's trial in flight may finish as a 5th
     assert 4 <= len(trials) <= 5
