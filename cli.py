@@ -43,7 +43,11 @@ def cmd_train(args) -> int:
             candidate = ROOT / "configs" / f"{dataset or 'synthetic'}.yaml"
             config = candidate if candidate.is_file() else None
         cfg = load_config(config, _train_overrides(args, dataset) + list(args.overrides))
-    print_results(fit(cfg, resume=args.resume, quiet=args.quiet))
+    results = fit(cfg, resume=args.resume, quiet=args.quiet)
+    from mmsent.distributed import Dist
+
+    if Dist().is_main:  # under torchrun rank 0 alone reports
+        print_results(results)
     return 0
 
 

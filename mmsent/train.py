@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import Dataset, Split, build_dataset
+from mmsent.distributed import Dist, init_from_env
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
 from mmsent.probe import probe_encoders
 from mmsent.strategies import STRATEGIES
@@ -230,8 +231,9 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     ``on_epoch(epoch, val)`` is called after each epoch's validation (a sweep reports it to its
     pruner); it may raise to stop the run, which then stays resumable from ``last.pt``.
     """
-    console = Console(quiet=quiet, stderr=True)
-    device = resolve_device(cfg.device)
+    device = resolve_device(init_from_env(cfg.device))  # under torchrun: join the group, pick this rank's GPU
+    ddp = Dist()
+    console = Console(quiet=quiet or not ddp.is_main, stderr=True)  # rank 0 alone speaks and writes
     if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.amp=true uses bfloat16 autocast, which this GPU does not support; set train.amp=false")
     dataset = dataset or build_dataset(cfg.data)
@@ -243,6 +245,11 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     model = build_model(cfg.model, dataset, task.out_dim).to(device)
     optimizer = build_optimizer(model, cfg.train)
     strategy = build_strategy(cfg, model, optimizer, task)
+    strategy.dist = ddp
+    if ddp.active and (cfg.data.batch_size < ddp.world or 0 < len(dataset.train) % cfg.data.batch_size < ddp.world):
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: with {ddp.world} ranks every training batch, the "
+                          f"last one ({len(dataset.train) % cfg.data.batch_size} samples) included, needs at least "
+                          f"{ddp.world} samples; choose another batch size")
     generator = torch.Generator().manual_seed(cfg.seed)
 
     # Everything that can be wrong with the input has been checked: only now touch the disk.
@@ -269,7 +276,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                            "start a new one with another --out")
         _truncate_log(run / "metrics.jsonl", state["epoch"])
     else:
-        create_run_dir(run, cfg)
+        ddp.on_main(lambda: create_run_dir(run, cfg), RunError)
 
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
     probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
@@ -290,8 +297,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             sums: dict[str, float] = {}
             batch_bar = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
             for step, batch in enumerate(dataset.train.batches(cfg.data.batch_size, shuffle=True, generator=generator)):
-                with autocast(device, cfg.train.amp):
-                    logs = strategy.train_step(batch.to(device, non_blocking=True))
+                with autocast(device, cfg.train.amp):  # torchrun: this rank's shard, logs of the whole batch
+                    logs = ddp.average_logs(strategy.train_step(ddp.shard(batch).to(device, non_blocking=True)))
                 if not math.isfinite(logs["loss"]):
                     raise RunError(f"non-finite training loss at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
                 for k, v in logs.items():
@@ -305,15 +312,18 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                 record["grad_norm"] = gradient_probe(model, probe, task)
                 record["diag"] = diagnostics(model, probe, task)
             score = sign * val["multi"][cfg.train.select]
+            # every rank holds the same weights, metrics and state: rank 0 writes them
             if score < state["best_score"]:
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
-                _atomic_save({"model": model.state_dict(), "epoch": epoch}, run / "best.pt")
+                if ddp.is_main:
+                    _atomic_save({"model": model.state_dict(), "epoch": epoch}, run / "best.pt")
             state["epoch"] = epoch
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_jsonable(record)) + "\n")
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
-                          "generator": generator.get_state(), "state": state}, run / "last.pt")
+            if ddp.is_main:
+                with open(run / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(_jsonable(record)) + "\n")
+                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
+                              "generator": generator.get_state(), "state": state}, run / "last.pt")
             progress.advance(epochs_bar)
             head = task.headline
             console.print(f"epoch {epoch:3d}  train loss {record['train']['loss']:.4f}  val {cfg.train.select} "
@@ -324,15 +334,18 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
 
     if state["best_epoch"] < 0:
         raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")
+    ddp.barrier()  # rank 0 has written best.pt
     model.load_state_dict(load_checkpoint(run / "best.pt", device)["model"])
     test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
     results = {"task": dataset.task, "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
-    if cfg.train.probe:  # the selected epoch's encoders, frozen, each with a linear probe
+    if cfg.train.probe and ddp.is_main:  # the selected epoch's encoders, frozen, each with a linear probe
         t0 = time.perf_counter()
         results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)
         results["probe_seconds"] = time.perf_counter() - t0
-    _atomic_json(results, run / "results.json")
+    if ddp.is_main:
+        _atomic_json(results, run / "results.json")
+    ddp.barrier()  # the run is complete on disk before any rank returns
     results["run_dir"] = str(run)
     return results
 

@@ -89,7 +89,7 @@ class AGM(Strategy):
                   for s in coalitions(names)}
         contrib = shapley_contributions(values, names)
         with torch.no_grad():
-            scores = {m: float(self.task.loss(c, batch.y)) for m, c in contrib.items()}
+            scores = {m: self.dist.mean(float(self.task.loss(c, batch.y))) for m, c in contrib.items()}
         modulate = self.start <= self.epoch <= self.end
         coeffs = agm_coefficients(scores, self.running, self.alpha, self.cap) if modulate else {m: 1.0 for m in names}
         out = sum(_scale_grad(contrib[m], coeffs[m]) for m in names)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mmsent.config import NoSettings
 from mmsent.data.batch import Batch, Dataset
+from mmsent.distributed import Dist
 from mmsent.models.model import MultimodalModel, evaluating
 
 
@@ -43,6 +44,10 @@ class Strategy:
         self.epoch = 0
         self.steps_per_epoch = 1  # set by the training loop; schedules inside an epoch use it
         self.batch_size = 64  # set by the training loop (data.batch_size); stages of a method's own use it
+        # The process group (torchrun). Every gradient a strategy consumes passes ``dist.grads`` /
+        # ``sync_grads`` first, and every per-batch statistic ``dist.mean`` / ``dist.sum``, so K ranks
+        # on shards compute what one process computes on the whole batch (identities for one process).
+        self.dist = Dist()
 
     def on_epoch_start(self, epoch: int, data: Dataset) -> None:
         self.epoch = epoch
@@ -62,12 +67,15 @@ class Strategy:
         eval mode, on the CPU: what validation/test metrics and G-Blending's weights are made of."""
         keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
         preds = {k: [] for k in keeps}
+        mine = self.dist.split_range(len(split))  # under torchrun each rank scores its slice once
         with evaluating(self.model):
-            for batch in split.batches(batch_size):
-                batch = batch.to(self.device)
+            for start in range(mine.start, mine.stop, batch_size):
+                batch = split.batch(torch.arange(start, min(mine.stop, start + batch_size))).to(self.device)
                 for k, keep in keeps.items():
-                    preds[k].append(self.predict(batch, keep).float().cpu())
-        return {k: torch.cat(v) for k, v in preds.items()}
+                    preds[k].append(self.predict(batch, keep).float())
+        # a rank with nothing to score (a split smaller than the world) still joins the gather
+        empty = torch.zeros((0, self.task.out_dim), device=self.device)
+        return {k: self.dist.gather(torch.cat(v) if v else empty).cpu() for k, v in preds.items()}
 
     def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL
@@ -79,9 +87,10 @@ class Strategy:
         return next(self.model.parameters()).device
 
     def update(self, loss: Tensor) -> None:
-        """zero_grad -> backward -> clip -> step, the common case."""
+        """zero_grad -> backward -> (all-reduce) -> clip -> step, the common case."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.sync_grads(self.model.parameters())
         self.clip_and_step()
 
     def clip_and_step(self) -> None:

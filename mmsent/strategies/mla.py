@@ -51,7 +51,7 @@ class MLA(Strategy):
         linears = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)]
         self.last = linears[-1]  # the shared classifier the projector protects
         self.projection = self.settings.projection
-        self.P = torch.eye(self.last.in_features, device=self.last.weight.device)
+        self.P = torch.eye(self.last.in_features, device=self.last.weight.device, dtype=self.last.weight.dtype)
         self.steps = 0
         self.batch_index = 0
 
@@ -69,8 +69,9 @@ class MLA(Strategy):
                 loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [m])), batch.y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward(retain_graph=True)
+                self.dist.sync_grads(self.model.parameters())
                 if self.projection and self.steps > 0 and self.last.weight.grad is not None:
-                    r = captured["x"].detach().reshape(-1, self.last.in_features).mean(0)
+                    r = self.dist.mean(captured["x"].detach().reshape(-1, self.last.in_features).mean(0))
                     a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
                     self.P = project(self.P, r, a)
                     self.last.weight.grad = self.last.weight.grad @ self.P.T

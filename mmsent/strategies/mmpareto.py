@@ -63,10 +63,13 @@ class MMPareto(Strategy):
             params = [p for p in self.model.encoders[m].parameters() if p.requires_grad]
             g_mm = torch.autograd.grad(loss_mm, params, retain_graph=True, allow_unused=True)
             g_m = torch.autograd.grad(loss_uni[m], params, retain_graph=True, allow_unused=True)
+            self.dist.grads(g_mm)  # the Pareto combination needs the global gradients (torchrun)
+            self.dist.grads(g_m)
             pairs = [(p, a, b) for p, a, b in zip(params, g_mm, g_m) if a is not None and b is not None]
             combined = pareto_combine([a for _, a, _ in pairs], [b for _, _, b in pairs], self.gamma)
             grads.update({p: g for (p, _, _), g in zip(pairs, combined)})
         head_grads = torch.autograd.grad(loss_mm + sum(loss_uni.values()), head, allow_unused=True)
+        self.dist.grads(head_grads)
         grads.update({p: g for p, g in zip(head, head_grads) if g is not None})
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in grads.items():

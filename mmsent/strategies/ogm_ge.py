@@ -56,11 +56,14 @@ class OGMGE(Strategy):
         loss = self.task.loss(self.model.head(feats), batch.y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.sync_grads(self.model.parameters())
         logs = {"loss": loss.item()}
         if self.start <= self.epoch <= self.end:
             with torch.no_grad():
                 detached = {m: f.detach() for m, f in feats.items()}
-                scores = {m: float(self.task.score(p, batch.y).sum()) for m, p in self.branches(detached).items()}
+                # sums over the whole global batch (under torchrun: over every rank's shard)
+                scores = {m: self.dist.sum(float(self.task.score(p, batch.y).sum()))
+                          for m, p in self.branches(detached).items()}
             coeffs = ogm_coefficients(scores, self.alpha)
             for m, k in coeffs.items():
                 for p in self.model.encoders[m].parameters():

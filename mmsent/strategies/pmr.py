@@ -70,7 +70,7 @@ class PMR(Strategy):
                 counts += torch.bincount(labels, minlength=K)
                 for m, z in self.model.encode(batch).items():
                     z = feature_vectors(z)
-                    sums[m] = sums.get(m, torch.zeros(K, z.shape[1], device=z.device)).index_add_(0, labels, z)
+                    sums[m] = sums.get(m, torch.zeros(K, z.shape[1], device=z.device, dtype=z.dtype)).index_add_(0, labels, z)
         out = {}
         present = (counts > 0)[:, None]
         for m, s in sums.items():
@@ -91,7 +91,7 @@ class PMR(Strategy):
         labels = self.task.classes(batch.y)
         logits = {m: prototype_logits(z, self.protos[m]) for m, z in feats.items()}
         with torch.no_grad():
-            scores = {m: float(l.softmax(-1).gather(1, labels[:, None]).sum()) for m, l in logits.items()}
+            scores = {m: self.dist.sum(float(l.softmax(-1).gather(1, labels[:, None]).sum())) for m, l in logits.items()}
         betas = pmr_betas(scores)
         total = loss + self.alpha * sum(b * F.cross_entropy(logits[m], labels) for m, b in betas.items() if b > 0)
         if self.epoch < self.per_epochs and max(betas.values()) > 0:

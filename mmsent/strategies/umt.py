@@ -71,11 +71,12 @@ class UMT(Strategy):
         for _ in range(self.teacher_epochs):
             uni.train()
             for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen):
-                batch = batch.to(self.device)
+                batch = self.dist.shard(batch).to(self.device)  # torchrun: this rank's slice
                 feats = uni.encode(batch, [m])
                 loss = self.task.loss(uni.head(uni.mask_modalities(feats, [m])), batch.y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self.dist.sync_grads(uni.parameters())
                 if self.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(uni.parameters(), self.grad_clip)
                 opt.step()

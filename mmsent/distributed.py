@@ -1,0 +1,149 @@
+"""Data parallelism under ``torchrun`` for strategies that own their backward pass.
+
+``torch.nn.parallel.DistributedDataParallel`` averages gradients inside ``backward()``; mmsent's
+strategies call ``autograd.grad`` per loss (MMPareto), edit gradients between backward and step
+(OGM-GE, MLA), step several times per batch (MLA) or compute per-batch statistics (OGM-GE's and
+PMR's scores, AGM's Shapley losses, MLA's projector input). So the reduction is explicit instead,
+at exactly the points where a one-process run would have the whole batch:
+
+* every rank holds the whole model and data and iterates the same global batches (same seed, same
+  generator); ``shard`` gives each rank a contiguous slice and its weight ``w_r = n_r / N``;
+* a strategy's losses are means over its shard, so ``sum_r w_r * (shard mean)`` is the global mean:
+  ``grads`` / ``sync_grads`` scale every gradient by ``w_r`` and all-reduce the sum; ``mean`` does the
+  same for a statistic (a mean over samples), ``sum`` adds one (a sum over samples);
+* evaluation shards each split and gathers the predictions in order, so every sample is scored
+  exactly once and every rank sees the same metrics (and makes the same early-stopping choice).
+
+With one process every operation is the identity (no scaling, no copy), so a one-process run is
+bit-for-bit what it was. Not synchronised: BatchNorm statistics of a training pass are per shard
+(ResNet encoders, MMTM head) and dropout masks are drawn per shard, so runs with either are
+equivalent in distribution, not bitwise; DGL-MH's ``fill=mean`` takes its shard's mean.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from mmsent.data.batch import Batch
+
+
+class Dist:
+    """The process group as the training loop and strategies see it (one process: all identities)."""
+
+    def __init__(self):
+        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.world = dist.get_world_size() if self.active else 1
+        self.rank = dist.get_rank() if self.active else 0
+        self.weight = 1.0  # this rank's share of the current global batch
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: Batch) -> Batch:
+        """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+        if not self.active:
+            return batch
+        n = len(batch.y)
+        if n < self.world:
+            raise RuntimeError(f"a batch of {n} sample(s) cannot be split over {self.world} ranks")
+        idx = torch.tensor_split(torch.arange(n), self.world)[self.rank]
+        self.weight = len(idx) / n
+        return Batch({m: v[idx] for m, v in batch.x.items()}, {m: v[idx] for m, v in batch.mask.items()},
+                     batch.y[idx], [batch.ids[i] for i in idx.tolist()])
+
+    def grads(self, tensors) -> None:
+        """In place: ``g <- sum_r w_r g_r`` for every tensor (None skipped): shard-mean gradients
+        become the gradient of the global mean, identical on every rank."""
+        if not self.active:
+            return
+        for g in tensors:
+            if g is not None:
+                g.mul_(self.weight)
+                dist.all_reduce(g)
+
+    def sync_grads(self, params) -> None:
+        self.grads([p.grad for p in params])
+
+    def mean(self, x):
+        """``sum_r w_r x_r``: the global value of a per-sample mean (float or tensor)."""
+        if not self.active:
+            return x
+        t = torch.as_tensor(x, dtype=torch.float64).clone() * self.weight
+        dist.all_reduce(t)
+        return float(t) if not isinstance(x, Tensor) else t.to(x.dtype)
+
+    def sum(self, x):
+        """``sum_r x_r``: the global value of a sum over samples (float or tensor)."""
+        if not self.active:
+            return x
+        t = torch.as_tensor(x, dtype=torch.float64).clone()
+        dist.all_reduce(t)
+        return float(t) if not isinstance(x, Tensor) else t.to(x.dtype)
+
+    def split_range(self, n: int) -> range:
+        """The samples of an ``n``-sample split this rank scores."""
+        if not self.active:
+            return range(n)
+        bounds = torch.tensor_split(torch.arange(n), self.world)[self.rank]
+        return range(int(bounds[0]), int(bounds[-1]) + 1) if len(bounds) else range(0)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Concatenate every rank's ``t`` along dim 0, in rank order (shapes may differ in dim 0)."""
+        if not self.active:
+            return t
+        sizes = [torch.zeros((), dtype=torch.long) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor(len(t)))
+        pad = int(max(sizes))
+        buf = t.new_zeros((pad, *t.shape[1:]))
+        buf[: len(t)] = t
+        parts = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(parts, buf)
+        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+    def average_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Weighted mean of every logged value: a shard mean becomes the global mean; a value that
+        is already global (a coefficient) stays itself."""
+        if not self.active:
+            return logs
+        keys = sorted(logs)
+        t = torch.tensor([logs[k] for k in keys], dtype=torch.float64) * self.weight
+        dist.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def on_main(self, fn, error: type[Exception]) -> None:
+        """Run ``fn`` on rank 0 only (disk writes); an ``error`` it raises is raised on every rank,
+        so no rank waits forever for a rank that gave up."""
+        message = None
+        if self.is_main:
+            try:
+                fn()
+            except error as e:
+                message = str(e)
+        if self.active:
+            box = [message]
+            dist.broadcast_object_list(box, src=0)
+            message = box[0]
+        if message is not None:
+            raise error(message)
+
+
+def init_from_env(device: str) -> str:
+    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA.
+    Returns the device this rank uses (``cuda:LOCAL_RANK`` on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return "cpu" if device == "auto" else device
