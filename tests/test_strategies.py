@@ -49,7 +49,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
     """What validation/test report per modality must be the shared head with the OTHER modalities
-    zeroed (built here by hand), not the full model; "multi" is the full model (MLA: its fusion).
+    zeroed (built here by hand), not the full model; "multi" is the full model (MLA: its fusion;
+    a unimodal-only model: its own branch).
     MMCosine's head is its cosine classifier over the linear head's weight blocks."""
     ds, model, batch = setup(**STRATEGIES[name].needs_model)
     strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **ARGS.get(name, {}))
@@ -64,7 +65,7 @@ def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
             masked = {k: f if k == m else torch.zeros_like(f) for k, f in feats.items()}
             torch.testing.assert_close(preds[m], head(masked), rtol=1e-6, atol=1e-6)
         multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
-                 else head(feats))
+                 else head(zero_others(feats, "audio")) if name == "unimodal" else head(feats))
         torch.testing.assert_close(preds["multi"], multi, rtol=1e-6, atol=1e-6)
 
 
@@ -104,3 +105,14 @@ def test_dgl_runs_encoders_once_per_step():
         e.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
     STRATEGIES["dgl"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression()).train_step(batch)
     assert calls == {m: 1 for m in model.encoders}
+
+
+def test_a_unimodal_models_own_prediction_is_its_branch():
+    """Validation selects on "multi": for a unimodal-only model that must be its modality alone
+    (under MMTM the untrained encoders' maps gate the trained one; Audio-only was selected at random)."""
+    ds, model, batch = setup()
+    s = STRATEGIES["unimodal"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), modality="audio")
+    s.train_step(batch)
+    preds = s.branch_predictions(ds.test)
+    torch.testing.assert_close(preds["multi"], preds["audio"], rtol=0, atol=0)
+    assert not torch.allclose(preds["multi"], preds["vision"])

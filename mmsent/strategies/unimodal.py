@@ -1,8 +1,14 @@
 """Unimodal-only training: one modality through the same head with the others zeroed (the
-paper's "Audio-only" / "Visual-only" / "Text-only" rows). Only that modality's encoder runs."""
+paper's "Audio-only" / "Visual-only" / "Text-only" rows). Only that modality's encoder runs.
+
+The model's own prediction ("multi", what validation selects the epoch on) is that same masked
+pass: the other encoders are never trained, and letting their outputs into the head (an MMTM head
+gates the trained stream with them) scored a random model and chose the epoch at random."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from mmsent.strategies.base import Strategy
 
@@ -27,3 +33,7 @@ class Unimodal(Strategy):
         loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [self.modality])), batch.y)
         self.update(loss)
         return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def predict(self, batch, keep=None):
+        return super().predict(batch, [self.modality] if keep is None else keep)
