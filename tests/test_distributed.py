@@ -6,6 +6,7 @@ parameters after two epochs of steps (every epoch hook included: prototypes, ble
 diagnosis, UMT's teachers) and the gathered validation predictions match the one-process run to
 1e-9; with 2 ranks only the order of floating-point sums differs.
 """
+import json
 import os
 import subprocess
 import sys
@@ -39,8 +40,8 @@ def _double(ds):
 
 
 def run_steps(name: str, task_name: str) -> dict:
-    """Two epochs of 12-sample global batches (the last one 8) with SGD + momentum, in float64."""
-    ds = make_synthetic(n_modalities=3, n_train=32, n_val=10, n_test=4, task=task_name, num_classes=3)
+    """Two epochs of 12-sample global batches (the last one 7: shards of 4 and 3) with SGD + momentum, in float64."""
+    ds = make_synthetic(n_modalities=3, n_train=31, n_val=9, n_test=4, task=task_name, num_classes=3)
     task = Regression() if task_name == "regression" else Classification(3)
     torch.manual_seed(0)
     cfg = {"dim": 6, "seq_len": 2, "hidden": 8, "dropout": 0.0, **STRATEGIES[name].needs_model}
@@ -96,3 +97,58 @@ def test_one_process_dist_is_the_identity():
     d.grads([g, None])
     assert torch.equal(g, torch.tensor([1.0, 2.0])) and d.mean(3.5) == 3.5 and d.sum(2.0) == 2.0
     assert list(d.split_range(5)) == [0, 1, 2, 3, 4]
+
+
+MOSI = ROOT.parent / "shared" / "data" / "mosi" / "mosi_utterance.pkl"
+# dropout masks are drawn per shard (not the slices of one full-batch mask): exact runs need none
+EXACT = ["model.dropout=0", "train.epochs=3", "train.probe=false"]
+
+
+def _train(tmp_path, out, *args, ranks=1):
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+              if ranks > 1 else [sys.executable])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([*launch, str(ROOT / "cli.py"), "train", "--quiet", "--out", str(tmp_path / out), *args],
+                       cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads((tmp_path / out / "results.json").read_text())
+
+
+def _same_results(a, b, rel):
+    assert a["best_epoch"] == b["best_epoch"] and a["epochs_run"] == b["epochs_run"]
+    for split in ("val", "test"):
+        for branch, metrics in a[split].items():
+            for k, v in metrics.items():
+                assert v == pytest.approx(b[split][branch][k], rel=rel, abs=rel), (split, branch, k)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MOSI.is_file(), reason="needs ../shared/data/mosi")
+def test_torchrun_two_ranks_writes_the_results_of_one_process(tmp_path):
+    """`torchrun --nproc_per_node 2 cli.py train` on real MOSI (DGL through the mixer): the same
+    selected epoch and metrics as one process; only float32 summation order differs (1e-4)."""
+    args = ["--dataset", "mosi", "--data", str(MOSI), "--strategy", "dgl", *EXACT]
+    one = _train(tmp_path, "one", *args)
+    two = _train(tmp_path, "two", *args, ranks=2)
+    _same_results(two, one, 1e-4)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.slow
+def test_torchrun_resume_equals_uninterrupted(tmp_path):
+    """Under 2 ranks, 2 epochs then --resume to 4 == 4 epochs straight, metric for metric."""
+    base = ["--strategy", "ogm_ge", "model.dropout=0", "train.probe=false", "data.batch_size=32", "model.dim=8",
+            "model.hidden=16", "train.patience=100"]
+    straight = _train(tmp_path, "a", *base, "train.epochs=4", ranks=2)
+    _train(tmp_path, "b", *base, "train.epochs=2", ranks=2)
+    resumed = _train(tmp_path, "b", *base, "train.epochs=4", "--resume", ranks=2)
+    _same_results(resumed, straight, 0)
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_batches_it_cannot_split(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / "cli.py"), "train", "--quiet", "--out", str(tmp_path / "x"), "data.batch_size=1"],
+                       cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode != 0 and "data.batch_size=1: with 2 ranks every training batch" in p.stderr
+    assert not (tmp_path / "x").exists()
