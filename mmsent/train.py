@@ -246,6 +246,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     optimizer = build_optimizer(model, cfg.train)
     strategy = build_strategy(cfg, model, optimizer, task)
     strategy.dist = ddp
+    if ddp.active and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # SyncBatchNorm is CUDA-only and the masked passes use functional (vmap) BatchNorm, so the
+        # training statistics stay per shard: equivalent in distribution, not bitwise, to one process.
+        console.print(f"note: BatchNorm statistics are per rank ({ddp.world} shards of each batch), not synchronised")
     if ddp.active and (cfg.data.batch_size < ddp.world or 0 < len(dataset.train) % cfg.data.batch_size < ddp.world):
         raise ConfigError(f"data.batch_size={cfg.data.batch_size}: with {ddp.world} ranks every training batch, the "
                           f"last one ({len(dataset.train) % cfg.data.batch_size} samples) included, needs at least "
