@@ -101,7 +101,7 @@ def test_one_process_dist_is_the_identity():
 
 MOSI = ROOT.parent / "shared" / "data" / "mosi" / "mosi_utterance.pkl"
 # dropout masks are drawn per shard (not the slices of one full-batch mask): exact runs need none
-EXACT = ["model.dropout=0", "train.epochs=3", "train.probe=false"]
+EXACT = ["model.dropout=0", "train.epochs=2", "train.probe=false"]
 
 
 def _train(tmp_path, out, *args, ranks=1):
@@ -137,8 +137,9 @@ def test_torchrun_two_ranks_writes_the_results_of_one_process(tmp_path):
 @pytest.mark.slow
 def test_torchrun_resume_equals_uninterrupted(tmp_path):
     """Under 2 ranks, 2 epochs then --resume to 4 == 4 epochs straight, metric for metric."""
-    base = ["--strategy", "ogm_ge", "model.dropout=0", "train.probe=false", "data.batch_size=32", "model.dim=8",
-            "model.hidden=16", "train.patience=100"]
+    base = ["--strategy", "ogm_ge", "model.dropout=0", "train.probe=false", "data.batch_size=16", "model.dim=8",
+            "model.hidden=16", "model.seq_len=2", "train.patience=100", "train.grad_probe=false", "data.n_train=48",
+            "data.n_val=16", "data.n_test=16"]
     straight = _train(tmp_path, "a", *base, "train.epochs=4", ranks=2)
     _train(tmp_path, "b", *base, "train.epochs=2", ranks=2)
     resumed = _train(tmp_path, "b", *base, "train.epochs=4", "--resume", ranks=2)
