@@ -278,7 +278,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         if state["best_epoch"] >= 0 and not (run / "best.pt").is_file():
             raise RunError(f"{run / 'best.pt'}: missing (the selected epoch's weights); the run cannot be finished, "
                            "start a new one with another --out")
-        _truncate_log(run / "metrics.jsonl", state["epoch"])
+        if ddp.is_main:  # rank 0 alone writes (two ranks rewriting one log raced under torchrun)
+            _truncate_log(run / "metrics.jsonl", state["epoch"])
     else:
         ddp.on_main(lambda: create_run_dir(run, cfg), RunError)
 

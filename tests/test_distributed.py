@@ -39,23 +39,43 @@ def _double(ds):
     return ds
 
 
-def run_steps(name: str, task_name: str) -> dict:
-    """Two epochs of 12-sample global batches (the last one 7: shards of 4 and 3) with SGD + momentum, in float64."""
-    ds = make_synthetic(n_modalities=3, n_train=31, n_val=9, n_test=4, task=task_name, num_classes=3)
+def run_steps(name: str, task_name: str, resume: bool = False) -> dict:
+    """Two epochs of 12-sample global batches (the last one 7: shards of 4 and 3) with SGD + momentum,
+    in float64. ``resume``: after epoch 0 everything a checkpoint holds is saved and a fresh model,
+    optimizer and strategy continue from it (what ``--resume`` does)."""
+    def data():
+        return make_synthetic(n_modalities=3, n_train=31, n_val=9, n_test=4, task=task_name, num_classes=3)
+
+    shapes = data()  # float32: build_model's shape-recording pass runs before .double()
     task = Regression() if task_name == "regression" else Classification(3)
-    torch.manual_seed(0)
     cfg = {"dim": 6, "seq_len": 2, "hidden": 8, "dropout": 0.0, **STRATEGIES[name].needs_model}
-    model = build_model(ModelConfig(**cfg), ds, task.out_dim).double()
-    ds = _double(ds)
-    s = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), task, **ARGS.get(name, {}))
-    s.batch_size, s.steps_per_epoch = 12, 3
+
+    def build():
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(**cfg), shapes, task.out_dim).double()
+        s = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), task,
+                             **ARGS.get(name, {}))
+        s.batch_size, s.steps_per_epoch = 12, 3
+        return model, s
+
+    model, s = build()
+    ds = _double(data())
     gen = torch.Generator().manual_seed(1)
     for epoch in range(2):
+        if resume and epoch == 1:
+            ckpt = {"model": model.state_dict(), "opt": s.optimizer.state_dict(), "strategy": s.state_dict(),
+                    "rng": torch.get_rng_state(), "gen": gen.get_state()}
+            model, s = build()
+            model.load_state_dict(ckpt["model"])
+            s.optimizer.load_state_dict(ckpt["opt"])
+            s.load_state_dict(ckpt["strategy"])
+            torch.set_rng_state(ckpt["rng"])
+            gen.set_state(ckpt["gen"])
         s.on_epoch_start(epoch, ds)
         for batch in ds.train.batches(12, shuffle=True, generator=gen):
             s.train_step(s.dist.shard(batch))
     return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "val": s.branch_predictions(ds.val, batch_size=4), "state": s.state_dict()}
+            "val": s.branch_predictions(ds.val, batch_size=4)}
 
 
 CASES = [(name, task) for name in sorted(STRATEGIES) for task in ("regression", "classification")]
@@ -65,7 +85,7 @@ def _worker(rank, world, store, out):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        got = {case: run_steps(*case) for case in CASES}
+        got = {case: (run_steps(*case), run_steps(*case, resume=True)) for case in CASES}
         assert Dist().active and Dist().world == world
         if rank == 0:
             torch.save(got, out)
@@ -83,9 +103,11 @@ def two_ranks(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,task_name", CASES)
 def test_two_ranks_equal_one_process(two_ranks, name, task_name):
-    want, got = run_steps(name, task_name), two_ranks[(name, task_name)]
+    """... and under 2 ranks a resumed run equals the uninterrupted one, bit for bit."""
+    want, (got, resumed) = run_steps(name, task_name), two_ranks[(name, task_name)]
     for k, v in want["params"].items():
         torch.testing.assert_close(got["params"][k], v, **TOL, msg=f"{name}/{task_name}: parameter {k}")
+        assert torch.equal(resumed["params"][k], got["params"][k]), f"{name}/{task_name}: resumed parameter {k}"
     for k, v in want["val"].items():  # sharded evaluation gathers every sample once, in order
         torch.testing.assert_close(got["val"][k], v, rtol=1e-6, atol=1e-6, msg=f"{name}: val predictions {k}")
 
