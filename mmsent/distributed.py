@@ -38,6 +38,9 @@ class Dist:
         self.world = dist.get_world_size() if self.active else 1
         self.rank = dist.get_rank() if self.active else 0
         self.weight = 1.0  # this rank's share of the current global batch
+        # where collective buffers live: nccl reduces CUDA tensors only, gloo CPU ones
+        nccl = self.active and dist.get_backend() == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -72,17 +75,17 @@ class Dist:
         """``sum_r w_r x_r``: the global value of a per-sample mean (float or tensor)."""
         if not self.active:
             return x
-        t = torch.as_tensor(x, dtype=torch.float64).clone() * self.weight
+        t = torch.as_tensor(x, dtype=torch.float64, device=self.device).clone() * self.weight
         dist.all_reduce(t)
-        return float(t) if not isinstance(x, Tensor) else t.to(x.dtype)
+        return float(t) if not isinstance(x, Tensor) else t.to(x.device, x.dtype)
 
     def sum(self, x):
         """``sum_r x_r``: the global value of a sum over samples (float or tensor)."""
         if not self.active:
             return x
-        t = torch.as_tensor(x, dtype=torch.float64).clone()
+        t = torch.as_tensor(x, dtype=torch.float64, device=self.device).clone()
         dist.all_reduce(t)
-        return float(t) if not isinstance(x, Tensor) else t.to(x.dtype)
+        return float(t) if not isinstance(x, Tensor) else t.to(x.device, x.dtype)
 
     def split_range(self, n: int) -> range:
         """The samples of an ``n``-sample split this rank scores."""
@@ -95,14 +98,14 @@ class Dist:
         """Concatenate every rank's ``t`` along dim 0, in rank order (shapes may differ in dim 0)."""
         if not self.active:
             return t
-        sizes = [torch.zeros((), dtype=torch.long) for _ in range(self.world)]
-        dist.all_gather(sizes, torch.tensor(len(t)))
+        sizes = [torch.zeros((), dtype=torch.long, device=self.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor(len(t), device=self.device))
         pad = int(max(sizes))
-        buf = t.new_zeros((pad, *t.shape[1:]))
+        buf = torch.zeros((pad, *t.shape[1:]), dtype=t.dtype, device=self.device)
         buf[: len(t)] = t
         parts = [torch.empty_like(buf) for _ in range(self.world)]
         dist.all_gather(parts, buf)
-        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+        return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)]).to(t.device)
 
     def average_logs(self, logs: dict[str, float]) -> dict[str, float]:
         """Weighted mean of every logged value: a shard mean becomes the global mean; a value that
@@ -110,7 +113,7 @@ class Dist:
         if not self.active:
             return logs
         keys = sorted(logs)
-        t = torch.tensor([logs[k] for k in keys], dtype=torch.float64) * self.weight
+        t = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device) * self.weight
         dist.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
