@@ -163,3 +163,25 @@ def test_umt_teachers_are_trained_frozen_and_pull_the_encoders():
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7, msg=k)
     for m, t in s.teachers.items():  # the student's step leaves the teachers alone
         assert all(torch.equal(a, b) for a, b in zip(before[m], t.parameters()))
+
+
+def test_cml_removals_leave_batchnorm_statistics_alone():
+    """The N single-modality removals are masked passes: they go through ``head_masked`` (BatchNorm
+    running statistics untouched, method.md), the full prediction through ``head`` once."""
+    ds, model = _model(n=3)
+    calls = {"head": 0, "masked": 0}
+    head, masked = model.head.forward, model.head_masked
+
+    def count_head(*a, **k):
+        calls["head"] += 1
+        return head(*a, **k)
+
+    def count_masked(*a, **k):
+        calls["masked"] += 1
+        return masked(*a, **k)
+
+    model.head.forward, model.head_masked = count_head, count_masked
+    s = STRATEGIES["cml"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3))
+    s.train_step(ds.train.batch(torch.arange(8)))
+    assert calls["masked"] == 3
+    assert calls["head"] == 1 + 3  # head_masked runs the head inside, keeping its buffers
