@@ -73,17 +73,16 @@ class Dist:
 
     def mean(self, x):
         """``sum_r w_r x_r``: the global value of a per-sample mean (float or tensor)."""
-        if not self.active:
-            return x
-        t = torch.as_tensor(x, dtype=torch.float64, device=self.device).clone() * self.weight
-        dist.all_reduce(t)
-        return float(t) if not isinstance(x, Tensor) else t.to(x.device, x.dtype)
+        return self._reduce(x, self.weight)
 
     def sum(self, x):
         """``sum_r x_r``: the global value of a sum over samples (float or tensor)."""
+        return self._reduce(x, 1.0)
+
+    def _reduce(self, x, scale: float):
         if not self.active:
             return x
-        t = torch.as_tensor(x, dtype=torch.float64, device=self.device).clone()
+        t = torch.as_tensor(x, dtype=torch.float64, device=self.device) * scale  # a new tensor: x stays
         dist.all_reduce(t)
         return float(t) if not isinstance(x, Tensor) else t.to(x.device, x.dtype)
 
@@ -113,9 +112,7 @@ class Dist:
         if not self.active:
             return logs
         keys = sorted(logs)
-        t = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device) * self.weight
-        dist.all_reduce(t)
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, self.mean(torch.tensor([logs[k] for k in keys], dtype=torch.float64)).tolist()))
 
     def barrier(self) -> None:
         if self.active:

@@ -25,26 +25,30 @@ from mmsent.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def _row(name: str) -> list[str]:
+    """The overrides of a strategy's row: the strategy, and the model it needs (MMCosine: linear concat)."""
+    return [f"strategy={name}", *(f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items())]
+
+
 # row label -> strategy overrides; the order is the paper's (unimodal-only rows come first, per dataset)
 STRATEGY_ROWS: dict[str, list[str]] = {
-    "Multimodal Baseline": ["strategy=vanilla"],
+    "Multimodal Baseline": _row("vanilla"),
     # per-method hyper-parameters live in the dataset's config (strategy.presets), so a single
     # `cli.py train --strategy X` run is the same run as the table's row
-    "G-Blending": ["strategy=gblending"],
-    "OGM_GE": ["strategy=ogm_ge"],
-    "PMR": ["strategy=pmr"],
-    "AGM": ["strategy=agm"],
-    "MLA": ["strategy=mla"],
-    "MMPareto": ["strategy=mmpareto"],
-    "D&R": ["strategy=dnr"],
-    "DGL": ["strategy=dgl"],
-    # BalanceMM's further methods; a method that needs its own head (MMCosine: linear concat) gets it
-    "MMCosine": ["strategy=mmcosine"],
-    "CML": ["strategy=cml"],
-    "UMT": ["strategy=umt"],
+    "G-Blending": _row("gblending"),
+    "OGM_GE": _row("ogm_ge"),
+    "PMR": _row("pmr"),
+    "AGM": _row("agm"),
+    "MLA": _row("mla"),
+    "MMPareto": _row("mmpareto"),
+    "D&R": _row("dnr"),
+    "DGL": _row("dgl"),
+    # BalanceMM's further methods
+    "MMCosine": _row("mmcosine"),
+    "CML": _row("cml"),
+    "UMT": _row("umt"),
 }
-for _row in STRATEGY_ROWS.values():
-    _row += [f"model.{k}={v}" for k, v in STRATEGIES[_row[0].partition("=")[2]].needs_model.items()]
 
 
 def modality_columns(dataset: str, data: str | None = None, overrides=(), config: str | None = None) -> dict[str, str]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from mmsent.config import check, finite
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
+from mmsent.strategies.unimodal import Unimodal
 
 
 @dataclass(frozen=True)
@@ -64,29 +65,20 @@ class UMT(Strategy):
     def _train_teacher(self, m: str, data) -> torch.nn.Module:
         """Stage 1 for modality m: its unimodal model, the lowest-validation-loss epoch kept."""
         uni = copy.deepcopy(self.model)
-        opt = type(self.optimizer)(uni.parameters(), **self.optimizer.defaults)
+        # the unimodal-only strategy's own step (and its all-reduce under torchrun) trains the teacher
+        trainer = Unimodal(uni, type(self.optimizer)(uni.parameters(), **self.optimizer.defaults), self.task,
+                           grad_clip=self.grad_clip, modality=m)
+        trainer.dist = self.dist
         # a generator of its own, seeded from the run's RNG: the order is reproducible and resumes
         gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
         best, best_loss = None, math.inf
         for _ in range(self.teacher_epochs):
             uni.train()
             for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen):
-                batch = self.dist.shard(batch).to(self.device)  # torchrun: this rank's slice
-                feats = uni.encode(batch, [m])
-                loss = self.task.loss(uni.head(uni.mask_modalities(feats, [m])), batch.y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.dist.sync_grads(uni.parameters())
-                if self.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(uni.parameters(), self.grad_clip)
-                opt.step()
-            with evaluating(uni), torch.no_grad():
-                preds, ys = [], []
-                for batch in data.val.batches(self.batch_size):
-                    batch = batch.to(self.device)
-                    preds.append(uni.head(uni.mask_modalities(uni.encode(batch, [m]), [m])))
-                    ys.append(batch.y)
-                val_loss = float(self.task.loss(torch.cat(preds), torch.cat(ys)))
+                trainer.train_step(self.dist.shard(batch).to(self.device))  # torchrun: this rank's slice
+            with evaluating(uni):  # the teacher's own prediction is its modality alone
+                preds = [trainer.predict(b.to(self.device)) for b in data.val.batches(self.batch_size)]
+                val_loss = float(self.task.loss(torch.cat(preds), data.val.y.to(self.device)))
             if val_loss < best_loss:
                 best, best_loss = copy.deepcopy(uni.encoders[m].state_dict()), val_loss
         teacher = copy.deepcopy(self.model.encoders[m])
