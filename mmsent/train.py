@@ -251,9 +251,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         # training statistics stay per shard: equivalent in distribution, not bitwise, to one process.
         console.print(f"note: BatchNorm statistics are per rank ({ddp.world} shards of each batch), not synchronised")
     if ddp.active and (cfg.data.batch_size < ddp.world or 0 < len(dataset.train) % cfg.data.batch_size < ddp.world):
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: with {ddp.world} ranks every training batch, the "
-                          f"last one ({len(dataset.train) % cfg.data.batch_size} samples) included, needs at least "
-                          f"{ddp.world} samples; choose another batch size")
+        last = len(dataset.train) % cfg.data.batch_size
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: with {ddp.world} ranks every training batch needs at "
+                          f"least {ddp.world} samples" + (f", and the last one holds {last}" if last else "")
+                          + "; choose another batch size")
     generator = torch.Generator().manual_seed(cfg.seed)
 
     # Everything that can be wrong with the input has been checked: only now touch the disk.
