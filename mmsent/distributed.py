@@ -38,6 +38,8 @@ class Dist:
         self.world = dist.get_world_size() if self.active else 1
         self.rank = dist.get_rank() if self.active else 0
         self.weight = 1.0  # this rank's share of the current global batch
+        self.index: Tensor | None = None  # this rank's rows of the current global batch (None: all)
+        self.global_size = 0  # the current global batch's size (set by shard)
         # where collective buffers live: nccl reduces CUDA tensors only, gloo CPU ones
         nccl = self.active and dist.get_backend() == "nccl"
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
@@ -50,13 +52,21 @@ class Dist:
         """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
         if not self.active:
             return batch
-        n = len(batch.y)
+        n = self.global_size = len(batch.y)
         if n < self.world:
             raise RuntimeError(f"a batch of {n} sample(s) cannot be split over {self.world} ranks")
         idx = torch.tensor_split(torch.arange(n), self.world)[self.rank]
-        self.weight = len(idx) / n
+        self.weight, self.index = len(idx) / n, idx
         return Batch({m: v[idx] for m, v in batch.x.items()}, {m: v[idx] for m, v in batch.mask.items()},
                      batch.y[idx], [batch.ids[i] for i in idx.tolist()])
+
+    def rand(self, n: int) -> Tensor:
+        """U(0, 1) draws for the ``n`` samples of this rank's shard. Under torchrun every rank draws
+        the whole global batch's numbers (same seed, same stream) and keeps its rows, so each sample
+        gets the number it gets in one process."""
+        if self.index is None:
+            return torch.rand(n)
+        return torch.rand(self.global_size)[self.index]
 
     def grads(self, tensors) -> None:
         """In place: ``g <- sum_r w_r g_r`` for every tensor (None skipped): shard-mean gradients

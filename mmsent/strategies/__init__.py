@@ -7,13 +7,18 @@ from mmsent.strategies.dgl import DGL
 from mmsent.strategies.dgl_mh import DGLMH
 from mmsent.strategies.dnr import DnR
 from mmsent.strategies.gblending import GBlending
+from mmsent.strategies.greedy import Greedy
+from mmsent.strategies.lfm import LFM
 from mmsent.strategies.mla import MLA
 from mmsent.strategies.mmcosine import MMCosine
 from mmsent.strategies.mmpareto import MMPareto
 from mmsent.strategies.ogm_ge import OGMGE
+from mmsent.strategies.opm import OPM
 from mmsent.strategies.pmr import PMR
+from mmsent.strategies.reconboost import ReconBoost
 from mmsent.strategies.umt import UMT
 from mmsent.strategies.unimodal import Unimodal
+from mmsent.strategies.valuation import Valuation
 from mmsent.strategies.vanilla import Vanilla
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -32,6 +37,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "mmcosine": MMCosine,
     "cml": CML,
     "umt": UMT,
+    "valuation": Valuation,
+    "opm": OPM,
+    "greedy": Greedy,
+    "lfm": LFM,
+    "reconboost": ReconBoost,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

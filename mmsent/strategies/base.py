@@ -16,11 +16,12 @@ never parameter-name matching. Zero-masking goes through ``model.mask_modalities
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmsent.config import NoSettings
 from mmsent.data.batch import Batch, Dataset
 from mmsent.distributed import Dist
+from mmsent.models.fusions import ConcatHead
 from mmsent.models.model import MultimodalModel, evaluating
 
 
@@ -29,6 +30,17 @@ def feature_vectors(z: Tensor) -> Tensor:
     maps (B, C, H, W[, T]) are average-pooled to their channels, as the audio-visual baselines pool
     them (flattened, a layer2 map is ~10^5 values per sample)."""
     return z.flatten(1) if z.dim() <= 3 else z.flatten(2).mean(-1)
+
+
+def linear_late_fusion(model: MultimodalModel, method: str) -> nn.Linear:
+    """The head's one linear layer over the concatenated pooled features, whose column blocks are
+    per-modality classifiers; methods defined on such blocks (MMCosine, ReconBoost) refuse any other
+    head with one line."""
+    head = model.head
+    if not (isinstance(head, ConcatHead) and isinstance(head.net, nn.Linear)):
+        raise ValueError(f"{method} needs a linear late-fusion head to split per modality: "
+                         "set model.fusion=concat and model.hidden=0")
+    return head.net
 
 
 class Strategy:

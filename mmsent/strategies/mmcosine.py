@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from mmsent.config import check, finite
-from mmsent.models.fusions import ConcatHead
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Strategy, linear_late_fusion
 
 
 def cosine_logits(pooled: dict[str, Tensor], blocks: dict[str, Tensor], scaling: float) -> Tensor:
@@ -55,13 +54,9 @@ class MMCosine(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        head = model.head
-        if not (isinstance(head, ConcatHead) and isinstance(head.net, nn.Linear)):
-            raise ValueError("mmcosine needs a linear late-fusion head to split per modality: "
-                             "set model.fusion=concat and model.hidden=0")
+        self.fc = linear_late_fusion(model, "mmcosine")
         self.scaling = self.settings.scaling
-        self.fc = head.net
-        self.order = head.modalities  # the concatenation order: the column blocks of fc.weight
+        self.order = model.head.modalities  # the concatenation order: the column blocks of fc.weight
 
     def blocks(self) -> dict[str, Tensor]:
         return dict(zip(self.order, self.fc.weight.chunk(len(self.order), dim=1)))
