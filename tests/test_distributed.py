@@ -27,7 +27,11 @@ from mmsent.tasks import Classification, Regression
 ROOT = Path(__file__).resolve().parents[1]
 # settings under which each strategy's between-epoch machinery acts within two epochs
 ARGS = {"unimodal": {"modality": "audio"}, "gblending": {"super_epoch": 1}, "dnr": {"reinit_epoch": 1},
-        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}}
+        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}, "opm": {"lam": 1.0},
+        "greedy": {"alpha": 0.0, "window": 1, "rebalance_steps": 1}, "reconboost": {"rectify_steps": 1}}
+# Exact per rank but not against one process, by design: LFM's InfoNCE takes its negatives from the
+# rank's shard (the usual data-parallel contrastive loss), so only its 2-rank resume is checked.
+SHARD_LOCAL = {"lfm"}
 TOL = dict(rtol=1e-9, atol=1e-10)
 
 
@@ -106,10 +110,12 @@ def test_two_ranks_equal_one_process(two_ranks, name, task_name):
     """... and under 2 ranks a resumed run equals the uninterrupted one, bit for bit."""
     want, (got, resumed) = run_steps(name, task_name), two_ranks[(name, task_name)]
     for k, v in want["params"].items():
-        torch.testing.assert_close(got["params"][k], v, **TOL, msg=f"{name}/{task_name}: parameter {k}")
+        if name not in SHARD_LOCAL:
+            torch.testing.assert_close(got["params"][k], v, **TOL, msg=f"{name}/{task_name}: parameter {k}")
         assert torch.equal(resumed["params"][k], got["params"][k]), f"{name}/{task_name}: resumed parameter {k}"
     for k, v in want["val"].items():  # sharded evaluation gathers every sample once, in order
-        torch.testing.assert_close(got["val"][k], v, rtol=1e-6, atol=1e-6, msg=f"{name}: val predictions {k}")
+        if name not in SHARD_LOCAL:
+            torch.testing.assert_close(got["val"][k], v, rtol=1e-6, atol=1e-6, msg=f"{name}: val predictions {k}")
 
 
 def test_one_process_dist_is_the_identity():
