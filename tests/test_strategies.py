@@ -17,7 +17,7 @@ STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0}, "gblending
             "dnr": {"reinit_epoch": 1, "reinit_num": 1},
             # Greedy's speed window and phase, ReconBoost's stage position, valuation's plan (made at
             # epoch 2, used in epoch 3 after the resume) cross the epoch boundary
-            "greedy": {"alpha": 0.05, "window": 2, "rebalance_steps": 2}, "reconboost": {"rectify_steps": 2},
+            "greedy": {"alpha": 0.05, "window": 2, "rebalance_steps": 2}, "reconboost": {"rectify_steps": 2, "stage_epochs": 2},
             "valuation": {"every": 2}}
 ARGS = STATEFUL
 
