@@ -60,13 +60,13 @@ class Dist:
         return Batch({m: v[idx] for m, v in batch.x.items()}, {m: v[idx] for m, v in batch.mask.items()},
                      batch.y[idx], [batch.ids[i] for i in idx.tolist()])
 
-    def rand(self, n: int) -> Tensor:
-        """U(0, 1) draws for the ``n`` samples of this rank's shard. Under torchrun every rank draws
-        the whole global batch's numbers (same seed, same stream) and keeps its rows, so each sample
-        gets the number it gets in one process."""
+    def rand(self, n: int, *shape: int) -> Tensor:
+        """U(0, 1) draws of ``shape`` for each of the ``n`` samples of this rank's shard. Under
+        torchrun every rank draws the whole global batch's numbers (same seed, same stream) and
+        keeps its rows, so each sample gets the numbers it gets in one process."""
         if self.index is None:
-            return torch.rand(n)
-        return torch.rand(self.global_size)[self.index]
+            return torch.rand(n, *shape)
+        return torch.rand(self.global_size, *shape)[self.index]
 
     def grads(self, tensors) -> None:
         """In place: ``g <- sum_r w_r g_r`` for every tensor (None skipped): shard-mean gradients

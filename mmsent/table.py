@@ -48,6 +48,12 @@ STRATEGY_ROWS: dict[str, list[str]] = {
     "MMCosine": _row("mmcosine"),
     "CML": _row("cml"),
     "UMT": _row("umt"),
+    "Sample-level": _row("valuation"),
+    "OPM": _row("opm"),
+    "Greedy": _row("greedy"),
+    "AMCo": _row("amco"),
+    "LFM": _row("lfm"),
+    "ReconBoost": _row("reconboost"),
 }
 
 

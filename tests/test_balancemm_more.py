@@ -1,4 +1,4 @@
-"""OPM, ReconBoost, sample-level valuation, Greedy and LFM (issue #13) against numbers worked out by
+"""AMCo, OPM, ReconBoost, sample-level valuation, Greedy and LFM (issue #13) against numbers worked out by
 hand from each method's equations (as written in its module docstring), their N = 2 reduction, and
 their step on a real model against an independently written loss. (A real step at N = 2 and 4 for
 both tasks, resume == uninterrupted, the branch predictions and 2-rank exactness of every registered
@@ -14,6 +14,7 @@ from mmsent.data import make_synthetic
 from mmsent.dgl import keep_only
 from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
+from mmsent.strategies.amco import mask_ratios, unit_shape
 from mmsent.strategies.greedy import imbalance, learning_speed
 from mmsent.strategies.lfm import alignment_loss, info_nce
 from mmsent.strategies.opm import drop_probabilities, drop_samples
@@ -292,3 +293,40 @@ def test_lfm_refuses_features_of_different_sizes():
     model.feature_shapes[m] = (2, 5)
     with pytest.raises(ValueError, match=f"{m}: 10"):
         STRATEGIES["lfm"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3))
+
+
+# ---------------- AMCo ----------------
+
+def test_amco_mask_ratio_oracle():
+    """s = (3, 1), sigma = 0.5, r_max = 0.4: rho_a = 3 -> 0.4 tanh(1); rho_v = 1/3 -> 0."""
+    assert mask_ratios({"a": 3.0, "v": 1.0}, 0.5, 0.4) == pytest.approx({"a": 0.4 * math.tanh(1.0), "v": 0.0})
+    got = mask_ratios({"t": 2.0, "a": 1.0, "v": 1.0}, 2.0, 0.5)  # rho = (2, 3/4, 3/4)
+    assert got == pytest.approx({"t": 0.5 * math.tanh(2.0), "a": 0.0, "v": 0.0})
+    # the unit of masking: vector entries, tokens, feature-map positions
+    assert unit_shape(torch.zeros(4, 6)) == (6,)
+    assert unit_shape(torch.zeros(4, 3, 6)) == (3, 1)
+    assert unit_shape(torch.zeros(4, 8, 5, 7)) == (1, 5, 7)
+
+
+@pytest.mark.parametrize("task_name", ["classification", "regression"])
+def test_amco_step_masks_tokens_of_the_modalities_ahead(task_name):
+    ds, model = _model(n=3, task_name=task_name)
+    task = Classification(3) if task_name == "classification" else Regression()
+    s = STRATEGIES["amco"](model, torch.optim.SGD(model.parameters(), lr=0.0), task, sigma=3.0, r_max=0.9)
+    batch = ds.train.batch(torch.arange(16))
+    draws = torch.linspace(0.0, 1.0, 32).reshape(16, 2, 1).double()  # (B, L = seq_len 2, 1): per token
+    s.dist.rand = lambda n, *shape: draws[:n]
+    with torch.no_grad():
+        feats = model.encode(batch)
+        score = {m: float(task.score(model.head(keep_only(feats, [m])), batch.y).sum()) for m in feats}
+    ratios = {m: sum(score[m] / score[j] for j in score if j != m) / 2 for m in score}
+    r = {m: 0.9 * math.tanh(3.0 * (x - 1)) if x > 1 else 0.0 for m, x in ratios.items()}
+    assert 0 < max(r.values()) and min(r.values()) == 0.0
+    feats = model.encode(batch)
+    masked = {m: f * (draws >= r[m]).double() for m, f in feats.items()}
+    ref = task.loss(model.head(masked), batch.y)
+    model.zero_grad()
+    ref.backward()
+    want = _grads(model)
+    s.train_step(batch)
+    _assert_grads(model, want)

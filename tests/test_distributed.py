@@ -27,7 +27,7 @@ from mmsent.tasks import Classification, Regression
 ROOT = Path(__file__).resolve().parents[1]
 # settings under which each strategy's between-epoch machinery acts within two epochs
 ARGS = {"unimodal": {"modality": "audio"}, "gblending": {"super_epoch": 1}, "dnr": {"reinit_epoch": 1},
-        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}, "opm": {"lam": 1.0},
+        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}, "opm": {"lam": 1.0}, "amco": {"sigma": 3.0},
         "greedy": {"alpha": 0.0, "window": 1, "rebalance_steps": 1}, "reconboost": {"rectify_steps": 1}}
 # Exact per rank but not against one process, by design: LFM's InfoNCE takes its negatives from the
 # rank's shard (the usual data-parallel contrastive loss), so only its 2-rank resume is checked.

@@ -1,6 +1,7 @@
 """Strategy registry: name -> class. Every class takes (model, optimizer, task, **hparams) and owns
 its backward pass and optimizer step (see ``base.Strategy``)."""
 from mmsent.strategies.agm import AGM
+from mmsent.strategies.amco import AMCo
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.cml import CML
 from mmsent.strategies.dgl import DGL
@@ -40,6 +41,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "valuation": Valuation,
     "opm": OPM,
     "greedy": Greedy,
+    "amco": AMCo,
     "lfm": LFM,
     "reconboost": ReconBoost,
 }
