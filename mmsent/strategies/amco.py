@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from mmsent.config import check, finite
@@ -67,11 +66,7 @@ class AMCo(Strategy):
     def train_step(self, batch):
         s = self.settings
         feats = self.model.encode(batch)
-        with torch.no_grad():  # significance of each modality on the whole global batch
-            detached = {m: f.detach() for m, f in feats.items()}
-            scores = {m: self.dist.sum(float(self.task.score(p, batch.y).sum()))
-                      for m, p in self.branches(detached).items()}
-        ratios = mask_ratios(scores, s.sigma, s.r_max)
+        ratios = mask_ratios(self.branch_scores(feats, batch.y), s.sigma, s.r_max)
         masked = {}
         for m in self.model.modalities:  # one draw per unit for every modality: a fixed RNG stream
             z = feats[m]

@@ -94,6 +94,13 @@ class Strategy:
         paper's protocol for the baselines' unimodal outputs, Sec. 4.3); BatchNorm statistics stay."""
         return {m: self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in feats}
 
+    @torch.no_grad()
+    def branch_scores(self, feats: dict[str, Tensor], y: Tensor) -> dict[str, float]:
+        """OGM-GE's score of every modality: the sum over the (global) batch of its branch's
+        confidence in the truth (``task.score``), from detached features."""
+        detached = {m: f.detach() for m, f in feats.items()}
+        return {m: self.dist.sum(float(self.task.score(p, y).sum())) for m, p in self.branches(detached).items()}
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from mmsent.config import check, finite
 from mmsent.strategies.base import Strategy

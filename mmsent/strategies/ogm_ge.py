@@ -59,12 +59,8 @@ class OGMGE(Strategy):
         self.dist.sync_grads(self.model.parameters())
         logs = {"loss": loss.item()}
         if self.start <= self.epoch <= self.end:
-            with torch.no_grad():
-                detached = {m: f.detach() for m, f in feats.items()}
-                # sums over the whole global batch (under torchrun: over every rank's shard)
-                scores = {m: self.dist.sum(float(self.task.score(p, batch.y).sum()))
-                          for m, p in self.branches(detached).items()}
-            coeffs = ogm_coefficients(scores, self.alpha)
+            # sums over the whole global batch (under torchrun: over every rank's shard)
+            coeffs = ogm_coefficients(self.branch_scores(feats, batch.y), self.alpha)
             for m, k in coeffs.items():
                 for p in self.model.encoders[m].parameters():
                     if p.grad is None or p.grad.dim() < 2:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from mmsent.config import check, finite
@@ -71,11 +70,7 @@ class OPM(Strategy):
         feats = self.model.encode(batch)
         logs = {}
         if s.modulation_start <= self.epoch <= s.modulation_end:
-            with torch.no_grad():  # the scores of this batch, over the whole global batch
-                detached = {m: f.detach() for m, f in feats.items()}
-                scores = {m: self.dist.sum(float(self.task.score(p, batch.y).sum()))
-                          for m, p in self.branches(detached).items()}
-            probs = drop_probabilities(scores, s.lam)
+            probs = drop_probabilities(self.branch_scores(feats, batch.y), s.lam)
             n = len(batch.y)
             # one draw per sample and modality, in a fixed modality order (reproducible, resumable)
             dropped = {m: self.dist.rand(n).to(self.device) < probs[m] for m in self.model.modalities}
