@@ -1,9 +1,9 @@
 """Step time of every strategy relative to vanilla, in one run, on the MOSI-shaped model of
 ``dgl_overhead.py`` (N = 3: BiLSTM encoders over aligned_50-shaped inputs, MLP-Mixer head).
 
-Per-epoch hooks (prototypes, blending weights, D&R diagnosis, UMT's unimodal teachers) are run
+Per-epoch hooks (prototypes, blending weights, D&R diagnosis, valuation, UMT's unimodal teachers) are run
 once before timing and are not part of the step time; their cost is per epoch (UMT: once per run).
-A strategy that needs its own head (MMCosine: linear concat) is timed against a vanilla run on
+A strategy that needs its own head (MMCosine, ReconBoost: linear concat) is timed against a vanilla run on
 that same head, ``vanilla[fusion]``, and its ratio is to that row.
 
     python benchmarks/strategy_cost.py [--steps 15]
