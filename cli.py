@@ -19,6 +19,26 @@ def _train_overrides(args, dataset: str | None) -> list[tuple[str, object]]:
     return [(k, v) for k, v in pairs if v is not None]
 
 
+def _model_the_strategy_needs(cfg, args) -> list[tuple[str, object]]:
+    """Model settings a strategy cannot do without (MMCosine, ReconBoost: a linear late-fusion head)
+    replace the recipe's defaults, with a note; a value the user chose (``--fusion``, ``model.KEY=``,
+    their own ``--config``) is kept, and the strategy refuses it with one line."""
+    from mmsent.strategies import STRATEGIES
+
+    strategy = STRATEGIES.get(cfg.strategy.name)
+    if strategy is None or args.config:
+        return []
+    chosen = {"fusion"} if args.fusion else set()
+    chosen |= {str(o).split("=", 1)[0].removeprefix("model.") for o in args.overrides if str(o).startswith("model.")}
+    if any(getattr(cfg.model, k) != v for k, v in strategy.needs_model.items() if k in chosen):
+        return []  # the user's own head: the strategy says why it cannot use it
+    needed = [(f"model.{k}", v) for k, v in strategy.needs_model.items() if getattr(cfg.model, k) != v]
+    if needed:
+        print(f"note: strategy {cfg.strategy.name!r} needs " + " ".join(f"{k}={v}" for k, v in needed)
+              + "; using it", file=sys.stderr)
+    return needed
+
+
 def cmd_train(args) -> int:
     from mmsent.config import load_config
     from mmsent.report import print_results
@@ -42,7 +62,11 @@ def cmd_train(args) -> int:
         if config is None:
             candidate = ROOT / "configs" / f"{dataset or 'synthetic'}.yaml"
             config = candidate if candidate.is_file() else None
-        cfg = load_config(config, _train_overrides(args, dataset) + list(args.overrides))
+        overrides = _train_overrides(args, dataset) + list(args.overrides)
+        cfg = load_config(config, overrides)
+        needed = _model_the_strategy_needs(cfg, args)
+        if needed:
+            cfg = load_config(config, overrides + needed)
     results = fit(cfg, resume=args.resume, quiet=args.quiet)
     from mmsent.distributed import Dist
 

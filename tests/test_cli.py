@@ -95,7 +95,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path):
         (["--strategy", "unimodal", "strategy.args.modality=smell"], "unknown modality 'smell'"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["--fusion", "mmtm"], "fusion 'mmtm' needs spectrogram/frames encoders"),
-        (["--strategy", "mmcosine"], "mmcosine needs a linear late-fusion head to split per modality: "
+        (["--strategy", "mmcosine", "--fusion", "mlpmixer"], "mmcosine needs a linear late-fusion head to split per modality: "
                                      "set model.fusion=concat and model.hidden=0"),
         (["--strategy", "umt", "strategy.args.teacher_epochs=0"], "'strategy.args.teacher_epochs' must be an integer >= 1"),
         (["--dataset", "cremad", "--data", str(tmp_path / "nowhere")], "nowhere: not a directory"),
@@ -105,6 +105,23 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path):
         assert rc == 2, (args, err)
         assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
         assert not (tmp_path / "out").exists(), args
+
+
+def test_a_strategy_gets_the_head_it_needs_unless_the_user_chose_another(tmp_path, capsys):
+    """``--strategy reconboost`` alone trains: its linear late-fusion head replaces the recipe's
+    mixer, with a note (an explicit ``--fusion mlpmixer`` is refused instead, above)."""
+    small = [a for a in SMALL if not a.startswith("model.hidden=")]
+    out = tmp_path / "a"
+    assert cli.main(["train", "--quiet", "--out", str(out), "--strategy", "reconboost", "--epochs", "1", *small]) == 0
+    assert "needs model.fusion=concat model.hidden=0; using it" in capsys.readouterr().err
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert (model["fusion"], model["hidden"]) == ("concat", 0)
+    args = ["train", "--quiet", "--out", str(tmp_path / "b"), "--strategy", "reconboost", "--epochs", "1", *small]
+    assert cli.main([*args, "model.hidden=0"]) == 0
+    assert "needs model.fusion=concat; using it" in capsys.readouterr().err
+    # the user's own hidden layer is kept, and refused in one line
+    rc, _ = train(tmp_path, "--strategy", "reconboost", "--epochs", "1", name="c")  # SMALL: model.hidden=16
+    assert rc == 2 and "set model.fusion=concat and model.hidden=0" in capsys.readouterr().err
 
 
 def test_existing_run_dir_is_not_overwritten(tmp_path):
