@@ -23,7 +23,7 @@ follows it (its heuristic integration strategy; the learning-based, bi-level one
 implemented); the linear decay of the weight is mmsent's schedule.
 
 Under torchrun the negatives are each rank's shard (the usual data-parallel InfoNCE), so LFM is
-not bit-exact against one process there (see docs: the exactness test lists it with this reason).
+not bit-exact against one process there (tests/test_distributed.py checks its 2-rank resume only).
 """
 from __future__ import annotations
 
