@@ -205,11 +205,13 @@ def test_valuation_step_adds_the_resampled_branches(task_name):
     ds, model = _model(n=3, task_name=task_name)
     task = Classification(3) if task_name == "classification" else Regression()
     s = STRATEGIES["valuation"](model, torch.optim.SGD(model.parameters(), lr=0.0), task)
-    s.on_epoch_start(0, ds)  # a real valuation of the split: ids with copies only
-    assert all(0 <= k < 3 and 1 <= c <= 2 for k, c in s.plan.values())
+    s.on_epoch_start(0, ds)  # a real valuation of the split: one entry per training sample
+    assert s.low.shape == s.copies.shape == (24,) and s.low.max() < 3 and 0 <= s.copies.min() and s.copies.max() <= 2
     batch = ds.train.batch(torch.arange(16))
     mods = model.modalities
-    s.plan = {batch.ids[0]: (0, 2), batch.ids[5]: (2, 1), batch.ids[9]: (0, 1)}
+    s.low, s.copies = torch.zeros(24, dtype=torch.long), torch.zeros(24, dtype=torch.long)
+    s.low[[0, 5, 9, 20]] = torch.tensor([0, 2, 0, 1])
+    s.copies[[0, 5, 9, 20]] = torch.tensor([2, 1, 1, 2])  # sample 20 is not in the batch
     feats = model.encode(batch)
     ref = task.loss(model.head(feats), batch.y)
     for i, k, c in ((0, 0, 2), (5, 2, 1), (9, 0, 1)):
@@ -218,6 +220,7 @@ def test_valuation_step_adds_the_resampled_branches(task_name):
     model.zero_grad()
     ref.backward()
     want = _grads(model)
+    batch.ids = ["same"] * 16  # samples are matched by position in the split, not by id (ids may repeat)
     assert s.train_step(batch)["resampled"] == pytest.approx(4 / 16)
     _assert_grads(model, want)
 

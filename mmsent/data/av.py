@@ -319,7 +319,7 @@ class AVSplit:
     def _to_batch(self, audio, frames, index) -> Batch:
         ones = torch.ones(len(index), 1, dtype=torch.bool)
         return Batch({"audio": audio, "visual": frames}, {"audio": ones, "visual": ones.clone()},
-                     self.y[index], [self.ids[i] for i in index])
+                     self.y[index], [self.ids[i] for i in index], torch.as_tensor(index))
 
     def batch(self, index: torch.Tensor, seed: int = 0) -> Batch:
         return self._to_batch(*self.set[[(i, seed + i) for i in index.tolist()]])

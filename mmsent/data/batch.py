@@ -22,6 +22,9 @@ class Batch:
     mask: dict[str, Tensor]  # m -> (B, T_m) bool, True = real step
     y: Tensor  # (B,) float score (regression) or long class (classification)
     ids: list[str]
+    # the samples' positions in their split (what per-sample state, e.g. valuation's re-sampling
+    # plan, is keyed by: ids may repeat in a user's data); None for batches made outside a split
+    index: Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> Batch:
         return Batch(
@@ -29,6 +32,7 @@ class Batch:
             {m: v.to(device, non_blocking=non_blocking) for m, v in self.mask.items()},
             self.y.to(device, non_blocking=non_blocking),
             self.ids,
+            self.index,
         )
 
     def __len__(self) -> int:
@@ -54,6 +58,7 @@ class Split:
             {m: v[index] for m, v in self.mask.items()},
             self.y[index],
             [self.ids[i] for i in index.tolist()],
+            index,
         )
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Batch]:

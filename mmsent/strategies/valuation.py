@@ -77,7 +77,9 @@ class Valuation(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        self.plan: dict[str, tuple[int, int]] = {}  # sample id -> (low modality index, copies)
+        # per training sample, by position in the split: its low-contributing modality and copies
+        self.low: Tensor | None = None
+        self.copies: Tensor | None = None
 
     def correct(self, pred: Tensor, y: Tensor) -> Tensor:
         if self.task.name == "classification":
@@ -103,32 +105,30 @@ class Valuation(Strategy):
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
         if epoch % self.settings.every == 0:  # every rank values the whole split: the same plan
-            low, n = self.value(data.train)
-            self.plan = {i: (int(a), int(b)) for i, a, b in zip(data.train.ids, low, n) if b > 0}
+            self.low, self.copies = self.value(data.train)
 
     def train_step(self, batch):
         feats = self.model.encode(batch)
         loss = self.task.loss(self.model.head(feats), batch.y)
-        extra = loss.new_zeros(())
-        copies = 0
-        for k, m in enumerate(self.model.modalities):
-            rows = [(i, self.plan[sid][1]) for i, sid in enumerate(batch.ids)
-                    if sid in self.plan and self.plan[sid][0] == k]
-            if not rows:
-                continue
-            idx = torch.tensor([i for i, c in rows for _ in range(c)], device=batch.y.device)
-            sub = {j: f[idx] for j, f in feats.items()}
-            pred = self.model.head_masked(self.model.mask_modalities(sub, [m]))
-            extra = extra + self.task.loss(pred, batch.y[idx]) * len(idx) / len(batch.y)
-            copies += len(idx)
+        extra, n = loss.new_zeros(()), 0
+        if self.copies is not None:
+            pos = batch.index.cpu()  # positions in the training split (ids may repeat in a user's data)
+            low, copies = self.low[pos], self.copies[pos]
+            for k, m in enumerate(self.model.modalities):
+                rows = torch.nonzero((low == k) & (copies > 0)).flatten()
+                if len(rows) == 0:
+                    continue
+                idx = rows.repeat_interleave(copies[rows]).to(batch.y.device)
+                sub = {j: f[idx] for j, f in feats.items()}
+                pred = self.model.head_masked(self.model.mask_modalities(sub, [m]))
+                extra = extra + self.task.loss(pred, batch.y[idx]) * len(idx) / len(batch.y)
+                n += len(idx)
         self.update(loss + extra)
-        return {"loss": loss.item(), "resampled": copies / len(batch.y)}
+        return {"loss": loss.item(), "resampled": n / len(batch.y)}
 
     def state_dict(self):
-        ids = sorted(self.plan)
-        return {**super().state_dict(), "ids": ids,
-                "plan": torch.tensor([self.plan[i] for i in ids], dtype=torch.long).reshape(-1, 2)}
+        return {**super().state_dict(), "low": self.low, "copies": self.copies}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.plan = {i: (int(a), int(b)) for i, (a, b) in zip(state["ids"], state["plan"].tolist())}
+        self.low, self.copies = state["low"], state["copies"]
