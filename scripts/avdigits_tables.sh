@@ -3,13 +3,15 @@
 # concat + linear (the paper's Table 1 protocol) and with the MMTM head (Table 2 left), 3 seeds each,
 # the recipe of configs/avdigits.yaml (ResNet18 at width 8, 10 epochs, SGD; validation-only selection).
 # Each table is one resumable `cli.py table` (finished runs are kept under runs/avdigits*/).
-# About an hour on 2 CPU cores.
+# About an hour and a half on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 AV=${AV:-../shared/data/avdigits}
 ROWS=(Audio-only Visual-only "Multimodal Baseline" G-Blending OGM_GE PMR AGM MLA MMPareto "D&R" DGL "DGL-MH:strategy=dgl_mh")
+# BalanceMM's methods on the linear head only (MMCosine and ReconBoost are defined on no other)
+BALANCEMM=(MMCosine CML UMT Sample-level OPM Greedy AMCo LFM ReconBoost)
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits --name avdigits_table \
-  --methods "${ROWS[@]}"
+  --methods "${ROWS[@]}" "${BALANCEMM[@]}"
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits_mmtm \
   --name avdigits_mmtm_table --methods "${ROWS[@]}" model.fusion=mmtm

@@ -14,7 +14,7 @@ from mmsent.data import make_synthetic
 from mmsent.dgl import keep_only
 from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
-from mmsent.strategies.amco import mask_ratios, unit_shape
+from mmsent.strategies.amco import mask_ratios
 from mmsent.strategies.greedy import imbalance, learning_speed
 from mmsent.strategies.lfm import alignment_loss, info_nce
 from mmsent.strategies.opm import drop_probabilities, drop_samples
@@ -305,20 +305,16 @@ def test_amco_mask_ratio_oracle():
     assert mask_ratios({"a": 3.0, "v": 1.0}, 0.5, 0.4) == pytest.approx({"a": 0.4 * math.tanh(1.0), "v": 0.0})
     got = mask_ratios({"t": 2.0, "a": 1.0, "v": 1.0}, 2.0, 0.5)  # rho = (2, 3/4, 3/4)
     assert got == pytest.approx({"t": 0.5 * math.tanh(2.0), "a": 0.0, "v": 0.0})
-    # the unit of masking: vector entries, tokens, feature-map positions
-    assert unit_shape(torch.zeros(4, 6)) == (6,)
-    assert unit_shape(torch.zeros(4, 3, 6)) == (3, 1)
-    assert unit_shape(torch.zeros(4, 8, 5, 7)) == (1, 5, 7)
 
 
 @pytest.mark.parametrize("task_name", ["classification", "regression"])
-def test_amco_step_masks_tokens_of_the_modalities_ahead(task_name):
+def test_amco_step_masks_feature_entries_of_the_modalities_ahead(task_name):
     ds, model = _model(n=3, task_name=task_name)
     task = Classification(3) if task_name == "classification" else Regression()
     s = STRATEGIES["amco"](model, torch.optim.SGD(model.parameters(), lr=0.0), task, sigma=3.0, r_max=0.9)
     batch = ds.train.batch(torch.arange(16))
-    draws = torch.linspace(0.0, 1.0, 32).reshape(16, 2, 1).double()  # (B, L = seq_len 2, 1): per token
-    s.dist.rand = lambda n, *shape: draws[:n]
+    draws = torch.linspace(0.0, 1.0, 16 * 2 * 4).reshape(16, 2, 4).double()  # (B, L 2, D 4): per entry
+    s.dist.rand = lambda n, *shape: draws[:n].reshape(n, *shape)
     with torch.no_grad():
         feats = model.encode(batch)
         score = {m: float(task.score(model.head(keep_only(feats, [m])), batch.y).sum()) for m in feats}

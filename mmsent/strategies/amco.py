@@ -8,12 +8,13 @@ significant the modality currently is, so the model is made to use the others as
     s_m   = sum_i Conf_m(x_i)                       (the modality's branch, others zeroed)
     rho_m = mean_{j != m} s_m / s_j                  (s_a / s_v at N = 2)
     r_m   = r_max * tanh(sigma * (rho_m - 1))  if rho_m > 1, else 0
-    every feature unit of modality m is zeroed with probability r_m, independently, and
+    every entry of modality m's features is zeroed with probability r_m, independently, and
     L = L_task(h(masked features), y).
 
-A unit is a token of a sequence (B, L, D), a position of a feature map (B, C, ...), an entry of a
-vector (B, D): masking removes a part of every sample's dominant-modality evidence (where OPM drops
-the whole modality for some samples). Evaluation never masks.
+Masking single entries removes a part of every sample's dominant-modality evidence, where OPM drops
+the whole modality for some samples. (Masking whole tokens or map positions instead would make AMCo
+OPM itself wherever an encoder emits one vector per sample, as the audio-visual ResNets here do.)
+Nothing is rescaled, unlike dropout. Evaluation never masks.
 
 N modalities: each modality ahead of the others on average (rho_m > 1) gets its own ratio; the
 lowest-scoring modality is never masked. Any fusion head, both tasks (regression's confidence is
@@ -21,8 +22,8 @@ lowest-scoring modality is never masked. Any fusion head, both tasks (regression
 
 Source note: only the paper's abstract was readable from this machine. Masking partial features
 with a ratio that adapts to each modality's significance follows it; measuring significance by the
-branch-confidence ratio (as OGM-GE does), the tanh form of the ratio, its cap ``r_max`` and the unit
-of masking are mmsent's reading, not checked against the paper.
+branch-confidence ratio (as OGM-GE does), the tanh form of the ratio, its cap ``r_max`` and masking
+feature entries (the paper masks parts of its inputs) are mmsent's reading, not checked against it.
 """
 from __future__ import annotations
 
@@ -39,15 +40,6 @@ from mmsent.strategies.ogm_ge import ogm_ratios
 def mask_ratios(scores: dict[str, float], sigma: float, r_max: float) -> dict[str, float]:
     """``r_m = r_max * tanh(sigma * (rho_m - 1))`` for the modalities ahead, else 0."""
     return {m: r_max * math.tanh(sigma * (r - 1)) if r > 1 else 0.0 for m, r in ogm_ratios(scores).items()}
-
-
-def unit_shape(z: Tensor) -> tuple[int, ...]:
-    """The mask's shape per sample: one draw per token, map position or vector entry."""
-    if z.dim() == 2:
-        return (z.shape[1],)
-    if z.dim() == 3:
-        return (z.shape[1], 1)
-    return (1, *z.shape[2:])
 
 
 @dataclass(frozen=True)
@@ -68,9 +60,9 @@ class AMCo(Strategy):
         feats = self.model.encode(batch)
         ratios = mask_ratios(self.branch_scores(feats, batch.y), s.sigma, s.r_max)
         masked = {}
-        for m in self.model.modalities:  # one draw per unit for every modality: a fixed RNG stream
+        for m in self.model.modalities:  # one draw per entry for every modality: a fixed RNG stream
             z = feats[m]
-            keep = self.dist.rand(len(z), *unit_shape(z)).to(z.device) >= ratios[m]
+            keep = self.dist.rand(len(z), *z.shape[1:]).to(z.device) >= ratios[m]
             masked[m] = z * keep.to(z.dtype) if ratios[m] > 0 else z
         loss = self.task.loss(self.model.head(masked), batch.y)
         self.update(loss)
