@@ -26,6 +26,11 @@ mmsent's instantiation:
   experts); a branch is the learner itself (the DGL paper's zero-masked branch of this head);
 - stages take turns in the data's modality order, ``stage_epochs`` epochs each; global
   rectification is the first ``rectify_steps`` steps of every stage after the first;
+- lambda: for classification ``L_m`` has no minimum inside the simplex unless the others'
+  ensemble is one-hot (at p_m = y the gradient is still ``lambda (q_{-m} - y)``), so the learner's
+  logits keep growing; how fast depends on lambda. On avdigits (validation, seed 0) lambda = 0.5
+  diverged (the loss fell below -8 and validation accuracy to 50-76 %), 0.2 and 0.05 both reached
+  96.7 %; the default is 0.2;
 - regression (not in the paper): each learner predicts a Gaussian N(f_m, 1), so the analogues are
   l = (f_m - y)^2 / 2 (the negative log-likelihood) and D = (f_m - F_{-m})^2 / 2 (the KL between two
   such Gaussians); their product of experts is N(mean_m f_m, 1/N), so the ensemble is the mean of
@@ -66,7 +71,7 @@ def ensemble(task_name: str, learners: list[Tensor]) -> Tensor:
 
 @dataclass(frozen=True)
 class ReconBoostSettings:
-    lam: float = 0.5  # lambda: weight of the KL reconcilement (lambda -> 1: gradient boosting)
+    lam: float = 0.2  # lambda: weight of the KL reconcilement (lambda -> 1: gradient boosting); see below
     stage_epochs: int = 1  # epochs of one modality's stage
     rectify_steps: int = 5  # global rectification steps at the start of every stage after the first
 
