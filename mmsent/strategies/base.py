@@ -43,6 +43,11 @@ def linear_late_fusion(model: MultimodalModel, method: str) -> nn.Linear:
     return head.net
 
 
+def weight_blocks(fc: nn.Linear, order: list[str]) -> dict[str, Tensor]:
+    """Modality -> its column block of ``fc.weight`` (views), in the head's concatenation order."""
+    return dict(zip(order, fc.weight.chunk(len(order), dim=1)))
+
+
 class Strategy:
     Settings: type = NoSettings
     # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
@@ -79,15 +84,21 @@ class Strategy:
         eval mode, on the CPU: what validation/test metrics and G-Blending's weights are made of."""
         keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
         preds = {k: [] for k in keeps}
-        mine = self.dist.split_range(len(split))  # under torchrun each rank scores its slice once
         with evaluating(self.model):
-            for start in range(mine.start, mine.stop, batch_size):
-                batch = split.batch(torch.arange(start, min(mine.stop, start + batch_size))).to(self.device)
+            for batch in self.my_batches(split, batch_size):
                 for k, keep in keeps.items():
                     preds[k].append(self.predict(batch, keep).float())
         # a rank with nothing to score (a split smaller than the world) still joins the gather
         empty = torch.zeros((0, self.task.out_dim), device=self.device)
         return {k: self.dist.gather(torch.cat(v) if v else empty).cpu() for k, v in preds.items()}
+
+    def my_batches(self, split, batch_size: int):
+        """In order, the batches of this rank's contiguous slice of ``split`` (one process: all of
+        it), on the device: under torchrun each rank scores its slice once and ``dist.gather``
+        puts the pieces back in order."""
+        mine = self.dist.split_range(len(split))
+        for start in range(mine.start, mine.stop, batch_size):
+            yield split.batch(torch.arange(start, min(mine.stop, start + batch_size))).to(self.device)
 
     def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL

@@ -86,8 +86,8 @@ class Greedy(Strategy):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.sync_grads(self.model.parameters())  # speeds from the global batch's gradient
-        self.history = (self.history + [[learning_speed(list(self.model.encoders[m].parameters())) for m in mods]])
-        self.history = self.history[-s.window:]
+        speeds = [learning_speed(list(self.model.encoders[m].parameters())) for m in mods]
+        self.history = [*self.history, speeds][-s.window:]
         self.clip_and_step()
         mean = {m: sum(h[i] for h in self.history) / len(self.history) for i, m in enumerate(mods)}
         gap, slow = imbalance(mean)

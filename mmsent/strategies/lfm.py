@@ -28,7 +28,6 @@ not bit-exact against one process there (tests/test_distributed.py checks its 2-
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +68,7 @@ class LFM(Strategy):
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
         # the size of feature_vectors' output per modality, from the shapes build_model recorded
-        sizes = {m: (math.prod(s) if len(s) <= 2 else s[0]) for m, s in model.feature_shapes.items()}
+        sizes = {m: feature_vectors(torch.zeros(1, *s)).shape[1] for m, s in model.feature_shapes.items()}
         if len(set(sizes.values())) > 1:
             listed = ", ".join(f"{m}: {n}" for m, n in sizes.items())
             raise ValueError(f"lfm aligns the modalities' pooled features, which must have one size ({listed})")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmsent.config import check, finite
-from mmsent.strategies.base import Strategy, linear_late_fusion
+from mmsent.strategies.base import Strategy, linear_late_fusion, weight_blocks
 
 
 def cosine_logits(pooled: dict[str, Tensor], blocks: dict[str, Tensor], scaling: float) -> Tensor:
@@ -59,7 +59,7 @@ class MMCosine(Strategy):
         self.order = model.head.modalities  # the concatenation order: the column blocks of fc.weight
 
     def blocks(self) -> dict[str, Tensor]:
-        return dict(zip(self.order, self.fc.weight.chunk(len(self.order), dim=1)))
+        return weight_blocks(self.fc, self.order)
 
     def logits(self, feats: dict[str, Tensor]) -> Tensor:
         # ConcatHead pools each modality by a mean over its first non-batch axis before the fc

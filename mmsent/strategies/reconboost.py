@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmsent.config import check, finite
-from mmsent.strategies.base import Strategy, linear_late_fusion
+from mmsent.strategies.base import Strategy, linear_late_fusion, weight_blocks
 
 
 def reconcile_loss(task_name: str, f: Tensor, others: Tensor, y: Tensor, lam: float) -> Tensor:
@@ -89,13 +89,16 @@ class ReconBoost(Strategy):
         super().__init__(model, optimizer, task, **kw)
         self.fc = linear_late_fusion(model, "reconboost")
         self.order = list(model.head.modalities)  # the concatenation order: fc's column blocks
-        self.stage, self.stage_step = 0, 0
+        self.stage_step = 0  # steps taken in the current stage
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
-        stage = epoch // self.settings.stage_epochs
-        if stage != self.stage:
-            self.stage, self.stage_step = stage, 0
+        if epoch % self.settings.stage_epochs == 0:  # a new stage begins
+            self.stage_step = 0
+
+    @property
+    def stage(self) -> int:
+        return self.epoch // self.settings.stage_epochs
 
     @property
     def learner(self) -> str:
@@ -121,14 +124,12 @@ class ReconBoost(Strategy):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.sync_grads(self.model.parameters())
-        kept = self.fc.weight.detach().clone()
+        kept = {j: b.detach().clone() for j, b in weight_blocks(self.fc, self.order).items() if j != m}
         self.clip_and_step()
         with torch.no_grad():  # other blocks back to their values: momentum/decay must not move them
-            width = kept.shape[1] // len(self.order)
-            i = self.order.index(m)
-            mine = slice(i * width, (i + 1) * width)
-            kept[:, mine] = self.fc.weight[:, mine]
-            self.fc.weight.copy_(kept)
+            for j, block in weight_blocks(self.fc, self.order).items():
+                if j in kept:
+                    block.copy_(kept[j])
         return {"loss": loss.item(), "stage": float(self.order.index(m))}
 
     @torch.no_grad()
@@ -138,8 +139,8 @@ class ReconBoost(Strategy):
         return ensemble(self.task.name, self.learners(self.model.encode(batch), self.order))
 
     def state_dict(self):
-        return {**super().state_dict(), "stage": self.stage, "stage_step": self.stage_step}
+        return {**super().state_dict(), "stage_step": self.stage_step}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.stage, self.stage_step = state["stage"], state["stage_step"]
+        self.stage_step = state["stage_step"]

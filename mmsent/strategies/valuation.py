@@ -92,19 +92,20 @@ class Valuation(Strategy):
         mods = self.model.modalities
         lows, counts = [], []
         with evaluating(self.model):
-            for start in range(0, len(split), batch_size):
-                batch = split.batch(torch.arange(start, min(len(split), start + batch_size))).to(self.device)
+            for batch in self.my_batches(split, batch_size):  # torchrun: this rank's slice
                 feats = self.model.encode(batch)
                 correct = {S: self.correct(self.model.head(self.model.mask_modalities(feats, S)), batch.y)
                            for S in coalitions(mods) if S}
                 low, n = resample_counts(sample_shapley(correct, mods), self.settings.max_resample)
-                lows.append(low.cpu())
-                counts.append(n.cpu())
-        return torch.cat(lows), torch.cat(counts)
+                lows.append(low)
+                counts.append(n)
+        # every rank gets the whole split's plan, in order (a rank with no slice still joins)
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        return tuple(self.dist.gather(torch.cat(v) if v else empty).cpu() for v in (lows, counts))
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
-        if epoch % self.settings.every == 0:  # every rank values the whole split: the same plan
+        if epoch % self.settings.every == 0:
             self.low, self.copies = self.value(data.train)
 
     def train_step(self, batch):
