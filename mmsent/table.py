@@ -54,6 +54,7 @@ STRATEGY_ROWS: dict[str, list[str]] = {
     "AMCo": _row("amco"),
     "LFM": _row("lfm"),
     "ReconBoost": _row("reconboost"),
+    "MBSD": _row("mbsd"),
 }
 
 

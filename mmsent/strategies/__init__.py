@@ -10,6 +10,7 @@ from mmsent.strategies.dnr import DnR
 from mmsent.strategies.gblending import GBlending
 from mmsent.strategies.greedy import Greedy
 from mmsent.strategies.lfm import LFM
+from mmsent.strategies.mbsd import MBSD
 from mmsent.strategies.mla import MLA
 from mmsent.strategies.mmcosine import MMCosine
 from mmsent.strategies.mmpareto import MMPareto
@@ -44,6 +45,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "amco": AMCo,
     "lfm": LFM,
     "reconboost": ReconBoost,
+    "mbsd": MBSD,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

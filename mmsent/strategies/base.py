@@ -106,11 +106,14 @@ class Strategy:
         return {m: self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in feats}
 
     @torch.no_grad()
-    def branch_scores(self, feats: dict[str, Tensor], y: Tensor) -> dict[str, float]:
+    def branch_scores(self, feats: dict[str, Tensor], y: Tensor,
+                      branches: dict[str, Tensor] | None = None) -> dict[str, float]:
         """OGM-GE's score of every modality: the sum over the (global) batch of its branch's
-        confidence in the truth (``task.score``), from detached features."""
-        detached = {m: f.detach() for m, f in feats.items()}
-        return {m: self.dist.sum(float(self.task.score(p, y).sum())) for m, p in self.branches(detached).items()}
+        confidence in the truth (``task.score``). ``branches``: ``self.branches(feats)`` when the
+        caller already has them (only their values are read), else computed from detached features."""
+        if branches is None:
+            branches = self.branches({m: f.detach() for m, f in feats.items()})
+        return {m: self.dist.sum(float(self.task.score(p, y).sum())) for m, p in branches.items()}
 
     @property
     def device(self) -> torch.device:
