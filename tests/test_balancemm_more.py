@@ -1,4 +1,4 @@
-"""AMCo, OPM, ReconBoost, sample-level valuation, Greedy and LFM (issue #13) against numbers worked out by
+"""AMCo, OPM, ReconBoost, sample-level valuation, Greedy, LFM and MBSD (issue #13) against numbers worked out by
 hand from each method's equations (as written in its module docstring), their N = 2 reduction, and
 their step on a real model against an independently written loss. (A real step at N = 2 and 4 for
 both tasks, resume == uninterrupted, the branch predictions and 2-rank exactness of every registered
@@ -17,6 +17,7 @@ from mmsent.strategies import STRATEGIES
 from mmsent.strategies.amco import mask_ratios
 from mmsent.strategies.greedy import imbalance, learning_speed
 from mmsent.strategies.lfm import alignment_loss, info_nce
+from mmsent.strategies.mbsd import self_distillation
 from mmsent.strategies.opm import drop_probabilities, drop_samples
 from mmsent.strategies.reconboost import ensemble, reconcile_loss
 from mmsent.strategies.valuation import resample_counts, sample_shapley
@@ -329,3 +330,60 @@ def test_amco_step_masks_feature_entries_of_the_modalities_ahead(task_name):
     want = _grads(model)
     s.train_step(batch)
     _assert_grads(model, want)
+
+
+# ---------------- MBSD ----------------
+
+def test_mbsd_self_distillation_oracle():
+    """Teacher logits (1, 0), student (0, 0), T = 1: KL(p || u) = log 2 + p log p + (1 - p) log(1 - p)
+    with p = e / (1 + e). At T = 2 the teacher is (1/2, 0) and the factor T^2 = 4. Regression: the
+    Gaussian KL (f_m - f_d)^2 / 2, averaged over the students."""
+    p = math.e / (1 + math.e)
+    kl1 = math.log(2) + p * math.log(p) + (1 - p) * math.log(1 - p)
+    t, s = torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2)
+    assert self_distillation("classification", t, [s], 1.0).item() == pytest.approx(kl1)
+    p2 = math.exp(0.5) / (1 + math.exp(0.5))
+    kl2 = math.log(2) + p2 * math.log(p2) + (1 - p2) * math.log(1 - p2)
+    assert self_distillation("classification", t, [s], 2.0).item() == pytest.approx(4 * kl2)
+    # two students: their mean (a student equal to the teacher contributes 0)
+    assert self_distillation("classification", t, [s, t.clone()], 1.0).item() == pytest.approx(kl1 / 2)
+    reg = self_distillation("regression", torch.tensor([[1.5]]), [torch.tensor([[0.5]]), torch.tensor([[3.5]])], 3.0)
+    assert reg.item() == pytest.approx((0.5 + 2.0) / 2)
+
+
+def test_mbsd_teacher_is_not_pulled_towards_its_students():
+    teacher, student = torch.tensor([[2.0, -1.0, 0.5]], requires_grad=True), torch.zeros(1, 3, requires_grad=True)
+    self_distillation("classification", teacher, [student], 1.5).backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("task_name,n", [("classification", 3), ("regression", 3), ("regression", 2)])
+def test_mbsd_step_distills_the_dominant_branch_into_the_others(task_name, n):
+    """One step against a loss written here: scores from the branches of the shared head, the
+    teacher their argmax (with seed 3 never the first modality), the KL by its definition."""
+    torch.manual_seed(3)
+    ds, model = _model(n=n, task_name=task_name)
+    task = Classification(3) if task_name == "classification" else Regression()
+    lam, tau = 0.7, 2.0
+    s = STRATEGIES["mbsd"](model, torch.optim.SGD(model.parameters(), lr=0.0), task, lam=lam, tau=tau)
+    batch = ds.train.batch(torch.arange(8))
+    feats = model.encode(batch)
+    branch = {m: model.head(keep_only(feats, [m])) for m in feats}
+    score = {m: float(task.score(b.detach(), batch.y).sum()) for m, b in branch.items()}
+    teacher = max(score, key=score.get)
+    assert teacher != model.modalities[0]
+    students = [m for m in feats if m != teacher]
+    if task_name == "classification":
+        p = (branch[teacher].detach() / tau).softmax(-1)
+        kd = sum((p * (p.log() - (branch[m] / tau).log_softmax(-1))).sum(-1).mean() for m in students) * tau ** 2
+    else:
+        kd = sum(((branch[m] - branch[teacher].detach()) ** 2).mean() / 2 for m in students)
+    kd = kd / len(students)
+    ref = task.loss(model.head(feats), batch.y) + lam * kd
+    model.zero_grad()
+    ref.backward()
+    want = _grads(model)
+    logs = s.train_step(batch)
+    _assert_grads(model, want)
+    assert logs["distill"] == pytest.approx(kd.item(), rel=1e-9)
+    assert {m: logs[f"teacher_{m}"] for m in feats} == {m: float(m == teacher) for m in feats}
