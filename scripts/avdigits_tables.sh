@@ -10,7 +10,7 @@ PY=${PY:-.venv/bin/python}
 AV=${AV:-../shared/data/avdigits}
 ROWS=(Audio-only Visual-only "Multimodal Baseline" G-Blending OGM_GE PMR AGM MLA MMPareto "D&R" DGL "DGL-MH:strategy=dgl_mh")
 # BalanceMM's methods on the linear head only (MMCosine and ReconBoost are defined on no other)
-BALANCEMM=(MMCosine CML UMT Sample-level OPM Greedy AMCo LFM ReconBoost)
+BALANCEMM=(MMCosine CML UMT Sample-level OPM Greedy AMCo LFM ReconBoost MBSD)
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits --name avdigits_table \
   --methods "${ROWS[@]}" "${BALANCEMM[@]}"
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits_mmtm \
