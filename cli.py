@@ -19,7 +19,7 @@ def _train_overrides(args, dataset: str | None) -> list[tuple[str, object]]:
     return [(k, v) for k, v in pairs if v is not None]
 
 
-def _model_the_strategy_needs(cfg, args) -> list[tuple[str, object]]:
+def _model_the_strategy_needs(cfg, args, notes: bool = True) -> list[tuple[str, object]]:
     """Model settings a strategy cannot do without (MMCosine, ReconBoost: a linear late-fusion head)
     replace the recipe's defaults, with a note; a value the user chose (``--fusion``, ``model.KEY=``,
     their own ``--config``) is kept, and the strategy refuses it with one line."""
@@ -33,43 +33,49 @@ def _model_the_strategy_needs(cfg, args) -> list[tuple[str, object]]:
     if any(getattr(cfg.model, k) != v for k, v in strategy.needs_model.items() if k in chosen):
         return []  # the user's own head: the strategy says why it cannot use it
     needed = [(f"model.{k}", v) for k, v in strategy.needs_model.items() if getattr(cfg.model, k) != v]
-    if needed:
+    if needed and notes:
         print(f"note: strategy {cfg.strategy.name!r} needs " + " ".join(f"{k}={v}" for k, v in needed)
               + "; using it", file=sys.stderr)
     return needed
 
 
-def cmd_train(args) -> int:
+def train_config(args, notes: bool = True):
+    """The config ``train`` runs with: the recipe (``--config`` or configs/<dataset>.yaml), the flags
+    and overrides, a strategy's needed head; on ``--resume`` the run's own config.json underneath.
+    ``cli.py table`` calls it too, to tell whether a finished run was made with the same config."""
     from mmsent.config import load_config
-    from mmsent.report import print_results
-    from mmsent.train import RunError, fit, load_run_config
+    from mmsent.train import RunError, load_run_config
 
     dataset = args.dataset
     if args.resume:
         if not args.out:
             raise RunError("--resume needs --out DIR (the run to continue)")
         base = load_run_config(Path(args.out)).to_dict()
-        cfg = load_config(args.config, _train_overrides(args, dataset) + list(args.overrides), base=base)
-    else:
-        chosen = args.config or any(str(o).startswith("data.dataset=") for o in args.overrides)
-        if dataset is None and args.data and not chosen:
-            from mmsent.data import infer_dataset
+        return load_config(args.config, _train_overrides(args, dataset) + list(args.overrides), base=base)
+    chosen = args.config or any(str(o).startswith("data.dataset=") for o in args.overrides)
+    if dataset is None and args.data and not chosen:
+        from mmsent.data import infer_dataset
 
-            dataset = infer_dataset(args.data)
+        dataset = infer_dataset(args.data)
+        if notes:
             print(f"note: --data {args.data} is read as dataset {dataset!r} (pass --dataset to choose another, "
                   "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
-        config = args.config
-        if config is None:
-            candidate = ROOT / "configs" / f"{dataset or 'synthetic'}.yaml"
-            config = candidate if candidate.is_file() else None
-        overrides = _train_overrides(args, dataset) + list(args.overrides)
-        cfg = load_config(config, overrides)
-        needed = _model_the_strategy_needs(cfg, args)
-        if needed:
-            cfg = load_config(config, overrides + needed)
-    results = fit(cfg, resume=args.resume, quiet=args.quiet)
-    from mmsent.distributed import Dist
+    config = args.config
+    if config is None:
+        candidate = ROOT / "configs" / f"{dataset or 'synthetic'}.yaml"
+        config = candidate if candidate.is_file() else None
+    overrides = _train_overrides(args, dataset) + list(args.overrides)
+    cfg = load_config(config, overrides)
+    needed = _model_the_strategy_needs(cfg, args, notes)
+    return load_config(config, overrides + needed) if needed else cfg
 
+
+def cmd_train(args) -> int:
+    from mmsent.distributed import Dist
+    from mmsent.report import print_results
+    from mmsent.train import fit
+
+    results = fit(train_config(args), resume=args.resume, quiet=args.quiet)
     if Dist().is_main:  # under torchrun rank 0 alone reports
         print_results(results)
     return 0
@@ -147,7 +153,8 @@ def cmd_table(args) -> int:
     runs_dir = Path(args.runs_dir or f"runs/table/{dataset}")
     try:
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
-                         methods=args.methods, overrides=args.overrides, config=args.config)
+                         methods=args.methods, overrides=args.overrides, config=args.config,
+                         expected=lambda cmd: train_config(parse(["train", *cmd]), notes=False).to_dict())
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -227,7 +234,7 @@ def _prepare_av(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from mmsent.data import DATASETS
     from mmsent.models.fusions import FUSIONS
     from mmsent.strategies import STRATEGIES
@@ -298,14 +305,23 @@ def main(argv=None) -> int:
     da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '
                     'FILE.json {"train": [video ids], "valid": [...], "test": [...]}')
     da.add_argument("--seq-len", type=int, default=50, help="words per segment (pad or cut)")
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
     # key=value overrides may come anywhere, also after options, which plain argparse rejects.
-    argv = sys.argv[1:] if argv is None else list(argv)
     args, rest = parser.parse_known_args(argv)
     args.argv = argv
     stray = [r for r in rest if "=" not in r or r.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     args.overrides = list(getattr(args, "overrides", [])) + rest
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else list(argv))
 
     from mmsent.config import ConfigError
     from mmsent.data import DataError

@@ -11,17 +11,19 @@ Each (method, seed) is one ``cli.py train`` run in ``<runs>/<method>-s<seed>``. 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmsent.config import choose, load_config
+from mmsent.config import ConfigError, choose, load_config
 from mmsent.data import DATASETS, build_dataset
 from mmsent.report import cell, load_results, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
+from mmsent.train import RunError, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +90,36 @@ def slug(method: str) -> str:
     return method.lower().replace("&", "n").replace(" ", "_").replace("-", "_")
 
 
+def effective(config: dict) -> dict:
+    """What a run was made with: its config less the presets of other strategies (the recipe's
+    ``strategy.presets`` holds every strategy's; only the run's own acts on it)."""
+    s = config.get("strategy", {})
+    own = {s.get("name"): s.get("presets", {}).get(s.get("name"))}
+    return {**config, "strategy": {**s, "presets": own}}
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """``key: a -> b`` for every dotted key whose value differs between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k, "absent"), b.get(k, "absent")
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x} -> {y}")
+    return out
+
+
+def stale_reason(out: Path, want: dict) -> str | None:
+    """Why the finished run in ``out`` is not the run ``want`` describes (None: it is)."""
+    try:  # through the loader: keys added to the config since the run read as their defaults
+        have = load_run_config(out).to_dict()
+    except (RunError, ConfigError) as e:
+        return f"its config.json does not load: {e}"
+    diff = differences(effective(have), effective(json.loads(json.dumps(want))))
+    return "; ".join(diff) if diff else None
+
+
 def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
     if (out / "results.json").is_file():
         return out, 0, "done before"
@@ -110,7 +142,11 @@ def custom_row(text: str) -> tuple[str, list[str]]:
 
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
               methods: list[str] | None = None, overrides: list[str] = (), config: str | None = None,
-              progress=print) -> dict[str, list[Path]]:
+              expected=None, progress=print) -> dict[str, list[Path]]:
+    """Train every (method, seed) run not finished yet under ``runs_dir`` and return the run
+    directories per method. ``expected(cmd)``: the config a run's ``train`` arguments give; a
+    finished run made with another one (a changed preset or recipe) is refused with one line,
+    never reused as if it were the new run and never deleted."""
     rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config))
     for text in [m for m in methods or [] if ":" in m]:
         label, extra = custom_row(text)
@@ -126,6 +162,14 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
             out = runs_dir / f"{slug(method)}-s{seed}"
             dirs[method].append(out)
             tasks.append(([*base, "--seed", str(seed), "--out", str(out), *rows[method], *overrides], out))
+    if expected is not None:
+        stale = [(out, why) for cmd, out in tasks
+                 if (out / "results.json").is_file() and (why := stale_reason(out, expected(cmd)))]
+        if stale:
+            (out, why), more = stale[0], len(stale) - 1
+            raise ValueError(f"{out} holds a finished run made with another config ({why})"
+                             + (f", and {more} more run(s) like it" if more else "")
+                             + "; move them away or pass another --runs-dir")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -62,3 +62,28 @@ def test_custom_rows_with_their_own_overrides(tmp_path):
     assert cfg["strategy"] == {**cfg["strategy"], "name": "dgl", "args": {"alpha": 2.0}} and cfg["train"]["epochs"] == 2
     assert "| DGL a=2 |" in (tmp_path / "res/ablation.md").read_text()
     assert cli.main([*args[:-len(TINY) - 2], "--methods", "Broken:strategy", *TINY]) == 2
+
+
+def test_a_finished_run_made_with_another_config_is_refused_not_reused(tmp_path, capsys):
+    """Changing a preset or the recipe and re-running the table must not present the old runs as the
+    new rows: one line naming the run and the difference, exit 2, nothing deleted or re-written.
+    Presets of other strategies and config keys added since the run (read as their defaults) are no
+    difference."""
+    args = ["table", "--dataset", "synthetic", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "res"), "--methods", "DGL", *TINY]
+    assert cli.main(args) == 0
+    run = tmp_path / "runs/dgl-s0"
+    stamp = (run / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli.main([*args, "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(run) in err and "train.epochs: 2 -> 3" in err
+    assert cli.main([*args, "strategy.presets.dgl.alpha=2"]) == 2
+    assert "strategy.presets.dgl: None -> {'alpha': 2" in capsys.readouterr().err
+    assert (run / "results.json").stat().st_mtime_ns == stamp
+    # another strategy's preset, and a key the run's config.json predates, leave the run reusable
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["model"]["encoder_hidden"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert cli.main([*args, "strategy.presets.ogm_ge.alpha=0.5"]) == 0
+    assert "(cached)" in capsys.readouterr().out and (run / "results.json").stat().st_mtime_ns == stamp
