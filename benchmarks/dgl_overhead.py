@@ -32,7 +32,8 @@ DIMS = {"text": 768, "audio": 5, "vision": 20, "m3": 5, "m4": 20, "m5": 35}
 def mosi_batch(names, B, T=50):
     x = {m: torch.randn(B, T, DIMS[m]) for m in names}
     mask = {m: torch.ones(B, T, dtype=torch.bool) for m in names}
-    return Batch(x, mask, torch.empty(B).uniform_(-3, 3), [str(i) for i in range(B)])
+    # index: the positions in the split (strategy_cost's split is this batch), which valuation reads
+    return Batch(x, mask, torch.empty(B).uniform_(-3, 3), [str(i) for i in range(B)], torch.arange(B))
 
 
 def make_model(names, batch, **model):

@@ -224,6 +224,9 @@ def test_valuation_step_adds_the_resampled_branches(task_name):
     batch.ids = ["same"] * 16  # samples are matched by position in the split, not by id (ids may repeat)
     assert s.train_step(batch)["resampled"] == pytest.approx(4 / 16)
     _assert_grads(model, want)
+    batch.index = None  # a batch built by hand, outside a split: one clear refusal
+    with pytest.raises(ValueError, match="batch.index"):
+        s.train_step(batch)
 
 
 # ---------------- Greedy ----------------

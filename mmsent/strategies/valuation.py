@@ -113,6 +113,9 @@ class Valuation(Strategy):
         loss = self.task.loss(self.model.head(feats), batch.y)
         extra, n = loss.new_zeros(()), 0
         if self.copies is not None:
+            if batch.index is None:  # a batch built by hand in a user's own loop
+                raise ValueError("valuation keys its re-sampling plan by batch.index (positions in the training "
+                                 "split); build batches with Split.batch or pass index=")
             pos = batch.index.cpu()  # positions in the training split (ids may repeat in a user's data)
             low, copies = self.low[pos], self.copies[pos]
             for k, m in enumerate(self.model.modalities):
