@@ -45,6 +45,16 @@ def _assert_grads(model, want):
         torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")
 
 
+def _step_matches(model, strategy, batch, ref):
+    """The strategy's step leaves the gradients ``ref.backward()`` gives; returns its logs."""
+    model.zero_grad()
+    ref.backward()
+    want = _grads(model)
+    logs = strategy.train_step(batch)
+    _assert_grads(model, want)
+    return logs
+
+
 # ---------------- OPM ----------------
 
 def test_opm_drop_probability_oracle():
@@ -83,11 +93,7 @@ def test_opm_step_is_the_task_loss_on_the_dropped_input(task_name):
     feats = model.encode(batch)
     dropped = {m: f * (draws >= probs[m]).float().view(-1, 1, 1) for m, f in feats.items()}
     ref = task.loss(model.head(dropped), batch.y)
-    model.zero_grad()
-    ref.backward()
-    want = _grads(model)
-    logs = s.train_step(batch)
-    _assert_grads(model, want)
+    logs = _step_matches(model, s, batch, ref)
     assert logs["loss"] == pytest.approx(ref.item(), rel=1e-5)
 
 
@@ -328,11 +334,7 @@ def test_amco_step_masks_feature_entries_of_the_modalities_ahead(task_name):
     feats = model.encode(batch)
     masked = {m: f * (draws >= r[m]).double() for m, f in feats.items()}
     ref = task.loss(model.head(masked), batch.y)
-    model.zero_grad()
-    ref.backward()
-    want = _grads(model)
-    s.train_step(batch)
-    _assert_grads(model, want)
+    _step_matches(model, s, batch, ref)
 
 
 # ---------------- MBSD ----------------
@@ -383,10 +385,6 @@ def test_mbsd_step_distills_the_dominant_branch_into_the_others(task_name, n):
         kd = sum(((branch[m] - branch[teacher].detach()) ** 2).mean() / 2 for m in students)
     kd = kd / len(students)
     ref = task.loss(model.head(feats), batch.y) + lam * kd
-    model.zero_grad()
-    ref.backward()
-    want = _grads(model)
-    logs = s.train_step(batch)
-    _assert_grads(model, want)
+    logs = _step_matches(model, s, batch, ref)
     assert logs["distill"] == pytest.approx(kd.item(), rel=1e-9)
     assert {m: logs[f"teacher_{m}"] for m in feats} == {m: float(m == teacher) for m in feats}
