@@ -247,10 +247,12 @@ def test_greedy_speed_and_imbalance_oracle():
 
 def test_greedy_rebalances_the_slow_modality_on_its_branch():
     """alpha = 0: the first normal step triggers a re-balancing phase on the slowest encoder; its step
-    is the slow branch's loss (gradients == autograd of it) and no other encoder moves."""
+    is the slow branch's loss (gradients == autograd of it), the other encoders do not even run (their
+    inputs would be zeroed: no wasted work, no BatchNorm statistics moved) and none of them moves,
+    not by the momentum and weight decay of the normal step before either."""
     ds, model = _model(n=3, task_name="regression")
-    s = STRATEGIES["greedy"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(),
-                             alpha=0.0, window=1, rebalance_steps=1)
+    s = STRATEGIES["greedy"](model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1),
+                             Regression(), alpha=0.0, window=1, rebalance_steps=1)
     batch = ds.train.batch(torch.arange(16))
     s.train_step(batch)
     speeds = {m: learning_speed(list(model.encoders[m].parameters())) for m in model.modalities}
@@ -262,11 +264,16 @@ def test_greedy_rebalances_the_slow_modality_on_its_branch():
     ref.backward()
     want = _grads(model)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    ran = []
+    hooks = [model.encoders[m].register_forward_hook(lambda *_, m=m: ran.append(m)) for m in model.modalities]
     assert s.train_step(batch)["rebalance"] == 1.0
+    assert ran == [slow]
+    for h in hooks:
+        h.remove()
     _assert_grads(model, want)
     for k, p in model.named_parameters():
         if k.startswith("encoders.") and not k.startswith(f"encoders.{slow}."):
-            assert torch.equal(p, before[k]), k
+            assert torch.equal(p, before[k]) and p.grad is None, k
     assert s.left == 0 and "rebalance" not in s.train_step(batch)  # back to normal steps
 
 

@@ -76,13 +76,16 @@ class Greedy(Strategy):
 
     def train_step(self, batch):
         s, mods = self.settings, self.model.modalities
-        feats = self.model.encode(batch)
         if self.left > 0:
+            # only the slow modality is encoded: the others' inputs are zeros of their feature shape,
+            # so their encoders do no work, get no gradient (the optimizer skips them: no momentum or
+            # decay step) and keep their BatchNorm statistics
+            feats = self.model.encode(batch, [self.slow])
             loss = self.task.loss(self.model.head_masked(self.model.mask_modalities(feats, [self.slow])), batch.y)
             self.update(loss)
             self.left -= 1
             return {"loss": loss.item(), "rebalance": 1.0}
-        loss = self.task.loss(self.model.head(feats), batch.y)
+        loss = self.task.loss(self.model.head(self.model.encode(batch)), batch.y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.sync_grads(self.model.parameters())  # speeds from the global batch's gradient
