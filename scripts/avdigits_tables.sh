@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 AV=${AV:-../shared/data/avdigits}
 ROWS=(Audio-only Visual-only "Multimodal Baseline" G-Blending OGM_GE PMR AGM MLA MMPareto "D&R" DGL "DGL-MH:strategy=dgl_mh")
-# BalanceMM's methods on the linear head only (MMCosine and ReconBoost are defined on no other)
+# BalanceMM's methods; MMCosine and ReconBoost are defined on the linear head only, so the MMTM
+# table has the others
+BALANCEMM_ANY_HEAD=(CML UMT Sample-level OPM Greedy AMCo LFM MBSD)
 BALANCEMM=(MMCosine CML UMT Sample-level OPM Greedy AMCo LFM ReconBoost MBSD)
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits --name avdigits_table \
   --methods "${ROWS[@]}" "${BALANCEMM[@]}"
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits_mmtm \
-  --name avdigits_mmtm_table --methods "${ROWS[@]}" model.fusion=mmtm
+  --name avdigits_mmtm_table --methods "${ROWS[@]}" "${BALANCEMM_ANY_HEAD[@]}" model.fusion=mmtm
