@@ -418,3 +418,26 @@ def test_the_corpus_walk_follows_linked_folders_and_survives_link_cycles(tmp_pat
     (root / "loop").symlink_to(root)  # a cycle: must not hang, nothing listed twice
     names = [p.relative_to(root).as_posix() for p in walk(root)]
     assert "frames/clip1/0001.jpg" in names and len(names) == len(set(names))
+
+
+def test_valuation_resamples_a_single_copy_through_a_batchnorm_head(tmp_path):
+    """One re-sampled copy in a batch: its branch goes through MMTM's train-mode BatchNorm, which
+    cannot normalise one sample of 1 x 1 maps on its own (32-pixel inputs, as avdigits' digits: the
+    avdigits MMTM table crashed on it); the copy is the row of the whole batch's masked pass."""
+    from mmsent.models import build_model
+    from mmsent.tasks import build_task
+    from mmsent.train import build_optimizer, build_strategy
+
+    cfg = cremad_cfg(make_cremad(tmp_path / "c", n_train=8, n_test=2), "data.image_size=32", "data.audio_frames=32",
+                     "strategy=valuation", "model.fusion=mmtm")
+    data = build_dataset(cfg.data)
+    torch.manual_seed(0)
+    task = build_task("classification", 6)
+    model = build_model(cfg.model, data, task.out_dim)
+    s = build_strategy(cfg, model, build_optimizer(model, cfg.train), task)
+    s.on_epoch_start(0, data)
+    n = len(data.train)
+    s.low, s.copies = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    s.low[2], s.copies[2] = 1, 1  # sample 2's visual branch, once
+    logs = s.train_step(data.train.batch(torch.arange(4)))
+    assert np.isfinite(logs["loss"]) and logs["resampled"] == 0.25

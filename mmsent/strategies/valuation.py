@@ -123,8 +123,10 @@ class Valuation(Strategy):
                 if len(rows) == 0:
                     continue
                 idx = rows.repeat_interleave(copies[rows]).to(batch.y.device)
-                sub = {j: f[idx] for j, f in feats.items()}
-                pred = self.model.head_masked(self.model.mask_modalities(sub, [m]))
+                # the branch over the whole batch, then its re-sampled rows: a head with train-mode
+                # BatchNorm (MMTM) cannot normalise a single copy, and a copy is the same sample's
+                # branch as in any batch of it (for heads without BatchNorm both are the same)
+                pred = self.model.head_masked(self.model.mask_modalities(feats, [m]))[idx]
                 extra = extra + self.task.loss(pred, batch.y[idx]) * len(idx) / len(batch.y)
                 n += len(idx)
         self.update(loss + extra)
