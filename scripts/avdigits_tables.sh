@@ -3,7 +3,7 @@
 # concat + linear (the paper's Table 1 protocol) and with the MMTM head (Table 2 left), 3 seeds each,
 # the recipe of configs/avdigits.yaml (ResNet18 at width 8, 10 epochs, SGD; validation-only selection).
 # Each table is one resumable `cli.py table` (finished runs are kept under runs/avdigits*/).
-# About an hour and a half on 2 CPU cores.
+# About two hours on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
