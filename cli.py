@@ -154,7 +154,7 @@ def cmd_table(args) -> int:
     try:
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
                          methods=args.methods, overrides=args.overrides, config=args.config,
-                         expected=lambda cmd: train_config(parse(["train", *cmd]), notes=False).to_dict())
+                         expected=lambda cmd: train_config(parse(["train", *cmd]), notes=False))
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

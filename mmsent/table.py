@@ -16,9 +16,10 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
-from mmsent.config import ConfigError, choose, load_config
+from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import DATASETS, build_dataset
 from mmsent.report import cell, load_results, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
@@ -110,13 +111,19 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def stale_reason(out: Path, want: dict) -> str | None:
-    """Why the finished run in ``out`` is not the run ``want`` describes (None: it is)."""
+def stale_reason(out: Path, want: Config) -> str | None:
+    """Why the finished run in ``out`` is not the run ``want`` describes (None: it is): its config,
+    and the strategy settings it recorded with their code defaults (runs from before that record
+    are judged on their config alone)."""
     try:  # through the loader: keys added to the config since the run read as their defaults
         have = load_run_config(out).to_dict()
-    except (RunError, ConfigError) as e:
-        return f"its config.json does not load: {e}"
-    diff = differences(effective(have), effective(json.loads(json.dumps(want))))
+        ran = json.loads((out / "results.json").read_text()).get("strategy_settings")
+    except (RunError, ConfigError, OSError, ValueError) as e:
+        return f"its config.json or results.json does not load: {e}"
+    diff = differences(effective(have), effective(json.loads(json.dumps(want.to_dict()))))
+    if ran is not None and not diff:
+        now = json.loads(json.dumps(asdict(want.strategy.settings)))
+        diff = differences({"settings": ran}, {"settings": now}, "strategy.")
     return "; ".join(diff) if diff else None
 
 
@@ -144,9 +151,9 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
               methods: list[str] | None = None, overrides: list[str] = (), config: str | None = None,
               expected=None, progress=print) -> dict[str, list[Path]]:
     """Train every (method, seed) run not finished yet under ``runs_dir`` and return the run
-    directories per method. ``expected(cmd)``: the config a run's ``train`` arguments give; a
-    finished run made with another one (a changed preset or recipe) is refused with one line,
-    never reused as if it were the new run and never deleted."""
+    directories per method. ``expected(cmd)``: the Config a run's ``train`` arguments give; a
+    finished run made with another one (a changed preset, recipe or strategy default) is refused
+    with one line, never reused as if it were the new run and never deleted."""
     rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config))
     for text in [m for m in methods or [] if ":" in m]:
         label, extra = custom_row(text)

@@ -344,7 +344,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     model.load_state_dict(load_checkpoint(run / "best.pt", device)["model"])
     test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
     results = {"task": dataset.task, "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
-               "epochs_run": state["epoch"] + 1, "config": cfg.to_dict()}
+               "epochs_run": state["epoch"] + 1, "config": cfg.to_dict(),
+               # every setting the strategy ran with, its code defaults included (config.json holds
+               # only what was given): `cli.py table` tells from it that a default has changed since
+               "strategy_settings": asdict(cfg.strategy.settings)}
     if cfg.train.probe and ddp.is_main:  # the selected epoch's encoders, frozen, each with a linear probe
         t0 = time.perf_counter()
         results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)

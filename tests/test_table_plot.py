@@ -87,3 +87,11 @@ def test_a_finished_run_made_with_another_config_is_refused_not_reused(tmp_path,
     (run / "config.json").write_text(json.dumps(cfg))
     assert cli.main([*args, "strategy.presets.ogm_ge.alpha=0.5"]) == 0
     assert "(cached)" in capsys.readouterr().out and (run / "results.json").stat().st_mtime_ns == stamp
+    # the run recorded every strategy setting, defaults included; a default that changed since is a
+    # difference although no config mentions it (simulated: the run says it ran at alpha 0.5)
+    results = json.loads((run / "results.json").read_text())
+    assert results["strategy_settings"]["alpha"] == 1.0
+    results["strategy_settings"]["alpha"] = 0.5
+    (run / "results.json").write_text(json.dumps(results))
+    assert cli.main(args) == 2
+    assert "strategy.settings.alpha: 0.5 -> 1.0" in capsys.readouterr().err
