@@ -100,10 +100,12 @@ class Strategy:
         for start in range(mine.start, mine.stop, batch_size):
             yield split.batch(torch.arange(start, min(mine.stop, start + batch_size))).to(self.device)
 
-    def branches(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+    def branches(self, feats: dict[str, Tensor], names=None) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL
-        paper's protocol for the baselines' unimodal outputs, Sec. 4.3); BatchNorm statistics stay."""
-        return {m: self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in feats}
+        paper's protocol for the baselines' unimodal outputs, Sec. 4.3); BatchNorm statistics stay.
+        ``names``: only these modalities' branches (default: every modality in ``feats``); a
+        modality absent from ``feats`` counts as zeroed."""
+        return {m: self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in (names or feats)}
 
     @torch.no_grad()
     def branch_scores(self, feats: dict[str, Tensor], y: Tensor,

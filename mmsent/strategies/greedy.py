@@ -81,7 +81,7 @@ class Greedy(Strategy):
             # so their encoders do no work, get no gradient (the optimizer skips them: no momentum or
             # decay step) and keep their BatchNorm statistics
             feats = self.model.encode(batch, [self.slow])
-            loss = self.task.loss(self.model.head_masked(self.model.mask_modalities(feats, [self.slow])), batch.y)
+            loss = self.task.loss(self.branches(feats, [self.slow])[self.slow], batch.y)
             self.update(loss)
             self.left -= 1
             return {"loss": loss.item(), "rebalance": 1.0}

@@ -63,8 +63,9 @@ def reconcile_loss(task_name: str, f: Tensor, others: Tensor, y: Tensor, lam: fl
     return 0.5 * ((f - y) ** 2).mean() - lam * 0.5 * ((f - others) ** 2).mean()
 
 
-def ensemble(task_name: str, learners: list[Tensor]) -> Tensor:
+def ensemble(task_name: str, learners) -> Tensor:
     """The learners' product of experts: summed logits, or the mean of Gaussian means."""
+    learners = list(learners)
     total = sum(learners)
     return total if task_name == "classification" else total / len(learners)
 
@@ -104,22 +105,19 @@ class ReconBoost(Strategy):
     def learner(self) -> str:
         return self.order[self.stage % len(self.order)]
 
-    def learners(self, feats: dict[str, Tensor], names) -> list[Tensor]:
-        return [self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in names]
-
     def train_step(self, batch):
         self.stage_step += 1
         if self.stage > 0 and self.stage_step <= self.settings.rectify_steps:
             feats = self.model.encode(batch)
-            loss = self.task.loss(ensemble(self.task.name, self.learners(feats, self.order)), batch.y)
+            loss = self.task.loss(ensemble(self.task.name, self.branches(feats, self.order).values()), batch.y)
             self.update(loss)
             return {"loss": loss.item(), "rectify": 1.0}
         m, others = self.learner, [k for k in self.order if k != self.learner]
         with torch.no_grad():  # the other learners are fixed in this stage
             fixed = self.model.encode(batch, others)
-            f_others = ensemble(self.task.name, self.learners(fixed, others))
+            f_others = ensemble(self.task.name, self.branches(fixed, others).values())
         feats = {**fixed, **self.model.encode(batch, [m])}
-        (f_m,) = self.learners(feats, [m])
+        f_m = self.branches(feats, [m])[m]
         loss = reconcile_loss(self.task.name, f_m, f_others, batch.y, self.settings.lam)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,7 +134,7 @@ class ReconBoost(Strategy):
     def predict(self, batch, keep=None):
         if keep is not None:
             return super().predict(batch, keep)
-        return ensemble(self.task.name, self.learners(self.model.encode(batch), self.order))
+        return ensemble(self.task.name, self.branches(self.model.encode(batch), self.order).values())
 
     def state_dict(self):
         return {**super().state_dict(), "stage_step": self.stage_step}

@@ -126,7 +126,7 @@ class Valuation(Strategy):
                 # the branch over the whole batch, then its re-sampled rows: a head with train-mode
                 # BatchNorm (MMTM) cannot normalise a single copy, and a copy is the same sample's
                 # branch as in any batch of it (for heads without BatchNorm both are the same)
-                pred = self.model.head_masked(self.model.mask_modalities(feats, [m]))[idx]
+                pred = self.branches(feats, [m])[m][idx]
                 extra = extra + self.task.loss(pred, batch.y[idx]) * len(idx) / len(batch.y)
                 n += len(idx)
         self.update(loss + extra)
