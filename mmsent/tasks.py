@@ -64,6 +64,15 @@ class Regression:
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         return F.l1_loss(pred.reshape(-1), y.to(pred.dtype))
 
+    def per_sample(self, pred: Tensor, y: Tensor) -> Tensor:
+        """The loss of each sample, (B,): ``loss`` is its mean."""
+        return (pred.reshape(-1) - y.to(pred.dtype)).abs()
+
+    def correct(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Per-sample hit, (B,) bool: the prediction has the label's Acc-2 class (``classes``), the
+        "is it right" that classification-born methods (valuation, CML, MBSD) need."""
+        return self.classes(pred.reshape(-1)) == self.classes(y)
+
     def score(self, pred: Tensor, y: Tensor) -> Tensor:
         """Per-sample confidence in the truth, in (0, 1]: ``exp(-|pred - y|)``. It stands in for the
         softmax probability of the true class that classification-born baselines (OGM-GE) sum into
@@ -95,6 +104,12 @@ class Classification:
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(pred, y.long())
+
+    def per_sample(self, pred: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(pred, y.long(), reduction="none")
+
+    def correct(self, pred: Tensor, y: Tensor) -> Tensor:
+        return pred.argmax(-1) == y.long()
 
     def score(self, pred: Tensor, y: Tensor) -> Tensor:
         return pred.softmax(-1).gather(1, y.long()[:, None]).squeeze(1)

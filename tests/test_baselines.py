@@ -11,7 +11,8 @@ from mmsent.config import ModelConfig
 from mmsent.data import make_synthetic
 from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
-from mmsent.strategies.agm import agm_coefficients, coalitions, shapley_contributions
+from mmsent.strategies.agm import agm_coefficients
+from mmsent.strategies.shapley import coalitions, shapley_contributions
 from mmsent.strategies.dnr import DnR, diagnose_after, purity_score, relearn_strength
 from mmsent.strategies.gblending import blend_weights
 from mmsent.strategies.mla import entropy_weights, project

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsent.config import NoSettings, check
-from mmsent.models.resnet import MMTMHead
+from mmsent.models.resnet import MMTM, MMTMHead, MMTMSettings
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
@@ -42,6 +43,111 @@ class ConcatHead(Head):
 
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         return self.net(torch.cat([feats[m].mean(1) for m in self.modalities], dim=-1))
+
+    def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-modality logits ``z_m = W_m f_m + b / N`` of the linear head (BalanceMM's and the
+        GeWu-Lab references' convention; they sum to the fused logits). Only for ``hidden: 0``."""
+        if not isinstance(self.net, nn.Linear):
+            raise ValueError("per-modality logits need a linear head (model.hidden=0)")
+        blocks = self.net.weight.chunk(len(self.modalities), dim=1)
+        bias = self.net.bias / len(self.modalities)
+        return {m: feats[m].mean(1) @ w.T + bias for m, w in zip(self.modalities, blocks)}
+
+
+class ConcatMixHead(ConcatHead):
+    """AMCo's model (BalanceMM ``BaseClassifierAMCoModel``): the linear late-fusion head's
+    per-modality logits ``z_m = W_m f_m + b/N`` (``branch_logits``), summed after an optional
+    per-class mask, then one C x C layer: ``o = L*(sum_m mu_m * z_m)`` (``fuse``)."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0):
+        super().__init__(modalities, dim, seq_len, out_dim, hidden=0, dropout=dropout)
+        self.mix = nn.Linear(out_dim, out_dim)
+
+    def fuse(self, logits: dict[str, Tensor]) -> Tensor:
+        return self.mix(sum(logits.values()))
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.fuse(self.branch_logits(feats))
+
+
+class LateMeanHead(Head):
+    """One linear classifier per modality on its pooled feature, the prediction their mean: LFM's
+    model (NeurIPS 2024 reference, ``AudioVideo``: ``(fc_a(f_a) + fc_v(f_v)) / 2``)."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.fc = nn.ModuleDict({m: nn.Linear(dim, out_dim) for m in self.modalities})
+        self.drop = nn.Dropout(dropout)
+
+    def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.fc[m](self.drop(feats[m].mean(1))) for m in self.modalities}
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return sum(self.branch_logits(feats).values()) / len(self.modalities)
+
+
+def present(f: Tensor) -> Tensor:
+    """(B, 1): 1 where a sample's feature is not all zeros (a zero-masked modality is absent)."""
+    return (f.flatten(1).abs().sum(1, keepdim=True) > 0).to(f.dtype)
+
+
+class SharedHead(Head):
+    """One classifier ``H`` shared by every modality and applied to each modality's pooled feature
+    separately; the prediction is ``beta * sum_m H(f_m)`` with a learnable scalar ``beta`` (init 1):
+    ReconBoost's model (ICML 2024 reference: a "common space" head and the ensemble scale) and the
+    shared classifier of MLA. ``hidden: 0`` makes ``H`` one linear layer. A zero-masked modality is
+    absent from the sum (its learner is left out of the ensemble), so modality m's branch is
+    ``beta * H(f_m)``."""
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.shared = _mlp(dim, hidden, out_dim, dropout)
+        self.beta = nn.Parameter(torch.ones(()))
+
+    def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``H(f_m)`` per present modality (ReconBoost's learners, without ``beta``)."""
+        return {m: self.shared(feats[m].mean(1)) * present(feats[m]) for m in self.modalities}
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return self.beta * sum(self.branch_logits(feats).values())
+
+
+class MMTMSeqHead(Head):
+    """The MMTM network's shape (Joze et al., CVPR 2020; Greedy's model, Wu et al., ICML 2022) for
+    feature sequences: per modality two residual stages ``x + GELU(Linear(x))`` over its tokens,
+    an MMTM block after each (channels = the feature width, squeezed over the sequence), then each
+    branch's own classifier on its pooled output; the prediction is the mean of the branch logits,
+    as in the reference. Zero-masking enters at the first stage, as for ``mmtm``."""
+
+    Settings = MMTMSettings
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
+                 ratio: int = 2):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.stages = nn.ModuleList([nn.ModuleDict({m: nn.Linear(dim, dim) for m in self.modalities})
+                                     for _ in range(2)])
+        self.mmtm = nn.ModuleList([MMTM(dict.fromkeys(self.modalities, dim), ratio) for _ in range(2)])
+        self.fc = nn.ModuleDict({m: nn.Linear(dim, out_dim) for m in self.modalities})
+        self.drop = nn.Dropout(dropout)
+
+    def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = {m: feats[m] for m in self.modalities}  # (B, L, D)
+        for stage, block in zip(self.stages, self.mmtm):
+            x = {m: x[m] + F.gelu(stage[m](x[m])) for m in self.modalities}
+            gated = block({m: v.transpose(1, 2) for m, v in x.items()})  # channels first for MMTM
+            x = {m: v.transpose(1, 2) for m, v in gated.items()}
+        return {m: self.fc[m](self.drop(x[m].mean(1))) for m in self.modalities}
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        return sum(self.branch_logits(feats).values()) / len(self.modalities)
+
+    def branch_parameters(self, m: str) -> list[tuple[nn.Parameter, tuple | None]]:
+        """Branch m's parameters outside the MMTM blocks (Greedy's "main" group, with its encoder)."""
+        return [(p, None) for p in [*(s[m].weight for s in self.stages), *(s[m].bias for s in self.stages),
+                                    *self.fc[m].parameters()]]
 
 
 class SumHead(Head):
@@ -167,4 +273,8 @@ FUSIONS: dict[str, type[Head]] = {
     "film": FiLMHead,
     "mlpmixer": MLPMixerHead,
     "mmtm": MMTMHead,  # audio-visual only: fuses the encoders' layer2 maps
+    "mmtm_seq": MMTMSeqHead,  # MMTM blocks over feature sequences, per-branch classifiers (Greedy)
+    "concat_mix": ConcatMixHead,  # linear late fusion + a class-mixing layer (AMCo)
+    "late_mean": LateMeanHead,  # per-modality classifiers, mean prediction (LFM)
+    "shared": SharedHead,  # one classifier applied to every modality, scaled sum (ReconBoost)
 }

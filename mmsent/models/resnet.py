@@ -103,7 +103,12 @@ class MMTM(nn.Module):
     """Multimodal transfer module (Joze et al., CVPR 2020) for N streams: squeeze each stream's map
     by global average pooling, a joint layer over the concatenated squeezes (``ratio`` shrinks it),
     and a sigmoid gate per stream that rescales its channels; shapes are kept. A zeroed stream
-    squeezes to zeros, so a masked pass is defined (method.md: zero at the MMTM input)."""
+    squeezes to zeros, so a masked pass is defined (method.md: zero at the MMTM input).
+
+    For Greedy (Wu et al., ICML 2022) each gate also has a running mean over training steps
+    (buffers ``gate_mean_<m>`` and ``gate_count_<m>``, moved only by ``update_gate_means``), and a
+    gate named in ``frozen`` is replaced by its running mean, broadcast over the batch: the
+    reference's "curation" steps. ``last_gates`` holds the batch-mean gates of the latest forward."""
 
     def __init__(self, channels: dict[str, int], ratio: int = 4):
         super().__init__()
@@ -111,15 +116,34 @@ class MMTM(nn.Module):
         hidden = max(1, 2 * total // ratio)  # the reference code's int(2 * (C_A + C_B) / ratio)
         self.joint = nn.Sequential(nn.Linear(total, hidden), nn.ReLU())
         self.gates = nn.ModuleDict({m: nn.Linear(hidden, c) for m, c in channels.items()})
+        for m, c in channels.items():
+            self.register_buffer(f"gate_mean_{m}", torch.zeros(c))
+            self.register_buffer(f"gate_count_{m}", torch.zeros((), dtype=torch.long))
+        self.frozen: frozenset[str] = frozenset()
+        self.last_gates: dict[str, Tensor] = {}
 
     def forward(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
         squeeze = torch.cat([maps[m].flatten(2).mean(-1) for m in self.gates], -1)  # (B, sum C)
         z = self.joint(squeeze)
-        out = {}
+        out, self.last_gates = {}, {}
         for m, gate in self.gates.items():
             g = torch.sigmoid(gate(z))
+            if m in self.frozen:
+                g = getattr(self, f"gate_mean_{m}").expand_as(g)
+            else:
+                self.last_gates[m] = g.detach().mean(0)
             out[m] = maps[m] * g.view(*g.shape, *([1] * (maps[m].dim() - 2)))
         return out
+
+    @torch.no_grad()
+    def update_gate_means(self, batch_means: dict[str, Tensor]) -> None:
+        """``mean <- (g + k mean) / (k + 1)``, k the steps counted so far (Greedy's running average;
+        each stream its own -- the reference updates the second stream's mean from the first's gate,
+        a bug not reproduced)."""
+        for m, g in batch_means.items():
+            mean, k = getattr(self, f"gate_mean_{m}"), getattr(self, f"gate_count_{m}")
+            mean.copy_((g + k * mean) / (k + 1))
+            k.add_(1)
 
 
 @dataclass(frozen=True)
@@ -160,3 +184,10 @@ class MMTMHead(nn.Module):
         x = self.mmtm[2]({m: per_frame(self.layer4[m], x[m]) for m in self.modalities})
         pooled = [x[m].flatten(2).mean(-1) for m in self.modalities]
         return self.fc(self.drop(torch.cat(pooled, -1)))
+
+    def branch_parameters(self, m: str) -> list[tuple[nn.Parameter, tuple | None]]:
+        """Stream m's parameters outside the MMTM blocks (Greedy's "main" group; the encoder's are
+        added by the caller): its layers 3-4 and its column block of the classifier (index)."""
+        k, width = self.modalities.index(m), self.fc.in_features // len(self.modalities)
+        own = [(p, None) for p in [*self.layer3[m].parameters(), *self.layer4[m].parameters()]]
+        return own + [(self.fc.weight, (slice(None), slice(k * width, (k + 1) * width)))]

@@ -48,6 +48,15 @@ def weight_blocks(fc: nn.Linear, order: list[str]) -> dict[str, Tensor]:
     return dict(zip(order, fc.weight.chunk(len(order), dim=1)))
 
 
+def scale_samples(feats: dict[str, Tensor], factors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Modality m's features of sample i times ``factors[m][i]`` (0 drops it for that sample: the
+    framework's zero-masking, per sample instead of per batch); modalities not named are kept."""
+    out = dict(feats)
+    for m, w in factors.items():
+        out[m] = feats[m] * w.to(feats[m].dtype).view(-1, *([1] * (feats[m].dim() - 1)))
+    return out
+
+
 class Strategy:
     Settings: type = NoSettings
     # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
@@ -106,6 +115,17 @@ class Strategy:
         ``names``: only these modalities' branches (default: every modality in ``feats``); a
         modality absent from ``feats`` counts as zeroed."""
         return {m: self.model.head_masked(self.model.mask_modalities(feats, [m])) for m in (names or feats)}
+
+    def unimodal_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each modality's own logits as the references define them where the head has them
+        (``branch_logits``: ``W_m f_m + b/N`` of a linear concat head, a late-fusion head's
+        classifiers, ReconBoost's shared classifier), else the zero-masked branch through the
+        shared head (the balancing literature's extension to heads that mix modalities)."""
+        logits = getattr(self.model.head, "branch_logits", None)
+        if logits is not None and not (isinstance(self.model.head, ConcatHead)
+                                       and not isinstance(self.model.head.net, nn.Linear)):
+            return logits(self.model.mask_modalities(feats, feats))
+        return self.branches(feats)
 
     @torch.no_grad()
     def branch_scores(self, feats: dict[str, Tensor], y: Tensor,
