@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 AV=${AV:-../shared/data/avdigits}
 ROWS=(Audio-only Visual-only "Multimodal Baseline" G-Blending OGM_GE PMR AGM MLA MMPareto "D&R" DGL "DGL-MH:strategy=dgl_mh")
-# BalanceMM's methods; MMCosine and ReconBoost are defined on the linear head only, so the MMTM
-# table has the others
-BALANCEMM_ANY_HEAD=(CML UMT Sample-level OPM Greedy AMCo LFM MBSD)
+# BalanceMM's methods; MMCosine, AMCo and ReconBoost are defined on their own heads only (linear
+# concat, concat + class mixing, one shared classifier), so the MMTM table has the others (Greedy's
+# model is MMTM itself, LFM takes the zero-masked branches of any head)
+BALANCEMM_ANY_HEAD=(CML UMT Sample-level OPM Greedy LFM MBSD)
 BALANCEMM=(MMCosine CML UMT Sample-level OPM Greedy AMCo LFM ReconBoost MBSD)
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits --name avdigits_table \
   --methods "${ROWS[@]}" "${BALANCEMM[@]}"

@@ -303,10 +303,16 @@ def av_dataset(tmp_path_factory):
 def _av_cases():
     from mmsent.strategies import STRATEGIES
 
-    # every strategy but unimodal-only, on both heads where it is defined (MMCosine and ReconBoost
-    # need the linear head: MMTM is refused for them)
-    return [(name, fusion) for name in sorted(STRATEGIES) if name != "unimodal" for fusion in ("concat", "mmtm")
-            if not (fusion == "mmtm" and STRATEGIES[name].needs_model)]
+    # every strategy but unimodal-only, on the head it needs (else linear concat) and on MMTM where
+    # it is defined there (MMCosine, ReconBoost and AMCo need their own heads and refuse MMTM)
+    return [(name, fusion) for name in sorted(STRATEGIES) if name != "unimodal"
+            for fusion in (STRATEGIES[name].needs_model.get("fusion", "concat"), "mmtm")
+            if fusion != "mmtm" or not STRATEGIES[name].needs_model or name in MMTM_TOO]
+
+
+# strategies that need a head of their own yet are defined on MMTM too: Greedy's MMTM gates, and
+# LFM's zero-masked branches (the spec's extension for heads without per-modality classifiers)
+MMTM_TOO = {"greedy", "lfm"}
 
 
 AV_ARGS = {"umt": {"teacher_epochs": 1}}
@@ -327,12 +333,14 @@ def test_every_strategy_steps_on_the_audio_visual_model(av_dataset, fusion, name
 
     from mmsent.config import load_config
     from mmsent.models import build_model
+    from mmsent.strategies import STRATEGIES
     from mmsent.tasks import build_task
     from mmsent.train import build_optimizer, build_strategy
 
     # width 4: the check is about which passes touch the statistics, not about the ResNets' size
     cfg = load_config(Path(cli.ROOT) / "configs/cremad.yaml",
                       [("strategy", name), ("model.fusion", fusion), ("model.width", 4),
+                       *((f"model.{k}", v) for k, v in STRATEGIES[name].needs_model.items() if k != "fusion"),
                        *((f"strategy.args.{k}", v) for k, v in AV_ARGS.get(name, {}).items())])
     torch.manual_seed(0)
     task = build_task("classification", 6)
@@ -437,7 +445,7 @@ def test_valuation_resamples_a_single_copy_through_a_batchnorm_head(tmp_path):
     s = build_strategy(cfg, model, build_optimizer(model, cfg.train), task)
     s.on_epoch_start(0, data)
     n = len(data.train)
-    s.low, s.copies = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
-    s.low[2], s.copies[2] = 1, 1  # sample 2's visual branch, once
+    s.copies = torch.zeros(n, 2, dtype=torch.long)
+    s.copies[2, 1] = 1  # sample 2's visual branch, once
     logs = s.train_step(data.train.batch(torch.arange(4)))
     assert np.isfinite(logs["loss"]) and logs["resampled"] == 0.25

@@ -85,7 +85,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path, capsys):
         (["--dataset", "mosi", "--data", str(tmp_path / "missing.pkl")], "missing.pkl: file not found"),
         (["--dataset", "mosi", "--data", str(bad_pickle)], "bad.pkl"),
         (["--dataset", "mosi", "--data", str(wrong)], "wrong.pkl: no modality among text, audio, vision in split 'train'"),
-        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, film, gated, mlpmixer, mmtm, sum"),
+        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, concat_mix, film, gated, late_mean, mlpmixer, mmtm, mmtm_seq, shared, sum"),
         (["--strategy", "magic"], "unknown strategy 'magic'"),
         (["train.nope=1"], "unknown config key 'train.nope'"),
         (["train.epochs=many"], "'train.epochs' must be int"),
@@ -112,19 +112,19 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path, capsys):
 
 
 def test_a_strategy_gets_the_head_it_needs_unless_the_user_chose_another(tmp_path, capsys):
-    """``--strategy reconboost`` alone trains: its linear late-fusion head replaces the recipe's
+    """``--strategy mmcosine`` alone trains: its linear late-fusion head replaces the recipe's
     mixer, with a note (an explicit ``--fusion mlpmixer`` is refused instead, above)."""
     small = [a for a in SMALL if not a.startswith("model.hidden=")]
     out = tmp_path / "a"
-    assert cli.main(["train", "--quiet", "--out", str(out), "--strategy", "reconboost", "--epochs", "1", *small]) == 0
+    assert cli.main(["train", "--quiet", "--out", str(out), "--strategy", "mmcosine", "--epochs", "1", *small]) == 0
     assert "needs model.fusion=concat model.hidden=0; using it" in capsys.readouterr().err
     model = json.loads((out / "config.json").read_text())["model"]
     assert (model["fusion"], model["hidden"]) == ("concat", 0)
-    args = ["train", "--quiet", "--out", str(tmp_path / "b"), "--strategy", "reconboost", "--epochs", "1", *small]
+    args = ["train", "--quiet", "--out", str(tmp_path / "b"), "--strategy", "mmcosine", "--epochs", "1", *small]
     assert cli.main([*args, "model.hidden=0"]) == 0
     assert "needs model.fusion=concat; using it" in capsys.readouterr().err
     # the user's own hidden layer is kept, and refused in one line
-    rc, _ = train(tmp_path, "--strategy", "reconboost", "--epochs", "1", name="c")  # SMALL: model.hidden=16
+    rc, _ = train(tmp_path, "--strategy", "mmcosine", "--epochs", "1", name="c")  # SMALL: model.hidden=16
     assert rc == 2 and "set model.fusion=concat and model.hidden=0" in capsys.readouterr().err
 
 

@@ -27,11 +27,12 @@ from mmsent.tasks import Classification, Regression
 ROOT = Path(__file__).resolve().parents[1]
 # settings under which each strategy's between-epoch machinery acts within two epochs
 ARGS = {"unimodal": {"modality": "audio"}, "gblending": {"super_epoch": 1}, "dnr": {"reinit_epoch": 1},
-        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}, "opm": {"lam": 1.0}, "amco": {"sigma": 3.0},
-        "greedy": {"alpha": 0.0, "window": 1, "rebalance_steps": 1}, "reconboost": {"rectify_steps": 1}}
-# Exact per rank but not against one process, by design: LFM's InfoNCE takes its negatives from the
-# rank's shard (the usual data-parallel contrastive loss), so only its 2-rank resume is checked.
-SHARD_LOCAL = {"lfm"}
+        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}, "opm": {"warmup": -1, "p_exe": 1.0},
+        "greedy": {"eps": 0.0, "curation_steps": 1, "start_epoch": 0},
+        "reconboost": {"learner_epochs": 1, "rectify_epochs": 1}, "valuation": {"warmup": 1}}
+# Exact per rank but not against one process, by design (none at present: LFM's alignment became a
+# per-sample divergence when it followed its reference).
+SHARD_LOCAL: set[str] = set()
 TOL = dict(rtol=1e-9, atol=1e-10)
 
 

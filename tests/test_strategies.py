@@ -17,8 +17,9 @@ STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0}, "gblending
             "dnr": {"reinit_epoch": 1, "reinit_num": 1},
             # Greedy's speed window and phase, ReconBoost's stage position, valuation's plan (made at
             # epoch 2, used in epoch 3 after the resume) cross the epoch boundary
-            "greedy": {"alpha": 0.05, "window": 2, "rebalance_steps": 2}, "reconboost": {"rectify_steps": 2, "stage_epochs": 2},
-            "valuation": {"every": 2}}
+            "greedy": {"eps": 0.0, "curation_steps": 2, "start_epoch": 0},
+            "reconboost": {"learner_epochs": 2, "rectify_epochs": 1}, "valuation": {"warmup": 2},
+            "opm": {"warmup": -1, "p_exe": 1.0}}
 ARGS = STATEFUL
 
 
@@ -68,8 +69,8 @@ def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
         for m in feats:
             masked = {k: f if k == m else torch.zeros_like(f) for k, f in feats.items()}
             torch.testing.assert_close(preds[m], head(masked), rtol=1e-6, atol=1e-6)
-        # MLA and ReconBoost (regression: its learners' product of Gaussian experts) average the branches
-        multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name in ("mla", "reconboost")
+        # MLA averages the branches (ReconBoost's shared head is itself the ensemble beta * sum_m H(f_m))
+        multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
                  else head(zero_others(feats, "audio")) if name == "unimodal" else head(feats))
         torch.testing.assert_close(preds["multi"], multi, rtol=1e-6, atol=1e-6)
 

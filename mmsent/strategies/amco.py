@@ -1,69 +1,105 @@
 """AMCo: Adaptive Mask Co-optimization (Zhou, Liang, Zheng, Xuan & Kumada, "Adaptive Mask
 Co-Optimization for Modal Dependence in Multimodal Learning", ICASSP 2023), for N modalities.
 
-The paper's diagnosis: a multimodal model comes to depend on its dominant modality. AMCo masks
-part of each modality's features during training, with a masking ratio that adapts to how
-significant the modality currently is, so the model is made to use the others as well. Per step:
+Reference followed: BalanceBenchmark@4c1482f ``trainer/AMCo_trainer.py`` and
+``BaseClassifierAMCoModel`` (no official code; shared ``docs/research/balancemm-methods.md`` §4, a
+low-confidence reference whose constants are provisional).
 
-    s_m   = sum_i Conf_m(x_i)                       (the modality's branch, others zeroed)
-    rho_m = mean_{j != m} s_m / s_j                  (s_a / s_v at N = 2)
-    r_m   = r_max * tanh(sigma * (rho_m - 1))  if rho_m > 1, else 0
-    every entry of modality m's features is zeroed with probability r_m, independently, and
-    L = L_task(h(masked features), y).
+Model [source] (``model.fusion=concat_mix``): per-modality logits of the linear late-fusion head
+``z_m = W_m f_m + b/N`` and one C x C layer, ``o = L*(sum_m mu_m * z_m)``, mu_m a per-class mask
+(all ones unless modality m is dependent).
 
-Masking single entries removes a part of every sample's dominant-modality evidence, where OPM drops
-the whole modality for some samples. (Masking whole tokens or map positions instead would make AMCo
-OPM itself wherever an encoder emits one vector per sample, as the audio-visual ResNets here do.)
-Nothing is rescaled, unlike dropout. Evaluation never masks.
+Dependence [source]: after each step, per sample, one softmax over the N*C vector [z_1; ...; z_N];
+``share_m`` = the batch mean of the mass on modality m's block. Modality m is dependent for the
+next step iff ``share_m > sigma``; the flags reset at every epoch start. sigma = 0.5 at N = 2
+[source]; ``1/N`` (the fair share) for N > 2 [extension] unless ``sigma`` is given.
 
-N modalities: each modality ahead of the others on average (rho_m > 1) gets its own ratio; the
-lowest-scoring modality is never masked. Any fusion head, both tasks (regression's confidence is
-``exp(-|err|)``).
+Mask schedule [source]: a progress ``l`` reset to 0 at every epoch start; before each batch
+``p = sin(pi/2 * min(eps, l) / eps)`` and ``K = floor(p * C)``; after it ``l += t / 10`` (t the
+epoch). The batch's mask zeroes K random class positions, the same for every sample and every
+dependent modality. (With eps = 0.3 epoch 0 never masks; from epoch t >= 1 the mask is complete
+after ceil(3/t) batches.)
 
-Source note: only the paper's abstract was readable from this machine. Masking partial features
-with a ratio that adapts to each modality's significance follows it; measuring significance by the
-branch-confidence ratio (as OGM-GE does), the tanh form of the ratio, its cap ``r_max`` and masking
-feature entries (the paper masks parts of its inputs) are mmsent's reading, not checked against it.
+Loss [source, the co-optimisation]: ``L = CE(o, y) + sum_m CE(z_m, y)`` (unmasked z_m in the
+unimodal terms). Active in epochs 0-80 [source]; evaluation never masks.
+
+[extension] Regression (C = 1): the "classes" are the one output; K = floor(p) masks it only
+when p = 1, and the unimodal terms use the task's L1 loss.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
 
 from mmsent.config import check, finite
+from mmsent.models.fusions import ConcatMixHead
 from mmsent.strategies.base import Strategy
-from mmsent.strategies.ogm_ge import ogm_ratios
 
 
-def mask_ratios(scores: dict[str, float], sigma: float, r_max: float) -> dict[str, float]:
-    """``r_m = r_max * tanh(sigma * (rho_m - 1))`` for the modalities ahead, else 0."""
-    return {m: r_max * math.tanh(sigma * (r - 1)) if r > 1 else 0.0 for m, r in ogm_ratios(scores).items()}
+def mask_size(progress: float, eps: float, classes: int) -> int:
+    """``K = floor(sin(pi/2 * min(eps, l)/eps) * C)``."""
+    return math.floor(math.sin(math.pi / 2 * min(eps, progress) / eps) * classes + 1e-9)
+
+
+def dependence_shares(logits: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Batch-mean softmax mass of each modality's block in the per-sample softmax over all logits."""
+    p = torch.cat(list(logits.values()), dim=-1).softmax(-1)
+    blocks = p.split([z.shape[-1] for z in logits.values()], dim=-1)
+    return {m: float(b.sum(-1).mean()) for m, b in zip(logits, blocks)}
 
 
 @dataclass(frozen=True)
 class AMCoSettings:
-    sigma: float = 1.0  # slope of the ratio in the significance lead
-    r_max: float = 0.5  # the largest masking ratio
+    sigma: float = 0.0  # dependence threshold; 0 = the fair share 1/N (0.5 at N = 2, the reference's)
+    eps: float = 0.3  # the progress at which the mask is complete
+    modulation_end: int = 80  # last masked epoch
 
     def __post_init__(self):
-        check("sigma", finite(self.sigma) and self.sigma >= 0, self.sigma, "a finite number >= 0")
-        check("r_max", finite(self.r_max) and 0 <= self.r_max < 1, self.r_max, "a number in [0, 1)")
+        check("sigma", finite(self.sigma) and 0 <= self.sigma < 1, self.sigma, "a number in [0, 1)")
+        check("eps", finite(self.eps) and self.eps > 0, self.eps, "a finite number > 0")
 
 
 class AMCo(Strategy):
     Settings = AMCoSettings
+    needs_model = {"fusion": "concat_mix"}
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        if not isinstance(model.head, ConcatMixHead):
+            raise ValueError("amco needs its model: linear late fusion with a class-mixing layer "
+                             "(set model.fusion=concat_mix)")
+        self.sigma = self.settings.sigma or 1.0 / len(model.modalities)
+        self.progress = 0.0
+        self.dependent: list[str] = []
+
+    def on_epoch_start(self, epoch, data):
+        super().on_epoch_start(epoch, data)
+        self.progress, self.dependent = 0.0, []
 
     def train_step(self, batch):
-        s = self.settings
+        s, head = self.settings, self.model.head
         feats = self.model.encode(batch)
-        ratios = mask_ratios(self.branch_scores(feats, batch.y), s.sigma, s.r_max)
-        masked = {}
-        for m in self.model.modalities:  # one draw per entry for every modality: a fixed RNG stream
-            z = feats[m]
-            keep = self.dist.rand(len(z), *z.shape[1:]).to(z.device) >= ratios[m]
-            masked[m] = z * keep.to(z.dtype) if ratios[m] > 0 else z
-        loss = self.task.loss(self.model.head(masked), batch.y)
+        z = head.branch_logits(feats)
+        classes = self.task.out_dim
+        k = mask_size(self.progress, s.eps, classes) if self.epoch <= s.modulation_end else 0
+        # K random class positions of this batch (the same draw on every rank: a global mask)
+        mask = torch.ones(classes, device=self.device, dtype=next(iter(z.values())).dtype)
+        if k > 0 and self.dependent:
+            mask[torch.randperm(classes)[:k].to(self.device)] = 0
+        fused = head.fuse({m: v * mask if m in self.dependent else v for m, v in z.items()})
+        loss = self.task.loss(fused, batch.y) + sum(self.task.loss(v, batch.y) for v in z.values())
         self.update(loss)
-        return {"loss": loss.item(), **{f"mask_{m}": r for m, r in ratios.items()}}
+        shares = {m: self.dist.mean(v) for m, v in dependence_shares({m: v.detach() for m, v in z.items()}).items()}
+        masked = list(self.dependent) if k > 0 else []
+        self.dependent = [m for m, v in shares.items() if v > self.sigma]
+        self.progress += self.epoch / 10
+        return {"loss": loss.item(), "mask_k": float(k), **{f"masked_{m}": float(m in masked) for m in z}}
+
+    def state_dict(self):
+        return {**super().state_dict(), "progress": self.progress, "dependent": list(self.dependent)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.progress, self.dependent = state["progress"], list(state["dependent"])

@@ -1,20 +1,27 @@
 """CML: Calibrating Multimodal Learning (Ma, Zhang, Zhang, Wu, Fu, Zhou & Hu, ICML 2023), for N modalities.
 
-The paper's principle: a model's confidence must not rise when a modality is removed. With
-``x^(-m)`` the input without modality m (here: its features zeroed, the one masking rule of mmsent)
-the regulariser penalises every violation by its size,
+Reference followed: QingyangZhang/CML@9d2496e ``miwae/train.py`` (the official MIWAE form, any N),
+as specified in shared ``docs/research/balancemm-methods.md`` §9.
 
-    L_CML = mean_i sum_m max(0, Conf(x_i^(-m)) - Conf(x_i)),
-    L     = L_task(x) + lambda * L_CML,
+Principle: a model's confidence ``Conf = max_c softmax(h(x))_c`` must not rise when modalities are
+removed. Per step [source]:
 
-and gradients flow through both confidences (the full prediction is pushed up, the reduced one
-down). ``Conf`` is the maximum softmax probability for classification, as in the paper. Regression
-has no predictive distribution; the confidence in the truth ``exp(-|pred - y|)`` (``task.score``,
-the stand-in every classification-born baseline here uses) takes its place, so the rule reads
-"dropping a modality must not bring the prediction closer to the label".
+1. every sample i draws a random order pi_i of the modalities; its nested chain is
+   ``S_0 = M, S_k = M minus {pi_i(1), ..., pi_i(k)}``, k = 0 .. N-1 (removed modalities zeroed: the
+   framework's masking, as BalanceBenchmark; the MIWAE code fills in the training mean);
+2. ``L_cls = (1/N) sum_k CE(h(x^{S_k}), y)`` -- the reduced inputs are trained too;
+3. ``L_rank = sum_k sum_i relu((Conf_i(S_{k+1}) - Conf_i(S_k)) g_ik - eps)
+            + sum_k sum_i relu((Conf_i(S_{k+1}) - sg Conf_i(S_k)) u_ik - eps)``, k = 0 .. N-2,
+   ``g_ik = 1[S_k's prediction is right]``, ``u_ik = 1[S_k and S_{k+1} both wrong]``, sg the stop
+   gradient; a SUM over the samples (not a mean);
+4. ``L = L_cls + (beta / 100) L_rank``, beta = 10, eps = 0.
 
-N modalities: the sum runs over the N single-modality removals. At N = 2 these are the two
-unimodal branches, the paper's two-modality case.
+The reference's batch is 200: the summed hinge weighs more in larger batches; ``beta`` can be
+rescaled by the user for other batch sizes (not done silently). Reduced passes go through the head
+without moving its BatchNorm statistics. [extension] Regression: the confidence is the closeness
+to the label ``exp(-|pred - y|)`` and "right" is the Acc-2 sign class; any fusion head. At N = 2 the
+chain is (full, one random modality), so each sample's reduced input is one of its two unimodal
+branches, chosen at random.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mmsent.config import check, finite
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Strategy, scale_samples
 
 
 def confidence(task, pred: Tensor, y: Tensor) -> Tensor:
@@ -34,30 +41,51 @@ def confidence(task, pred: Tensor, y: Tensor) -> Tensor:
     return task.score(pred, y)
 
 
-def cml_penalty(full: Tensor, reduced: dict[str, Tensor]) -> Tensor:
-    """``mean_i sum_m relu(reduced_m[i] - full[i])`` from per-sample confidences."""
-    return sum(torch.relu(c - full) for c in reduced.values()).mean()
+def nested_chain(u: Tensor) -> Tensor:
+    """Removal rank of each modality per sample from uniform draws ``u`` (B, N): modality j is
+    removed at step ``rank[i, j] + 1`` of sample i's chain (argsort of the draws: a uniform random
+    order)."""
+    return u.argsort(dim=1).argsort(dim=1)
+
+
+def rank_penalty(conf: list[Tensor], right: list[Tensor], eps: float) -> Tensor:
+    """``L_rank`` from the chain's per-sample confidences and hits, S_0 first."""
+    total = conf[0].new_zeros(())
+    for k in range(len(conf) - 1):
+        g = right[k].to(conf[k].dtype)
+        u = (~right[k] & ~right[k + 1]).to(conf[k].dtype)
+        total = total + torch.relu((conf[k + 1] - conf[k]) * g - eps).sum()
+        total = total + torch.relu((conf[k + 1] - conf[k].detach()) * u - eps).sum()
+    return total
 
 
 @dataclass(frozen=True)
 class CMLSettings:
-    lam: float = 1.0  # lambda: weight of the calibration regulariser
+    beta: float = 10.0  # the ranking term's weight is beta / 100 (reference: 10)
+    eps: float = 0.0  # hinge margin
 
     def __post_init__(self):
-        check("lam", finite(self.lam) and self.lam >= 0, self.lam, "a finite number >= 0")
+        check("beta", finite(self.beta) and self.beta >= 0, self.beta, "a finite number >= 0")
+        check("eps", finite(self.eps) and self.eps >= 0, self.eps, "a finite number >= 0")
 
 
 class CML(Strategy):
     Settings = CMLSettings
 
     def train_step(self, batch):
+        s, mods = self.settings, self.model.modalities
         feats = self.model.encode(batch)
-        pred = self.model.head(feats)
-        task_loss = self.task.loss(pred, batch.y)
-        full = confidence(self.task, pred, batch.y)
-        # removals go through head_masked: a zero-masked pass must not move BatchNorm statistics
-        reduced = {m: confidence(self.task, self.model.head_masked(
-            self.model.mask_modalities(feats, [k for k in feats if k != m])), batch.y) for m in feats}
-        penalty = cml_penalty(full, reduced)
-        self.update(task_loss + self.settings.lam * penalty)
-        return {"loss": task_loss.item(), "cml": penalty.item()}
+        order = nested_chain(self.dist.rand(len(batch.y), len(mods)).to(self.device))
+        preds = [self.model.head(feats)]
+        for k in range(1, len(mods)):  # S_k keeps modality j while its removal rank is >= k
+            kept = {m: (order[:, j] >= k) for j, m in enumerate(mods)}
+            # reduced passes: the head's BatchNorm statistics stay (masked passes never move them)
+            preds.append(self.model.head_masked(scale_samples(feats, kept)))
+        cls = sum(self.task.loss(p, batch.y) for p in preds) / len(preds)
+        conf = [confidence(self.task, p, batch.y) for p in preds]
+        right = [self.task.correct(p.detach(), batch.y) for p in preds]
+        # a sum over samples: under torchrun each rank's sum is scaled back by its share of the batch,
+        # so the all-reduced gradient is the global batch's sum
+        rank = rank_penalty(conf, right, s.eps) / self.dist.weight
+        self.update(cls + s.beta / 100 * rank)
+        return {"loss": cls.item(), "cml": rank.item()}

@@ -2,105 +2,141 @@
 Jastrzebski, Cho & Geras, "Characterizing and Overcoming the Greedy Nature of Learning in
 Multi-modal Deep Neural Networks", ICML 2022), for N modalities.
 
-The paper's diagnosis: a multimodal network learns greedily through the modality it fits fastest
-and leaves the others under-trained. It measures each modality's *conditional learning speed*, the
-relative size of the updates its parameters receive, and when the speeds drift apart it switches
-to *re-balancing* steps that train the slow modality's conditional path until they meet again.
+Reference followed: nyukat/greedy_multimodal_learning@a190e03 ``src/balanced_mmtm.py``,
+``src/callbacks.py`` (Bias_Mitigation_Strong) and ``configs/training_guided.gin`` (shared
+``docs/research/balancemm-methods.md`` §3).
 
-Per step (normal mode), after the fused loss's backward:
+Model [source]: unimodal branches joined by MMTM blocks (``model.fusion=mmtm_seq`` for feature
+sequences: per-branch classifiers whose mean is the prediction; ``model.fusion=mmtm`` for the
+audio-visual ResNets, whose one linear classifier over the concatenation is the sum of per-branch
+column blocks). Each MMTM gate keeps a running mean over training steps.
 
-    speed_m = ||grad theta_m||^2 / ||theta_m||^2     (theta_m: encoder m's parameters)
+Conditional learning speed [source]: after every regular step's backward, per modality m,
 
-averaged over the last ``window`` normal steps. With the fastest and slowest modality,
+    M_main_m   += ||grad main_m||^2 / ||main_m||^2       main_m: branch m outside MMTM (its
+                                                         encoder, its layers, its classifier block)
+    M_bypass_m += ||grad bypass_m||^2 / ||bypass_m||^2   bypass_m: m's gate layers in every MMTM
+                                                         block and the shared squeeze layers
+    BDR_m = log10(M_bypass_m / M_main_m)
 
-    imbalance = 1 - speed_slow / speed_fast   in [0, 1),
+(squared norms summed over the group's tensors; the sums start at step 0 and are never reset).
 
-and when it exceeds ``alpha`` the next ``rebalance_steps`` steps are re-balancing steps: the loss
-of the slow modality's branch (the others zeroed, the framework's masking, standing in for the
-paper's averaged cross-modal inputs) trains its encoder and the head. Then normal steps resume
-with a fresh window.
+Balancing [source]: before epoch E_0 = 2 every step is regular. From then on, after a regular step
+with ``|BDR_0 - BDR_1| > eps`` the next Q = 5 steps curate the caring modality c (0 if
+BDR_0 > BDR_1, else 1): a curation step is a normal step on the same loss, all parameters
+updated, except that every MMTM block applies c's running-mean gate instead of its live gate.
+Speeds are not accumulated during curation. [extension] N > 2: curate when
+``max_m BDR_m - min_m BDR_m > eps``, c = argmax_m BDR_m (at N = 2 the source's rule).
 
-N modalities: the speeds of all N encoders; the slowest one is re-balanced against the fastest
-(at N = 2 the paper's pair). Any fusion head, both tasks.
+Defaults [source, ModelNet40]: eps = 0.01, Q = 5, E_0 = 2. The running means are updated from the
+global batch's mean gate of every regular step (the reference updates the second stream's mean
+from the first stream's gate, a bug not reproduced), so the method is exact under torchrun.
 
-Source note: only the paper's abstract was readable from this machine. Conditional learning speed
-as the relative squared size of a modality's parameter gradients, the threshold that triggers
-re-balancing and the re-balancing steps on the slow modality's conditional path follow our reading
-of the paper; measuring on the encoders (the paper measures the parameters of its MMTM-style
-fusion layers), the relative (scale-free) imbalance and the zero-masked branch are mmsent's
-choices, which make the method independent of the fusion head.
+Any other head is refused with one line: without cross-modal bypass parameters the method is
+undefined (the spec rules out comparing raw encoder speeds across encoders of different size).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import torch
 
 from mmsent.config import check, finite
 from mmsent.strategies.base import Strategy
 
 
-def learning_speed(params) -> float:
-    """``||grad||^2 / ||theta||^2`` over the parameters that have a gradient."""
-    g2 = sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None)
-    w2 = sum(float(p.detach().pow(2).sum()) for p in params if p.grad is not None)
+def relative_speed(groups: list[tuple[torch.nn.Parameter, tuple | None]]) -> float:
+    """``||grad||^2 / ||theta||^2`` over a group's tensors (or their indexed blocks)."""
+    g2 = w2 = 0.0
+    for p, idx in groups:
+        if p.grad is None:
+            continue
+        g, w = (p.grad, p.detach()) if idx is None else (p.grad[idx], p.detach()[idx])
+        g2 += float(g.pow(2).sum())
+        w2 += float(w.pow(2).sum())
     return g2 / w2 if w2 > 0 else 0.0
 
 
-def imbalance(speeds: dict[str, float]) -> tuple[float, str]:
-    """``1 - slowest / fastest`` and the slowest modality."""
-    slow = min(speeds, key=speeds.get)
-    fast = max(speeds.values())
-    return (1.0 - speeds[slow] / fast if fast > 0 else 0.0), slow
+def caring(bdr: dict[str, float], eps: float) -> str | None:
+    """The modality to curate (largest BDR) when the BDRs differ by more than eps, else None."""
+    if max(bdr.values()) - min(bdr.values()) <= eps:
+        return None
+    return max(bdr, key=bdr.get)  # ties: the first in modality order (at N = 2: c = 0 iff d > 0)
 
 
 @dataclass(frozen=True)
 class GreedySettings:
-    alpha: float = 0.5  # imbalance threshold that triggers re-balancing
-    window: int = 5  # normal steps averaged into the speeds
-    rebalance_steps: int = 5  # steps of one re-balancing phase
+    eps: float = 0.01  # BDR gap that triggers curation
+    curation_steps: int = 5  # Q
+    start_epoch: int = 2  # E_0: the first epoch that may curate
 
     def __post_init__(self):
-        check("alpha", finite(self.alpha) and 0 <= self.alpha < 1, self.alpha, "a number in [0, 1)")
-        check("window", self.window >= 1, self.window, "an integer >= 1")
-        check("rebalance_steps", self.rebalance_steps >= 1, self.rebalance_steps, "an integer >= 1")
+        check("eps", finite(self.eps) and self.eps >= 0, self.eps, "a finite number >= 0")
+        check("curation_steps", self.curation_steps >= 1, self.curation_steps, "an integer >= 1")
+        check("start_epoch", self.start_epoch >= 0, self.start_epoch, "an integer >= 0")
 
 
 class Greedy(Strategy):
     Settings = GreedySettings
+    needs_model = {"fusion": "mmtm_seq"}
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        self.history: list[list[float]] = []  # speeds of the recent normal steps, in modality order
-        self.slow: str | None = None  # the modality being re-balanced
-        self.left = 0  # re-balancing steps still to run
+        head = model.head
+        if not (hasattr(head, "mmtm") and hasattr(head, "branch_parameters")):
+            raise ValueError("greedy needs unimodal branches joined by MMTM blocks "
+                             "(set model.fusion=mmtm_seq, or mmtm for audio-visual encoders)")
+        mods = model.modalities
+        shared = [(p, None) for block in head.mmtm for p in block.joint.parameters()]
+        self.main = {m: [(p, None) for p in model.encoders[m].parameters()] + head.branch_parameters(m) for m in mods}
+        self.bypass = {m: [(p, None) for block in head.mmtm for p in block.gates[m].parameters()] + shared
+                       for m in mods}
+        self.speed_main = dict.fromkeys(mods, 0.0)
+        self.speed_bypass = dict.fromkeys(mods, 0.0)
+        self.care: str | None = None  # the modality under curation
+        self.left = 0  # curation steps still to run
+
+    def bdr(self) -> dict[str, float]:
+        return {m: math.log10(self.speed_bypass[m] / self.speed_main[m])
+                if self.speed_bypass[m] > 0 and self.speed_main[m] > 0 else 0.0 for m in self.speed_main}
 
     def train_step(self, batch):
-        s, mods = self.settings, self.model.modalities
-        if self.left > 0:
-            # only the slow modality is encoded: the others' inputs are zeros of their feature shape,
-            # so their encoders do no work, get no gradient (the optimizer skips them: no momentum or
-            # decay step) and keep their BatchNorm statistics
-            feats = self.model.encode(batch, [self.slow])
-            loss = self.task.loss(self.branches(feats, [self.slow])[self.slow], batch.y)
-            self.update(loss)
-            self.left -= 1
-            return {"loss": loss.item(), "rebalance": 1.0}
-        loss = self.task.loss(self.model.head(self.model.encode(batch)), batch.y)
+        s, blocks = self.settings, list(self.model.head.mmtm)
+        curating = self.left > 0
+        for block in blocks:
+            block.frozen = frozenset([self.care]) if curating else frozenset()
+        try:
+            loss = self.task.loss(self.model.head(self.model.encode(batch)), batch.y)
+        finally:
+            for block in blocks:  # evaluation and masked passes always see live gates
+                block.frozen = frozenset()
+        if not curating:  # the running mean gates from the global batch's mean gate
+            for block in blocks:
+                block.update_gate_means({m: self.dist.mean(g) for m, g in block.last_gates.items()})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.dist.sync_grads(self.model.parameters())  # speeds from the global batch's gradient
-        speeds = [learning_speed(list(self.model.encoders[m].parameters())) for m in mods]
-        self.history = [*self.history, speeds][-s.window:]
+        logs = {"loss": loss.item(), "curation": float(curating)}
+        if curating:
+            self.left -= 1
+        else:
+            for m in self.speed_main:
+                self.speed_main[m] += relative_speed(self.main[m])
+                self.speed_bypass[m] += relative_speed(self.bypass[m])
+            bdr = self.bdr()
+            logs.update({f"bdr_{m}": v for m, v in bdr.items()})
+            care = caring(bdr, s.eps) if self.epoch >= s.start_epoch else None
+            if care is not None:
+                self.care, self.left = care, s.curation_steps
         self.clip_and_step()
-        mean = {m: sum(h[i] for h in self.history) / len(self.history) for i, m in enumerate(mods)}
-        gap, slow = imbalance(mean)
-        if len(self.history) == s.window and gap > s.alpha:
-            self.slow, self.left, self.history = slow, s.rebalance_steps, []
-        return {"loss": loss.item(), "imbalance": gap}
+        return logs
 
     def state_dict(self):
-        return {**super().state_dict(), "history": self.history, "slow": self.slow or "", "left": self.left}
+        return {**super().state_dict(), "speed_main": dict(self.speed_main), "speed_bypass": dict(self.speed_bypass),
+                "care": self.care or "", "left": self.left}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.history, self.slow, self.left = state["history"], state["slow"] or None, state["left"]
+        self.speed_main, self.speed_bypass = dict(state["speed_main"]), dict(state["speed_bypass"])
+        self.care, self.left = state["care"] or None, state["left"]

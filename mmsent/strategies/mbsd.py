@@ -1,68 +1,75 @@
 """MBSD: modality-balancing self-distillation (Liu, Li, Song, Yang & Zeng, "Multimodal Pre-Training
 with Self-Distillation for Product Understanding in E-Commerce", WSDM 2023), for N modalities.
 
-The paper's diagnosis: in joint multimodal training one modality dominates and the others are not
-fully tapped. Its remedy is *self*-distillation -- no separately trained teacher: the model's own
-prediction from the dominant modality teaches the model's predictions from the weaker modalities,
-so the knowledge the dominant modality has gathered is transferred to them. Per step:
+Reference followed: BalanceBenchmark@4c1482f ``trainer/MBSD_trainer.py`` (the paper is closed and
+has no official code; shared ``docs/research/balancemm-methods.md`` §7). Per step, with unimodal
+logits z_m (``unimodal_logits``: ``W_m f_m + b/N`` on a linear concat head, the reference's
+convention; the zero-masked branch on other heads) and ``p_m = softmax(z_m)``, for a pair (a, v)
+[source, N = 2]:
 
-    f_m   = h(x with every modality but m zeroed)    (modality m's branch through the shared head)
-    s_m   = sum_i Conf_m(x_i)                        (the branch's confidence in the truth, OGM-GE's score)
-    d     = argmax_m s_m                             (the dominant modality of this batch: the teacher)
-    L_KD  = 1 / (N - 1) * sum_{m != d} mean_i T^2 KL(softmax(sg(f_d) / T) || softmax(f_m / T)),
-    L     = L_task(h(x), y) + lambda * L_KD,
+    ps_i = max(p_a,i[y_i], p_v,i[y_i]),  pw_i = min(...)     (the strong and weak side per sample)
+    w_i  = ps_i - pw_i  if either unimodal argmax is right, else 0   (gradient NOT stopped, as BB)
+    RS_i = (1/C) sum_c (z_a,i,c - z_v,i,c)^2                  (representation term, on logits)
+    KL_i = KL(sg p_strong,i || p_weak,i)                       (distribution term)
+    L    = CE(fused, y) + sum_m CE(z_m, y) + (1/B) sum_i w_i RS_i + (1/B) sum_i w_i KL_i.
 
-where ``sg`` stops the gradient: the teacher is not pulled towards its students. The students'
-gradient reaches their encoders and the shared head through the masked passes (which leave the
-head's BatchNorm statistics alone). Evaluation is the fused model's, unchanged.
+Deliberately not reproduced: BalanceBenchmark's distribution term calls a library KL on
+probabilities (``pw (log pw - ps)``, not a divergence); the spec's corrected intent, the KL from the
+detached strong side to the weak side, is used. Every weight is 1 (BB has none to tune); the
+terms act in epochs 0-80 (``modulation_end``).
 
-Regression (not in the paper; MOSI): each branch predicts a Gaussian N(f_m, sigma^2), whose KL is
-(f_m - f_d)^2 / (2 sigma^2); with the usual T^2 factor and sigma = T the temperature cancels, so
-the term is ``mean_i (f_m - f_d)^2 / 2`` for every T. Confidence is ``exp(-|err|)`` (task.score), as
-for every classification-born baseline here.
-
-N modalities: the teacher is the one leader of the batch and all N - 1 others are its students,
-averaged so that lambda means the same for every N; at N = 2 the weaker modality learns from the
-stronger one, the paper's two-modality case. Works with every fusion head and both tasks. Under
-torchrun the scores are sums over the global batch (``dist.sum``), so every rank picks the same
-teacher and K ranks step exactly as one process.
-
-Source note: only the paper's abstract was readable from this machine. Self-distillation from the
-dominant modality to the weaker ones inside one model follows it; choosing the teacher per batch by
-the branches' confidence, the temperature-scaled KL between the masked branches, averaging over the
-students and the regression analogue are mmsent's reading (the paper's model is a single-stream
-vision-language BERT pre-trained on e-commerce data; its other pre-training tasks are not part of
-the balancing method and are not built).
+[source, BB for N = 3] N > 2: w, RS and KL for every pair, the pair terms averaged; every unimodal
+CE added (logits in RS at every N; BB switches to probabilities at N = 3). [extension] Regression:
+``p[y]`` is the closeness ``exp(-|z - y|)``, "right" the Acc-2 sign class, RS the squared gap and
+the distribution term the Gaussian KL ``(z_weak - sg z_strong)^2 / 2``; the unimodal terms use the
+task's L1 loss. Exact under torchrun (batch means only).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
-from mmsent.config import check, finite
+from mmsent.config import check
 from mmsent.strategies.base import Strategy
 
 
-def self_distillation(task_name: str, teacher: Tensor, students: list[Tensor], tau: float) -> Tensor:
-    """``L_KD``: the students' mean divergence from the (detached) teacher, batch-averaged."""
-    teacher = teacher.detach()
-    if task_name == "classification":
-        target = (teacher / tau).log_softmax(-1)
-        kl = [F.kl_div((f / tau).log_softmax(-1), target, reduction="batchmean", log_target=True) for f in students]
-        return tau ** 2 * sum(kl) / len(students)
-    return sum(0.5 * ((f - teacher) ** 2).mean() for f in students) / len(students)
+def pair_terms(task, za: Tensor, zv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample (w, RS, KL) of one modality pair."""
+    pa, pv = task.score(za, y), task.score(zv, y)
+    a_strong = (pa >= pv)
+    w = (torch.maximum(pa, pv) - torch.minimum(pa, pv))
+    w = w * (task.correct(za, y) | task.correct(zv, y)).to(w.dtype)
+    rs = ((za - zv) ** 2).mean(-1) if za.dim() > 1 else (za - zv) ** 2
+    strong = torch.where(a_strong.view(-1, *([1] * (za.dim() - 1))), za, zv)
+    weak = torch.where(a_strong.view(-1, *([1] * (za.dim() - 1))), zv, za)
+    if task.name == "classification":
+        target = strong.detach().log_softmax(-1)
+        kl = (target.exp() * (target - weak.log_softmax(-1))).sum(-1)
+    else:
+        kl = 0.5 * ((weak - strong.detach()) ** 2).reshape(-1)
+    return w, rs.reshape(-1), kl
+
+
+def distillation(task, logits: dict[str, Tensor], y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean_i w_i RS_i, mean_i w_i KL_i)`` averaged over the modality pairs."""
+    pairs = list(itertools.combinations(logits, 2))
+    rs_total, kl_total = 0.0, 0.0
+    for a, v in pairs:
+        w, rs, kl = pair_terms(task, logits[a], logits[v], y)
+        rs_total = rs_total + (w * rs).mean()
+        kl_total = kl_total + (w * kl).mean()
+    return rs_total / len(pairs), kl_total / len(pairs)
 
 
 @dataclass(frozen=True)
 class MBSDSettings:
-    lam: float = 1.0  # lambda: weight of the self-distillation term
-    tau: float = 1.0  # T: distillation temperature (classification; it cancels for regression)
+    modulation_end: int = 80  # last epoch with the unimodal and distillation terms (BB: 80)
 
     def __post_init__(self):
-        check("lam", finite(self.lam) and self.lam >= 0, self.lam, "a finite number >= 0")
-        check("tau", finite(self.tau) and self.tau > 0, self.tau, "a finite number > 0")
+        check("modulation_end", self.modulation_end >= -1, self.modulation_end, "an integer >= -1")
 
 
 class MBSD(Strategy):
@@ -71,11 +78,11 @@ class MBSD(Strategy):
     def train_step(self, batch):
         feats = self.model.encode(batch)
         task_loss = self.task.loss(self.model.head(feats), batch.y)
-        branches = self.branches(feats)
-        scores = self.branch_scores(feats, batch.y, branches)
-        teacher = max(scores, key=scores.get)  # ties: the first in modality order, on every rank
-        kd = self_distillation(self.task.name, branches[teacher],
-                               [f for m, f in branches.items() if m != teacher], self.settings.tau)
-        self.update(task_loss + self.settings.lam * kd)
-        # per modality, 1.0 when it taught: the epoch's mean is the share of batches it led
-        return {"loss": task_loss.item(), "distill": kd.item(), **{f"teacher_{m}": float(m == teacher) for m in feats}}
+        if self.epoch > self.settings.modulation_end:
+            self.update(task_loss)
+            return {"loss": task_loss.item()}
+        z = self.unimodal_logits(feats)
+        uni = sum(self.task.loss(v, batch.y) for v in z.values())
+        rs, kl = distillation(self.task, z, batch.y)
+        self.update(task_loss + uni + rs + kl)
+        return {"loss": task_loss.item(), "unimodal": uni.item(), "rs": rs.item(), "kl": kl.item()}

@@ -1,65 +1,71 @@
 """OPM: On-the-fly Prediction Modulation (Wei, Hu, Feng, Wang et al., "On-the-fly Modulation for
 Balanced Multimodal Learning", IEEE TPAMI 2024, the journal extension of OGM-GE), for N modalities.
 
-OGM-GE damps the dominant modality's *gradient*; OPM weakens its *prediction* instead: in the
-feed-forward stage of training, the features of the dominant modality are dropped (zeroed) for a
-random subset of the batch, with a probability that grows with how far that modality leads. Both
-read the same discrepancy ratio. Per step:
+Reference followed: GeWu-Lab/BML_TPAMI2024@4b3aa4f ``code/models/Classifier.py``, ``code/main.py``
+and ``code/scripts/train_opm.sh`` (shared ``docs/research/balancemm-methods.md`` §2).
 
-    s_m   = sum_i Conf_m(x_i)                     (the modality's branch, others zeroed; as OGM-GE)
-    rho_m = mean_{j != m} s_m / s_j                (s_a / s_v at N = 2: OGM-GE's N-modality ratio)
-    p_m   = lambda * tanh(rho_m - 1)  if rho_m > 1, else 0
-    drop_{i,m} ~ Bernoulli(p_m), independently per sample,
-    L     = L_task(h(x_i with every dropped modality zeroed), y_i).
+OGM-GE damps the dominant modality's gradient; OPM weakens its *prediction*: in the feed-forward
+stage, the dominant modality's features are dropped for random samples, with a probability that
+grows with its lead. Per step, from epoch ``warmup + 1`` on ([source]: no modulation in epochs 0-5):
 
-Nothing is rescaled (unlike dropout): the point is that the fused prediction leans less on the
-dominant modality while the others keep their full gradient. Evaluation never drops.
+    s_m   = sum_i Conf_m(x_i)                         (the branch's confidence in the truth)
+    rho_m = s_a / s_v at N = 2                       [source]; mean_{j != m} s_m / s_j  [extension]
+    q_m   = min(1, q_base (1 + lambda tanh(rho_m - 1)))  if rho_m > 1, else 0   [source]
+    with probability p_exe (one draw per step)                                  [source]:
+        keep_{i,m} ~ Bernoulli(1 - q_m) per sample and modality,
+        theta  = sum_m d_m q_m / sum_m d_m          (d_m: features per sample of modality m)
+        f_{i,m} <- keep_{i,m} f_{i,m} / (1 - theta)  for EVERY modality (the reference's straight
+                                                      scaling, which the backward pass carries too)
+        samples whose every modality was dropped leave the loss (cannot happen at N = 2)
+    L = L_task(h(f), y).
 
-Source note: only the paper's abstract was readable from this machine. The mechanism above (drop
-the dominant modality's feature with a probability set by the discrepancy ratio, in the
-feed-forward stage, training only) is the paper's; the probability's exact form is written in
-OGM-GE's tanh family, bounded by ``lam`` (mmsent's reading, not checked against the paper).
+A modality that leads by any margin is dropped with probability >= q_base (the step at rho = 1 is
+the reference's). Evaluation never drops or scales.
 
-N modalities: each modality with ``rho_m > 1`` is dropped on its own draw. The modality with the
-lowest score always has ``rho <= 1`` (every ratio s_min / s_j <= 1), so the weakest is never dropped
-and at N = 2 only the leader can be. Works with every fusion head (dropping is the framework's
-zero-masking, applied per sample) and both tasks (regression's confidence is ``exp(-|err|)``).
+Defaults [source, Kinetics-Sounds script]: q_base 0.5, lambda 0.5, p_exe 0.7, warm-up 5 epochs.
+Scores are the zero-masked branch's (the framework's branch; the reference uses ``W_m f_m + b/2``,
+the same ranking up to the bias). [extension] N > 2 uses OGM-GE's N-modality ratio (the weakest
+modality always has rho <= 1 and is never dropped); regression's confidence is ``exp(-|err|)``;
+any fusion head (sequence features: the whole sequence of a dropped sample is zeroed). Under
+torchrun the scores, the draws and the loss's count of kept samples are global.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from torch import Tensor
+import torch
 
 from mmsent.config import check, finite
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Strategy, scale_samples
 from mmsent.strategies.ogm_ge import ogm_ratios
 
 
-def drop_probabilities(scores: dict[str, float], lam: float) -> dict[str, float]:
-    """``p_m = lam * tanh(rho_m - 1)`` for the modalities ahead (rho_m > 1), else 0."""
-    return {m: lam * math.tanh(r - 1) if r > 1 else 0.0 for m, r in ogm_ratios(scores).items()}
+def drop_probabilities(scores: dict[str, float], q_base: float, lam: float) -> dict[str, float]:
+    """``q_m = min(1, q_base (1 + lam tanh(rho_m - 1)))`` for the modalities ahead, else 0."""
+    return {m: min(1.0, q_base * (1 + lam * math.tanh(r - 1))) if r > 1 else 0.0
+            for m, r in ogm_ratios(scores).items()}
 
 
-def drop_samples(feats: dict[str, Tensor], dropped: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Zero modality m's features for the samples where ``dropped[m]`` (B,) is true: the framework's
-    zero-masking rule, per sample instead of per batch."""
-    out = dict(feats)
-    for m, d in dropped.items():
-        keep = (~d).to(feats[m].dtype).view(-1, *([1] * (feats[m].dim() - 1)))
-        out[m] = feats[m] * keep
-    return out
+def rescale(probs: dict[str, float], widths: dict[str, int]) -> float:
+    """``1 / (1 - theta)``, theta the width-weighted mean drop probability."""
+    theta = sum(widths[m] * q for m, q in probs.items()) / sum(widths.values())
+    return 1.0 / (1.0 - theta) if theta < 1 else 1.0
 
 
 @dataclass(frozen=True)
 class OPMSettings:
-    lam: float = 0.5  # the largest drop probability (reached as rho -> infinity)
-    modulation_start: int = 0  # first and last epoch of modulation
-    modulation_end: int = 50
+    q_base: float = 0.5  # the least drop probability of a leading modality (reference script: 0.5)
+    lam: float = 0.5  # lambda: how much more a larger lead drops
+    p_exe: float = 0.7  # probability that a step modulates at all
+    warmup: int = 5  # epochs 0..warmup are plain training (reference: modulation for t > 5)
+    modulation_end: int = 1_000_000  # last modulated epoch (the reference modulates to the end)
 
     def __post_init__(self):
-        check("lam", finite(self.lam) and 0 <= self.lam <= 1, self.lam, "a number in [0, 1]")
+        check("q_base", finite(self.q_base) and 0 <= self.q_base <= 1, self.q_base, "a number in [0, 1]")
+        check("lam", finite(self.lam) and self.lam >= 0, self.lam, "a finite number >= 0")
+        check("p_exe", finite(self.p_exe) and 0 <= self.p_exe <= 1, self.p_exe, "a number in [0, 1]")
+        check("warmup", self.warmup >= -1, self.warmup, "an integer >= -1 (-1: modulate from epoch 0)")
 
 
 class OPM(Strategy):
@@ -69,13 +75,27 @@ class OPM(Strategy):
         s = self.settings
         feats = self.model.encode(batch)
         logs = {}
-        if s.modulation_start <= self.epoch <= s.modulation_end:
-            probs = drop_probabilities(self.branch_scores(feats, batch.y), s.lam)
-            n = len(batch.y)
-            # one draw per sample and modality, in a fixed modality order (reproducible, resumable)
-            dropped = {m: self.dist.rand(n).to(self.device) < probs[m] for m in self.model.modalities}
-            feats = drop_samples(feats, {m: d for m, d in dropped.items() if probs[m] > 0})
+        weights = None  # per-sample loss weights when samples are discarded
+        if s.warmup < self.epoch <= s.modulation_end:
+            probs = drop_probabilities(self.branch_scores(feats, batch.y), s.q_base, s.lam)
             logs.update({f"drop_p_{m}": p for m, p in probs.items()})
-        loss = self.task.loss(self.model.head(feats), batch.y)
+            # fixed draw order (the gate, then every modality's samples): reproducible and resumable,
+            # and under torchrun every rank draws the same gate and its rows of the global draws
+            execute = float(torch.rand(())) < s.p_exe
+            draws = {m: self.dist.rand(len(batch.y)).to(self.device) for m in self.model.modalities}
+            if execute:
+                widths = {m: math.prod(f.shape[1:]) for m, f in feats.items()}
+                scale = rescale(probs, widths)
+                keep = {m: (draws[m] >= probs[m]).to(feats[m].dtype) for m in self.model.modalities}
+                feats = scale_samples(feats, {m: k * scale for m, k in keep.items()})
+                alive = sum(keep.values()) > 0  # at least one modality left
+                weights = alive.to(feats[self.model.modalities[0]].dtype)
+                logs["scale"] = scale
+        pred = self.model.head(feats)
+        if weights is None:
+            loss = self.task.loss(pred, batch.y)
+        else:  # the mean over the global batch's surviving samples
+            total, kept = self.dist.sum(float(len(batch.y))), self.dist.sum(float(weights.sum()))
+            loss = (weights * self.task.per_sample(pred, batch.y)).mean() * (total / max(kept, 1.0))
         self.update(loss)
         return {"loss": loss.item(), **logs}

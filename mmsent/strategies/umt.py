@@ -1,6 +1,14 @@
 """UMT: Uni-Modal Teacher (Du, Teng, Wang, Li, Qu, Zhao et al., "On Uni-Modal Feature Learning in
 Supervised Multi-Modal Learning", ICML 2023), for N modalities.
 
+Reference followed: BalanceBenchmark@4c1482f ``trainer/UMT_trainer.py`` and
+``configs/trainer_config.yaml`` (no official code; shared ``docs/research/balancemm-methods.md``
+§10): lambda = 10 [source], one teacher and one MSE term per modality [source]; the teacher is the
+validation-best epoch (BalanceBenchmark takes the newest; the spec prefers validation) and its
+classifier during stage 1 is the shared head with the other modalities zeroed [mmsent's choice:
+a unimodal model of the same architecture]. BalanceBenchmark's 0-80 epoch window is longer than
+every run here, so distillation is always on.
+
 The paper's diagnosis: joint training under-learns each modality's own features ("modality
 laziness"); features learned by a unimodal model are better. UMT therefore works in two stages:
 
@@ -36,7 +44,7 @@ from mmsent.strategies.unimodal import Unimodal
 
 @dataclass(frozen=True)
 class UMTSettings:
-    lam: float = 1.0  # lambda: weight of the feature-distillation term
+    lam: float = 10.0  # lambda: weight of the feature-distillation term (BalanceBenchmark's "scaling": 10)
     teacher_epochs: int = 10  # stage 1: epochs per unimodal teacher (best validation epoch kept)
 
     def __post_init__(self):

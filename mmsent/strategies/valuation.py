@@ -1,37 +1,34 @@
 """Sample-level modality valuation (Wei, Feng, Wang & Hu, "Enhancing Multimodal Cooperation via
 Sample-level Modality Valuation", CVPR 2024), for N modalities: BalanceMM's data-level method.
 
-Which modality a model under-uses differs from sample to sample. The paper values every modality
-on every sample with the Shapley value of its marginal contributions to the sample's outcome, and
-re-samples the low-contributing modality of each sample so that modality is trained more.
+Reference followed: the authors' ``code/sample_level.py`` and ``code/datasets/dataloader.py``
+(GeWu-Lab/Valuate-and-Enhance-Multimodal-Cooperation@7ed12b0), with BalanceBenchmark's
+N-modality Shapley (``evaluation/modalitys.py``), as specified in shared
+``docs/research/balancemm-methods.md`` §1.
 
-Valuation (at the start of every ``every``-th epoch, on the whole training split, eval mode): the
-value of a coalition S of modalities on sample i is whether the model with only S kept (the others
-zeroed, the framework's masking) gets the sample right,
+[source] Schedule: the first ``warmup`` epochs (5) are plain joint training. From then on, before
+every epoch the whole training split is valued (eval mode, no gradient) and the epoch trains on
+the original samples plus re-sampled copies.
 
-    v_i(S) = 1[prediction_S(x_i) is correct],   v_i(empty) = 0,
-    phi_i^m = sum_{S not holding m} |S|! (N - |S| - 1)! / N! * (v_i(S + m) - v_i(S)),
+[source] Value of coalition S on sample i: ``v_i(S) = |S| * 1[prediction from S is right]``,
+``v_i(empty) = 0`` (the reference scores the two-modality model 2 and each branch 1); the Shapley
+value ``phi_i^m = sum_{S not holding m} |S|! (N-|S|-1)! / N! (v_i(S+m) - v_i(S))``, so
+``sum_m phi_i^m = v_i(all)`` and an even share is 1 at every N. At N = 2 it is
+``phi^a = (v(a) + v(a,v) - v(v)) / 2``, in {-0.5, 0, 0.5, 1, 1.5}.
 
-so ``sum_m phi_i^m = v_i(all)``. Regression (MOSI) counts a prediction correct when it has the
-label's sign class (Acc-2, ``task.classes``).
+[source] Copies: for EVERY sample and EVERY modality, ``c(phi) = 3 if phi < -0.1, 2 if
+-0.1 < phi < 0.4, 1 if 0.4 < phi < 1, else 0`` (the boundaries and phi >= 1 give 0). A copy of
+(i, m) is sample i with every modality but m zeroed, with its label.
 
-Re-sampling: sample i's low-contributing modality is ``u_i = argmin_m phi_i^m``. The further it
-falls below an even share of the sample's value, the more often it is re-sampled:
+[extension, the spec's allowed approximation] Instead of enlarging the dataset, each batch adds its
+samples' copies to the loss: ``(1/B) [sum_i l(h(x_i), y_i) + sum_i sum_m c_i^m l(h(x_i^m only), y_i)]``,
+the expected weight every copy has in the reference's enlarged epoch. What this gives up: a copy's
+own augmentation draw and the extra optimizer steps of the longer epoch. Copies go through the
+head without moving its BatchNorm statistics (a copy is the row of the batch's masked pass, so a
+head with train-mode BatchNorm never normalises a single copy).
 
-    s_i = min(K, ceil(K * (v_i(all) / N - phi_i^{u_i})))   (0 when at or above the even share).
-
-A re-sampled copy feeds modality ``u_i`` alone (the others zeroed) through the shared head, so the
-step's loss is ``(1/B) [sum_i l(h(x_i), y_i) + sum_i s_i * l(h(x_i^{u_i} only), y_i)]``: the batch
-as if its s_i copies had been drawn with it (BatchNorm statistics untouched by the copies).
-
-N modalities: the Shapley value above is exact over all 2^N coalitions (one masked head pass per
-coalition; fine for the handful of modalities of multimodal data). At N = 2 it is the paper's
-``phi^a = (v(a) + v(a, v) - v(v)) / 2``. Works with every fusion head and both tasks.
-
-Source note: only the paper's abstract was readable from this machine. The sample-level Shapley
-valuation with a correctness value and the targeted re-sampling of the low-contributing modality
-follow it; the re-sampling frequency ``s_i`` (with its cap K, ``max_resample``) is mmsent's
-monotone rule, not the paper's table.
+[extension] N > 2: the Shapley value is exact over all 2^N coalitions (one masked head pass each).
+Regression (MOSI): "right" is the label's Acc-2 sign class (``task.correct``). Any fusion head.
 """
 from __future__ import annotations
 
@@ -42,34 +39,34 @@ from torch import Tensor
 
 from mmsent.config import check
 from mmsent.models.model import evaluating
-from mmsent.strategies.agm import coalitions, shapley_contributions
 from mmsent.strategies.base import Strategy
+from mmsent.strategies.shapley import coalitions, shapley_contributions
 
 
 def sample_shapley(correct: dict[frozenset, Tensor], modalities: list[str]) -> dict[str, Tensor]:
-    """Per-sample Shapley values from ``correct[S]`` (B,) in {0, 1} for every non-empty coalition."""
+    """Per-sample Shapley values from ``correct[S]`` (B,) in {0, 1} for every non-empty coalition,
+    with the reference's coalition value ``|S| * correct``."""
     like = next(iter(correct.values())).float()
-    values = {S: correct[S].float() if S else torch.zeros_like(like) for S in coalitions(modalities)}
+    values = {S: len(S) * correct[S].float() if S else torch.zeros_like(like) for S in coalitions(modalities)}
     return shapley_contributions(values, modalities)  # + v(empty)/N = 0
 
 
-def resample_counts(phi: dict[str, Tensor], cap: int) -> tuple[Tensor, Tensor]:
-    """(index of the low-contributing modality, re-sample count) per sample."""
-    stacked = torch.stack(list(phi.values()), dim=1)  # (B, N)
-    low, idx = stacked.min(dim=1)
-    share = stacked.sum(dim=1) / stacked.shape[1]  # v(all) / N
-    counts = torch.ceil(cap * (share - low) - 1e-9).clamp(0, cap).long()
-    return idx, counts
+def copy_counts(phi: Tensor) -> Tensor:
+    """The reference's table: 3 / 2 / 1 / 0 copies for phi < -0.1, < 0.4, < 1, otherwise; exact
+    boundaries give 0 (strict inequalities on both sides, as the reference's if-chain)."""
+    counts = torch.zeros_like(phi, dtype=torch.long)
+    counts[phi < -0.1] = 3
+    counts[(phi > -0.1) & (phi < 0.4)] = 2
+    counts[(phi > 0.4) & (phi < 1)] = 1
+    return counts
 
 
 @dataclass(frozen=True)
 class ValuationSettings:
-    every: int = 1  # re-value the training split every this many epochs
-    max_resample: int = 2  # K: the most copies of one sample's low-contributing modality per epoch
+    warmup: int = 5  # W: epochs of plain joint training before the first valuation (reference: 5)
 
     def __post_init__(self):
-        check("every", self.every >= 1, self.every, "an integer >= 1")
-        check("max_resample", self.max_resample >= 0, self.max_resample, "an integer >= 0")
+        check("warmup", self.warmup >= 0, self.warmup, "an integer >= 0")
 
 
 class Valuation(Strategy):
@@ -77,36 +74,29 @@ class Valuation(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        # per training sample, by position in the split: its low-contributing modality and copies
-        self.low: Tensor | None = None
+        # per training sample, by position in the split: copies per modality (N columns), or None
         self.copies: Tensor | None = None
 
-    def correct(self, pred: Tensor, y: Tensor) -> Tensor:
-        if self.task.name == "classification":
-            return pred.argmax(-1) == y
-        return self.task.classes(pred.reshape(-1)) == self.task.classes(y)
-
     @torch.no_grad()
-    def value(self, split, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-        """Low-contributing modality and re-sample count of every sample of ``split``."""
+    def value(self, split, batch_size: int = 256) -> Tensor:
+        """(len(split), N) copies of every sample's every modality, in modality order."""
         mods = self.model.modalities
-        lows, counts = [], []
+        counts = []
         with evaluating(self.model):
             for batch in self.my_batches(split, batch_size):  # torchrun: this rank's slice
                 feats = self.model.encode(batch)
-                correct = {S: self.correct(self.model.head(self.model.mask_modalities(feats, S)), batch.y)
+                correct = {S: self.task.correct(self.model.head(self.model.mask_modalities(feats, S)), batch.y)
                            for S in coalitions(mods) if S}
-                low, n = resample_counts(sample_shapley(correct, mods), self.settings.max_resample)
-                lows.append(low)
-                counts.append(n)
+                phi = sample_shapley(correct, mods)
+                counts.append(torch.stack([copy_counts(phi[m]) for m in mods], dim=1))
         # every rank gets the whole split's plan, in order (a rank with no slice still joins)
-        empty = torch.zeros(0, dtype=torch.long, device=self.device)
-        return tuple(self.dist.gather(torch.cat(v) if v else empty).cpu() for v in (lows, counts))
+        empty = torch.zeros((0, len(mods)), dtype=torch.long, device=self.device)
+        return self.dist.gather(torch.cat(counts) if counts else empty).cpu()
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
-        if epoch % self.settings.every == 0:
-            self.low, self.copies = self.value(data.train)
+        if epoch >= self.settings.warmup:  # the model after epoch t - 1 plans epoch t
+            self.copies = self.value(data.train)
 
     def train_step(self, batch):
         feats = self.model.encode(batch)
@@ -116,25 +106,21 @@ class Valuation(Strategy):
             if batch.index is None:  # a batch built by hand in a user's own loop
                 raise ValueError("valuation keys its re-sampling plan by batch.index (positions in the training "
                                  "split); build batches with Split.batch or pass index=")
-            pos = batch.index.cpu()  # positions in the training split (ids may repeat in a user's data)
-            low, copies = self.low[pos], self.copies[pos]
+            copies = self.copies[batch.index.cpu()]  # positions in the training split
             for k, m in enumerate(self.model.modalities):
-                rows = torch.nonzero((low == k) & (copies > 0)).flatten()
-                if len(rows) == 0:
+                c = copies[:, k].to(batch.y.device)
+                if int(c.sum()) == 0:
                     continue
-                idx = rows.repeat_interleave(copies[rows]).to(batch.y.device)
-                # the branch over the whole batch, then its re-sampled rows: a head with train-mode
-                # BatchNorm (MMTM) cannot normalise a single copy, and a copy is the same sample's
-                # branch as in any batch of it (for heads without BatchNorm both are the same)
-                pred = self.branches(feats, [m])[m][idx]
-                extra = extra + self.task.loss(pred, batch.y[idx]) * len(idx) / len(batch.y)
-                n += len(idx)
+                # the modality's branch over the whole batch, each row weighted by its copies
+                per = self.task.per_sample(self.branches(feats, [m])[m], batch.y)
+                extra = extra + (c.to(per.dtype) * per).sum() / len(batch.y)
+                n += int(c.sum())
         self.update(loss + extra)
         return {"loss": loss.item(), "resampled": n / len(batch.y)}
 
     def state_dict(self):
-        return {**super().state_dict(), "low": self.low, "copies": self.copies}
+        return {**super().state_dict(), "copies": self.copies}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.low, self.copies = state["low"], state["copies"]
+        self.copies = state["copies"]
