@@ -158,7 +158,22 @@ def cmd_table(args) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md, csv_path = write_table(dirs, Path(args.out), dataset, "python cli.py " + shlex.join(args.argv), args.name)
+    command = "python cli.py " + shlex.join(args.argv)
+    if args.update:  # only these rows are re-made: merge them into the committed table
+        import tempfile
+
+        from mmsent.table import update_table
+
+        stem = args.name or f"{dataset}_table"
+        md, csv_path = Path(args.out) / f"{stem}.md", Path(args.out) / f"{stem}.csv"
+        if not (md.is_file() and csv_path.is_file()):
+            print(f"error: --update needs the table to update: {md} and {csv_path}", file=sys.stderr)
+            return 2
+        with tempfile.TemporaryDirectory() as tmp:
+            new_md, new_csv = write_table(dirs, Path(tmp), dataset, command, stem)
+            update_table(md, csv_path, new_md, new_csv, command, list(dirs))
+    else:
+        md, csv_path = write_table(dirs, Path(args.out), dataset, command, args.name)
     print(md.read_text())
     print(f"wrote {md} and {csv_path}")
     return 0
@@ -290,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--name", help="output file stem (default: <dataset>_table)")
     tb.add_argument("--runs-dir", help="where the runs go (default runs/table/<dataset>); finished runs are reused")
     tb.add_argument("--out", default="results", help="folder for <dataset>_table.md and .csv")
+    tb.add_argument("--update", action="store_true", help="re-make only the --methods rows and replace them in the "
+                    "existing table (every other row kept as it is; the file notes which rows were re-made)")
     tb.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")

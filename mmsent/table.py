@@ -241,3 +241,64 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
         writer.writeheader()
         writer.writerows(rows)
     return md, csv_path
+
+
+def _table_lines(md_text: str) -> list[str]:
+    return md_text.rstrip("\n").split("\n")
+
+
+def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[dict], note: str) -> tuple[str, list[dict]]:
+    """``table --update``: the rows of ``new_*`` (a table of some methods) replace the same methods'
+    rows of ``old_*`` in place, in every section (the results table, the probe table); a method the old
+    table lacks is appended to each section. Every other row is kept verbatim, and ``note`` (which rows
+    were re-made, by which command) replaces any earlier such note under the command line."""
+    new_lines = _table_lines(new_md)
+    method_of = lambda line: line.split("|")[1].strip() if line.startswith("| ") else None  # noqa: E731
+    fresh: dict[str, list[str]] = {}  # method -> its row in each section, in order
+    for line in new_lines:
+        m = method_of(line)
+        if m and m != "Method":
+            fresh.setdefault(m, []).append(line)
+    out, seen, section, last_row = [], {}, -1, {}
+    for line in _table_lines(old_md):
+        if line.startswith("Re-made rows:"):
+            continue
+        m = method_of(line)
+        if m == "Method":
+            section += 1
+        elif m:
+            k = seen.get(m, 0)
+            seen[m] = k + 1
+            if m in fresh and k < len(fresh[m]):
+                line = fresh[m][k]
+            last_row[section] = len(out)
+        out.append(line)
+        if line.startswith("Command:"):
+            out += ["", note]
+    for s in sorted(last_row, reverse=True):  # methods the old table lacks: after each section's rows
+        extra = [rows[s] for m, rows in fresh.items() if m not in seen and s < len(rows)]
+        out[last_row[s] + 1:last_row[s] + 1] = extra
+    done = {r["method"] for r in new_rows}
+    kept = [r for r in old_rows if r["method"] not in done]
+    order = list(dict.fromkeys([r["method"] for r in old_rows] + [r["method"] for r in new_rows]))
+    rows = sorted(kept + new_rows, key=lambda r: order.index(r["method"]))
+    return "\n".join(out) + "\n", rows
+
+
+def update_table(md: Path, csv_path: Path, new_md: Path, new_csv: Path, command: str, methods: list[str]) -> None:
+    """Write the merge of the re-made rows into the committed table (``merge_tables``)."""
+    with csv_path.open(newline="") as f:
+        old_rows = list(csv.DictReader(f))
+    with new_csv.open(newline="") as f:
+        new_rows = list(csv.DictReader(f))
+    note = f"Re-made rows: {', '.join(methods)} (`{command}`); every other row is the command above's."
+    text, rows = merge_tables(md.read_text(), new_md.read_text(), old_rows, new_rows, note)
+    fields = list(dict.fromkeys(k for r in old_rows + new_rows for k in r))
+    tmp_md, tmp_csv = md.with_suffix(".md.tmp"), csv_path.with_suffix(".csv.tmp")
+    tmp_md.write_text(text)
+    with tmp_csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp_md, md)
+    os.replace(tmp_csv, csv_path)

@@ -95,3 +95,25 @@ def test_a_finished_run_made_with_another_config_is_refused_not_reused(tmp_path,
     (run / "results.json").write_text(json.dumps(results))
     assert cli.main(args) == 2
     assert "strategy.settings.alpha: 0.5 -> 1.0" in capsys.readouterr().err
+
+
+def test_table_update_replaces_only_the_remade_rows_in_every_section():
+    """``table --update``: the re-made methods' rows replace theirs in the results table and the probe
+    table, in place; other rows stay verbatim; a method the old table lacks is appended to each
+    section; the CSV likewise; a note names the re-made rows (and replaces an earlier note)."""
+    from mmsent.table import merge_tables
+
+    old = ("Title\n\nCommand: `full`\n\nRe-made rows: X (`old`)\n\n| Method | A | Multi |\n|---|---|---|\n"
+           "| Base | 1 | 2 |\n| Opm | 3 | 4 |\n| Zed | 5 | 6 |\n\nProbe\n\n| Method | A |\n|---|---|\n"
+           "| Base | 7 |\n| Opm | 8 |\n| Zed | 9 |\n")
+    new = ("T\n\nCommand: `part`\n\n| Method | A | Multi |\n|---|---|---|\n| Opm | 30 | 40 |\n| New | 50 | 60 |\n\n"
+           "P\n\n| Method | A |\n|---|---|\n| Opm | 80 |\n| New | 90 |\n")
+    old_rows = [{"method": m, "branch": "multi", "x": str(i)} for i, m in enumerate(["Base", "Opm", "Zed"])]
+    new_rows = [{"method": "Opm", "branch": "multi", "x": "new"}, {"method": "New", "branch": "multi", "x": "n"}]
+    text, rows = merge_tables(old, new, old_rows, new_rows, "Re-made rows: Opm, New (`part`)")
+    lines = text.splitlines()
+    assert lines.count("Re-made rows: Opm, New (`part`)") == 1 and not any("`old`" in line for line in lines)
+    body = [line for line in lines if line.startswith("| ") and "Method" not in line]
+    assert body == ["| Base | 1 | 2 |", "| Opm | 30 | 40 |", "| Zed | 5 | 6 |", "| New | 50 | 60 |",
+                    "| Base | 7 |", "| Opm | 80 |", "| Zed | 9 |", "| New | 90 |"]
+    assert [(r["method"], r["x"]) for r in rows] == [("Base", "0"), ("Opm", "new"), ("Zed", "2"), ("New", "n")]
