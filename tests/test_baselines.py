@@ -225,17 +225,67 @@ def test_mla_projector_identity():
 
 
 def test_mla_first_step_is_not_projected_and_encoders_see_only_their_loss():
-    ds = make_synthetic(n_modalities=2, n_train=16, n_val=4, n_test=4)
-    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 1)
-    s = STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression())
+    """N = 2 on the reference's model (one Linear(D, C) applied to each modality), SGD lr 0.1, as
+    the official loop: step 1 (modality a) moves encoder a and the shared classifier by plain SGD on
+    CE(H(f_a)), nothing projected; encoder v does not move. Step 2 (modality v) moves encoder v by
+    its own loss only, the classifier's weight by its gradient times P^T with P the projector
+    updated by r = mean f_v (worked by hand from the RLS formula), the bias unprojected."""
+    ds = make_synthetic(n_modalities=2, n_train=16, n_val=4, n_test=4, task="classification", num_classes=3)
+    cfg = ModelConfig(dim=4, seq_len=1, hidden=0, dropout=0.0, fusion="shared")
+    torch.manual_seed(0)
+    model = build_model(cfg, ds, 3).double()
+    x = {m: v.double() for m, v in ds.train.x.items()}
+    batch = ds.train.batch(torch.arange(16))
+    batch.x = {m: x[m][:16] for m in x}
+    a, v = model.modalities
+    s = STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3))
     s.on_epoch_start(0, ds)
-    s.train_step(ds.train.batch(torch.arange(16)))
-    assert s.steps == 2  # one step per modality
-    P1 = s.P.clone()
-    assert not torch.equal(P1, torch.eye(len(P1)))  # the second modality's step projected
-    s2 = STRATEGIES["mla"](build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 1),
-                           torch.optim.SGD(model.parameters(), lr=0.1), Regression())
-    assert torch.equal(s2.P, torch.eye(len(P1)))
+    s.steps_per_epoch = 1
+    H = model.head.shared
+    enc = {m: [p.detach().clone() for p in model.encoders[m].parameters()] for m in (a, v)}
+    W0, b0 = H.weight.detach().clone(), H.bias.detach().clone()
+    # step 1 by hand: CE(H(f_a)) through encoder a and H
+    fa = model.encoders[a](batch.x[a], batch.mask[a]).mean(1)
+    la = torch.nn.functional.cross_entropy(fa @ W0.T + b0, batch.y.long())
+    ga = torch.autograd.grad(la, [*model.encoders[a].parameters()])
+    W = W0.clone().requires_grad_()
+    bb = b0.clone().requires_grad_()
+    gW1, gb1 = torch.autograd.grad(torch.nn.functional.cross_entropy(fa.detach() @ W.T + bb, batch.y.long()), [W, bb])
+    W1, b1 = W0 - 0.1 * gW1, b0 - 0.1 * gb1
+    # step 2 by hand, after step 1: encoder v unchanged so far; its loss on the updated classifier
+    fv = model.encoders[v](batch.x[v], batch.mask[v]).mean(1)
+    W = W1.clone().requires_grad_()
+    bb = b1.clone().requires_grad_()
+    lv = torch.nn.functional.cross_entropy(fv @ W.T + bb, batch.y.long())
+    gv = torch.autograd.grad(lv, [*model.encoders[v].parameters()], retain_graph=True)
+    gW2, gb2 = torch.autograd.grad(lv, [W, bb])
+    r = fv.detach().mean(0)
+    alpha = 0.1 ** (0 / 1 + 1)
+    k = r  # P = I before its first update
+    P = torch.eye(4, dtype=torch.float64) - torch.outer(k, k) / (alpha + r @ k)
+    P = P / P.norm()
+    want_W = W1 - 0.1 * gW2 @ P.T
+    want_b = b1 - 0.1 * gb2
+    s.train_step(batch)
+    assert s.steps == 2
+    torch.testing.assert_close(s.P, P)
+    torch.testing.assert_close(H.weight.detach(), want_W)
+    torch.testing.assert_close(H.bias.detach(), want_b)
+    for p0, g, p in zip(enc[a], ga, model.encoders[a].parameters()):  # only loss_a, unprojected
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * g)
+    for p0, g, p in zip(enc[v], gv, model.encoders[v].parameters()):  # only loss_v
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * g)
+    assert float(model.head.beta) == 1.0  # no ensemble scale in MLA's model
+
+
+def test_mla_refuses_heads_without_a_shared_classifier():
+    ds = make_synthetic(n_modalities=2, n_train=8, n_val=4, n_test=4)
+    for cfg in (ModelConfig(dim=4, seq_len=1, hidden=0, fusion="concat"), ModelConfig(dim=4, seq_len=1, fusion="late_mean")):
+        model = build_model(cfg, ds, 1)
+        with pytest.raises(ValueError, match="mla protects a classifier shared by the modalities"):
+            STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression())
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, fusion="mlpmixer"), ds, 1)  # mixes first: shared
+    STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression())
 
 
 # ---------------- D&R ----------------
@@ -319,3 +369,197 @@ def test_real_step_any_n_both_tasks(name, n, task_name):
 def test_coalitions_count():
     assert len(coalitions(["a", "b", "c"])) == 8
     assert set(itertools.chain.from_iterable(coalitions(["a", "b"]))) == {"a", "b"}
+
+
+# ---------------- issue #28: the paper baselines' missing pieces ----------------
+
+
+def test_ogm_scores_use_the_references_bias_share_on_a_linear_head():
+    """Linear concat head, N = 2: the reference scores z_m = W_m f_m + b/2; the masked option uses
+    the full bias. The coefficient follows from the hand-made scores."""
+    ds = make_synthetic(n_modalities=2, n_train=16, n_val=4, n_test=4, task="classification", num_classes=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, dropout=0.0, fusion="concat"), ds, 3)
+    with torch.no_grad():
+        model.head.net.bias.copy_(torch.tensor([2.0, -1.0, 0.5]))
+    batch = ds.train.batch(torch.arange(16))
+    fc, task = model.head.net, Classification(3)
+    with torch.no_grad():
+        f = model.encode(batch)
+        blocks = dict(zip(model.modalities, fc.weight.chunk(2, 1)))
+        score = lambda b: {m: float(task.score(f[m].mean(1) @ blocks[m].T + b, batch.y).sum()) for m in f}  # noqa: E731
+        want = {"bias_share": ogm_coefficients(score(fc.bias / 2), 0.8), "masked": ogm_coefficients(score(fc.bias), 0.8)}
+    assert want["bias_share"] != want["masked"]
+    for mode, k in want.items():
+        s = STRATEGIES["ogm_ge"](model, torch.optim.SGD(model.parameters(), lr=0.0), task, alpha=0.8, noise=False, score=mode)
+        logs = s.train_step(batch)
+        assert {m: logs[f"coeff_{m}"] for m in f} == pytest.approx(k), mode
+
+
+def test_ogm_ge_noise_has_zero_mean_and_the_unmodulated_gradients_std():
+    """GE: the gradient the optimizer sees is k g + e with e ~ N(0, std(g)^2) per modulated tensor
+    (std of the UN-modulated gradient, the reference's order): over a 256 x 256 weight (65536 draws)
+    the residual's mean is ~0 and its std equals std(g) to within 2 %."""
+    ds = make_synthetic(n_modalities=2, n_train=32, n_val=4, n_test=4)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=256, encoder_hidden=256, seq_len=1, hidden=16, dropout=0.0, fusion="concat"), ds, 1)
+    batch = ds.train.batch(torch.arange(32))
+    task = Regression()
+    plain = dict(zip(model.parameters(), torch.autograd.grad(task.loss(model.head(model.encode(batch)), batch.y),
+                                                             list(model.parameters()))))
+    captured = {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt.step = lambda: captured.update({p: p.grad.clone() for p in model.parameters() if p.grad is not None})
+    s = STRATEGIES["ogm_ge"](model, opt, task, alpha=0.5)
+    logs = s.train_step(batch)
+    checked = 0
+    for m, enc in model.encoders.items():
+        k = logs[f"coeff_{m}"]
+        for p in enc.parameters():
+            if p.dim() < 2 or p.numel() < 60000:
+                continue
+            g = plain[p]
+            e = captured[p] - k * g
+            assert abs(float(e.mean())) < 5 * float(g.std()) / p.numel() ** 0.5
+            assert float(e.std()) == pytest.approx(float(g.std()), rel=0.02)
+            checked += 1
+    assert checked >= 2  # a big weight in each encoder
+    head = [p for p in model.head.parameters()]
+    for p in head:  # the head is never modulated nor noised
+        torch.testing.assert_close(captured[p], plain[p])
+
+
+def test_agm_conditional_clip_bounds_the_step_when_a_head_gradient_exceeds_one():
+    """The reference: when any entry of the head's last weight gradient exceeds 1 in magnitude, all
+    gradients are clipped to total norm 1; otherwise they are left alone."""
+    ds = make_synthetic(n_modalities=2, n_train=16, n_val=4, n_test=4, task="classification", num_classes=3)
+    torch.manual_seed(0)
+    for scale, clipped in [(1000.0, True), (1e-3, False)]:
+        model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, dropout=0.0, fusion="concat"), ds, 3)
+        with torch.no_grad():  # large inputs to the classifier: large weight gradients (or tiny ones)
+            for e in model.encoders.values():
+                for p in e.parameters():
+                    p.mul_(scale ** 0.5)
+        captured = {}
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        opt.step = lambda: captured.update(g=[p.grad.clone() for p in model.parameters() if p.grad is not None])
+        s = STRATEGIES["agm"](model, opt, Classification(3))
+        s.train_step(ds.train.batch(torch.arange(16)))
+        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in captured["g"]])))
+        off = STRATEGIES["agm"](model, opt, Classification(3), conditional_clip=False)
+        off.running, off.iteration = {m: 0.0 for m in model.modalities}, 0
+        off.train_step(ds.train.batch(torch.arange(16)))
+        raw = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in captured["g"]])))
+        if clipped:
+            assert raw > 1 and norm == pytest.approx(1.0, rel=1e-5)
+        else:
+            assert norm == pytest.approx(raw, rel=1e-6) and norm < 1
+
+
+def test_pmr_window_binary_coefficients_and_fresh_subsets():
+    """Prototype losses only in epochs 0..modulation_end; the released code's binary form gives 1 to
+    every modality below the dominant one; every epoch draws a new random subset."""
+    assert pmr_betas({"a": 2.0, "v": 0.5, "t": 1.6}, binary=True) == {"a": 0.0, "v": 1.0, "t": 1.0}
+    assert pmr_betas({"a": 1.0, "v": 1.0}, binary=True) == {"a": 0.0, "v": 0.0}
+    ds = make_synthetic(n_modalities=2, n_train=40, n_val=4, n_test=4, task="classification", num_classes=2)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 2)
+    s = STRATEGIES["pmr"](model, torch.optim.SGD(model.parameters(), lr=0.0), Classification(2), subset=0.25,
+                          modulation_end=1, per_epochs=0)
+    seen = []
+    real = s.compute_prototypes
+    s.compute_prototypes = lambda split, rows=None: seen.append(rows.tolist()) or real(split, rows)
+    batch = ds.train.batch(torch.arange(16))
+    for epoch in range(3):
+        s.on_epoch_start(epoch, ds)
+        logs = s.train_step(batch)
+        betas = [v for k, v in logs.items() if k.startswith("beta_")]
+        assert (max(betas) > 0) == (epoch <= 1), (epoch, logs)
+    assert all(len(r) == 10 for r in seen) and len({tuple(r) for r in seen}) == 3
+
+
+def test_pmr_per_maximises_the_dominant_prototype_entropy():
+    """PER (Eq. 13): during the first per_epochs epochs the loss subtracts mu * max(beta) * H(p_dom),
+    p_dom the dominant modality's prototype distribution: the step's gradient equals autograd of
+    CE + alpha sum beta_m PCE_m - mu max(beta) H(p_dom), worked here from the prototypes."""
+    ds = make_synthetic(n_modalities=2, n_train=40, n_val=4, n_test=4, task="classification", num_classes=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 3).double()
+    ds.train.x = {m: v.double() for m, v in ds.train.x.items()}
+    s = STRATEGIES["pmr"](model, torch.optim.SGD(model.parameters(), lr=0.0), Classification(3), mu=0.5, per_epochs=1)
+    s.on_epoch_start(0, ds)
+    batch = ds.train.batch(torch.arange(24))
+    y = batch.y.long()
+    f = model.encode(batch)
+    logits = {m: -torch.cdist(f[m].flatten(1), s.protos[m]) for m in f}
+    with torch.no_grad():
+        score = {m: float(l.softmax(-1).gather(1, y[:, None]).sum()) for m, l in logits.items()}
+    dom = max(score, key=score.get)
+    beta = {m: 0.0 if m == dom else min(max(score[dom] / v - 1, 0), 1) for m, v in score.items()}
+    assert max(beta.values()) > 0
+    p = logits[dom].softmax(-1)
+    entropy = -(p * p.log()).sum(-1).mean()
+    ref = (torch.nn.functional.cross_entropy(model.head(f), y)
+           + sum(b * torch.nn.functional.cross_entropy(logits[m], y) for m, b in beta.items() if b > 0)
+           - 0.5 * max(beta.values()) * entropy)
+    model.zero_grad()
+    ref.backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    s.train_step(batch)
+    for k, p in model.named_parameters():
+        if k in want:
+            torch.testing.assert_close(p.grad, want[k], rtol=1e-9, atol=1e-12)
+
+
+def test_gblending_estimates_weights_on_temporary_copies():
+    """GB-Estimate: from the checkpoint, one copy per branch trained super_epoch epochs on that
+    branch's loss alone; the weights are blend_weights(before, after) of each branch's own losses
+    (re-computed here with the same seeds), and the model being trained is left untouched. Online
+    re-estimates every super-epoch; offline only at epoch 0."""
+    import copy
+
+    from mmsent.strategies.unimodal import Unimodal
+    from mmsent.strategies.vanilla import Vanilla
+
+    ds = make_synthetic(n_modalities=2, n_train=32, n_val=16, n_test=4, task="classification", num_classes=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 3)
+    task = Classification(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    s = STRATEGIES["gblending"](model, opt, task, super_epoch=2)
+    s.batch_size = 8
+    state = copy.deepcopy(model.state_dict())
+
+    def losses(strategy, split):
+        preds = strategy.branch_predictions(split)
+        return {k: float(task.loss(v, split.y)) for k, v in preds.items()}
+
+    torch.manual_seed(7)
+    before = {k: (losses(s, ds.train)[k], losses(s, ds.val)[k]) for k in ("multi", *model.modalities)}
+    after = {}
+    for k in ("multi", *model.modalities):
+        m = copy.deepcopy(model)
+        o = torch.optim.SGD(m.parameters(), lr=0.2)
+        t = Vanilla(m, o, task) if k == "multi" else Unimodal(m, o, task, modality=k)
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
+        for _ in range(2):
+            m.train()
+            for b in ds.train.batches(8, shuffle=True, generator=gen):
+                t.train_step(b)
+        after[k] = (losses(t, ds.train)[k], losses(t, ds.val)[k])
+    want = blend_weights(before, after)
+    torch.manual_seed(7)
+    s.on_epoch_start(0, ds)
+    assert s.weights == pytest.approx(want) and max(want.values()) < 0.99
+    for k, v in model.state_dict().items():  # the copies trained, not the model
+        assert torch.equal(v, state[k]), k
+    calls = []
+    s.gb_estimate = lambda data: calls.append(s.epoch)
+    for epoch in range(1, 5):
+        s.on_epoch_start(epoch, ds)
+    assert calls == [2, 4]
+    off = STRATEGIES["gblending"](model, opt, task, super_epoch=2, estimate="offline")
+    off.gb_estimate = lambda data: calls.append(("offline", off.epoch))
+    for epoch in range(5):
+        off.on_epoch_start(epoch, ds)
+    assert calls[2:] == [("offline", 0)]

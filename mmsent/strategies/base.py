@@ -137,6 +137,22 @@ class Strategy:
             branches = self.branches({m: f.detach() for m, f in feats.items()})
         return {m: self.dist.sum(float(self.task.score(p, y).sum())) for m, p in branches.items()}
 
+    def train_copy(self, trainer: "Strategy", data: Dataset, epochs: int, after_epoch=None) -> None:
+        """Train ``trainer`` (a strategy over a COPY of the model: UMT's teachers, G-Blending's
+        estimates) for ``epochs`` epochs on the training split in the run's batch size. Its shuffling
+        generator is seeded from the run's RNG, so the copy's training is reproducible and resumes
+        exactly; under torchrun it trains on this rank's shards with the run's process group.
+        ``after_epoch(i)`` runs after each epoch (e.g. a validation check)."""
+        gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
+        trainer.dist, trainer.batch_size = self.dist, self.batch_size
+        for i in range(epochs):
+            trainer.model.train()
+            trainer.on_epoch_start(i, data)
+            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen):
+                trainer.train_step(self.dist.shard(batch).to(self.device))
+            if after_epoch is not None:
+                after_epoch(i)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -1,23 +1,40 @@
-"""G-Blending: Gradient-Blending (Wang, Tran & Feiszli, CVPR 2020), online, for N modalities.
+"""G-Blending: Gradient-Blending (Wang, Tran & Feiszli, CVPR 2020), for N modalities.
 
 The loss blends K = N + 1 branches, ``L = sum_k w_k L_k``: the fused prediction and each modality's
-branch through the shared head with the others zeroed (the DGL paper's protocol). Every
-``super_epoch`` epochs the weights are re-estimated from each branch's overfitting-to-generalisation
-behaviour since the previous estimate (Sec. 3.3): ``dG_k = LV_prev - LV_now`` (positive when
-generalising), ``dO_k = (LV_now - LT_now) - (LV_prev - LT_prev)``, ``w_k ∝ max(dG_k, 0) / dO_k^2``
-(|dO| clamped at 1e-4), normalised to sum 1. Losses are per-sample means over the whole split.
+branch through the shared head with the others zeroed (the DGL paper's protocol). The weights come
+from each branch's overfitting-to-generalisation behaviour, the paper's GB-Estimate (Sec. 3.3,
+Algorithms 1-2; shared docs/research/baselines.md §3): from the current checkpoint, a TEMPORARY
+COPY of the model is trained for ``super_epoch`` epochs on each branch's own loss alone (the fused
+loss for "multi", modality m's branch loss for m), and with per-sample mean losses over the whole
+splits measured before (the checkpoint) and after (the copy),
+
+    dG_k = LV_before - LV_after                (positive when the branch generalises)
+    dO_k = (LV_after - LT_after) - (LV_before - LT_before)
+    w_k  ∝ max(dG_k, 0) / max(|dO_k|, 1e-4)^2, normalised to sum 1.
+
+``estimate``: "online" (default, the paper's online G-Blend) re-estimates at the start of every
+super-epoch; "offline" estimates once, from the initial checkpoint, and keeps those weights;
+"inplace" is mmsent's cheap variant, not the paper's: no copies, the statistics are read off the
+model being trained between two super-epochs (a branch that gets a low weight learns little and
+keeps a low weight -- a feedback loop the paper's copies do not have). The copies cost (N + 1) x
+``super_epoch`` extra epochs per estimate: online G-Blending trains about N + 2 times as long as
+vanilla.
 
 Deviations, stated: the held-out set V is the validation split (never the test split, unlike
-BalanceBenchmark), and the gains are measured on the model being trained rather than on
-temporary copies trained for the estimate (the online variant at no extra training cost). A
-branch that stopped generalising (dG <= 0) gets weight 0 instead of BalanceBenchmark's abs().
+BalanceBenchmark), and each branch's copy trains through the shared head with the others zeroed
+rather than a separate unimodal head. A branch that stopped generalising (dG <= 0) gets weight 0
+instead of BalanceBenchmark's abs(). The copies' shuffling is seeded from the run's RNG, so a
+resumed run equals an uninterrupted one; under torchrun the copies train on each rank's shards.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from mmsent.config import check
 from mmsent.strategies.base import Strategy
+from mmsent.strategies.unimodal import Unimodal
+from mmsent.strategies.vanilla import Vanilla
 
 MULTI = "multi"
 
@@ -37,10 +54,13 @@ def blend_weights(prev: dict[str, tuple[float, float]], now: dict[str, tuple[flo
 
 @dataclass(frozen=True)
 class GBlendingSettings:
-    super_epoch: int = 5  # epochs between weight re-estimates
+    super_epoch: int = 5  # epochs between weight re-estimates, and each estimate's training length
+    estimate: str = "online"  # online | offline (the paper's GB-Estimate on copies) | inplace (mmsent's)
 
     def __post_init__(self):
         check("super_epoch", self.super_epoch >= 1, self.super_epoch, ">= 1")
+        check("estimate", self.estimate in ("online", "offline", "inplace"), self.estimate,
+              "'online', 'offline' or 'inplace'")
 
 
 class GBlending(Strategy):
@@ -53,14 +73,32 @@ class GBlending(Strategy):
         self.weights = {k: 1.0 / len(names) for k in names}
         self.snapshot: dict[str, tuple[float, float]] | None = None
 
-    def branch_losses(self, split) -> dict[str, float]:
+    def branch_losses(self, split, strategy: Strategy | None = None) -> dict[str, float]:
         """Per-sample mean loss of the model and of each branch over ``split`` (eval mode)."""
-        preds = self.branch_predictions(split)
+        preds = (strategy or self).branch_predictions(split)
         return {k: float(self.task.loss(preds[k], split.y)) for k in self.weights}
+
+    def gb_estimate(self, data) -> dict[str, float] | None:
+        """The paper's GB-Estimate from the current checkpoint: one temporary copy per branch."""
+        before = {k: (t, v) for (k, t), v in zip(self.branch_losses(data.train).items(),
+                                                  self.branch_losses(data.val).values())}
+        after = {}
+        for k in self.weights:
+            model = copy.deepcopy(self.model)
+            optimizer = type(self.optimizer)(model.parameters(), **self.optimizer.defaults)
+            trainer = (Vanilla(model, optimizer, self.task, grad_clip=self.grad_clip) if k == MULTI else
+                       Unimodal(model, optimizer, self.task, grad_clip=self.grad_clip, modality=k))
+            self.train_copy(trainer, data, self.super_epoch)
+            after[k] = (self.branch_losses(data.train, trainer)[k], self.branch_losses(data.val, trainer)[k])
+        return blend_weights(before, after)
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
-        if epoch % self.super_epoch:
+        mode = self.settings.estimate
+        if mode == "offline" and epoch == 0 or mode == "online" and epoch % self.super_epoch == 0:
+            self.weights = self.gb_estimate(data) or self.weights
+            return
+        if mode != "inplace" or epoch % self.super_epoch:
             return
         lt, lv = self.branch_losses(data.train), self.branch_losses(data.val)
         now = {k: (lt[k], lv[k]) for k in self.weights}

@@ -76,21 +76,18 @@ class UMT(Strategy):
         # the unimodal-only strategy's own step (and its all-reduce under torchrun) trains the teacher
         trainer = Unimodal(uni, type(self.optimizer)(uni.parameters(), **self.optimizer.defaults), self.task,
                            grad_clip=self.grad_clip, modality=m)
-        trainer.dist = self.dist
-        # a generator of its own, seeded from the run's RNG: the order is reproducible and resumes
-        gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
-        best, best_loss = None, math.inf
-        for _ in range(self.teacher_epochs):
-            uni.train()
-            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen):
-                trainer.train_step(self.dist.shard(batch).to(self.device))  # torchrun: this rank's slice
+        best: dict = {"loss": math.inf, "weights": None}
+
+        def keep_if_best(_):
             with evaluating(uni):  # the teacher's own prediction is its modality alone
                 preds = [trainer.predict(b.to(self.device)) for b in data.val.batches(self.batch_size)]
                 val_loss = float(self.task.loss(torch.cat(preds), data.val.y.to(self.device)))
-            if val_loss < best_loss:
-                best, best_loss = copy.deepcopy(uni.encoders[m].state_dict()), val_loss
+            if val_loss < best["loss"]:
+                best.update(loss=val_loss, weights=copy.deepcopy(uni.encoders[m].state_dict()))
+
+        self.train_copy(trainer, data, self.teacher_epochs, keep_if_best)
         teacher = copy.deepcopy(self.model.encoders[m])
-        teacher.load_state_dict(best)
+        teacher.load_state_dict(best["weights"])
         return teacher.eval().requires_grad_(False)
 
     def train_step(self, batch):
