@@ -92,19 +92,27 @@ def present(f: Tensor) -> Tensor:
     return (f.flatten(1).abs().sum(1, keepdim=True) > 0).to(f.dtype)
 
 
+@dataclass(frozen=True)
+class SharedSettings:
+    ensemble_scale: bool = True  # a learnable scalar beta on the sum (ReconBoost's); off: beta fixed at 1
+
+
 class SharedHead(Head):
     """One classifier ``H`` shared by every modality and applied to each modality's pooled feature
-    separately; the prediction is ``beta * sum_m H(f_m)`` with a learnable scalar ``beta`` (init 1):
-    ReconBoost's model (ICML 2024 reference: a "common space" head and the ensemble scale) and the
-    shared classifier of MLA. ``hidden: 0`` makes ``H`` one linear layer. A zero-masked modality is
-    absent from the sum (its learner is left out of the ensemble), so modality m's branch is
-    ``beta * H(f_m)``."""
+    separately; the prediction is ``beta * sum_m H(f_m)`` with a learnable scalar ``beta`` (init 1;
+    ``ensemble_scale: false`` fixes it at 1): ReconBoost's model (ICML 2024 reference: a "common
+    space" head and the ensemble scale) and MLA's (CVPR 2024 reference: one ``Linear(D, C)`` applied
+    to every modality, ``hidden: 0``). A zero-masked modality is absent from the sum (its learner is
+    left out of the ensemble), so modality m's branch is ``beta * H(f_m)``."""
 
-    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0):
+    Settings = SharedSettings
+
+    def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
+                 ensemble_scale: bool = True):
         super().__init__()
         self.modalities = list(modalities)
         self.shared = _mlp(dim, hidden, out_dim, dropout)
-        self.beta = nn.Parameter(torch.ones(()))
+        self.beta = nn.Parameter(torch.ones(()), requires_grad=ensemble_scale)
 
     def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
         """``H(f_m)`` per present modality (ReconBoost's learners, without ``beta``)."""

@@ -1,5 +1,14 @@
 """MLA: Multimodal Learning with Alternating unimodal adaptation (Zhang et al., CVPR 2024).
 
+Reference followed: the official ``main.py`` with ``--gs_flag`` and ``utils/utils.py::GSPlugin``
+(shared docs/research/baselines.md §7). Its model applies ONE classifier ``Linear(D, C)`` to each
+modality's pooled feature: ``needs_model`` gives that head (``model.fusion=shared model.hidden=0``;
+MLA keeps its ensemble scale fixed at 1). The projection protects what earlier modalities taught a shared classifier, so
+a head whose last layer has a separate weight block per modality (linear concat, per-modality
+classifiers, MMTM's classifier) is refused with one line: there the projection protects nothing
+(the DGL paper, Sec. 4.3, excludes MLA from such heads). Heads that mix the modalities before their
+last layer (the mixer, sum, gated, FiLM, concat with a hidden layer) share it and are accepted.
+
 Per batch the modalities take turns, in a fixed order: modality m's branch (the shared head with
 the others zeroed) is trained on its own loss and the optimizer steps, so each encoder only ever
 sees its own unimodal gradient and the shared head is updated N times per batch. Before each step
@@ -7,11 +16,16 @@ the gradient of the head's final linear layer is projected to protect what earli
 taught it (gradient modification, "HGM", an OWM/RLS projector): with ``r`` the mean input of that
 layer in this pass and ``a = 0.1 ** (batch / batches_per_epoch + 1)``,
 ``k = P r;  P <- (P - k k^T / (a + r^T k)) / ||.||_F;  W.grad <- W.grad P^T`` (P starts at the
-identity and is never reset; no projection on the very first step). Unlike the released code,
-whose parameter-name check makes the projection never fire, it is applied.
+identity and is never reset; no projection on the very first step). Departures from the
+released code, stated: (1) its parameter-name check makes the projection never fire -- here it is
+applied; (2) it divides element-wise by the d x d matrix ``a + k r^T``, which is not a projector
+(with P = I, r = (1, 2, 0, 0), a = 0.1 it maps r to about (-1.81, -0.90, 0, 0)); the textbook
+OWM/RLS form above, with the scalar ``a + r^T k``, is used.
 
 Test-time fusion (``predict``) weights the branches per sample by ``softmax_m(-H_m)`` with H the
-prediction entropy (classification), or averages them (regression, where no entropy exists).
+prediction entropy, over probabilities (the paper's dynamic fusion); the released code's entropy
+takes a softmax over the batch axis and gives one batch-level weight per modality over logits (a
+bug, not reproduced). Regression, where no entropy exists, averages the branches.
 """
 from __future__ import annotations
 
@@ -20,7 +34,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmsent.models.fusions import ConcatHead, ConcatMixHead, LateMeanHead, MMTMSeqHead, SharedHead
+from mmsent.models.resnet import MMTMHead
 from mmsent.strategies.base import Strategy
+
+
+def shares_its_classifier(head: nn.Module) -> bool:
+    """Whether the head's last linear layer sees every modality through the same weights."""
+    if isinstance(head, (LateMeanHead, MMTMSeqHead, MMTMHead)):
+        return False
+    return not (isinstance(head, ConcatHead) and not isinstance(head, ConcatMixHead) and isinstance(head.net, nn.Linear))
 
 
 def entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -45,9 +68,15 @@ class MLASettings:
 
 class MLA(Strategy):
     Settings = MLASettings
+    needs_model = {"fusion": "shared", "hidden": 0}
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
+        if not shares_its_classifier(model.head):
+            raise ValueError("mla protects a classifier shared by the modalities, and this head has a separate "
+                             "weight block per modality (set model.fusion=shared model.hidden=0)")
+        if isinstance(model.head, SharedHead):  # the reference's model has no ensemble scale: beta stays 1
+            model.head.beta.requires_grad_(False)
         linears = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)]
         self.last = linears[-1]  # the shared classifier the projector protects
         self.projection = self.settings.projection
