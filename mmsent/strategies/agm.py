@@ -10,6 +10,14 @@ iterations, ``ratio_m = exp(mean_{j != m} s_j - s_m)`` and ``opt_m = exp(mean_{j
 (the official 3-modality formula in general form; ``exp(s_v - s_a)`` at N = 2), and
 ``coeff_m = exp(alpha * min(opt_m - ratio_m, cap))``. BalanceBenchmark's flipped sign and dropped
 empty coalition are not reproduced.
+
+Reference followed: lihong2303/AGM_ICCV2023 (shared docs/research/baselines.md §6). Its conditional
+clip is kept (``conditional_clip``): after the backward, if any entry of the head's last weight
+gradient exceeds 1, all gradients are clipped to total norm 1 -- on MOSI, whose recipe has no
+``grad_clip``, it is what bounds the exponential coefficients. Departure, stated: the reference
+zeroes a coalition's missing modalities at the INPUT and re-runs the encoders in eval mode; here
+the coalitions zero the encoders' features and re-run only the head (``head_masked``: BatchNorm
+statistics untouched), which is the same zero-masking every other method uses.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmsent.config import check, finite
 from mmsent.strategies.base import Strategy
@@ -43,6 +51,7 @@ class AGMSettings:
     cap: float = 10.0  # bound on opt_m - ratio_m inside the exponential
     modulation_start: int = 0
     modulation_end: int = 10**9
+    conditional_clip: bool = True  # the reference: clip to norm 1 when a head-weight gradient entry exceeds 1
 
     def __post_init__(self):
         check("alpha", finite(self.alpha) and self.alpha >= 0, self.alpha, "a finite number >= 0")
@@ -58,6 +67,7 @@ class AGM(Strategy):
         self.alpha, self.cap, self.start, self.end = s.alpha, s.cap, s.modulation_start, s.modulation_end
         self.running = {m: 0.0 for m in model.modalities}
         self.iteration = 0
+        self.last = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)][-1]  # the head's classifier
 
     def train_step(self, batch):
         feats = self.model.encode(batch)
@@ -73,7 +83,15 @@ class AGM(Strategy):
         coeffs = agm_coefficients(scores, self.running, self.alpha, self.cap) if modulate else {m: 1.0 for m in names}
         out = sum(_scale_grad(contrib[m], coeffs[m]) for m in names)
         loss = self.task.loss(out, batch.y)
-        self.update(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.sync_grads(self.model.parameters())
+        # the reference's conditional clip: when any entry of the head's last weight gradient exceeds
+        # 1, every gradient is clipped to total norm 1 (it bounds the exponential coefficients)
+        if self.settings.conditional_clip and self.last.weight.grad is not None \
+                and float(self.last.weight.grad.abs().max()) > 1:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.clip_and_step()
         # running means are updated after the coefficient is computed, as in the official code
         self.iteration += 1
         for m in names:

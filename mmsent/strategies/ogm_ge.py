@@ -1,8 +1,14 @@
 """OGM-GE: On-the-fly Gradient Modulation with Generalisation Enhancement (Peng et al., CVPR 2022).
 
+Reference followed: GeWu-Lab/OGM-GE_CVPR2022 ``main.py`` (shared docs/research/baselines.md §4).
+
 Per step: the multimodal loss alone is back-propagated; each modality's score is the sum over the
 batch of its confidence in the truth (softmax of the true class; for regression ``exp(-|err|)``,
-see ``Regression.score``), computed from its zero-masked branch of the shared head. The
+see ``Regression.score``). ``score="bias_share"`` (default) takes the reference's unimodal logits
+``W_m f_m + b/N`` (b/2 at N = 2) wherever the head has per-modality logits (linear concat and the
+late-fusion heads, ``Strategy.unimodal_logits``) and the zero-masked branch of the shared head
+elsewhere (the mixer, MMTM: the only branch they have); ``score="masked"`` always takes the
+zero-masked branch, which on a linear concat head is ``W_m f_m + b`` (full bias). The
 discrepancy ratio of modality m for N modalities is the mean pairwise ratio (maintainer's
 suggestion, OGM-GE issue #16), ``rho_m = mean_{j != m} s_m / s_j``, which is ``s_a / s_v`` at
 N = 2. Every modality with ``rho_m > 1`` is damped by ``k_m = 1 - tanh(alpha * rho_m)`` (Eq. 10; the
@@ -38,9 +44,11 @@ class OGMGESettings:
     modulation_start: int = 0  # first and last epoch of modulation
     modulation_end: int = 50
     noise: bool = True  # GE: Gaussian noise with the gradient's std
+    score: str = "bias_share"  # unimodal logits for the scores: bias_share (W_m f_m + b/N) or masked
 
     def __post_init__(self):
         check("alpha", finite(self.alpha) and self.alpha >= 0, self.alpha, "a finite number >= 0")
+        check("score", self.score in ("bias_share", "masked"), self.score, "'bias_share' or 'masked'")
 
 
 class OGMGE(Strategy):
@@ -60,7 +68,10 @@ class OGMGE(Strategy):
         logs = {"loss": loss.item()}
         if self.start <= self.epoch <= self.end:
             # sums over the whole global batch (under torchrun: over every rank's shard)
-            coeffs = ogm_coefficients(self.branch_scores(feats, batch.y), self.alpha)
+            detached = {m: f.detach() for m, f in feats.items()}
+            with torch.no_grad():
+                logits = self.unimodal_logits(detached) if self.settings.score == "bias_share" else None
+            coeffs = ogm_coefficients(self.branch_scores(feats, batch.y, logits), self.alpha)
             for m, k in coeffs.items():
                 for p in self.model.encoders[m].parameters():
                     if p.grad is None or p.grad.dim() < 2:

@@ -1,14 +1,20 @@
 """PMR: Prototypical Modal Rebalance (Fan et al., CVPR 2023), for N modalities.
 
+Reference followed: the paper's equations (the released fanyunfeng-bit/Modal-Imbalance-PMR code
+uses binary coefficients and has no PER; ``coefficients="code"`` gives its binary form; shared
+docs/research/baselines.md §5).
+
 Prototypes ``c^m_k`` are class means of each encoder's (flattened) features, recomputed at each
-epoch start on a fixed 10% subset of train in eval mode and EMA-smoothed
+epoch start on a fresh random 10% subset of train (the reference's first tenth of a shuffled
+loader; drawn from the run's RNG, so resumable) in eval mode and EMA-smoothed
 (``c = (1 - momentum) c_new + momentum c_old``, Eq. 12). A modality's prototype classifier is
 ``softmax_k(-||z^m - c^m_k||)``; its batch score is ``s_m = sum_i p^m_i(y_i)`` (Eq. 8). For N
 modalities (paper-faithful form): ``dom = argmax_m s_m`` and every other modality gets
 ``beta_m = clip(s_dom / s_m - 1, 0, 1)`` (Eq. 11; exactly the 2-modality beta/gamma at N = 2);
 ``L = L_task + alpha * sum_m beta_m * PCE_m`` (Eq. 10), and for the first ``per_epochs`` epochs the
 entropy of the dominant modality's prototype distribution is maximised with weight
-``mu * max_m beta_m`` (PER, Eq. 13; missing from the released code). Regression labels are binned
+``mu * max_m beta_m`` (PER, Eq. 13; missing from the released code). The prototype losses act in
+epochs ``0 .. modulation_end`` (the reference: 100 of 150 epochs). Regression labels are binned
 with ``task.classes`` (MOSI: y >= 0).
 """
 from __future__ import annotations
@@ -23,8 +29,12 @@ from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 
 
-def pmr_betas(scores: dict[str, float]) -> dict[str, float]:
+def pmr_betas(scores: dict[str, float], binary: bool = False) -> dict[str, float]:
+    """Eq. 11 for N modalities: ``clip(s_dom / s_m - 1, 0, 1)``; ``binary``: the released code's 1 for
+    every modality scoring below the dominant one."""
     dom = max(scores, key=scores.get)
+    if binary:
+        return {m: 1.0 if m != dom and s < scores[dom] else 0.0 for m, s in scores.items()}
     return {m: 0.0 if m == dom else min(max(scores[dom] / s - 1.0, 0.0), 1.0) for m, s in scores.items()}
 
 
@@ -39,8 +49,11 @@ class PMRSettings:
     per_epochs: int = 5  # epochs with PER
     momentum: float = 0.2  # prototype EMA (Eq. 12)
     subset: float = 0.1  # fraction of train used for prototypes
+    modulation_end: int = 100  # last epoch with the prototype losses (the reference: 100 of 150)
+    coefficients: str = "paper"  # "paper": Eq. 11's clipped ratio; "code": the released binary form
 
     def __post_init__(self):
+        check("coefficients", self.coefficients in ("paper", "code"), self.coefficients, "'paper' or 'code'")
         for key in ("alpha", "mu"):
             v = getattr(self, key)
             check(key, finite(v) and v >= 0, v, "a finite number >= 0")
@@ -58,14 +71,16 @@ class PMR(Strategy):
         self.protos: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def compute_prototypes(self, split) -> dict[str, torch.Tensor]:
+    def compute_prototypes(self, split, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Class means over ``rows`` of ``split`` (default: its first ``subset`` fraction)."""
         n = max(1, int(len(split) * self.subset))
+        rows = torch.arange(n) if rows is None else rows
         K = self.task.num_classes
         sums: dict[str, torch.Tensor] = {}
         counts = torch.zeros(K, device=self.device)
         with evaluating(self.model):
-            for start in range(0, n, 256):  # in batches: a subset of an audio-visual corpus does not fit at once
-                batch = split.batch(torch.arange(start, min(n, start + 256))).to(self.device)
+            for start in range(0, len(rows), 256):  # in batches: a subset of an audio-visual corpus does not fit at once
+                batch = split.batch(rows[start:start + 256]).to(self.device)
                 labels = self.task.classes(batch.y)
                 counts += torch.bincount(labels, minlength=K)
                 for m, z in self.model.encode(batch).items():
@@ -83,7 +98,9 @@ class PMR(Strategy):
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
-        self.protos = self.compute_prototypes(data.train)
+        # a fresh random subset each epoch, from the run's RNG (the same on every rank; resumable)
+        n = max(1, int(len(data.train) * self.subset))
+        self.protos = self.compute_prototypes(data.train, torch.randperm(len(data.train))[:n].sort().values)
 
     def train_step(self, batch):
         feats = self.model.encode(batch)
@@ -92,7 +109,9 @@ class PMR(Strategy):
         logits = {m: prototype_logits(z, self.protos[m]) for m, z in feats.items()}
         with torch.no_grad():
             scores = {m: self.dist.sum(float(l.softmax(-1).gather(1, labels[:, None]).sum())) for m, l in logits.items()}
-        betas = pmr_betas(scores)
+        betas = pmr_betas(scores, self.settings.coefficients == "code")
+        if self.epoch > self.settings.modulation_end:
+            betas = dict.fromkeys(betas, 0.0)
         total = loss + self.alpha * sum(b * F.cross_entropy(logits[m], labels) for m, b in betas.items() if b > 0)
         if self.epoch < self.per_epochs and max(betas.values()) > 0:
             dom = max(scores, key=scores.get)
