@@ -251,7 +251,7 @@ def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[
     """``table --update``: the rows of ``new_*`` (a table of some methods) replace the same methods'
     rows of ``old_*`` in place, in every section (the results table, the probe table); a method the old
     table lacks is appended to each section. Every other row is kept verbatim, and ``note`` (which rows
-    were re-made, by which command) replaces any earlier such note under the command line."""
+    were re-made, by which command) is added under the command line after any earlier such notes."""
     new_lines = _table_lines(new_md)
     method_of = lambda line: line.split("|")[1].strip() if line.startswith("| ") else None  # noqa: E731
     fresh: dict[str, list[str]] = {}  # method -> its row in each section, in order
@@ -260,9 +260,9 @@ def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[
         if m and m != "Method":
             fresh.setdefault(m, []).append(line)
     out, seen, section, last_row = [], {}, -1, {}
-    for line in _table_lines(old_md):
-        if line.startswith("Re-made rows:"):
-            continue
+    old_lines = _table_lines(old_md)
+    notes = [i for i, line in enumerate(old_lines) if line.startswith("Command:") or line.startswith("Re-made rows:")]
+    for i, line in enumerate(old_lines):
         m = method_of(line)
         if m == "Method":
             section += 1
@@ -273,7 +273,7 @@ def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[
                 line = fresh[m][k]
             last_row[section] = len(out)
         out.append(line)
-        if line.startswith("Command:"):
+        if notes and i == notes[-1]:
             out += ["", note]
     for s in sorted(last_row, reverse=True):  # methods the old table lacks: after each section's rows
         extra = [rows[s] for m, rows in fresh.items() if m not in seen and s < len(rows)]
