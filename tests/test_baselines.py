@@ -563,3 +563,42 @@ def test_gblending_estimates_weights_on_temporary_copies():
     for epoch in range(5):
         off.on_epoch_start(epoch, ds)
     assert calls[2:] == [("offline", 0)]
+
+
+def test_mmpareto_separate_unimodal_heads_are_the_official_form():
+    """unimodal_heads: L_m = CE(Linear_m(f_m)) on the strategy's own classifiers; they learn from L_m
+    only, the fusion head from L_mm only, and encoder m gets the Pareto combination of the
+    gradients of L_mm and of that L_m; the heads resume with the strategy."""
+    ds = make_synthetic(n_modalities=2, n_train=16, n_val=4, n_test=4, task="classification", num_classes=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 3).double()
+    ds.train.x = {m: v.double() for m, v in ds.train.x.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    s = STRATEGIES["mmpareto"](model, opt, Classification(3), unimodal_heads=True)
+    assert len(opt.param_groups) == 2
+    batch = ds.train.batch(torch.arange(16))
+    y = batch.y.long()
+    f = model.encode(batch)
+    l_mm = torch.nn.functional.cross_entropy(model.head(f), y)
+    l_m = {m: torch.nn.functional.cross_entropy(s.heads[m](f[m].flatten(1)), y) for m in f}
+    want_head = torch.autograd.grad(l_mm, list(model.head.parameters()), retain_graph=True)
+    want_uni = {m: torch.autograd.grad(l_m[m], list(s.heads[m].parameters()), retain_graph=True) for m in f}
+    want_enc = {}
+    for m in f:
+        params = list(model.encoders[m].parameters())
+        want_enc[m] = pareto_combine(list(torch.autograd.grad(l_mm, params, retain_graph=True)),
+                                     list(torch.autograd.grad(l_m[m], params, retain_graph=True)))
+    captured = {}
+    opt.step = lambda: captured.update({p: p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None})
+    s.train_step(batch)
+    for p, g in zip(model.head.parameters(), want_head):
+        torch.testing.assert_close(captured[p], g)
+    for m in f:
+        for p, g in zip(s.heads[m].parameters(), want_uni[m]):
+            torch.testing.assert_close(captured[p], g)
+        for p, g in zip(model.encoders[m].parameters(), want_enc[m]):
+            torch.testing.assert_close(captured[p], g)
+    other = STRATEGIES["mmpareto"](model, torch.optim.SGD(model.parameters(), lr=0.0), Classification(3), unimodal_heads=True)
+    other.load_state_dict(s.state_dict())
+    for m in f:
+        torch.testing.assert_close(other.heads[m].weight, s.heads[m].weight)

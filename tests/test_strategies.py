@@ -19,7 +19,9 @@ STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0}, "gblending
             # epoch 2, used in epoch 3 after the resume) cross the epoch boundary
             "greedy": {"eps": 0.0, "curation_steps": 2, "start_epoch": 0},
             "reconboost": {"learner_epochs": 2, "rectify_epochs": 1}, "valuation": {"warmup": 2},
-            "opm": {"warmup": -1, "p_exe": 1.0}}
+            "opm": {"warmup": -1, "p_exe": 1.0},
+            # MMPareto's own unimodal classifiers: an optimizer group and strategy state to resume
+            "mmpareto": {"unimodal_heads": True}}
 ARGS = STATEFUL
 
 

@@ -7,15 +7,23 @@ accumulated ``.grad``, the BalanceBenchmark bug): if ``cos(g_mm, g_m) > 0`` the 
 clipped to [0.001, 0.999]. Per tensor, ``d = 2 (c g_mm + (1 - c) g_m)`` is rescaled to
 ``max(|g_mm + g_m| / |d|, 1) * gamma * d`` (gamma = 1.5, the official constant). The head keeps the
 plain gradient of ``L_mm + sum_m L_m``.
+
+Reference followed: GeWu-Lab/MMPareto_ICML2024 (shared docs/research/baselines.md §8). Departure,
+stated: by default L_m is modality m's branch through the SHARED head with the others zeroed (the
+DGL paper's protocol for every baseline's unimodal output), where the official model has a separate
+linear classifier per modality. ``unimodal_heads: true`` gives the official form: one
+``Linear(d_m, C)`` per modality on its pooled feature, owned by the strategy (an extra optimizer
+group, saved with the strategy's state), trained by L_m alone; the fusion head then gets L_mm only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from mmsent.config import check, finite
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Strategy, feature_vectors
 
 
 def pareto_weights(g_mm: list[torch.Tensor], g_m: list[torch.Tensor]) -> float:
@@ -41,6 +49,7 @@ def pareto_combine(g_mm: list[torch.Tensor], g_m: list[torch.Tensor], gamma: flo
 @dataclass(frozen=True)
 class MMParetoSettings:
     gamma: float = 1.5  # the official rescaling constant
+    unimodal_heads: bool = False  # the official separate per-modality classifiers for L_m
 
     def __post_init__(self):
         check("gamma", finite(self.gamma) and self.gamma > 0, self.gamma, "a finite number > 0")
@@ -52,12 +61,26 @@ class MMPareto(Strategy):
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
         self.gamma = self.settings.gamma
+        self.heads: nn.ModuleDict | None = None
+        if self.settings.unimodal_heads:
+            sizes = {m: feature_vectors(torch.zeros(1, *s)).shape[1] for m, s in model.feature_shapes.items()}
+            ref = next(model.parameters())
+            self.heads = nn.ModuleDict({m: nn.Linear(sizes[m], task.out_dim) for m in model.modalities}).to(
+                device=ref.device, dtype=ref.dtype)
+            optimizer.add_param_group({"params": list(self.heads.parameters())})
+
+    def unimodal_predictions(self, feats):
+        if self.heads is None:
+            return self.branches(feats)
+        return {m: self.heads[m](feature_vectors(f)) for m, f in feats.items()}
 
     def train_step(self, batch):
         feats = self.model.encode(batch)
         loss_mm = self.task.loss(self.model.head(feats), batch.y)
-        loss_uni = {m: self.task.loss(p, batch.y) for m, p in self.branches(feats).items()}
+        loss_uni = {m: self.task.loss(p, batch.y) for m, p in self.unimodal_predictions(feats).items()}
         head = [p for p in self.model.head.parameters() if p.requires_grad]
+        if self.heads is not None:
+            head += list(self.heads.parameters())
         grads = {}
         for m in feats:
             params = [p for p in self.model.encoders[m].parameters() if p.requires_grad]
@@ -76,3 +99,12 @@ class MMPareto(Strategy):
             p.grad = g
         self.clip_and_step()
         return {"loss": loss_mm.item(), **{f"loss_{m}": v.item() for m, v in loss_uni.items()}}
+
+    def state_dict(self):
+        state = super().state_dict()
+        return {**state, "heads": self.heads.state_dict()} if self.heads is not None else state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if self.heads is not None:
+            self.heads.load_state_dict(state["heads"])
