@@ -108,3 +108,21 @@ def test_a_registered_dataset_gets_its_table_rows_and_columns(tmp_path, toys):
     md, _ = write_table(dirs, tmp_path / "res", "toy", "test")
     text = md.read_text()
     assert "| Method | One | Zero | Multi | Val Multi |" in text and "| Zero-only | - |" in text
+
+
+def test_readme_strategy_table_names_real_tests_for_every_strategy():
+    """Each registered strategy has a row in README's strategy table, and every test the row cites as
+    checking it against its reference exists in tests/ (a renamed or deleted test breaks this)."""
+    import re
+    from pathlib import Path
+
+    from mmsent.strategies import STRATEGIES
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \|.*$", readme, re.M)}
+    assert set(STRATEGIES) <= set(rows), set(STRATEGIES) - set(rows)
+    defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (root / "tests").glob("test_*.py")), re.M))
+    for name in STRATEGIES:
+        cited = set(re.findall(r"(test_\w+)\b(?!\.py)", rows[name].split("|")[-2]))
+        assert cited <= defined, (name, cited - defined)
