@@ -151,6 +151,20 @@ def cmd_table(args) -> int:
         args.overrides += [m for m in args.methods if override(m)]
         args.methods = [m for m in args.methods if not override(m)]
     runs_dir = Path(args.runs_dir or f"runs/table/{dataset}")
+    if args.drop and not args.update:
+        print("error: --drop removes rows from an existing table: use it with --update", file=sys.stderr)
+        return 2
+    if args.update and args.drop and not args.methods:  # only removing rows: nothing to train
+        from mmsent.table import update_table
+
+        stem = args.name or f"{dataset}_table"
+        md, csv_path = Path(args.out) / f"{stem}.md", Path(args.out) / f"{stem}.csv"
+        if not (md.is_file() and csv_path.is_file()):
+            print(f"error: --update needs the table to update: {md} and {csv_path}", file=sys.stderr)
+            return 2
+        update_table(md, csv_path, None, None, "python cli.py " + shlex.join(args.argv), [], args.drop)
+        print(md.read_text())
+        return 0
     try:
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
                          methods=args.methods, overrides=args.overrides, config=args.config,
@@ -171,7 +185,7 @@ def cmd_table(args) -> int:
             return 2
         with tempfile.TemporaryDirectory() as tmp:
             new_md, new_csv = write_table(dirs, Path(tmp), dataset, command, stem)
-            update_table(md, csv_path, new_md, new_csv, command, list(dirs))
+            update_table(md, csv_path, new_md, new_csv, command, list(dirs), args.drop or ())
     else:
         md, csv_path = write_table(dirs, Path(args.out), dataset, command, args.name)
     print(md.read_text())
@@ -307,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", default="results", help="folder for <dataset>_table.md and .csv")
     tb.add_argument("--update", action="store_true", help="re-make only the --methods rows and replace them in the "
                     "existing table (every other row kept as it is; the file notes which rows were re-made)")
+    tb.add_argument("--drop", nargs="+", metavar="LABEL", help="with --update: remove these rows (a method no "
+                    "longer defined for the table's model), noted in the file")
     tb.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")

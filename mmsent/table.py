@@ -247,11 +247,13 @@ def _table_lines(md_text: str) -> list[str]:
     return md_text.rstrip("\n").split("\n")
 
 
-def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[dict], note: str) -> tuple[str, list[dict]]:
+def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[dict], note: str,
+                 drop=()) -> tuple[str, list[dict]]:
     """``table --update``: the rows of ``new_*`` (a table of some methods) replace the same methods'
     rows of ``old_*`` in place, in every section (the results table, the probe table); a method the old
     table lacks is appended to each section. Every other row is kept verbatim, and ``note`` (which rows
-    were re-made, by which command) is added under the command line after any earlier such notes."""
+    were re-made, by which command) is added under the command line after any earlier such notes.
+    The methods in ``drop`` lose their rows everywhere (a method no longer defined for the table)."""
     new_lines = _table_lines(new_md)
     method_of = lambda line: line.split("|")[1].strip() if line.startswith("| ") else None  # noqa: E731
     fresh: dict[str, list[str]] = {}  # method -> its row in each section, in order
@@ -261,9 +263,12 @@ def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[
             fresh.setdefault(m, []).append(line)
     out, seen, section, last_row = [], {}, -1, {}
     old_lines = _table_lines(old_md)
-    notes = [i for i, line in enumerate(old_lines) if line.startswith("Command:") or line.startswith("Re-made rows:")]
+    notes = [i for i, line in enumerate(old_lines)
+             if line.startswith("Command:") or line.startswith("Re-made rows:") or line.startswith("Removed rows:")]
     for i, line in enumerate(old_lines):
         m = method_of(line)
+        if m in drop:
+            continue
         if m == "Method":
             section += 1
         elif m:
@@ -279,20 +284,27 @@ def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[
         extra = [rows[s] for m, rows in fresh.items() if m not in seen and s < len(rows)]
         out[last_row[s] + 1:last_row[s] + 1] = extra
     done = {r["method"] for r in new_rows}
-    kept = [r for r in old_rows if r["method"] not in done]
+    kept = [r for r in old_rows if r["method"] not in done and r["method"] not in drop]
     order = list(dict.fromkeys([r["method"] for r in old_rows] + [r["method"] for r in new_rows]))
     rows = sorted(kept + new_rows, key=lambda r: order.index(r["method"]))
     return "\n".join(out) + "\n", rows
 
 
-def update_table(md: Path, csv_path: Path, new_md: Path, new_csv: Path, command: str, methods: list[str]) -> None:
-    """Write the merge of the re-made rows into the committed table (``merge_tables``)."""
+def update_table(md: Path, csv_path: Path, new_md: Path | None, new_csv: Path | None, command: str,
+                 methods: list[str], drop=()) -> None:
+    """Write the merge of the re-made rows (``new_*``; None: rows are only dropped) into the committed
+    table (``merge_tables``)."""
     with csv_path.open(newline="") as f:
         old_rows = list(csv.DictReader(f))
-    with new_csv.open(newline="") as f:
-        new_rows = list(csv.DictReader(f))
-    note = f"Re-made rows: {', '.join(methods)} (`{command}`); every other row is the command above's."
-    text, rows = merge_tables(md.read_text(), new_md.read_text(), old_rows, new_rows, note)
+    new_rows = []
+    if new_csv is not None:
+        with new_csv.open(newline="") as f:
+            new_rows = list(csv.DictReader(f))
+    note = (f"Re-made rows: {', '.join(methods)} (`{command}`); every other row is the command above's."
+            if methods else f"Removed rows: {', '.join(drop)} (`{command}`).")
+    if methods and drop:
+        note += f" Removed rows: {', '.join(drop)}."
+    text, rows = merge_tables(md.read_text(), new_md.read_text() if new_md else "", old_rows, new_rows, note, drop)
     fields = list(dict.fromkeys(k for r in old_rows + new_rows for k in r))
     tmp_md, tmp_csv = md.with_suffix(".md.tmp"), csv_path.with_suffix(".csv.tmp")
     tmp_md.write_text(text)

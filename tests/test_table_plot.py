@@ -118,3 +118,21 @@ def test_table_update_replaces_only_the_remade_rows_in_every_section():
     assert body == ["| Base | 1 | 2 |", "| Opm | 30 | 40 |", "| Zed | 5 | 6 |", "| New | 50 | 60 |",
                     "| Base | 7 |", "| Opm | 80 |", "| Zed | 9 |", "| New | 90 |"]
     assert [(r["method"], r["x"]) for r in rows] == [("Base", "0"), ("Opm", "new"), ("Zed", "2"), ("New", "n")]
+
+
+def test_table_update_drops_rows_with_a_note(tmp_path):
+    """``table --update --drop LABEL``: the rows leave every section and the CSV, nothing is trained,
+    and the file says which rows were removed by which command; --drop without --update is refused."""
+    import cli
+
+    old = ("Title\n\nCommand: `full`\n\n| Method | A |\n|---|---|\n| Base | 1 |\n| Mla | 2 |\n\nProbe\n\n"
+           "| Method | A |\n|---|---|\n| Base | 3 |\n| Mla | 4 |\n")
+    (tmp_path / "t.md").write_text(old)
+    (tmp_path / "t.csv").write_text("method,branch,x\nBase,multi,1\nMla,multi,2\n")
+    args = ["table", "--dataset", "avdigits", "--name", "t", "--out", str(tmp_path)]
+    assert cli.main([*args, "--drop", "Mla"]) == 2
+    assert cli.main([*args, "--update", "--drop", "Mla"]) == 0
+    text = (tmp_path / "t.md").read_text()
+    assert "| Mla |" not in text and text.count("| Base |") == 2
+    assert "Removed rows: Mla (`python cli.py table" in text
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["method,branch,x", "Base,multi,1"]
