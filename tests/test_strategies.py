@@ -13,7 +13,9 @@ from mmsent.tasks import Regression
 from mmsent.train import fit
 
 # settings under which each strategy's state between epochs matters within a few epochs
-STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0}, "gblending": {"super_epoch": 1},
+STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0},
+            # estimates at epochs 0, 2 and 4: the last after the resume at epoch 3 (copies are costly)
+            "gblending": {"super_epoch": 2},
             "dnr": {"reinit_epoch": 1, "reinit_num": 1},
             # Greedy's speed window and phase, ReconBoost's stage position, valuation's plan (made at
             # epoch 2, used in epoch 3 after the resume) cross the epoch boundary
