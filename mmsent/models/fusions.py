@@ -44,11 +44,12 @@ class ConcatHead(Head):
     def forward(self, feats: dict[str, Tensor]) -> Tensor:
         return self.net(torch.cat([feats[m].mean(1) for m in self.modalities], dim=-1))
 
-    def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+    def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """Per-modality logits ``z_m = W_m f_m + b / N`` of the linear head (BalanceMM's and the
-        GeWu-Lab references' convention; they sum to the fused logits). Only for ``hidden: 0``."""
+        GeWu-Lab references' convention; they sum to the fused logits); None with a hidden layer,
+        where the modalities mix before the last layer and have no logits of their own."""
         if not isinstance(self.net, nn.Linear):
-            raise ValueError("per-modality logits need a linear head (model.hidden=0)")
+            return None
         blocks = self.net.weight.chunk(len(self.modalities), dim=1)
         bias = self.net.bias / len(self.modalities)
         return {m: feats[m].mean(1) @ w.T + bias for m, w in zip(self.modalities, blocks)}

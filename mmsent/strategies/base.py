@@ -122,10 +122,8 @@ class Strategy:
         classifiers, ReconBoost's shared classifier), else the zero-masked branch through the
         shared head (the balancing literature's extension to heads that mix modalities)."""
         logits = getattr(self.model.head, "branch_logits", None)
-        if logits is not None and not (isinstance(self.model.head, ConcatHead)
-                                       and not isinstance(self.model.head.net, nn.Linear)):
-            return logits(self.model.mask_modalities(feats, feats))
-        return self.branches(feats)
+        out = logits(self.model.mask_modalities(feats, feats)) if logits is not None else None
+        return out if out is not None else self.branches(feats)
 
     @torch.no_grad()
     def branch_scores(self, feats: dict[str, Tensor], y: Tensor,
