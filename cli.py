@@ -133,11 +133,7 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from mmsent.report import load_results, print_summary
 
-    try:
-        results = load_results(args.runs)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = load_results(args.runs)  # a missing or damaged results.json: FileError, one line
     print_summary(results, args.split, args.metrics.split(","))
     return 0
 
@@ -196,11 +192,7 @@ def cmd_table(args) -> int:
 def cmd_plot(args) -> int:
     from mmsent.plots import plot_runs
 
-    try:
-        paths = plot_runs([Path(r) for r in args.runs], Path(args.out))
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    paths = plot_runs([Path(r) for r in args.runs], Path(args.out))  # a damaged log: FileError, one line
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -353,20 +345,45 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _one_line_warnings() -> None:
+    """Warnings (data cleaned, arrays not used) as ``warning: ...`` lines, without source lines."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+
+
 def main(argv=None) -> int:
-    args = parse(sys.argv[1:] if argv is None else list(argv))
+    from mmsent.interrupt import Interrupted, die_with_parent, raise_on_sigterm
 
-    from mmsent.config import ConfigError
-    from mmsent.data import DataError
-    from mmsent.sweep import SweepError
-    from mmsent.train import RunError
-
+    die_with_parent()  # a table's child: SIGTERM when the table dies, however it dies
+    raise_on_sigterm()  # `kill` stops like Ctrl-C: one line, not a silent death
+    _one_line_warnings()
     try:
-        return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
-                "plot": cmd_plot, "data": cmd_data}[args.command](args)
-    except (ConfigError, DataError, RunError, SweepError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        args = parse(sys.argv[1:] if argv is None else list(argv))
+
+        from mmsent.config import ConfigError
+        from mmsent.data import DataError
+        from mmsent.files import FileError
+        from mmsent.sweep import SweepError
+        from mmsent.train import RunError, first_line, is_out_of_memory
+
+        try:
+            return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
+                    "plot": cmd_plot, "data": cmd_data}[args.command](args)
+        except (ConfigError, DataError, RunError, SweepError, FileError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            print(f"error: out of memory ({first_line(e)}); choose smaller data or model sizes", file=sys.stderr)
+            return 2
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted by SIGINT", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

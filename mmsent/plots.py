@@ -14,11 +14,16 @@ from pathlib import Path
 
 
 def read_log(run: Path) -> tuple[dict, list[dict]]:
+    from mmsent.files import FileError, read_epochs, read_json
+
     cfg_path, log_path = run / "config.json", run / "metrics.jsonl"
     if not log_path.is_file():
-        raise FileNotFoundError(f"{log_path}: no metrics.jsonl (not a run directory?)")
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    return cfg, [json.loads(line) for line in log_path.read_text().splitlines() if line]
+        raise FileError(f"{log_path}: no metrics.jsonl (not a run directory?)")
+    cfg = read_json(cfg_path, "run config") if cfg_path.is_file() else {}
+    rows = read_epochs(log_path)
+    if not rows:
+        raise FileError(f"{log_path}: no epoch logged yet; nothing to plot")
+    return cfg, rows
 
 
 def _label(run: Path, cfg: dict) -> str:
@@ -43,10 +48,14 @@ def _finish(fig, ax_row, ylabel: str, path: Path) -> Path:
             seen.setdefault(label, h)
     if seen:
         fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2, fontsize=7, frameon=False)
-    fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    from mmsent.files import write_atomic
+
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -62,7 +71,12 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     logs = {Path(r): read_log(Path(r)) for r in runs}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from mmsent.files import write_failed
+
+        raise write_failed(out_dir, e) from None
     written = []
     modalities = []
     for _, log in logs.values():

@@ -79,8 +79,26 @@ def _logits(probe, a: np.ndarray, k: int) -> torch.Tensor:
 
 
 def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = 256) -> dict[str, dict]:
-    """A linear probe per modality: ``{m: {"reg": ..., "val": metrics, "test": metrics}}``."""
+    """A linear probe per modality: ``{m: {"reg": ..., "val": metrics, "test": metrics}}``, or
+    ``{m: {"skipped": why}}`` for a probe that cannot be fitted (the run's results are kept: a probe
+    is an extra measurement, never a reason to lose a trained model)."""
     splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
     feats = {name: encoder_features(model, s, batch_size) for name, s in splits.items()}
     ys = {name: s.y.numpy() for name, s in splits.items()}
-    return {m: fit_probe(task, {name: f[m] for name, f in feats.items()}, ys) for m in model.modalities}
+    if task.name == "classification" and len(np.unique(ys["train"])) < 2:
+        why = f"the train split holds a single class ({int(ys['train'][0])}); a classifier needs two"
+        warnings.warn(f"linear probes skipped: {why}", stacklevel=2)
+        return {m: {"skipped": why} for m in model.modalities}
+    out = {}
+    for m in model.modalities:
+        x = {name: f[m] for name, f in feats.items()}
+        if any(not np.isfinite(v).all() for v in x.values()):
+            out[m] = {"skipped": "its features hold non-finite values"}
+            continue
+        try:
+            out[m] = fit_probe(task, x, ys)
+        except (ValueError, np.linalg.LinAlgError) as e:  # what scikit-learn raises for data it cannot fit
+            out[m] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+        if "skipped" in out[m]:
+            warnings.warn(f"linear probe of {m!r} skipped: {out[m]['skipped']}", stacklevel=2)
+    return out

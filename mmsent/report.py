@@ -7,12 +7,18 @@ from pathlib import Path
 
 
 def load_results(run_dirs) -> list[dict]:
+    """The ``results.json`` of each run; a missing or damaged one is a one-line ``FileError``."""
+    from mmsent.files import FileError, read_json
+
     out = []
     for d in run_dirs:
         p = Path(d) / "results.json"
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: no results.json (unfinished run?)")
-        out.append(json.loads(p.read_text()))
+            raise FileError(f"{p}: no results.json (unfinished run?)")
+        res = read_json(p, "results file", "; re-run the run with --resume to write it again")
+        if not all(isinstance(res.get(k), dict) for k in ("test", "val")):
+            raise FileError(f"{p}: not an mmsent results file (no 'test' and 'val' metrics)")
+        out.append(res)
     return out
 
 
@@ -37,7 +43,9 @@ def summarize_probes(results: list[dict], split: str = "test") -> dict[str, dict
     if any("probe" not in r for r in results):
         return {}
     probes = results[0]["probe"]
-    return {m: {k: mean_std([r["probe"][m][split][k] for r in results]) for k in probes[m][split]} for m in probes}
+    # a probe that could not be fitted in some run ({"skipped": why}) is left out, not averaged
+    fitted = [m for m in probes if all(split in r["probe"].get(m, {}) for r in results)]
+    return {m: {k: mean_std([r["probe"][m][split][k] for r in results]) for k in probes[m][split]} for m in fitted}
 
 
 RESULT_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "acc7", "acc", "f1")
@@ -59,10 +67,14 @@ def print_results(results: dict) -> None:
     table.add_column("branch")
     for n in names:
         table.add_column(n, justify="right")
-    rows = {**results["test"], **{f"probe {m}": v["test"] for m, v in results.get("probe", {}).items()}}
+    probes = results.get("probe", {})
+    rows = {**results["test"], **{f"probe {m}": v["test"] for m, v in probes.items() if "test" in v}}
     for branch, metrics in rows.items():
         table.add_row(branch, *(f"{metrics[n]:.3f}" if metrics.get(n) is not None else "-" for n in names))
     _console().print(table)
+    for m, v in probes.items():
+        if "skipped" in v:
+            _console().print(f"probe {m}: skipped ({v['skipped']})")
 
 
 def cell(metric: str, mean: float, std: float) -> str:

@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ import yaml
 
 from mmsent.config import ConfigError, load_config, load_yaml, set_dotted
 from mmsent.data import build_dataset
+from mmsent.files import write_atomic, write_failed, write_text
 from mmsent.tasks import metric_names
 from mmsent.train import fit
 
@@ -104,6 +106,10 @@ class SweepSpec:
         return [Param(k, **v) for k, v in self.space.items()]
 
 
+SPEC_TYPES = {"config": str, "overrides": list, "metric": str, "direction": str, "trials": int, "seeds": list,
+              "sampler": str, "sampler_seed": int, "pruner_warmup_epochs": int, "heartbeat": int, "space": dict}
+
+
 def load_spec(name_or_path: str) -> SweepSpec:
     path = Path(name_or_path)
     if not path.suffix:
@@ -111,12 +117,34 @@ def load_spec(name_or_path: str) -> SweepSpec:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")))
         raise SweepError(f"{path}: sweep spec not found (known sweeps: {known})")
-    raw = load_yaml(path)
     try:
-        spec = SweepSpec(name=path.stem, **raw)
-        params = spec.params
-    except TypeError as e:
-        raise SweepError(f"{path}: {e}") from None
+        raw = load_yaml(path)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+    fields = {f.name for f in dataclasses.fields(SweepSpec)} - {"name"}
+    unknown = sorted(map(str, set(raw) - fields))
+    if unknown:
+        raise SweepError(f"{path}: unknown key {unknown[0]!r}; a sweep spec has {', '.join(sorted(fields))}")
+    for key, want in SPEC_TYPES.items():  # a value of the wrong kind would fail deep inside Optuna
+        if key in raw and not (isinstance(raw[key], want) and not (want is int and isinstance(raw[key], bool))):
+            kind = {dict: "a mapping", list: "a list", int: "an integer", str: "a string"}[want]
+            raise SweepError(f"{path}: {key!r} must be {kind}, got {raw[key]!r:.60}")
+    for key, entry in (raw.get("space") or {}).items():
+        if not isinstance(entry, dict):
+            raise SweepError(f"{path}: space.{key} must be a mapping (type, low, high...), got {entry!r:.60}")
+        bad = sorted(set(map(str, entry)) - ({f.name for f in dataclasses.fields(Param)} - {"name"}))
+        if bad:
+            raise SweepError(f"{path}: space.{key}: unknown key {bad[0]!r}")
+        for k in ("low", "high"):
+            if entry.get(k) is not None and (isinstance(entry[k], bool) or not isinstance(entry[k], (int, float))):
+                raise SweepError(f"{path}: space.{key}.{k} must be a number, got {entry[k]!r:.60}")
+        for k in ("choices", "grid"):
+            if entry.get(k) is not None and not isinstance(entry[k], list):
+                raise SweepError(f"{path}: space.{key}.{k} must be a list, got {entry[k]!r:.60}")
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in raw.get("seeds") or []):
+        raise SweepError(f"{path}: 'seeds' must be a list of integers >= 0, got {raw['seeds']!r:.60}")
+    spec = SweepSpec(name=path.stem, **raw)
+    params = spec.params
     if not params:
         raise SweepError(f"{path}: empty search space")
     for p in params:
@@ -348,9 +376,7 @@ def apply_best(study, path: str | Path) -> dict:
     tree = load_yaml(path) if path.is_file() else {}
     for key, value in best.params.items():
         set_dotted(tree, key, value)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(tree, sort_keys=False))
     return best.params
 
 
@@ -378,9 +404,13 @@ def plot(study, spec: SweepSpec, path: str | Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    except OSError as e:
+        raise write_failed(path, e) from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -411,5 +441,8 @@ def write_report(study, spec: SweepSpec, path: Path, command: str, png) -> None:
         lines += ["", f"Best: {best.params} with validation {spec.metric} {best.value:.4f}."]
     if png:
         lines += ["", f"![objective vs parameter]({Path(png).name})"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    write_text(path, "\n".join(lines) + "\n")

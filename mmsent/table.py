@@ -11,8 +11,10 @@ Each (method, seed) is one ``cli.py train`` run in ``<runs>/<method>-s<seed>``. 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,8 @@ from pathlib import Path
 
 from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import DATASETS, build_dataset
+from mmsent.files import write_failed, write_text
+from mmsent.interrupt import PARENT_ENV, Interrupted
 from mmsent.report import cell, load_results, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
@@ -127,15 +131,34 @@ def stale_reason(out: Path, want: Config) -> str | None:
     return "; ".join(diff) if diff else None
 
 
+_CHILDREN: set = set()  # training processes of the running table, stopped with it
+
+
 def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
     if (out / "results.json").is_file():
         return out, 0, "done before"
     # a run of ours that died before its first checkpoint is started again in place by `train`
     resume = ["--resume"] if (out / "last.pt").is_file() else []
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--quiet", *cmd, *resume],
-                       capture_output=True, text=True, env=env)
-    return out, p.returncode, (p.stderr.strip().splitlines() or [""])[-1]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               **{PARENT_ENV: str(os.getpid())})  # the child dies with the table, even on kill -9
+    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", "--quiet", *cmd, *resume],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)  # Ctrl-C reaches the table alone, which stops its children
+    _CHILDREN.add(p)
+    try:
+        _, err = p.communicate()
+    finally:
+        _CHILDREN.discard(p)
+    return out, p.returncode, (err.strip().splitlines() or [""])[-1]
+
+
+def stop_children() -> None:
+    """SIGTERM every training child (each stops at a safe point, its run resumable) and wait."""
+    for p in list(_CHILDREN):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in list(_CHILDREN):
+        p.wait()
 
 
 def custom_row(text: str) -> tuple[str, list[str]]:
@@ -178,15 +201,25 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
                              + (f", and {more} more run(s) like it" if more else "")
                              + "; move them away or pass another --runs-dir")
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    failed = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    failed, finished = [], 0
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         futures = [pool.submit(run_one, cmd, out, threads) for cmd, out in tasks]
         for i, f in enumerate(futures, 1):
             out, rc, msg = f.result()
             progress(f"[{i}/{len(tasks)}] {out.name}: " + ("ok" if rc == 0 else f"FAILED ({msg})")
                      + (" (cached)" if msg == "done before" else ""))
+            finished += rc == 0
             if rc:
                 failed.append(out)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: stop every child at a safe point, then say so
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_children()
+        pool.shutdown(wait=True)
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}: the table stopped with {finished} of "
+                          f"{len(tasks)} runs done; run the same command again to finish it (unfinished runs resume)") from None
+    pool.shutdown(wait=True)
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed, e.g. {failed[0]}; re-run the same command to retry them")
     return dirs
@@ -194,7 +227,10 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
 
 def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, command: str,
                 name: str | None = None) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(out_dir, e) from None
     md = out_dir / f"{name or dataset + '_table'}.md"
     csv_path = out_dir / f"{name or dataset + '_table'}.csv"
     rows, lines = [], []
@@ -235,12 +271,17 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
             cells = [cell(metric, *probes[m][metric]) if (method not in only or only[method] == m) else "-"
                      for m in labels]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    md.write_text("\n".join(lines) + "\n")
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(md, "\n".join(lines) + "\n")
+    write_text(csv_path, _csv_text(rows, list(rows[0])))
     return md, csv_path
+
+
+def _csv_text(rows: list[dict], fields: list[str]) -> str:
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def _table_lines(md_text: str) -> list[str]:
@@ -306,11 +347,6 @@ def update_table(md: Path, csv_path: Path, new_md: Path | None, new_csv: Path | 
         note += f" Removed rows: {', '.join(drop)}."
     text, rows = merge_tables(md.read_text(), new_md.read_text() if new_md else "", old_rows, new_rows, note, drop)
     fields = list(dict.fromkeys(k for r in old_rows + new_rows for k in r))
-    tmp_md, tmp_csv = md.with_suffix(".md.tmp"), csv_path.with_suffix(".csv.tmp")
-    tmp_md.write_text(text)
-    with tmp_csv.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp_md, md)
-    os.replace(tmp_csv, csv_path)
+    csv_text = _csv_text(rows, fields)  # both made before either file changes
+    write_text(md, text)
+    write_text(csv_path, csv_text)

@@ -12,6 +12,8 @@ import math
 import os
 import pickle
 import random
+import shutil
+import signal
 import tempfile
 import time
 from contextlib import nullcontext
@@ -24,8 +26,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mmsent.config import Config, ConfigError, choose, load_config
-from mmsent.data import Dataset, Split, build_dataset
+from mmsent.data import Dataset, DataError, Split, build_dataset
 from mmsent.distributed import Dist, init_from_env
+from mmsent.files import (FileError, RunLock, append_line, jsonable, read_epochs, read_json, save_torch, write_json,
+                          write_text)
+from mmsent.interrupt import Interrupted, StopAtSafePoint
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
 from mmsent.probe import probe_encoders
 from mmsent.strategies import STRATEGIES
@@ -139,28 +144,6 @@ def diagnostics(model: MultimodalModel, batch, task) -> dict[str, dict[str, floa
     return out
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON has no NaN (Pearson r of a constant prediction)
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def load_checkpoint(path: Path, device) -> dict:
     """A checkpoint written by ``fit``. Only tensors and plain containers are read
     (``weights_only=True``): a file holding anything else, code included, is refused, never run.
@@ -185,6 +168,7 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 MARKER = ".mmsent-run"  # written into every run directory: only such a directory is ever reused
+OURS = ("config.json", "metrics.jsonl", "best.pt", "last.pt", "results.json", MARKER, RunLock.NAME)
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -192,36 +176,93 @@ def load_run_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise RunError(f"{path}: not found; --resume needs the directory of an earlier run (--out DIR)")
     try:
-        tree = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: damaged, not valid JSON ({e}); the run cannot be resumed, start a new one "
-                       "with another --out") from None
-    if not isinstance(tree, dict):
-        raise RunError(f"{path}: damaged, not a config mapping; start a new run with another --out")
+        tree = read_json(path, "run config", "; the run cannot be resumed, start a new one with another --out")
+    except FileError as e:
+        raise RunError(str(e)) from None
     return load_config(base=tree)
 
 
-def create_run_dir(run: Path, cfg: Config) -> None:
-    """Make ``run`` with the marker and ``config.json``; it appears complete or not at all. Nothing
-    the program did not write is ever replaced or deleted: an existing non-empty folder must be a
-    run directory of ours that died before its first checkpoint (it is then reused in place)."""
-    if run.exists() and not run.is_dir():
-        raise RunError(f"{run}: exists and is not a directory; pass another --out")
-    if run.is_dir() and any(run.iterdir()):
-        if not (run / MARKER).is_file():
-            raise RunError(f"{run}: exists, is not empty and is not an mmsent run directory; pass another --out")
-        if any((run / f).exists() for f in ("last.pt", "best.pt", "results.json")):
-            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
-        _atomic_json(cfg.to_dict(), run / "config.json")  # ours, died before epoch 0: start again in place
-        return
-    try:
-        run.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=run.parent))
-        (tmp / MARKER).write_text("written by mmsent: a run directory (config.json, checkpoints, logs)\n")
-        _atomic_json(cfg.to_dict(), tmp / "config.json")
-        os.rename(tmp, run)  # replaces at most an empty directory
-    except OSError as e:
-        raise RunError(f"{run}: cannot create the run directory ({e.strerror or e}); pass another --out") from None
+class RunFolder:
+    """The folder one ``fit`` writes, locked (``RunLock``) from before its first write to the end.
+
+    ``open`` makes or reuses it: it appears complete (marker + ``config.json``) or not at all, and
+    nothing the program did not write is ever replaced or deleted. An existing non-empty folder must
+    be a run directory of ours; without a ``last.pt`` (it died, or the disk filled, before its first
+    checkpoint) it is started again in place. ``discard`` removes what a fresh run wrote when it ends
+    before its first checkpoint (bad data found mid-epoch, out of memory, an interrupt): such a
+    folder holds nothing to resume, and leaving it would block the next run."""
+
+    def __init__(self, path: Path, lock: RunLock, fresh: bool, existed: bool):
+        self.path, self.lock, self.fresh, self.existed = path, lock, fresh, existed
+
+    @classmethod
+    def open(cls, run: Path, cfg: Config, resume: bool) -> "RunFolder":
+        try:
+            return cls._open(run, cfg, resume)
+        except FileError as e:  # the lock is held, the disk is full: one line, like every other refusal
+            raise RunError(str(e)) from None
+
+    @classmethod
+    def _open(cls, run: Path, cfg: Config, resume: bool, again: bool = True) -> "RunFolder":
+        if run.is_symlink():
+            raise RunError(f"{run}: is a symbolic link; pass the folder it points to, or another --out")
+        if run.exists() and not run.is_dir():
+            raise RunError(f"{run}: exists and is not a directory; pass another --out")
+        if resume:
+            if not (run / MARKER).is_file():
+                raise RunError(f"{run}: not an mmsent run directory (no {MARKER}); nothing to resume")
+            return cls(run, RunLock(run).acquire(), fresh=False, existed=True)
+        if run.is_dir() and any(run.iterdir()):
+            if not (run / MARKER).is_file():
+                raise RunError(f"{run}: exists, is not empty and is not an mmsent run directory; pass another --out")
+            lock = RunLock(run).acquire()
+            try:
+                if any((run / f).exists() for f in ("last.pt", "results.json")):
+                    raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+                for name in ("metrics.jsonl", "best.pt"):  # ours, from before its first checkpoint
+                    (run / name).unlink(missing_ok=True)
+                write_json(run / "config.json", cfg.to_dict())
+            except BaseException:
+                lock.release()
+                raise
+            return cls(run, lock, fresh=True, existed=True)
+        existed = run.is_dir()
+        try:
+            run.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=run.parent))
+        except OSError as e:
+            raise RunError(f"{run}: cannot create the run directory ({e.strerror or e}); pass another --out") from None
+        lock = None
+        try:
+            write_text(tmp / MARKER, "written by mmsent: a run directory (config.json, checkpoints, logs)\n")
+            write_json(tmp / "config.json", cfg.to_dict())
+            lock = RunLock(tmp).acquire()  # the lock follows the file through the rename
+            os.rename(tmp, run)  # replaces at most an empty directory
+        except BaseException as e:
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)  # ours, made above: never left beside the run
+            if isinstance(e, OSError) and again and (run / MARKER).is_file():
+                return cls._open(run, cfg, resume, again=False)  # another process made it meanwhile
+            if isinstance(e, OSError):
+                raise RunError(f"{run}: cannot create the run directory ({e.strerror or e}); pass another --out") from None
+            raise
+        return cls(run, lock, fresh=True, existed=existed)
+
+    def discard(self) -> None:
+        """Remove what this fresh run wrote (known names, temporary files), then the folder if it is
+        empty and was not there before; anything else stays."""
+        for p in list(self.path.iterdir()) if self.path.is_dir() else []:
+            if p.name in OURS or p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+        if not self.existed:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.lock.release()
 
 
 def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
@@ -242,11 +283,19 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                           f"choose from loss, {', '.join(metric_names(dataset.task))}")
     task = build_task(dataset.task, dataset.num_classes)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, dataset, task.out_dim).to(device)
+    check_model_fits(cfg, dataset, task.out_dim, device)
+    try:
+        model = build_model(cfg.model, dataset, task.out_dim).to(device)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ConfigError(f"the model does not fit in {device.type} memory ({first_line(e)}); choose smaller "
+                          "model sizes (model.dim, model.hidden, model.width)") from None
     optimizer = build_optimizer(model, cfg.train)
     strategy = build_strategy(cfg, model, optimizer, task)
     strategy.dist = ddp
-    if ddp.active and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if ddp.active and batch_norm:
         # SyncBatchNorm is CUDA-only and the masked passes use functional (vmap) BatchNorm, so the
         # training statistics stay per shard: equivalent in distribution, not bitwise, to one process.
         console.print(f"note: BatchNorm statistics are per rank ({ddp.world} shards of each batch), not synchronised")
@@ -255,11 +304,98 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         raise ConfigError(f"data.batch_size={cfg.data.batch_size}: with {ddp.world} ranks every training batch needs at "
                           f"least {ddp.world} samples" + (f", and the last one holds {last}" if last else "")
                           + "; choose another batch size")
+    # Training BatchNorm cannot normalise one sample: a batch of one is refused, a last batch of one
+    # joins the batch before it (said once, here).
+    min_batch = 2 if batch_norm else 1
+    if batch_norm and (cfg.data.batch_size < 2 or len(dataset.train) < 2):
+        what = (f"data.batch_size={cfg.data.batch_size}" if cfg.data.batch_size < 2
+                else f"the train split holds {len(dataset.train)} sample")
+        raise ConfigError(f"{what}: the model has BatchNorm layers (fusion {cfg.model.fusion!r}), which need at least "
+                          "2 samples per training batch; use data.batch_size >= 2 and a train split of 2 or more")
+    if batch_norm and len(dataset.train) % cfg.data.batch_size == 1 and len(dataset.train) > 1:
+        console.print(f"note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins "
+                      f"the batch before it ({cfg.data.batch_size + 1} samples)")
     generator = torch.Generator().manual_seed(cfg.seed)
 
     # Everything that can be wrong with the input has been checked: only now touch the disk.
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
+    folder: list[RunFolder] = []  # rank 0's handle (the lock); other ranks never write
+    ddp.on_main(lambda: folder.append(RunFolder.open(run, cfg, resume)), RunError)
+    try:
+        with StopAtSafePoint() as stop:
+            return _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator,
+                           device, ddp, console, quiet, on_epoch, stop, min_batch)
+    except BaseException as e:
+        unsaved = folder and folder[0].fresh and not (run / "last.pt").is_file()
+        if unsaved:  # nothing to resume: leave no folder behind that would block the next run
+            folder[0].discard()
+        if isinstance(e, Interrupted):
+            raise Interrupted(e.signum, f"interrupted by {signal.Signals(e.signum).name}: "
+                              + (f"no epoch of {run} had finished, so nothing was kept; run the same command again"
+                                 if unsaved else f"{run} holds epochs 0-{_saved_epoch(run)}; continue with: "
+                                 f"python cli.py train --out {run} --resume")) from None
+        if isinstance(e, (MemoryError, RuntimeError)) and is_out_of_memory(e):
+            raise RunError(f"out of memory while training ({first_line(e)}); lower data.batch_size or the model sizes"
+                           + ("" if unsaved else f", then continue with: python cli.py train --out {run} --resume")) from None
+        if isinstance(e, FileError):
+            raise RunError(str(e) + ("" if unsaved else "; the run stays resumable with --resume")) from None
+        raise
+    finally:
+        if folder:
+            folder[0].close()
+
+
+def _saved_epoch(run: Path) -> int:
+    try:
+        return int(torch.load(run / "last.pt", map_location="cpu", weights_only=True)["state"]["epoch"])
+    except Exception:
+        return -1
+
+
+def first_line(e: BaseException) -> str:
+    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or any(s in str(e) for s in ("can't allocate memory", "out of memory",
+                                                                   "not enough memory", "Out of memory"))
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """Total memory of the device a model trains on (None: unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[1])
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_model_fits(cfg: Config, dataset: Dataset, out_dim: int, device: torch.device) -> None:
+    """Model sizes come from flags and files (``model.dim=10**6``): count the parameters on the meta
+    device, which allocates nothing, and refuse a model whose training state -- weights, gradients
+    and two Adam moments, 16 bytes a parameter -- exceeds the device's whole memory. A model the
+    meta device cannot build (pretrained weights read from disk) is not pre-checked."""
+    total = memory_bytes(device)
+    if total is None or cfg.model.bert_path:
+        return
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_model(cfg.model, dataset, out_dim).parameters())
+    except (ConfigError, DataError):
+        raise
+    except Exception:
+        return
+    need = 16 * n
+    if need > total:
+        raise ConfigError(f"the model has {n / 1e9:.2f} G parameters and needs about {need / 2**30:.0f} GiB to train, "
+                          f"more than the {total / 2**30:.0f} GiB of this {device.type} device; choose smaller model "
+                          "sizes (model.dim, model.hidden, model.width) or fewer classes")
+
+
+def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator, device, ddp, console,
+            quiet, on_epoch, stop, min_batch) -> dict:
     if resume:
         if not (run / "last.pt").is_file():
             raise RunError(f"{run}: no last.pt to resume from (a run that died before its first epoch is started "
@@ -271,26 +407,29 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             strategy.load_state_dict(ckpt["strategy"])
             torch.set_rng_state(ckpt["rng"])
             generator.set_state(ckpt["generator"])
-            state = dict(ckpt["state"])
+            state.update(ckpt["state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise RunError(f"{run / 'last.pt'}: does not fit this run's model and settings ({type(e).__name__}: "
-                           f"{first}); start a new run with another --out") from None
+                           f"{first_line(e)[:160]}); start a new run with another --out") from None
         if state["best_epoch"] >= 0 and not (run / "best.pt").is_file():
             raise RunError(f"{run / 'best.pt'}: missing (the selected epoch's weights); the run cannot be finished, "
                            "start a new one with another --out")
         if ddp.is_main:  # rank 0 alone writes (two ranks rewriting one log raced under torchrun)
             _truncate_log(run / "metrics.jsonl", state["epoch"])
-    else:
-        ddp.on_main(lambda: create_run_dir(run, cfg), RunError)
 
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
     probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
-    steps_per_epoch = math.ceil(len(dataset.train) / cfg.data.batch_size)
+    steps_per_epoch = dataset.train.n_batches(cfg.data.batch_size, min_batch)
     strategy.steps_per_epoch = steps_per_epoch
     strategy.batch_size = cfg.data.batch_size
+    strategy.min_batch = min_batch
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True, disable=quiet)
+
+    def stop_here() -> None:  # a safe point: every file on disk is whole and matches last.pt
+        if stop.requested:
+            raise Interrupted(stop.signum)
+
     with progress if not quiet else nullcontext():
         epochs_bar = progress.add_task("epochs", total=cfg.train.epochs, completed=state["epoch"] + 1)
         for epoch in range(state["epoch"] + 1, cfg.train.epochs):
@@ -302,7 +441,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             model.train()
             sums: dict[str, float] = {}
             batch_bar = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
-            for step, batch in enumerate(dataset.train.batches(cfg.data.batch_size, shuffle=True, generator=generator)):
+            for step, batch in enumerate(dataset.train.batches(cfg.data.batch_size, shuffle=True, generator=generator,
+                                                               min_size=min_batch)):
+                if not ddp.active:  # under torchrun the ranks must agree: they stop at the epoch's end
+                    stop_here()
                 with autocast(device, cfg.train.amp):  # torchrun: this rank's shard, logs of the whole batch
                     logs = ddp.average_logs(strategy.train_step(ddp.shard(batch).to(device, non_blocking=True)))
                 if not math.isfinite(logs["loss"]):
@@ -318,18 +460,19 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                 record["grad_norm"] = gradient_probe(model, probe, task)
                 record["diag"] = diagnostics(model, probe, task)
             score = sign * val["multi"][cfg.train.select]
-            # every rank holds the same weights, metrics and state: rank 0 writes them
+            # every rank holds the same weights, metrics and state: rank 0 writes them. Order: best.pt,
+            # the log line, last.pt -- a failure between leaves last.pt of the epoch before, which
+            # --resume continues from (it cuts the log back and redoes this epoch, best.pt included).
             if score < state["best_score"]:
                 state.update(best_epoch=epoch, best_score=score, best_val=val)
                 if ddp.is_main:
-                    _atomic_save({"model": model.state_dict(), "epoch": epoch}, run / "best.pt")
+                    save_torch(run / "best.pt", {"model": model.state_dict(), "epoch": epoch})
             state["epoch"] = epoch
             if ddp.is_main:
-                with open(run / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(_jsonable(record)) + "\n")
-                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
-                              "generator": generator.get_state(), "state": state}, run / "last.pt")
+                append_line(run / "metrics.jsonl", json.dumps(jsonable(record)))
+                save_torch(run / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                             "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
+                                             "generator": generator.get_state(), "state": state})
             progress.advance(epochs_bar)
             head = task.headline
             console.print(f"epoch {epoch:3d}  train loss {record['train']['loss']:.4f}  val {cfg.train.select} "
@@ -337,11 +480,20 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                           + ("  *" if state["best_epoch"] == epoch else ""))
             if on_epoch is not None:
                 on_epoch(epoch, val)
+            if ddp.active:  # every rank stops here if any was asked to (torchrun signals them all)
+                if ddp.sum(float(stop.signum or 0)):
+                    raise Interrupted(stop.signum or signal.SIGTERM)
+            else:
+                stop_here()
 
     if state["best_epoch"] < 0:
         raise RunError(f"{run}: no epoch was trained (train.epochs={cfg.train.epochs})")
     ddp.barrier()  # rank 0 has written best.pt
-    model.load_state_dict(load_checkpoint(run / "best.pt", device)["model"])
+    best = load_checkpoint(run / "best.pt", device)
+    if best.get("epoch", state["best_epoch"]) != state["best_epoch"]:
+        raise RunError(f"{run / 'best.pt'}: holds epoch {best.get('epoch')} but the run selected epoch "
+                       f"{state['best_epoch']} (a write was cut short); resume with the run's own train.epochs")
+    model.load_state_dict(best["model"])
     test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
     results = {"task": dataset.task, "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict(),
@@ -353,17 +505,20 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)
         results["probe_seconds"] = time.perf_counter() - t0
     if ddp.is_main:
-        _atomic_json(results, run / "results.json")
+        write_json(run / "results.json", results)
     ddp.barrier()  # the run is complete on disk before any rank returns
     results["run_dir"] = str(run)
     return results
 
 
 def _truncate_log(path: Path, last_epoch: int) -> None:
-    """Drop log lines of epochs after the checkpoint (a crash between log and checkpoint)."""
+    """Drop log lines of epochs after the checkpoint (a crash between log and checkpoint) and a last
+    line cut short (a crash or a full disk mid-append); any other damaged line is named."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    try:
+        rows = read_epochs(path)
+    except FileError as e:
+        raise RunError(f"{e}; the log no longer matches the checkpoints, start a new run with another --out") from None
+    keep = [r for r in rows if r["epoch"] <= last_epoch]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

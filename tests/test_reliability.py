@@ -17,6 +17,11 @@ SMALL = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "data.batch_size=
          "model.hidden=16", "model.seq_len=2"]
 
 
+def contents(run: Path) -> dict:
+    """What a run folder holds, but the lock's note of who last held it (rewritten by every holder)."""
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+
+
 def cli(cwd, *args):
     p = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True)
     return p.returncode, p.stderr.strip()
@@ -40,12 +45,12 @@ def test_resume_never_runs_code_hidden_in_a_checkpoint(tmp_path):
     ckpt = torch.load(run / "last.pt", weights_only=True)
     ckpt["state"]["extra"] = Hostile(marker)
     torch.save(ckpt, run / "last.pt")
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = contents(run)
     rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume", "--epochs", "2")
     assert not marker.exists(), "the checkpoint's code ran"
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "last.pt: refused to load" in err
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert contents(run) == before
     assert json.loads((run / "results.json").read_text())["epochs_run"] == 1
 
 
@@ -137,7 +142,7 @@ DAMAGE = {
     "truncated last.pt": (lambda r: (r / "last.pt").write_bytes((r / "last.pt").read_bytes()[:200]), "last.pt: damaged checkpoint"),
     "empty last.pt": (lambda r: (r / "last.pt").write_bytes(b""), "last.pt: damaged checkpoint"),
     "missing best.pt": (lambda r: (r / "best.pt").unlink(), "best.pt: missing"),
-    "config.json not JSON": (lambda r: (r / "config.json").write_text("{not json"), "config.json: damaged, not valid JSON"),
+    "config.json not JSON": (lambda r: (r / "config.json").write_text("{not json"), "config.json: damaged run config, not valid JSON"),
     "last.pt of another model": (lambda r: torch.save({**torch.load(r / "last.pt", weights_only=True), "model": {"w": torch.zeros(1)}},
                                                       r / "last.pt"), "last.pt: does not fit this run's model"),
 }
@@ -149,11 +154,11 @@ def test_a_damaged_run_directory_on_resume_says_what_is_damaged(tmp_path, finish
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     damage(run)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = contents(run)
     rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume", "--epochs", "3")
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert want in err and ("another --out" in err or "start" in err), (case, err)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert contents(run) == before
 
 
 def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_path):
@@ -184,26 +189,30 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
     the previous last.pt whole; resuming from it gives the uninterrupted numbers."""
     import mmsent.train as train
     from mmsent.config import load_config
+    from mmsent.files import write_atomic
 
     def cfg(out, epochs):
         return load_config(None, [*SMALL, "strategy=dgl", f"train.epochs={epochs}", "train.patience=100",
                                   f"out={tmp_path / out}"])
 
     straight = train.fit(cfg("a", 4), quiet=True)
-    real_save, calls = torch.save, []
+    real_save, calls = train.save_torch, []
 
-    def crashing_save(obj, path):
-        if Path(path).name.startswith("last.pt"):
+    def crashing_save(path, obj):
+        if Path(path).name == "last.pt":
             calls.append(path)
             if len(calls) == 2:  # the second write of last.pt (epoch 1) dies half-way
-                Path(path).write_bytes(b"\x50\x4b half a zip")
-                raise KeyboardInterrupt("power cut")
-        real_save(obj, path)
+                def half(tmp):
+                    Path(tmp).write_bytes(b"\x50\x4b half a zip")
+                    raise KeyboardInterrupt("power cut")
+                return write_atomic(Path(path), half)
+        return real_save(path, obj)
 
-    monkeypatch.setattr(train.torch, "save", crashing_save)
+    monkeypatch.setattr(train, "save_torch", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train.fit(cfg("b", 4), quiet=True)
-    monkeypatch.setattr(train.torch, "save", real_save)
+    monkeypatch.setattr(train, "save_torch", real_save)
+    assert not (tmp_path / "b/last.pt.tmp").exists(), "the half-written file was left behind"
     ckpt = torch.load(tmp_path / "b/last.pt", weights_only=True)  # whole, not the half-written file
     assert ckpt["state"]["epoch"] == 0
     resumed = train.fit(cfg("b", 4), quiet=True, resume=True)

@@ -61,11 +61,21 @@ class Split:
             index,
         )
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        """All samples, the last batch possibly short (every test sample is scored)."""
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                min_size: int = 1) -> Iterator[Batch]:
+        """All samples, the last batch possibly short (every test sample is scored). A last batch
+        smaller than ``min_size`` joins the one before it (training BatchNorm needs two samples)."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            yield self.batch(order[start : start + batch_size])
+        starts = list(range(0, len(self), batch_size))
+        if len(starts) > 1 and len(self) - starts[-1] < min_size:
+            starts.pop()
+        for i, start in enumerate(starts):
+            stop = starts[i + 1] if i + 1 < len(starts) else len(self)
+            yield self.batch(order[start:stop])
+
+    def n_batches(self, batch_size: int, min_size: int = 1) -> int:
+        n = -(-len(self) // batch_size)
+        return n - 1 if n > 1 and len(self) - (n - 1) * batch_size < min_size else n
 
 
 @dataclass

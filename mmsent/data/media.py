@@ -13,6 +13,7 @@ re-run skips every finished clip.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import numpy as np
 
 from mmsent.data.av import Clip, read_wav, scan
 from mmsent.data.batch import DataError
+from mmsent.files import write_failed, write_text
 
 
 def find_ffmpeg() -> str | None:
@@ -59,43 +61,57 @@ def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
     if not frames_dir.is_dir():
         tmp = frames_dir.with_name(frames_dir.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        jpgs = sorted(p for p in clip.frames.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")) if clip.frames else []
-        if jpgs:
-            for k, p in enumerate(jpgs):
-                shutil.copyfile(p, tmp / f"{k:05d}.jpg")
-        elif clip.video is not None:
-            _ffmpeg(["-vf", f"fps={fps}", "-q:v", "2", str(tmp / "%05d.jpg")], clip.video)
-            if not any(tmp.iterdir()):
-                raise DataError(f"{clip.video}: ffmpeg wrote no frames")
-        else:
-            raise DataError(f"clip {clip.id!r}: no frames folder and no video found under the source folder")
-        os.replace(tmp, frames_dir)
+        try:
+            tmp.mkdir(parents=True)
+            jpgs = sorted(p for p in clip.frames.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")) if clip.frames else []
+            if jpgs:
+                for k, p in enumerate(jpgs):
+                    shutil.copyfile(p, tmp / f"{k:05d}.jpg")
+            elif clip.video is not None:
+                _ffmpeg(["-vf", f"fps={fps}", "-q:v", "2", str(tmp / "%05d.jpg")], clip.video)
+                if not any(tmp.iterdir()):
+                    raise DataError(f"{clip.video}: ffmpeg wrote no frames")
+            else:
+                raise DataError(f"clip {clip.id!r}: no frames folder and no video found under the source folder")
+            os.replace(tmp, frames_dir)
+        except BaseException as e:  # a full disk mid-clip: no partial folder left to fill it
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise write_failed(frames_dir, e) from None
+            raise
     if not wav.is_file():
         tmp = wav.with_name(wav.name + ".part.wav")
-        if clip.wav is not None:
-            write_wav(tmp, read_wav(clip.wav, sample_rate), sample_rate)
-        elif clip.video is not None:
-            _ffmpeg(["-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", str(tmp)], clip.video)
-            read_wav(tmp, sample_rate)  # a video without an audio track fails here, naming the file
-        else:
-            raise DataError(f"clip {clip.id!r}: no WAV and no video found under the source folder")
-        os.replace(tmp, wav)
+        try:
+            if clip.wav is not None:
+                write_wav(tmp, read_wav(clip.wav, sample_rate), sample_rate)
+            elif clip.video is not None:
+                _ffmpeg(["-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", str(tmp)], clip.video)
+                read_wav(tmp, sample_rate)  # a video without an audio track fails here, naming the file
+            else:
+                raise DataError(f"clip {clip.id!r}: no WAV and no video found under the source folder")
+            os.replace(tmp, wav)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise write_failed(wav, e) from None
+            raise
 
 
 def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int = 1, progress=None) -> int:
     """Prepare every clip of ``src``'s split file into ``out``; returns the number of clips."""
     clips, classes = scan(dataset, src)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    (out / "frames").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+        (out / "frames").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(out, e) from None
     for k, clip in enumerate(clips):
         _prepare_clip(clip, out, sample_rate, fps)
         if progress:
             progress(k + 1, len(clips))
     # The index comes last: a folder without splits.csv is visibly unfinished.
-    tmp = out / "splits.csv.part"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([("clip", "label", "split"), *((c.id, classes[c.label], c.split) for c in clips)])
-    (out / "classes.txt").write_text("\n".join(classes) + "\n")
-    os.replace(tmp, out / "splits.csv")
+    rows = io.StringIO(newline="")
+    csv.writer(rows).writerows([("clip", "label", "split"), *((c.id, classes[c.label], c.split) for c in clips)])
+    write_text(out / "classes.txt", "\n".join(classes) + "\n")
+    write_text(out / "splits.csv", rows.getvalue())
     return len(clips)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import io
 import pickle
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +68,10 @@ def load_arrays(path: str | Path):
     try:
         with np.load(path, allow_pickle=False) as f:
             flat = {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as e:  # object arrays need pickle; not a zip
-        raise DataError(f"{path}: not a loadable .npz of numeric/string arrays ({e})") from None
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        # object arrays need pickle; not a zip; a truncated or corrupted member
+        raise DataError(f"{path}: not a loadable .npz of numeric/string arrays ({type(e).__name__}: "
+                        f"{str(e)[:160]})") from None
     out: dict = {}
     for k, v in flat.items():
         split, sep, key = k.partition("/")
@@ -79,13 +83,13 @@ def load_arrays(path: str | Path):
 
 def write_pickle(data: dict, out: Path) -> Path:
     """Write an MMSA-layout dict atomically: a crash never leaves a half-written pickle under ``out``."""
-    import os
+    from mmsent.files import write_bytes, write_failed
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_bytes(pickle.dumps(data, protocol=4))
-    os.replace(tmp, out)
-    return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(out, e) from None
+    return write_bytes(out, pickle.dumps(data, protocol=4))
 
 
 def safe_load_pickle(path: str | Path):
@@ -142,7 +146,11 @@ def tokenize(texts: list[str], tokenizer_path: str, max_tokens: int):
     """Token ids and attention mask of ``texts`` with a local ``transformers`` tokenizer."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{tokenizer_path}: not a loadable local tokenizer ({type(e).__name__}: {first})") from None
     enc = tok(list(texts), padding="longest", truncation=True, max_length=max_tokens, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"].bool(), tok.vocab_size
 
@@ -159,6 +167,12 @@ def _is_modality(key: str, value, n: int) -> bool:
         return False
     a = np.asarray(value) if isinstance(value, np.ndarray) else None
     return a is not None and a.ndim in (2, 3) and len(a) == n and np.issubdtype(a.dtype, np.number)
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"shape {value.shape}, dtype {value.dtype}"
+    return type(value).__name__ + (f" of {len(value)}" if hasattr(value, "__len__") else "")
 
 
 def _labels(path, split: str, part: dict, key: str, sentiment: bool) -> np.ndarray:
@@ -215,6 +229,13 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
                 raise DataError(f"{path}: no modality among {', '.join(MODALITIES)} in split {train_key!r}")
         else:
             modalities = [k for k, v in train.items() if _is_modality(k, v, n_train)]
+            unused = [f"{k!r} ({_describe(v)})" for k, v in train.items()
+                      if k not in modalities and k not in NOT_MODALITIES and not k.endswith("_lengths")
+                      and "label" not in k]
+            if unused:  # never dropped without a word: the user may have meant one as a modality
+                warnings.warn(f"{path}: split {train_key!r}: not used as modalities (a modality is a numeric (n, L, D) "
+                              f"or (n, D) array with n = {n_train} rows): {', '.join(unused)}; name the modalities "
+                              "with data.modalities=[...] to choose", stacklevel=2)
             if not modalities:
                 raise DataError(f"{path}: no modality in split {train_key!r}: expected arrays of shape (n, L, D) or "
                                 f"(n, D) with n = {n_train} rows (found keys {', '.join(sorted(map(str, train)))})")
@@ -263,6 +284,11 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
         num_classes = int(max(y.max() for y in ys.values())) + 1
         if num_classes < 2:
             raise DataError(f"{path}: {label_key!r} holds a single class; classification needs at least two")
+        seen = np.unique(np.concatenate(list(ys.values())))
+        if num_classes > 1000 and len(seen) < num_classes / 2:  # the head allocates a logit per class id
+            where, top = next((k, y) for (k, _), y in zip(parts.values(), ys.values()) if y.max() + 1 == num_classes)
+            raise DataError(f"{path}: {where}[{label_key!r}] holds class id {int(top.max())}, but only {len(seen)} "
+                            f"distinct classes occur: class ids must be 0..K-1 (renumber them)")
         for s in splits.values():
             s.y = s.y.long()
     tokens = text_tokens or bool(tokenizer)

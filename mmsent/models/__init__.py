@@ -1,6 +1,8 @@
 """Models: encoders, fusion heads and ``MultimodalModel``; ``build_model`` wires them from config."""
 from __future__ import annotations
 
+import pickle
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -36,8 +38,20 @@ def _encoder(cfg, dataset, m: str, maps: bool):
     if cls is BertEncoder:
         if not cfg.bert_path:
             raise ConfigError(f"encoder 'bert' for {m!r} needs model.bert_path (a local transformers model directory)")
-        return BertEncoder(cfg.dim, path=resolve_model_path(cfg.bert_path), pooling=cfg.bert_pooling,
-                           freeze_layers=cfg.bert_freeze_layers, **common)
+        path = resolve_model_path(cfg.bert_path)
+        try:
+            with warnings.catch_warnings():  # torch's note on a refused pickle's protocol: the error says it all
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return BertEncoder(cfg.dim, path=path, pooling=cfg.bert_pooling, freeze_layers=cfg.bert_freeze_layers,
+                                   **common)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError) as e:
+            if "alloc" in str(e) or "out of memory" in str(e):
+                raise
+            # transformers' own errors run to ~30 lines (a hostile pytorch_model.bin is refused by
+            # weights_only loading, a config.json without model_type, no weights file at all)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"model.bert_path {path}: not a loadable local transformers model "
+                              f"({type(e).__name__}: {first})") from None
     hidden = cfg.encoder_hidden or cfg.hidden or 128  # model.hidden=0 means a linear *head* only
     return cls(dataset.dims[m], cfg.dim, hidden=hidden, **common)
 

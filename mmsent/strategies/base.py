@@ -70,6 +70,7 @@ class Strategy:
         self.epoch = 0
         self.steps_per_epoch = 1  # set by the training loop; schedules inside an epoch use it
         self.batch_size = 64  # set by the training loop (data.batch_size); stages of a method's own use it
+        self.min_batch = 1  # set by the training loop: 2 for a model with BatchNorm (a last batch of one merges)
         # The process group (torchrun). Every gradient a strategy consumes passes ``dist.grads`` /
         # ``sync_grads`` first, and every per-batch statistic ``dist.mean`` / ``dist.sum``, so K ranks
         # on shards compute what one process computes on the whole batch (identities for one process).
@@ -142,11 +143,11 @@ class Strategy:
         exactly; under torchrun it trains on this rank's shards with the run's process group.
         ``after_epoch(i)`` runs after each epoch (e.g. a validation check)."""
         gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
-        trainer.dist, trainer.batch_size = self.dist, self.batch_size
+        trainer.dist, trainer.batch_size, trainer.min_batch = self.dist, self.batch_size, self.min_batch
         for i in range(epochs):
             trainer.model.train()
             trainer.on_epoch_start(i, data)
-            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen):
+            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen, min_size=self.min_batch):
                 trainer.train_step(self.dist.shard(batch).to(self.device))
             if after_epoch is not None:
                 after_epoch(i)
