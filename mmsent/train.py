@@ -14,6 +14,7 @@ import pickle
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -312,9 +313,9 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                 else f"the train split holds {len(dataset.train)} sample")
         raise ConfigError(f"{what}: the model has BatchNorm layers (fusion {cfg.model.fusion!r}), which need at least "
                           "2 samples per training batch; use data.batch_size >= 2 and a train split of 2 or more")
-    if batch_norm and len(dataset.train) % cfg.data.batch_size == 1 and len(dataset.train) > 1:
-        console.print(f"note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins "
-                      f"the batch before it ({cfg.data.batch_size + 1} samples)")
+    if batch_norm and len(dataset.train) % cfg.data.batch_size == 1 and len(dataset.train) > 1 and ddp.is_main:
+        print(f"note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins "
+                      f"the batch before it ({cfg.data.batch_size + 1} samples)", file=sys.stderr)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     # Everything that can be wrong with the input has been checked: only now touch the disk.
@@ -382,7 +383,7 @@ def check_model_fits(cfg: Config, dataset: Dataset, out_dim: int, device: torch.
         return
     try:
         with torch.device("meta"):
-            n = sum(p.numel() for p in build_model(cfg.model, dataset, out_dim).parameters())
+            n = sum(p.numel() for p in build_model(cfg.model, dataset, out_dim, record_shapes=False).parameters())
     except (ConfigError, DataError):
         raise
     except Exception:

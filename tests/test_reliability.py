@@ -177,6 +177,8 @@ def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_pat
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (run / "results.json").exists(), "the run finished before it could be killed"
+    # the dead process's lock is left behind, naming it; the kernel released it, so it is taken over
+    assert (run / ".lock").read_text().startswith(f"PID {p.pid} on ")
     rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume")
     assert rc == 0, err
     a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "straight", run))
@@ -217,3 +219,205 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
     assert ckpt["state"]["epoch"] == 0
     resumed = train.fit(cfg("b", 4), quiet=True, resume=True)
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
+
+
+# ---- issue #23: every file the program reads is checked; sizes are checked against memory ----
+
+def tiny_bert_folder(root: Path, damage: str | None = None) -> Path:
+    """A real (tiny) transformers model folder, then damaged as a careless or hostile user would."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    d = root / f"bert-{damage}"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film"]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(d)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(d)
+    if damage in ("no weights", "hostile weights"):
+        for p in d.glob("*.safetensors"):
+            p.unlink()
+    if damage == "hostile weights":
+        (d / "pytorch_model.bin").write_bytes(pickle.dumps(Hostile(root / "pwned")))
+    if damage == "no model_type":
+        cfg = json.loads((d / "config.json").read_text())
+        del cfg["model_type"]
+        (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def truncated_npz(t: Path) -> list[str]:
+    arrays = {f"{split}/{k}": v for split, part in views().items() for k, v in part.items() if k != "id"}
+    np.savez(t / "views.npz", **arrays)
+    data = (t / "views.npz").read_bytes()
+    (t / "views.npz").write_bytes(data[: len(data) * 2 // 3])
+    return ["--dataset", "features", "--data", str(t / "views.npz")]
+
+
+def garbage(path: Path) -> Path:
+    path.write_bytes(bytes(np.random.default_rng(0).integers(128, 256, 400, dtype=np.uint8)))
+    return path
+
+
+def bert_case(damage):
+    return lambda t: ["model.encoders.text=bert", f"model.bert_path={tiny_bert_folder(t, damage)}"]
+
+
+def av_corpus(t: Path, n_train: int, n_test: int = 3) -> list[str]:
+    from tests.test_av_data import SMALL as AV_SMALL, make_cremad
+
+    return ["--dataset", "cremad", "--data", str(make_cremad(t / "CREMA-D", n_train, n_test)), *AV_SMALL]
+
+
+FILES = {
+    "truncated .npz": (truncated_npz, "views.npz: not a loadable .npz"),
+    "binary garbage as --config": (lambda t: ["--config", str(garbage(t / "my.yaml"))],
+                                   "my.yaml: not a text file (binary data where YAML was expected)"),
+    "bert folder without weights": (bert_case("no weights"), "not a loadable local transformers model (OSError"),
+    "bert folder with hostile weights": (bert_case("hostile weights"),
+                                         "not a loadable local transformers model (UnpicklingError"),
+    "bert config without model_type": (bert_case("no model_type"), "Should have a `model_type` key"),
+    "string array listed as a modality": (lambda t: write_views(t, **{f"{s}__names": np.array(["x"] * n) for s, n in
+                                                                      (("train", 8), ("valid", 4), ("test", 5))})
+                                          + ["data.modalities=[a, names]"],
+                                          "train['names'] must be a numeric (N, T, F) array, got shape (8,) dtype <U1"),
+    "class id far beyond the classes present": (lambda t: write_views(t, test__classification_labels=np.array([0, 1, 2, 0, 5000])),
+                                                "test['classification_labels'] holds class id 5000, but only 4 distinct"),
+    "model far beyond memory": (lambda t: ["model.hidden=200000", "model.dim=100000"],
+                                "G parameters and needs about"),
+    "synthetic data far beyond memory": (lambda t: ["data.n_train=10000000000"], "need about"),
+    "BatchNorm with data.batch_size=1": (lambda t: av_corpus(t, 12) + ["data.batch_size=1"],
+                                         "data.batch_size=1: the model has BatchNorm layers"),
+    "BatchNorm with a train split of one clip": (lambda t: av_corpus(t, 2) + ["data.valid_fraction=0.5"],
+                                                 "the train split holds 1 sample: the model has BatchNorm layers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILES))
+def test_a_file_or_size_that_cannot_work_is_one_line_before_any_run_folder(tmp_path, case):
+    setup, want = FILES[case]
+    out = tmp_path / "out"
+    rc, err = cli(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *SMALL[4:], *setup(tmp_path))
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
+    assert want in err, (case, err)
+    assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+SPECS = {
+    "binary garbage": (None, "not a text file"),
+    "space is a list": ("space: [1, 2]\n", "'space' must be a mapping, got [1, 2]"),
+    "trials is a string": ("trials: '5'\nspace: {strategy.args.alpha: {low: 0, high: 1}}\n", "'trials' must be an integer, got '5'"),
+    "a parameter is not a mapping": ("space: {strategy.args.alpha: 3}\n", "space.strategy.args.alpha must be a mapping"),
+    "low is a string": ("space: {strategy.args.alpha: {low: a, high: 1}}\n", "space.strategy.args.alpha.low must be a number"),
+    "an unknown key": ("spaces: {}\n", "unknown key 'spaces'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPECS))
+def test_a_malformed_sweep_spec_is_one_line(tmp_path, case):
+    text, want = SPECS[case]
+    spec = tmp_path / "spec.yaml"
+    garbage(spec) if text is None else spec.write_text(text)
+    rc, err = cli(tmp_path, "sweep", str(spec), "--out-dir", str(tmp_path / "sweeps"))
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
+    assert want in err and "spec.yaml" in err, (case, err)
+    assert not (tmp_path / "sweeps").exists()
+
+
+def _log_lines(run: Path) -> list[str]:
+    return (run / "metrics.jsonl").read_text().splitlines()
+
+
+READBACK = {  # damage -> (command, what the one line says)
+    "report on a truncated results.json": (lambda r: (r / "results.json").write_text((r / "results.json").read_text()[:300]),
+                                           ["report"], "results.json: damaged results file, not valid JSON"),
+    "plot on a garbage log line": (lambda r: (r / "metrics.jsonl").write_text("\n".join(["garbage", *_log_lines(r)]) + "\n"),
+                                   ["plot"], "metrics.jsonl: line 1 is not an epoch record"),
+    "plot on an empty log": (lambda r: (r / "metrics.jsonl").write_text(""), ["plot"], "metrics.jsonl: no epoch logged yet"),
+    "resume with a garbage line inside the log": (
+        lambda r: (r / "metrics.jsonl").write_text("\n".join([_log_lines(r)[0], "{not json", *_log_lines(r)[1:]]) + "\n"),
+        ["train", "--quiet", "--resume", "--epochs", "3", "--out"], "metrics.jsonl: line 2 is not an epoch record"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READBACK))
+def test_a_damaged_file_read_back_is_one_line(tmp_path, finished_run, case):
+    damage, command, want = READBACK[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    damage(run)
+    before = contents(run)
+    extra = ["--out", str(tmp_path / "figs")] if command == ["plot"] else []
+    rc, err = cli(tmp_path, *command, str(run), *extra)
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
+    assert want in err and str(run) in err, (case, err)
+    assert contents(run) == before and not (tmp_path / "figs").exists()
+
+
+def test_a_log_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path, finished_run):
+    """A crash (or a full disk) mid-append leaves half a line at the end: --resume redoes that epoch."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    lines = _log_lines(run)
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:40])
+    rc, err = cli(tmp_path, "train", "--quiet", "--resume", "--epochs", "3", "--out", str(run))
+    assert rc == 0, err
+    assert [json.loads(line)["epoch"] for line in _log_lines(run)] == [0, 1, 2]
+
+
+def test_out_that_is_a_symlink_to_an_empty_folder_is_refused_and_nothing_is_left_beside_it(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    rc, err = cli(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(tmp_path / "link"), *SMALL)
+    assert rc == 2 and len(err.splitlines()) == 1 and "is a symbolic link" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "link"] and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_probe_that_cannot_be_fitted_is_skipped_and_the_run_kept(tmp_path):
+    """One class in train, others in validation/test: the linear probe crashed in scikit-learn after
+    training and the run had no results.json."""
+    args = write_views(tmp_path, train__classification_labels=np.zeros(8, int))
+    out = tmp_path / "run"
+    rc, err = cli(tmp_path, "train", "--quiet", "--epochs", "2", "--out", str(out), *args, *SMALL[4:])
+    assert rc == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["probe"] == {m: {"skipped": "the train split holds a single class (0); a classifier needs two"}
+                            for m in ("a", "b")}
+    assert "warning: linear probes skipped: the train split holds a single class" in err
+    rc, err = cli(tmp_path, "report", str(out))
+    assert rc == 0, err
+
+
+def test_arrays_that_are_not_used_as_modalities_are_named(tmp_path):
+    """An object or string array was dropped without a word and the run trained on the others."""
+    names = {f"{s}__{k}": np.array([v] * n, dtype=object if k == "names" else None)
+             for s, n in (("train", 8), ("valid", 4), ("test", 5)) for k, v in (("names", "x"), ("tags", "y"))}
+    out = tmp_path / "run"
+    rc, err = cli(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *write_views(tmp_path, **names), *SMALL[4:])
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "split 'train': not used as modalities" in warned[0], err
+    assert "'names' (shape (8,), dtype object)" in warned[0] and "'tags' (shape (8,), dtype <U1)" in warned[0], err
+    assert set(json.loads((out / "results.json").read_text())["test"]) == {"multi", "a", "b"}
+
+
+def test_a_last_training_batch_of_one_joins_the_batch_before_it_with_batchnorm(tmp_path):
+    """9 training clips in batches of 4 left a last batch of one, which training BatchNorm rejects."""
+    out = tmp_path / "run"
+    rc, err = cli(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *av_corpus(tmp_path, 12))
+    assert rc == 0, err
+    notes = [line for line in err.splitlines() if "last training batch" in line]
+    assert notes == ["note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins "
+                     "the batch before it (5 samples)"], err
+
+
+def test_batches_merge_a_short_last_batch_only_when_asked():
+    from mmsent.data.batch import Split
+
+    s = Split({"a": torch.arange(9.0)[:, None, None]}, {"a": torch.ones(9, 1, dtype=torch.bool)}, torch.zeros(9), list("abcdefghi"))
+    sizes = lambda **kw: [len(b) for b in s.batches(4, **kw)]  # noqa: E731
+    assert sizes() == [4, 4, 1] and s.n_batches(4) == 3
+    assert sizes(min_size=2) == [4, 5] and s.n_batches(4, 2) == 2
+    assert sizes(min_size=2, shuffle=True, generator=torch.Generator().manual_seed(0)) == [4, 5]
+    assert sorted(torch.cat([b.x["a"].flatten() for b in s.batches(4, min_size=2, shuffle=True)]).tolist()) == list(range(9))
+    assert [len(b) for b in s.batches(3, min_size=2)] == [3, 3, 3]  # nothing short: nothing merged
+    one = Split({"a": torch.zeros(1, 1, 1)}, {"a": torch.ones(1, 1, dtype=torch.bool)}, torch.zeros(1), ["a"])
+    assert [len(b) for b in one.batches(4, min_size=2)] == [1]  # a single batch has nothing to join

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mmsent.config import check, finite
-from mmsent.data.batch import Batch, DataError, Dataset
+from mmsent.data.batch import Batch, DataError, Dataset, batch_bounds
 
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the OGM-GE/DGL label ids 0..5
 HEADER_WORDS = {"clip", "id", "name", "file", "filename", "video", "youtube_id", "ytid", "path"}
@@ -324,17 +324,22 @@ class AVSplit:
     def batch(self, index: torch.Tensor, seed: int = 0) -> Batch:
         return self._to_batch(*self.set[[(i, seed + i) for i in index.tolist()]])
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None):
+    def _min_size(self, min_size: int) -> int:
+        # BatchNorm cannot train on one clip (its pooled maps have one value per channel), so a
+        # trailing single training clip joins the previous batch rather than being dropped
+        return max(min_size, 2) if self.train else min_size
+
+    def n_batches(self, batch_size: int, min_size: int = 1) -> int:
+        return len(batch_bounds(len(self), batch_size, self._min_size(min_size)))
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                min_size: int = 1):
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         # One seed per epoch from the caller's generator: augmentation is reproducible and resumes
         # with the generator state saved in last.pt.
         base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if self.train and generator is not None else 0
-        chunks = [[(i, base + i) for i in order[s:s + batch_size].tolist()] for s in range(0, len(self), batch_size)]
-        if self.train and len(chunks) > 1 and len(chunks[-1]) == 1:
-            # BatchNorm cannot train on one clip (its pooled maps have one value per channel), so a
-            # trailing single clip joins the previous batch rather than being dropped
-            last = chunks.pop()
-            chunks[-1] = chunks[-1] + last
+        chunks = [[(i, base + i) for i in order[s:e].tolist()]
+                  for s, e in batch_bounds(len(self), batch_size, self._min_size(min_size))]
         loader = torch.utils.data.DataLoader(self.set, batch_size=None, sampler=chunks, num_workers=self.num_workers,
                                              persistent_workers=False, pin_memory=torch.cuda.is_available())
         for audio, frames, index in loader:

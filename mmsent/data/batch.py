@@ -66,16 +66,20 @@ class Split:
         """All samples, the last batch possibly short (every test sample is scored). A last batch
         smaller than ``min_size`` joins the one before it (training BatchNorm needs two samples)."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        starts = list(range(0, len(self), batch_size))
-        if len(starts) > 1 and len(self) - starts[-1] < min_size:
-            starts.pop()
-        for i, start in enumerate(starts):
-            stop = starts[i + 1] if i + 1 < len(starts) else len(self)
+        for start, stop in batch_bounds(len(self), batch_size, min_size):
             yield self.batch(order[start:stop])
 
     def n_batches(self, batch_size: int, min_size: int = 1) -> int:
-        n = -(-len(self) // batch_size)
-        return n - 1 if n > 1 and len(self) - (n - 1) * batch_size < min_size else n
+        return len(batch_bounds(len(self), batch_size, min_size))
+
+
+def batch_bounds(n: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch of ``n`` samples; a last batch smaller than ``min_size`` joins
+    the one before it (when there is one)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < min_size:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
 
 
 @dataclass

@@ -56,8 +56,10 @@ def _encoder(cfg, dataset, m: str, maps: bool):
     return cls(dataset.dims[m], cfg.dim, hidden=hidden, **common)
 
 
-def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
-    """``cfg`` is a ``ModelConfig``; ``dataset`` supplies modalities, feature sizes and lengths."""
+def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> MultimodalModel:
+    """``cfg`` is a ``ModelConfig``; ``dataset`` supplies modalities, feature sizes and lengths.
+    ``record_shapes=False`` skips the shape-recording forward (a model built on the meta device only
+    to count its parameters)."""
     head_cls = choose(FUSIONS, "fusion", cfg.fusion)
     encoders = {m: _encoder(cfg, dataset, m, head_cls.needs_maps) for m in dataset.modalities}
     image = [isinstance(e, IMAGE_ENCODERS) for e in encoders.values()]
@@ -74,8 +76,9 @@ def build_model(cfg, dataset, out_dim: int) -> MultimodalModel:
     model = MultimodalModel(encoders, head)
     # One tiny forward records every encoder's output shape (for zero-masking never-encoded
     # modalities); eval mode and no_grad leave weights, BN statistics and the RNG untouched.
-    with evaluating(model), torch.no_grad():
-        model.encode(dataset.train.batch(torch.arange(min(2, len(dataset.train)))))
+    if record_shapes:
+        with evaluating(model), torch.no_grad():
+            model.encode(dataset.train.batch(torch.arange(min(2, len(dataset.train)))))
     return model
 
 

@@ -1,0 +1,228 @@
+"""What happens to a run folder when the process does not end well, tested on real processes: a
+second writer, Ctrl-C and kill, a table killed with -9, a full disk. Each case ends in one line,
+no temporary file left behind, and a folder that either resumes to the uninterrupted numbers or is
+gone so that the same command starts it again."""
+import fcntl
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_reliability import ROOT, SMALL, cli
+
+TRAIN = ["train", "--quiet", "--strategy", "dgl", "train.patience=100", *SMALL]
+
+
+def start(cwd, *args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+def wait_for_epochs(run: Path, n: int, p: subprocess.Popen) -> None:
+    """Until ``n`` epochs are logged or the process ends (no deadline: a loaded machine is slow)."""
+    log = run / "metrics.jsonl"
+    while p.poll() is None and not (log.is_file() and log.read_text().count("\n") >= n):
+        time.sleep(0.02)
+
+
+def lock_is_free(run: Path) -> bool:
+    fd = os.open(run / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary files and folders anywhere under ``root``."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".run."))
+
+
+def results(run: Path) -> dict:
+    r = json.loads((run / "results.json").read_text())
+    return {k: r[k] for k in ("test", "val", "best_epoch", "epochs_run", "probe")}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run every interrupted one must reproduce."""
+    root = tmp_path_factory.mktemp("straight")
+    rc, err = cli(root, *TRAIN, "--epochs", "30", "--out", str(root / "run"))
+    assert rc == 0, err
+    return root / "run"
+
+
+def test_a_second_writer_is_refused_and_sigterm_stops_at_a_safe_point(tmp_path, straight):
+    """Two `train --out D` at once both ran and wrote every epoch twice into one log."""
+    run = tmp_path / "run"
+    a = start(tmp_path, *TRAIN, "--epochs", "30", "--out", str(run))
+    wait_for_epochs(run, 2, a)
+    os.kill(a.pid, signal.SIGSTOP)  # frozen, still holding the folder: the refusal cannot race
+    try:
+        for extra in ([], ["--resume"]):
+            rc, err = cli(tmp_path, *TRAIN, "--epochs", "30", "--out", str(run), *extra)
+            assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+            assert f"another mmsent process is writing this run (PID {a.pid} on" in err and str(run) in err, err
+    finally:
+        os.kill(a.pid, signal.SIGTERM)
+        os.kill(a.pid, signal.SIGCONT)
+    _, err = a.communicate()
+    assert a.returncode == 128 + signal.SIGTERM, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"interrupted by SIGTERM: {run} holds epochs 0-") and \
+        f"continue with: python cli.py train --out {run} --resume" in err, err
+    assert not leftovers(tmp_path)
+    saved = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"]
+    assert f"holds epochs 0-{saved};" in err  # what it says is saved is what is on disk
+    rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume")
+    assert rc == 0, err
+    assert results(run) == results(straight)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(30))
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_nothing_and_the_same_command_runs(tmp_path):
+    run = tmp_path / "run"
+    args = [*TRAIN, "--epochs", "1", "data.n_train=40000", "--out", str(run)]
+    p = start(tmp_path, *args)
+    while p.poll() is None and not (run / "config.json").is_file():
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate()
+    assert p.returncode == 130, err
+    assert err.strip() == f"interrupted by SIGINT: no epoch of {run} had finished, so nothing was kept; run the " \
+                          "same command again", err
+    assert not run.exists() and not leftovers(tmp_path) and not list(tmp_path.iterdir())
+
+
+def test_a_table_killed_with_9_takes_its_run_with_it_and_ctrl_c_stops_it_cleanly(tmp_path):
+    """`cli.py table` killed with kill -9 left its training child writing; the next table resumed the
+    same folder beside it (metrics.jsonl epochs 0,1,1,2,2,...)."""
+    table = ["table", "--dataset", "synthetic", "--methods", "DGL:strategy=dgl", "--seeds", "0", "--runs-dir",
+             str(tmp_path / "runs"), "--out", str(tmp_path / "tables"), "train.epochs=30", "train.patience=100", *SMALL]
+    run = tmp_path / "runs" / "dgl-s0"
+    t = start(tmp_path, *table)
+    wait_for_epochs(run, 2, t)
+    assert t.poll() is None, t.communicate()
+    t.kill()  # SIGKILL: the table cannot stop its child itself
+    t.wait()
+    while not lock_is_free(run):  # the child got SIGTERM from the kernel and stops at a safe point
+        time.sleep(0.02)
+    assert not leftovers(tmp_path)
+
+    t = start(tmp_path, *table)  # resumes the run; Ctrl-C to the table alone stops both cleanly
+    before = (run / "metrics.jsonl").read_text().count("\n")
+    wait_for_epochs(run, before + 2, t)
+    assert t.poll() is None, t.communicate()
+    t.send_signal(signal.SIGINT)
+    _, err = t.communicate()
+    assert t.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("interrupted by SIGINT: the table stopped with 0 of 1 runs done; run the "
+                                            "same command again to finish it (unfinished runs resume)"), err
+    assert lock_is_free(run) and not leftovers(tmp_path)  # the table waited for its child
+
+    rc, err = cli(tmp_path, *table)
+    assert rc == 0, err
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(30))
+
+
+def limit_file_size(n: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+
+
+def test_a_write_that_fails_is_one_line_leaves_no_temporary_file_and_the_same_command_recovers(tmp_path, straight):
+    """A file-size limit makes the first last.pt fail (the same error path as a full disk, EFBIG
+    for ENOSPC): before, a torch.save traceback and a folder that neither --resume nor a new run took."""
+    best, last = (straight / "best.pt").stat().st_size, (straight / "last.pt").stat().st_size
+    assert best < last
+    run = tmp_path / "run"
+    args = [sys.executable, str(ROOT / "cli.py"), *TRAIN, "--epochs", "30", "--out", str(run)]
+    p = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_file_size((best + last) // 2))
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {run / 'last.pt'}: cannot write (File too large;") and "free on its filesystem" in err
+    assert not run.exists() and not leftovers(tmp_path)  # nothing saved: nothing kept, nothing to block a re-run
+    p = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert results(run) == results(straight)
+
+
+DRIVER = r'''
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+disk, cli, report, sizes = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+args = [a for a in json.loads(sys.argv[5])]
+out = []
+for free in sizes:
+    for p in disk.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    total = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as f:  # leave `free` bytes
+        f.write(b"\0" * max(0, total - free))
+    run = disk / "run"
+    a = subprocess.run([sys.executable, cli, *args, "--out", str(run)], capture_output=True, text=True)
+    case = {"free": free, "rc": a.returncode, "err": a.stderr.strip(),
+            "files": sorted(p.name for p in run.iterdir()) if run.is_dir() else None,
+            "tmp": [p.name for p in disk.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".run.")]}
+    (disk / "filler").unlink()
+    again = ["--resume"] if (run / "last.pt").is_file() else []
+    b = subprocess.run([sys.executable, cli, *args, "--out", str(run), *again], capture_output=True, text=True)
+    case.update(again=again, rc2=b.returncode, err2=b.stderr.strip()[-300:])
+    if b.returncode == 0:
+        r = json.loads((run / "results.json").read_text())
+        case["results"] = {k: r[k] for k in ("test", "val", "best_epoch", "epochs_run", "probe")}
+        case["epochs"] = [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    out.append(case)
+report.write_text(json.dumps(out))
+'''
+
+
+def test_a_full_disk_at_any_point_is_one_line_and_the_folder_resumes_or_restarts(tmp_path, straight):
+    """A real full disk (a small tmpfs in a private mount namespace) at several points of a run; each
+    time: one line naming the file and the free space, no temporary file keeping the disk full, and
+    after space is freed the same command (or --resume, when a checkpoint was saved) finishes with
+    the uninterrupted numbers."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare(1) to mount a small tmpfs in a private namespace")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()[:120]}")
+    best, last = ((straight / f).stat().st_size for f in ("best.pt", "last.pt"))
+    page = 4096
+    # where the disk fills: at config.json, at the first best.pt, at the first last.pt (both leave
+    # nothing to resume), while an epoch's last.pt is rewritten (a checkpoint stays), at results.json
+    room = best + last + 64 * 1024
+    sizes = [page, 3 * page, best + 3 * page, best + last // 2, room + last // 2, 2 * room + 2 * last]
+    disk, report = tmp_path / "disk", tmp_path / "report.json"
+    disk.mkdir()
+    (tmp_path / "driver.py").write_text(DRIVER)
+    args = [*TRAIN, "--epochs", "30"]
+    script = (f"mount -t tmpfs -o size={4 * room + 4 * last} tmpfs {disk} && exec {sys.executable} "
+              f"{tmp_path / 'driver.py'} {disk} {ROOT / 'cli.py'} {report} '{json.dumps(sizes)}' '{json.dumps(args)}'")
+    p = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    cases = json.loads(report.read_text())
+    failed = [c for c in cases if c["rc"] != 0]
+    assert len(failed) >= 4, cases  # the disk filled in most of them
+    for c in cases:
+        assert c["tmp"] == [], c  # no temporary file left to keep the disk full
+        assert c["rc2"] == 0, c  # the folder resumed or restarted
+        assert c["results"] == results(straight) and c["epochs"] == list(range(30)), c
+        if c["rc"]:
+            assert c["rc"] == 2 and len(c["err"].splitlines()) == 1 and "Traceback" not in c["err"], c
+            assert "cannot write (No space left on device;" in c["err"] and "free on its filesystem" in c["err"], c
+            assert c["files"] is None or "last.pt" in c["files"], c  # nothing saved: no folder at all
+    assert any(c["again"] for c in failed), cases  # some filled after a checkpoint: resumed from it
+    assert any(c["rc"] and not c["again"] for c in failed), cases  # some before: started again
