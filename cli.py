@@ -345,19 +345,32 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _one_line_warnings() -> None:
-    """Warnings (data cleaned, arrays not used) as ``warning: ...`` lines, without source lines."""
+def main(argv=None) -> int:
+    """The command line; called in-process (tests, notebooks) it leaves the caller's signal handlers
+    and warning format as they were."""
+    import signal
+    import threading
     import warnings
 
-    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
-
-
-def main(argv=None) -> int:
-    from mmsent.interrupt import Interrupted, die_with_parent, raise_on_sigterm
+    from mmsent.interrupt import die_with_parent, raise_on_sigterm
 
     die_with_parent()  # a table's child: SIGTERM when the table dies, however it dies
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term, old_format = signal.getsignal(signal.SIGTERM) if main_thread else None, warnings.formatwarning
     raise_on_sigterm()  # `kill` stops like Ctrl-C: one line, not a silent death
-    _one_line_warnings()
+    # warnings (data cleaned, arrays not used) as `warning: ...` lines, without source lines
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = old_format
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(argv) -> int:
+    from mmsent.interrupt import Interrupted
+
     try:
         args = parse(sys.argv[1:] if argv is None else list(argv))
 
@@ -382,7 +395,7 @@ def main(argv=None) -> int:
         print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted by SIGINT", file=sys.stderr)
+        print("interrupted by SIGINT; what was finished is kept: run the same command again to go on", file=sys.stderr)
         return 130
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import signal
 import socket
 import statistics
 import time
@@ -36,6 +38,7 @@ import yaml
 from mmsent.config import ConfigError, load_config, load_yaml, set_dotted
 from mmsent.data import build_dataset
 from mmsent.files import write_atomic, write_failed, write_text
+from mmsent.interrupt import Interrupted
 from mmsent.tasks import metric_names
 from mmsent.train import fit
 
@@ -300,6 +303,9 @@ class Sweep:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        trial_log = logging.getLogger("optuna.study._optimize")  # where Optuna reports a failed trial
+        if not any(isinstance(f, _QuietInterrupts) for f in trial_log.filters):
+            trial_log.addFilter(_QuietInterrupts())
         study = self.study(worker)
         done = sum(t.state.name in FINISHED for t in study.trials)
         if done >= self.trials:
@@ -315,10 +321,35 @@ class Sweep:
         states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
         # n_trials bounds this worker even if every trial fails; the callback stops it as soon as the
         # shared study holds enough finished trials from any worker.
-        study.optimize(self.objective, n_trials=self.trials - done,
-                       callbacks=[optuna.study.MaxTrialsCallback(self.trials, states=states), announce],
-                       catch=(Exception,))
+        try:
+            study.optimize(self.objective, n_trials=self.trials - done,
+                           callbacks=[optuna.study.MaxTrialsCallback(self.trials, states=states), announce],
+                           catch=(Exception,))
+        except KeyboardInterrupt as e:  # Optuna has marked the running trial failed; its run stays whole
+            signum = getattr(e, "signum", signal.SIGINT)
+            n = sum(t.state.name in FINISHED for t in study.trials)
+            raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}: study {self.study_name!r} holds "
+                              f"{n} finished trials (of {self.trials}), the one running is marked failed; run the "
+                              "same command again to go on") from None
         return study
+
+
+class _QuietInterrupts(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as a failure with its traceback (and then its value);
+    the sweep says it in one line instead, so both records are dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record) -> bool:
+        if record.exc_info and record.exc_info[0] and issubclass(record.exc_info[0], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        if self.interrupted and "failed with value" in record.getMessage():
+            self.interrupted = False
+            return False
+        return True
 
 
 def worker_id() -> str:

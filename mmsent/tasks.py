@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
 from torch import Tensor
 
 REGRESSION_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7")
@@ -35,6 +34,8 @@ def msa_regression_metrics(pred, true) -> dict[str, float]:
         out["corr"] = float("nan")
     for k, lim in (("acc7", 3.0), ("acc5", 2.0)):
         out[k] = float(np.mean(np.round(np.clip(pred, -lim, lim)) == np.round(np.clip(true, -lim, lim))))
+    from sklearn.metrics import accuracy_score, f1_score  # here: a second of import for every command
+
     bt, bp = true >= 0, pred >= 0
     out["acc2_has0"] = float(accuracy_score(bt, bp))
     out["f1_has0"] = float(f1_score(bt, bp, average="weighted"))
@@ -49,6 +50,8 @@ def msa_regression_metrics(pred, true) -> dict[str, float]:
 
 
 def classification_metrics(logits, true) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
     pred = np.asarray(logits).argmax(-1)
     true = np.asarray(true).reshape(-1)
     return {"acc": float(accuracy_score(true, pred)), "f1": float(f1_score(true, pred, average="weighted"))}

@@ -27,6 +27,23 @@ def cli(cwd, *args):
     return p.returncode, p.stderr.strip()
 
 
+@pytest.fixture
+def inproc(capsys, monkeypatch):
+    """``cli.main`` in this process (a second less than a subprocess: the checks of a file or a value
+    are the same code); returns (exit code, stderr). Warnings are pytest's here, so the cases that
+    count warning lines run in a subprocess."""
+    sys.path.insert(0, str(ROOT))
+    import cli as cli_module
+
+    def run(cwd, *args):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        rc = cli_module.main(list(args))
+        return rc, capsys.readouterr().err.strip()
+
+    return run
+
+
 class Hostile:
     """Unpickling this runs a shell command (the attack a --resume must never execute)."""
 
@@ -101,11 +118,20 @@ FRESH = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(FRESH))
-def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, case):
+@pytest.mark.parametrize("case", ["negative lr", "feature width differs"])
+def test_bad_input_through_a_real_process_is_one_line_exit_2(tmp_path, case):
+    """The same cases as a user meets them: a process whose whole stderr is the one line."""
     setup, want = FRESH[case]
     out = tmp_path / "out"
     rc, err = cli(tmp_path, "train", "--quiet", "--out", str(out), *setup(tmp_path), *SMALL[4:])
+    assert rc == 2 and err.splitlines() == [err] and want in err and not out.exists(), err
+
+
+@pytest.mark.parametrize("case", sorted(FRESH))
+def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, case, inproc):
+    setup, want = FRESH[case]
+    out = tmp_path / "out"
+    rc, err = inproc(tmp_path, "train", "--quiet", "--out", str(out), *setup(tmp_path), *SMALL[4:])
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert want in err, (case, err)
     assert not out.exists()
@@ -292,10 +318,10 @@ FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(FILES))
-def test_a_file_or_size_that_cannot_work_is_one_line_before_any_run_folder(tmp_path, case):
+def test_a_file_or_size_that_cannot_work_is_one_line_before_any_run_folder(tmp_path, case, inproc):
     setup, want = FILES[case]
     out = tmp_path / "out"
-    rc, err = cli(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *SMALL[4:], *setup(tmp_path))
+    rc, err = inproc(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *SMALL[4:], *setup(tmp_path))
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert want in err, (case, err)
     assert not out.exists() and not (tmp_path / "pwned").exists()
@@ -312,11 +338,11 @@ SPECS = {
 
 
 @pytest.mark.parametrize("case", sorted(SPECS))
-def test_a_malformed_sweep_spec_is_one_line(tmp_path, case):
+def test_a_malformed_sweep_spec_is_one_line(tmp_path, case, inproc):
     text, want = SPECS[case]
     spec = tmp_path / "spec.yaml"
     garbage(spec) if text is None else spec.write_text(text)
-    rc, err = cli(tmp_path, "sweep", str(spec), "--out-dir", str(tmp_path / "sweeps"))
+    rc, err = inproc(tmp_path, "sweep", str(spec), "--out-dir", str(tmp_path / "sweeps"))
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert want in err and "spec.yaml" in err, (case, err)
     assert not (tmp_path / "sweeps").exists()
@@ -339,14 +365,14 @@ READBACK = {  # damage -> (command, what the one line says)
 
 
 @pytest.mark.parametrize("case", sorted(READBACK))
-def test_a_damaged_file_read_back_is_one_line(tmp_path, finished_run, case):
+def test_a_damaged_file_read_back_is_one_line(tmp_path, finished_run, case, inproc):
     damage, command, want = READBACK[case]
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     damage(run)
     before = contents(run)
     extra = ["--out", str(tmp_path / "figs")] if command == ["plot"] else []
-    rc, err = cli(tmp_path, *command, str(run), *extra)
+    rc, err = inproc(tmp_path, *command, str(run), *extra)
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (case, err)
     assert want in err and str(run) in err, (case, err)
     assert contents(run) == before and not (tmp_path / "figs").exists()

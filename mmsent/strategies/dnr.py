@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.preprocessing import MinMaxScaler
 
 from mmsent.config import check, finite
 from mmsent.models.model import evaluating
@@ -63,6 +61,9 @@ class DnR(Strategy):
 
     @torch.no_grad()
     def purities(self, split) -> dict[str, float]:
+        from sklearn.cluster import KMeans  # here, not at import: scikit-learn costs every command a second
+        from sklearn.preprocessing import MinMaxScaler
+
         feats = {m: [] for m in self.model.modalities}
         with evaluating(self.model):
             for batch in split.batches(256):
