@@ -5,7 +5,7 @@ of range raise ``ConfigError`` naming the key.
 Three sections are chosen by name from a registry, and the chosen entry declares the typed settings
 of its section (timm-style plain dicts; see ``registry_of``):
 
-* ``data.dataset`` -> ``mmsent.data.DATASETS[name].settings``: the dataset's own keys sit flat under
+* ``data.dataset`` -> ``mmsent.data.DATASETS[name].Settings``: the dataset's own keys sit flat under
   ``data`` (``data.sample_rate=16000``);
 * ``model.fusion`` -> ``mmsent.models.FUSIONS[name].Settings``: flat under ``model`` (``model.depth=3``);
 * ``strategy.name`` -> ``mmsent.strategies.STRATEGIES[name].Settings``: under ``strategy.args``, with
@@ -18,7 +18,6 @@ settings when the choice is unchanged and drops those of the component it replac
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import cached_property
@@ -27,59 +26,22 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """Bad configuration; the message names the key or file."""
-
-
-class SettingError(ConfigError):
-    """A value out of range, raised by a settings class; ``from_dict`` prefixes the section's key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key} {message}")
-        self.key, self.message = key, message
+from mmsent.checks import ConfigError, NoSettings, SettingError, check, choose, finite  # noqa: F401  (re-exported)
+from mmsent.data import DATASETS
+from mmsent.models.fusions import FUSIONS
+from mmsent.strategies import STRATEGIES
 
 
-def check(key: str, ok: bool, value: Any, need: str) -> None:
-    """Range check for a settings ``__post_init__``: ``check("alpha", alpha >= 0, alpha, ">= 0")``."""
-    if not ok:
-        raise SettingError(key, f"must be {need}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class NoSettings:
-    """The settings of a component that has none."""
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def choose(registry: dict, kind: str, name: str):
-    """``registry[name]``, or a ``ConfigError`` listing the valid names."""
-    if name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(sorted(registry))}")
-    return registry[name]
+REGISTRIES = {"dataset": DATASETS, "fusion": FUSIONS, "strategy": STRATEGIES}
 
 
 def registry_of(kind: str) -> dict:
-    """The registry of a component kind, imported late (the registries import this module)."""
-    if kind == "dataset":
-        from mmsent.data import DATASETS
-
-        return DATASETS
-    if kind == "fusion":
-        from mmsent.models.fusions import FUSIONS
-
-        return FUSIONS
-    from mmsent.strategies import STRATEGIES
-
-    return STRATEGIES
+    return REGISTRIES[kind]
 
 
 def settings_class(kind: str, name: str) -> type:
-    entry = choose(registry_of(kind), kind, name)
-    return entry.settings if kind == "dataset" else entry.Settings
+    """Every registry entry (a dataset spec, a head class, a strategy class) carries ``Settings``."""
+    return choose(REGISTRIES[kind], kind, name).Settings
 
 
 @dataclass(frozen=True)
@@ -87,7 +49,7 @@ class DataConfig:
     dataset: str = "synthetic"  # a name in mmsent.data.DATASETS
     path: Optional[str] = None  # a file or folder, as the dataset reads it
     batch_size: int = 64
-    # the dataset's own settings, written flat under `data` (see DATASETS[dataset].settings)
+    # the dataset's own settings, written flat under `data` (see DATASETS[dataset].Settings)
     options: dict = field(default_factory=dict)
 
     _choice = ("dataset", "dataset")  # (field naming the component, registry kind)

@@ -57,9 +57,7 @@ class Dist:
             raise RuntimeError(f"a batch of {n} sample(s) cannot be split over {self.world} ranks")
         idx = torch.tensor_split(torch.arange(n), self.world)[self.rank]
         self.weight, self.index = len(idx) / n, idx
-        return Batch({m: v[idx] for m, v in batch.x.items()}, {m: v[idx] for m, v in batch.mask.items()},
-                     batch.y[idx], [batch.ids[i] for i in idx.tolist()],
-                     batch.index[idx] if batch.index is not None else None)
+        return batch.select(idx)
 
     def rand(self, n: int, *shape: int) -> Tensor:
         """U(0, 1) draws of ``shape`` for each of the ``n`` samples of this rank's shard. Under

@@ -9,13 +9,12 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from mmsent.files import FileError, read_epochs, read_json, write_atomic, write_failed
 
 
 def read_log(run: Path) -> tuple[dict, list[dict]]:
-    from mmsent.files import FileError, read_epochs, read_json
-
     cfg_path, log_path = run / "config.json", run / "metrics.jsonl"
     if not log_path.is_file():
         raise FileError(f"{log_path}: no metrics.jsonl (not a run directory?)")
@@ -50,8 +49,6 @@ def _finish(fig, ax_row, ylabel: str, path: Path) -> Path:
         fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     import matplotlib.pyplot as plt
 
-    from mmsent.files import write_atomic
-
     try:
         write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     finally:
@@ -74,8 +71,6 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from mmsent.files import write_failed
-
         raise write_failed(out_dir, e) from None
     written = []
     modalities = []

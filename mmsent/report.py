@@ -1,15 +1,14 @@
 """Aggregate finished runs: test metrics of the selected epoch, mean +- std over seeds."""
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
+
+from mmsent.files import FileError, read_json
 
 
 def load_results(run_dirs) -> list[dict]:
     """The ``results.json`` of each run; a missing or damaged one is a one-line ``FileError``."""
-    from mmsent.files import FileError, read_json
-
     out = []
     for d in run_dirs:
         p = Path(d) / "results.json"

@@ -170,3 +170,20 @@ def test_real_mosi_loads():
     assert (len(ds.train), len(ds.val), len(ds.test)) == (1447, 265, 487)
     assert ds.dims == {"text": 100, "audio": 73, "vision": 100}
     assert ds.test.y.min() >= -3 and ds.test.y.max() <= 3
+
+
+def test_batch_select_and_map_carry_every_field():
+    from mmsent.data.batch import Batch, Split
+
+    x = {"a": torch.arange(12.0).reshape(4, 3, 1), "b": torch.arange(8.0).reshape(4, 2)}
+    mask = {"a": torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]]).bool(), "b": torch.ones(4, 1).bool()}
+    split = Split(x, mask, torch.tensor([0.5, -1.0, 2.0, 3.0]), ["p", "q", "r", "s"])
+    b = split.batch(torch.tensor([2, 0, 3]))
+    assert b.ids == ["r", "p", "s"] and b.index.tolist() == [2, 0, 3] and b.y.tolist() == [2.0, 0.5, 3.0]
+    assert b.x["a"][:, :, 0].tolist() == [[6, 7, 8], [0, 1, 2], [9, 10, 11]] and b.mask["a"][2].tolist() == [0, 0, 0]
+    s = b.select(torch.tensor([1]))  # positions within the batch; the split positions follow them
+    assert s.ids == ["p"] and s.index.tolist() == [0] and s.x["b"].tolist() == [[0.0, 1.0]]
+    m = b.map(lambda t: t[:, :1] if t.dim() > 1 else t * 2)
+    assert m.y.tolist() == [4.0, 1.0, 6.0] and m.x["a"].shape == (3, 1, 1) and m.mask["a"].shape == (3, 1)
+    assert m.ids == b.ids and m.index is b.index
+    assert Batch(x, mask, split.y, split.ids).select(torch.tensor([1])).index is None

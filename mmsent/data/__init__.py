@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mmsent.config import check, choose
+from mmsent.checks import check, choose
 from mmsent.data.av import AVSettings, is_av_folder, load_av
 from mmsent.data.batch import Batch, DataError, Dataset, Split
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.synthetic import SyntheticSettings, load_synthetic, make_synthetic
+from mmsent.pretrained import resolve_model_path
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     load: Callable  # (DataConfig, seed) -> Dataset
-    settings: type  # frozen dataclass: the dataset's own data.* keys, checked when a config loads
+    Settings: type  # frozen dataclass: the dataset's own data.* keys (the attribute every registry entry has)
     family: str  # synthetic | sentiment (CMU SDK .csd / MMSA) | features | av: what `cli.py data` can do for it
     modalities: Optional[dict] = None  # key -> table column label, in table order; None: the data's own keys
     headline: Optional[str] = None  # the table's metric; None: the task's (acc2_has0 for regression, else acc)
@@ -114,8 +115,6 @@ def load_sentiment(cfg, seed: int = 0) -> Dataset:
                         "../shared/data/mosi/mosi_utterance.pkl); pass --data PATH to an MMSA pickle")
     tokenizer = None
     if s.tokenizer:
-        from mmsent.pretrained import resolve_model_path
-
         tokenizer = resolve_model_path(s.tokenizer)
     if Path(path).is_dir():  # a folder of .csd files: align in memory, no pickle needed
         path = prepare_csd(Path(path), s.folds, s.seq_len, cfg.dataset)

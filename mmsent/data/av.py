@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.data.batch import Batch, DataError, Dataset, batch_bounds
 
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # the OGM-GE/DGL label ids 0..5

@@ -26,14 +26,22 @@ class Batch:
     # plan, is keyed by: ids may repeat in a user's data); None for batches made outside a split
     index: Tensor | None = None
 
+    def map(self, fn) -> Batch:
+        """The same samples with ``fn`` applied to every tensor (features, masks, labels)."""
+        return Batch({m: fn(v) for m, v in self.x.items()}, {m: fn(v) for m, v in self.mask.items()}, fn(self.y),
+                     self.ids, self.index)
+
+    def select(self, rows: Tensor) -> Batch:
+        """The samples at positions ``rows`` (a 1-D index tensor), ids and split positions with them."""
+        return Batch({m: v[rows] for m, v in self.x.items()}, {m: v[rows] for m, v in self.mask.items()},
+                     self.y[rows], [self.ids[i] for i in rows.tolist()],
+                     self.index[rows] if self.index is not None else None)
+
     def to(self, device, non_blocking: bool = False) -> Batch:
-        return Batch(
-            {m: v.to(device, non_blocking=non_blocking) for m, v in self.x.items()},
-            {m: v.to(device, non_blocking=non_blocking) for m, v in self.mask.items()},
-            self.y.to(device, non_blocking=non_blocking),
-            self.ids,
-            self.index,
-        )
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def with_index(self, index: Tensor | None) -> Batch:
+        return Batch(self.x, self.mask, self.y, self.ids, index)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -53,13 +61,7 @@ class Split:
         return len(self.y)
 
     def batch(self, index: Tensor) -> Batch:
-        return Batch(
-            {m: v[index] for m, v in self.x.items()},
-            {m: v[index] for m, v in self.mask.items()},
-            self.y[index],
-            [self.ids[i] for i in index.tolist()],
-            index,
-        )
+        return Batch(self.x, self.mask, self.y, self.ids).select(index).with_index(index)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 min_size: int = 1) -> Iterator[Batch]:

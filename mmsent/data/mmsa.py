@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mmsent.data.batch import DataError, Dataset, Split
+from mmsent.files import write_bytes, write_failed
 
 MODALITIES = ("text", "audio", "vision")  # MOSI / MOSEI
 SPLITS = {"train": ("train",), "val": ("valid", "val", "validation"), "test": ("test",)}
@@ -83,8 +84,6 @@ def load_arrays(path: str | Path):
 
 def write_pickle(data: dict, out: Path) -> Path:
     """Write an MMSA-layout dict atomically: a crash never leaves a half-written pickle under ``out``."""
-    from mmsent.files import write_bytes, write_failed
-
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmsent.config import check
+from mmsent.checks import check
 from mmsent.data.batch import DataError, Dataset, Split
 
 DEFAULT_NAMES = ("text", "audio", "vision")

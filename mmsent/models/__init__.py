@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import torch
 
-from mmsent.config import ConfigError, choose
+from mmsent.checks import ConfigError, choose
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel, evaluating

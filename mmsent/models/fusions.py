@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmsent.config import NoSettings, check
+from mmsent.checks import NoSettings, check
 from mmsent.models.resnet import MMTM, MMTMHead, MMTMSettings
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mmsent.config import check
+from mmsent.checks import check
 
 
 class BasicBlock(nn.Module):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.shapley import coalitions, shapley_contributions
 

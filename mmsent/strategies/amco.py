@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.models.fusions import ConcatMixHead
 from mmsent.strategies.base import Strategy
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmsent.config import NoSettings
+from mmsent.checks import NoSettings
 from mmsent.data.batch import Batch, Dataset
 from mmsent.distributed import Dist
 from mmsent.models.fusions import ConcatHead

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.strategies.base import Strategy, scale_samples
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.dgl import dgl_loss
 from mmsent.strategies.base import Strategy
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.dgl import FILLS, dgl_loss
 from mmsent.strategies.base import Strategy
 

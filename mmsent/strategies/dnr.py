@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 

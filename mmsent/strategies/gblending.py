@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from mmsent.config import check
+from mmsent.checks import check
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.unimodal import Unimodal
 from mmsent.strategies.vanilla import Vanilla

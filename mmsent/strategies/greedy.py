@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.strategies.base import Strategy
 
 

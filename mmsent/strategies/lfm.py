@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import itertools
 
-import torch
 from torch import Tensor
 
-from mmsent.config import NoSettings
+from mmsent.checks import NoSettings
 from mmsent.strategies.base import Strategy
 
 # the reference's fitted alpha_1(t) (Crema_epoch.py), lowest power first

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmsent.config import check
+from mmsent.checks import check
 from mmsent.strategies.base import Strategy
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.strategies.base import Strategy, feature_vectors
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.strategies.base import Strategy, scale_samples
 from mmsent.strategies.ogm_ge import ogm_ratios
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 

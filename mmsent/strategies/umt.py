@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mmsent.config import check, finite
+from mmsent.checks import check, finite
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 from mmsent.strategies.unimodal import Unimodal

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmsent.config import check
+from mmsent.checks import check
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.shapley import coalitions, shapley_contributions

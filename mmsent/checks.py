@@ -1,0 +1,43 @@
+"""The validation kit every component uses: the errors the CLI prints on one line, range checks for
+settings classes, the empty settings, and registry lookup. A leaf module: it imports nothing of
+mmsent, so a dataset, fusion or strategy module can use it without importing the config (which
+imports their registries)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names the key or file."""
+
+
+class SettingError(ConfigError):
+    """A value out of range, raised by a settings class; ``from_dict`` prefixes the section's key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key} {message}")
+        self.key, self.message = key, message
+
+
+def check(key: str, ok: bool, value: Any, need: str) -> None:
+    """Range check for a settings ``__post_init__``: ``check("alpha", alpha >= 0, alpha, ">= 0")``."""
+    if not ok:
+        raise SettingError(key, f"must be {need}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of a component that has none."""
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def choose(registry: dict, kind: str, name: str):
+    """``registry[name]``, or a ``ConfigError`` listing the valid names."""
+    if name not in registry:
+        raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(sorted(registry))}")
+    return registry[name]

@@ -1,0 +1,166 @@
+"""A run folder on disk: what it holds, who may write it, and how it is read back.
+
+A run directory holds the marker ``.mmsent-run``, ``config.json``, ``metrics.jsonl`` (one line per
+epoch), ``best.pt`` and ``last.pt`` (both written atomically), ``.lock`` (``RunLock``: one writer)
+and, when done, ``results.json``. Only a folder with the marker is ever written into, reused or
+cleaned; checkpoints are read with ``weights_only=True`` and never run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mmsent.config import Config, load_config
+from mmsent.files import FileError, RunLock, read_epochs, read_json, write_json, write_text
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on (existing run directory, non-finite loss...)."""
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint written by ``fit``. Only tensors and plain containers are read
+    (``weights_only=True``): a file holding anything else, code included, is refused, never run.
+    A missing, empty or truncated file is a ``RunError`` naming it."""
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found; the run directory is incomplete (start a new run with another --out)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # what weights_only raises for a disallowed global
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
+                       f"({first[:160]}); mmsent never writes such checkpoints") from None
+    except Exception as e:  # empty, truncated or not a checkpoint at all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunError(f"{path}: damaged checkpoint ({type(e).__name__}: {first[:160]}); "
+                       "start a new run with another --out") from None
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.dataset}-{cfg.strategy.name}-{cfg.model.fusion}-s{cfg.seed}-{stamp}"
+
+
+MARKER = ".mmsent-run"  # written into every run directory: only such a directory is ever reused
+OURS = ("config.json", "metrics.jsonl", "best.pt", "last.pt", "results.json", MARKER, RunLock.NAME)
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{path}: not found; --resume needs the directory of an earlier run (--out DIR)")
+    try:
+        tree = read_json(path, "run config", "; the run cannot be resumed, start a new one with another --out")
+    except FileError as e:
+        raise RunError(str(e)) from None
+    return load_config(base=tree)
+
+
+class RunFolder:
+    """The folder one ``fit`` writes, locked (``RunLock``) from before its first write to the end.
+
+    ``open`` makes or reuses it: it appears complete (marker + ``config.json``) or not at all, and
+    nothing the program did not write is ever replaced or deleted. An existing non-empty folder must
+    be a run directory of ours; without a ``last.pt`` (it died, or the disk filled, before its first
+    checkpoint) it is started again in place. ``discard`` removes what a fresh run wrote when it ends
+    before its first checkpoint (bad data found mid-epoch, out of memory, an interrupt): such a
+    folder holds nothing to resume, and leaving it would block the next run."""
+
+    def __init__(self, path: Path, lock: RunLock, fresh: bool, existed: bool):
+        self.path, self.lock, self.fresh, self.existed = path, lock, fresh, existed
+
+    @classmethod
+    def open(cls, run: Path, cfg: Config, resume: bool) -> "RunFolder":
+        try:
+            return cls._open(run, cfg, resume)
+        except FileError as e:  # the lock is held, the disk is full: one line, like every other refusal
+            raise RunError(str(e)) from None
+
+    @classmethod
+    def _open(cls, run: Path, cfg: Config, resume: bool, again: bool = True) -> "RunFolder":
+        if run.is_symlink():
+            raise RunError(f"{run}: is a symbolic link; pass the folder it points to, or another --out")
+        if run.exists() and not run.is_dir():
+            raise RunError(f"{run}: exists and is not a directory; pass another --out")
+        if resume:
+            if not (run / MARKER).is_file():
+                raise RunError(f"{run}: not an mmsent run directory (no {MARKER}); nothing to resume")
+            return cls(run, RunLock(run).acquire(), fresh=False, existed=True)
+        if run.is_dir() and any(run.iterdir()):
+            if not (run / MARKER).is_file():
+                raise RunError(f"{run}: exists, is not empty and is not an mmsent run directory; pass another --out")
+            lock = RunLock(run).acquire()
+            try:
+                if any((run / f).exists() for f in ("last.pt", "results.json")):
+                    raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+                for name in ("metrics.jsonl", "best.pt"):  # ours, from before its first checkpoint
+                    (run / name).unlink(missing_ok=True)
+                write_json(run / "config.json", cfg.to_dict())
+            except BaseException:
+                lock.release()
+                raise
+            return cls(run, lock, fresh=True, existed=True)
+        existed = run.is_dir()
+        try:
+            run.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", dir=run.parent))
+        except OSError as e:
+            raise RunError(f"{run}: cannot create the run directory ({e.strerror or e}); pass another --out") from None
+        lock = None
+        try:
+            write_text(tmp / MARKER, "written by mmsent: a run directory (config.json, checkpoints, logs)\n")
+            write_json(tmp / "config.json", cfg.to_dict())
+            lock = RunLock(tmp).acquire()  # the lock follows the file through the rename
+            os.rename(tmp, run)  # replaces at most an empty directory
+        except BaseException as e:
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)  # ours, made above: never left beside the run
+            if isinstance(e, OSError) and again and (run / MARKER).is_file():
+                return cls._open(run, cfg, resume, again=False)  # another process made it meanwhile
+            if isinstance(e, OSError):
+                raise RunError(f"{run}: cannot create the run directory ({e.strerror or e}); pass another --out") from None
+            raise
+        return cls(run, lock, fresh=True, existed=existed)
+
+    def discard(self) -> None:
+        """Remove what this fresh run wrote (known names, temporary files), then the folder if it is
+        empty and was not there before; anything else stays."""
+        for p in list(self.path.iterdir()) if self.path.is_dir() else []:
+            if p.name in OURS or p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+        if not self.existed:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.lock.release()
+
+
+def saved_epoch(run: Path) -> int:
+    try:
+        return int(torch.load(run / "last.pt", map_location="cpu", weights_only=True)["state"]["epoch"])
+    except Exception:
+        return -1
+
+
+def truncate_log(path: Path, last_epoch: int) -> None:
+    """Drop log lines of epochs after the checkpoint (a crash between log and checkpoint) and a last
+    line cut short (a crash or a full disk mid-append); any other damaged line is named."""
+    if not path.is_file():
+        return
+    try:
+        rows = read_epochs(path)
+    except FileError as e:
+        raise RunError(f"{e}; the log no longer matches the checkpoints, start a new run with another --out") from None
+    keep = [r for r in rows if r["epoch"] <= last_epoch]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
