@@ -1,4 +1,5 @@
-"""mmsent command line: ``python cli.py train [...]``. Parsing only; the work is in ``mmsent``."""
+"""The command line: ``mmsent train [...]`` (the console script), ``python -m mmsent ...`` and, in a
+checkout, ``python cli.py ...``. Parsing only; the work is in the modules it calls."""
 from __future__ import annotations
 
 import argparse
@@ -7,67 +8,13 @@ import shlex
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-
-
-def _train_overrides(args, dataset: str | None) -> list[tuple[str, object]]:
-    """Flags as overrides; ``load_config`` applies the component choices among them first, then
-    the rest and the key=value overrides in the order given (see mmsent/config.py)."""
-    pairs = [("data.dataset", dataset), ("data.path", args.data), ("model.fusion", args.fusion),
-             ("strategy.name", args.strategy), ("strategy.args.alpha", args.alpha), ("seed", args.seed),
-             ("train.epochs", args.epochs), ("out", args.out), ("device", args.device)]
-    return [(k, v) for k, v in pairs if v is not None]
-
-
-def _model_the_strategy_needs(cfg, args, notes: bool = True) -> list[tuple[str, object]]:
-    """Model settings a strategy cannot do without (MMCosine, ReconBoost: a linear late-fusion head)
-    replace the recipe's defaults, with a note; a value the user chose (``--fusion``, ``model.KEY=``,
-    their own ``--config``) is kept, and the strategy refuses it with one line."""
-    from mmsent.strategies import STRATEGIES
-
-    strategy = STRATEGIES.get(cfg.strategy.name)
-    if strategy is None or args.config:
-        return []
-    chosen = {"fusion"} if args.fusion else set()
-    chosen |= {str(o).split("=", 1)[0].removeprefix("model.") for o in args.overrides if str(o).startswith("model.")}
-    if any(getattr(cfg.model, k) != v for k, v in strategy.needs_model.items() if k in chosen):
-        return []  # the user's own head: the strategy says why it cannot use it
-    needed = [(f"model.{k}", v) for k, v in strategy.needs_model.items() if getattr(cfg.model, k) != v]
-    if needed and notes:
-        print(f"note: strategy {cfg.strategy.name!r} needs " + " ".join(f"{k}={v}" for k, v in needed)
-              + "; using it", file=sys.stderr)
-    return needed
-
-
 def train_config(args, notes: bool = True):
-    """The config ``train`` runs with: the recipe (``--config`` or configs/<dataset>.yaml), the flags
-    and overrides, a strategy's needed head; on ``--resume`` the run's own config.json underneath.
-    ``cli.py table`` calls it too, to tell whether a finished run was made with the same config."""
-    from mmsent.config import load_config
-    from mmsent.train import RunError, load_run_config
+    """The config ``train`` runs with (``recipes.train_config`` on the parsed flags)."""
+    from mmsent.recipes import train_config as build
 
-    dataset = args.dataset
-    if args.resume:
-        if not args.out:
-            raise RunError("--resume needs --out DIR (the run to continue)")
-        base = load_run_config(Path(args.out)).to_dict()
-        return load_config(args.config, _train_overrides(args, dataset) + list(args.overrides), base=base)
-    chosen = args.config or any(str(o).startswith("data.dataset=") for o in args.overrides)
-    if dataset is None and args.data and not chosen:
-        from mmsent.data import infer_dataset
-
-        dataset = infer_dataset(args.data)
-        if notes:
-            print(f"note: --data {args.data} is read as dataset {dataset!r} (pass --dataset to choose another, "
-                  "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
-    config = args.config
-    if config is None:
-        candidate = ROOT / "configs" / f"{dataset or 'synthetic'}.yaml"
-        config = candidate if candidate.is_file() else None
-    overrides = _train_overrides(args, dataset) + list(args.overrides)
-    cfg = load_config(config, overrides)
-    needed = _model_the_strategy_needs(cfg, args, notes)
-    return load_config(config, overrides + needed) if needed else cfg
+    return build(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion, strategy=args.strategy,
+                 alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out, device=args.device,
+                 overrides=args.overrides, resume=args.resume, notes=notes)
 
 
 def cmd_train(args) -> int:
@@ -88,9 +35,11 @@ def cmd_sweep(args) -> int:
     from mmsent.sweep import Sweep, apply_best, best_trial, fmt, load_spec, plot, trial_rows, write_report
 
     console = Console()
+    from mmsent.recipes import recipe
+
     spec = load_spec(args.name)
     overrides = [(k, v) for k, v in (("data.dataset", args.dataset), ("data.path", args.data)) if v is not None]
-    config = args.config or (str(ROOT / "configs" / f"{args.dataset}.yaml") if args.dataset else None)
+    config = args.config or (str(recipe(args.dataset)) if args.dataset and recipe(args.dataset) else None)
     if args.heartbeat:
         spec.heartbeat = args.heartbeat
     sweep = Sweep(spec, config=config, overrides=overrides + list(args.overrides), storage=args.storage,
@@ -163,8 +112,7 @@ def cmd_table(args) -> int:
         return 0
     try:
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
-                         methods=args.methods, overrides=args.overrides, config=args.config,
-                         expected=lambda cmd: train_config(parse(["train", *cmd]), notes=False))
+                         methods=args.methods, overrides=args.overrides, config=args.config)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -237,14 +185,15 @@ def _prepare_av(args) -> int:
     from mmsent.config import load_config
     from mmsent.data import DataError
     from mmsent.data.media import prepare_av
+    from mmsent.recipes import recipe as shipped
 
     if args.action != "prepare":
         raise DataError(f"{args.dataset}: no download; get the corpus and run: python cli.py data prepare "
                         f"{args.dataset} --src DIR --out DIR")
     if not args.src or not args.out:
         raise DataError(f"data prepare {args.dataset} needs --src DIR (the raw corpus) and --out DIR")
-    recipe = ROOT / "configs" / f"{args.dataset}.yaml"  # sample rate and fps of the recipe, if it has one
-    cfg = load_config(recipe if recipe.is_file() else None, [("data.dataset", args.dataset)]).data.settings
+    # sample rate and fps of the recipe, if it has one
+    cfg = load_config(shipped(args.dataset), [("data.dataset", args.dataset)]).data.settings
     with Progress() as progress:
         task = progress.add_task(f"preparing {args.dataset} clips", total=None)
         n = prepare_av(args.dataset, Path(args.src), Path(args.out), sample_rate=args.sample_rate or cfg.sample_rate,
@@ -263,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     def names(registry, **notes) -> str:  # help text read from a registry, so it never goes stale
         return " | ".join(f"{n} ({notes[n]})" if n in notes else n for n in registry)
 
-    parser = argparse.ArgumentParser(prog="cli.py", description="mmsent: multimodal learning with DGL")
+    prog = "cli.py" if Path(sys.argv[0]).name == "cli.py" else "mmsent"
+    parser = argparse.ArgumentParser(prog=prog, description="mmsent: multimodal learning with DGL")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one model; writes RUN_DIR/results.json")
-    t.add_argument("--config", help="YAML config (default: configs/<dataset>.yaml)")
+    t.add_argument("--config", help="YAML config (default: the shipped recipe configs/<dataset>.yaml)")
     t.add_argument("--dataset", help=names(DATASETS, synthetic="default") + "; inferred from --data for "
                    + ", ".join(n for n, d in DATASETS.items() if d.detect))
     t.add_argument("--data", help="MMSA pickle/.npz or .csd folder (mosi/mosei/features); corpus folder (audio-visual)")

@@ -39,10 +39,10 @@ from mmsent.config import ConfigError, load_config, load_yaml, set_dotted
 from mmsent.data import build_dataset
 from mmsent.files import write_atomic, write_failed, write_text
 from mmsent.interrupt import Interrupted
+from mmsent.recipes import SWEEPS, resolve, sweep_spec
 from mmsent.tasks import metric_names
 from mmsent.train import fit
 
-ROOT = Path(__file__).resolve().parents[1]
 FINISHED = ("COMPLETE", "PRUNED")
 
 
@@ -114,12 +114,13 @@ SPEC_TYPES = {"config": str, "overrides": list, "metric": str, "direction": str,
 
 
 def load_spec(name_or_path: str) -> SweepSpec:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = ROOT / "sweeps" / f"{name_or_path}.yaml"
+    try:
+        path = sweep_spec(name_or_path)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")))
-        raise SweepError(f"{path}: sweep spec not found (known sweeps: {known})")
+        known = ", ".join(sorted(p.stem for p in SWEEPS.glob("*.yaml")))
+        raise SweepError(f"{path}: sweep spec not found (shipped sweeps: {known})")
     try:
         raw = load_yaml(path)
     except ConfigError as e:
@@ -209,7 +210,7 @@ class Sweep:
     def __init__(self, spec: SweepSpec, *, config: str | None, overrides: list, storage: str | None,
                  study: str | None, trials: int | None, out_dir: str = "runs/sweeps", quiet_console=None):
         self.spec, self.overrides = spec, list(spec.overrides) + list(overrides)
-        self.config = config or (str(ROOT / spec.config) if spec.config else None)
+        self.config = config or (str(resolve(spec.config)) if spec.config else None)
         self.trials = trials or spec.trials
         self.out_dir = Path(out_dir)
         self.console = quiet_console

@@ -25,12 +25,12 @@ from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import DATASETS, build_dataset
 from mmsent.files import write_failed, write_text
 from mmsent.interrupt import PARENT_ENV, Interrupted
+from mmsent.recipes import recipe, train_config
 from mmsent.report import cell, load_results, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
 from mmsent.train import RunError, load_run_config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _row(name: str) -> list[str]:
@@ -68,8 +68,8 @@ STRATEGY_ROWS: dict[str, list[str]] = {
 def modality_columns(dataset: str, data: str | None = None, overrides=(), config: str | None = None) -> dict[str, str]:
     """Modality key -> column label: the registry's labels, else the keys of the data itself."""
     if choose(DATASETS, "dataset", dataset).modalities is None:
-        recipe = Path(config) if config else ROOT / "configs" / f"{dataset}.yaml"
-        cfg = load_config(recipe if recipe.is_file() else None,
+        path = Path(config) if config else recipe(dataset)
+        cfg = load_config(path if path is not None and path.is_file() else None,
                           [("data.dataset", dataset), *([("data.path", data)] if data else []), *overrides])
         return labels_of(dataset, build_dataset(cfg.data).modalities)
     return labels_of(dataset, [])
@@ -139,9 +139,12 @@ def run_one(cmd: list[str], out: Path, threads: int) -> tuple[Path, int, str]:
         return out, 0, "done before"
     # a run of ours that died before its first checkpoint is started again in place by `train`
     resume = ["--resume"] if (out / "last.pt").is_file() else []
+    # `python -m mmsent` from the same mmsent as this table's, installed or in a checkout
+    home = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([home, *filter(None, [os.environ.get("PYTHONPATH")])]),
                **{PARENT_ENV: str(os.getpid())})  # the child dies with the table, even on kill -9
-    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", "--quiet", *cmd, *resume],
+    p = subprocess.Popen([sys.executable, "-m", "mmsent", "train", "--quiet", *cmd, *resume],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                          start_new_session=True)  # Ctrl-C reaches the table alone, which stops its children
     _CHILDREN.add(p)
@@ -172,11 +175,11 @@ def custom_row(text: str) -> tuple[str, list[str]]:
 
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
               methods: list[str] | None = None, overrides: list[str] = (), config: str | None = None,
-              expected=None, progress=print) -> dict[str, list[Path]]:
+              progress=print) -> dict[str, list[Path]]:
     """Train every (method, seed) run not finished yet under ``runs_dir`` and return the run
-    directories per method. ``expected(cmd)``: the Config a run's ``train`` arguments give; a
-    finished run made with another one (a changed preset, recipe or strategy default) is refused
-    with one line, never reused as if it were the new run and never deleted."""
+    directories per method. A finished run made with another config than the one its row gives now
+    (``recipes.train_config``: a changed preset, recipe or strategy default) is refused with one
+    line, never reused as if it were the new run and never deleted."""
     rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config))
     for text in [m for m in methods or [] if ":" in m]:
         label, extra = custom_row(text)
@@ -192,9 +195,15 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
             out = runs_dir / f"{slug(method)}-s{seed}"
             dirs[method].append(out)
             tasks.append(([*base, "--seed", str(seed), "--out", str(out), *rows[method], *overrides], out))
-    if expected is not None:
-        stale = [(out, why) for cmd, out in tasks
-                 if (out / "results.json").is_file() and (why := stale_reason(out, expected(cmd)))]
+
+    def expected(seed: int, out: Path, method: str):
+        return train_config(dataset=dataset, data=data, config=config, seed=seed, out=str(out),
+                            overrides=[*rows[method], *overrides], notes=False)
+
+    finished = [(seed, out, method) for method in methods for seed, out in zip(seeds, dirs[method])
+                if (out / "results.json").is_file()]
+    if finished:
+        stale = [(out, why) for seed, out, method in finished if (why := stale_reason(out, expected(seed, out, method)))]
         if stale:
             (out, why), more = stale[0], len(stale) - 1
             raise ValueError(f"{out} holds a finished run made with another config ({why})"
