@@ -115,7 +115,7 @@ def _vmapped_passes(head: nn.Module, stacked: dict[str, Tensor], param_grad: flo
 def _unimodal_predictions(
     features: Mapping[str, Tensor], head: nn.Module, param_grad: float, batched: bool, fill: str
 ) -> dict[str, object]:
-    # Buffers are cloned so that masked passes never update running statistics (method.md: BN
+    # Buffers are cloned so that masked passes never update running statistics (shared docs/method.md: BN
     # layers seen by masked passes must not take statistics from them).
     def call(feats: dict[str, Tensor]):
         return call_keeping_buffers(head, feats, param_grad=param_grad)

@@ -47,25 +47,22 @@ def _finish(fig, ax_row, ylabel: str, path: Path) -> Path:
             seen.setdefault(label, h)
     if seen:
         fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=2, fontsize=7, frameon=False)
-    import matplotlib.pyplot as plt
-
-    try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return path
 
 
-def _panels(plt, n: int, n_lines: int):
+def _panels(n: int, n_lines: int):
+    """A figure of ``n`` panels in a row. Matplotlib's object API, not pyplot: no global backend or
+    figure list is touched, so a caller's own plotting (a notebook's) is left as it was."""
+    from matplotlib.figure import Figure
+
     # room under the panels for the legend: one row per two entries
-    return plt.subplots(1, n, figsize=(4.2 * n, 3.2 + 0.16 * (n_lines + 1) / 2), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(4.2 * n, 3.2 + 0.16 * (n_lines + 1) / 2), layout="constrained")
+    return fig, fig.subplots(1, n, squeeze=False)
 
 
 def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     logs = {Path(r): read_log(Path(r)) for r in runs}
     try:
@@ -78,11 +75,11 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
         for m in log[0]["val"]:
             if m != "multi" and m not in modalities:
                 modalities.append(m)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
     grad_runs = {r: v for r, v in logs.items() if "grad_norm" in v[1][0]}
     if grad_runs:
-        fig, axes = _panels(plt, len(modalities), 2 * len(grad_runs))
+        fig, axes = _panels(len(modalities), 2 * len(grad_runs))
         for ax, m in zip(axes[0], modalities):
             for i, (run, (cfg, log)) in enumerate(grad_runs.items()):
                 if _trains_only_another(cfg, m):
@@ -99,7 +96,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
 
     diag_runs = {r: v for r, v in logs.items() if "diag" in v[1][0]}
     if diag_runs:
-        fig, axes = _panels(plt, 2, len(diag_runs))
+        fig, axes = _panels(2, len(diag_runs))
         for i, (run, (cfg, log)) in enumerate(diag_runs.items()):
             c = colors[i % len(colors)]
             mods = [m for m in log[0]["diag"] if m != "multi"]
@@ -111,7 +108,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
         axes[0][0].set_yscale("log")
         written.append(_finish(fig, axes[0], "on a fixed training batch", out_dir / "masked_passes.png"))
 
-    fig, axes = _panels(plt, len(modalities), len(logs))
+    fig, axes = _panels(len(modalities), len(logs))
     metric = "acc"
     for ax, m in zip(axes[0], modalities):
         for i, (run, (cfg, log)) in enumerate(logs.items()):

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from mmsent.data.batch import EVAL_BATCH
 from mmsent.models.model import MultimodalModel, evaluating
 
 RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
@@ -24,7 +25,7 @@ LOGISTIC_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
 @torch.no_grad()
-def encoder_features(model: MultimodalModel, split, batch_size: int = 256) -> dict[str, np.ndarray]:
+def encoder_features(model: MultimodalModel, split, batch_size: int = EVAL_BATCH) -> dict[str, np.ndarray]:
     """Each encoder's features over a whole split, one float64 row per sample (eval mode)."""
     from mmsent.strategies.base import feature_vectors
 
@@ -78,7 +79,7 @@ def _logits(probe, a: np.ndarray, k: int) -> torch.Tensor:
     return torch.from_numpy(out).float()
 
 
-def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = 256) -> dict[str, dict]:
+def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = EVAL_BATCH) -> dict[str, dict]:
     """A linear probe per modality: ``{m: {"reg": ..., "val": metrics, "test": metrics}}``, or
     ``{m: {"skipped": why}}`` for a probe that cannot be fitted (the run's results are kept: a probe
     is an extra measurement, never a reason to lose a trained model)."""

@@ -93,7 +93,7 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
             raise RunError("--resume needs --out DIR (the run to continue)")
         base = load_run_config(Path(out)).to_dict()
         flags = _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device)
-        return load_config(config, flags + overrides, base=base)
+        return _alpha_is_dgls(load_config(config, flags + overrides, base=base), alpha)
     chosen = config or any(str(o).startswith("data.dataset=") for o in overrides)
     if dataset is None and data and not chosen:
         from mmsent.data import infer_dataset
@@ -104,6 +104,16 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
                   "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
     path = config if config is not None else recipe(dataset)
     flags = _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) + overrides
-    cfg = load_config(path, flags)
+    cfg = _alpha_is_dgls(load_config(path, flags), alpha)
     needed = _model_the_strategy_needs(cfg, config, fusion, overrides, notes)
     return load_config(path, flags + needed) if needed else cfg
+
+
+def _alpha_is_dgls(cfg: Config, alpha) -> Config:
+    """``--alpha`` is DGL's weight on the unimodal losses; for a strategy whose ``alpha`` means
+    something else (or that has none) it is refused rather than silently setting that."""
+    if alpha is not None and not STRATEGIES[cfg.strategy.name].dgl_weight:
+        dgl = ", ".join(n for n, s in STRATEGIES.items() if s.dgl_weight)
+        raise ConfigError(f"--alpha is DGL's weight on the unimodal losses ({dgl}); strategy {cfg.strategy.name!r} has "
+                          "no such weight: set its own settings with strategy.args.KEY=VALUE")
+    return cfg

@@ -177,12 +177,13 @@ def make_storage(url: str, heartbeat: int):
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                )
+                with warnings.catch_warnings():  # the heartbeat is "experimental": said here, not left global
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                    )
             except Exception as e:
                 # Workers started together race to create the schema of a new database; the loser
                 # sees a constraint error and simply opens what the winner made.
@@ -414,16 +415,14 @@ def apply_best(study, path: str | Path) -> dict:
 
 def plot(study, spec: SweepSpec, path: str | Path) -> Path | None:
     """Objective vs the first parameter: one dot per seed, the mean as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no global backend or pyplot state touched
 
     key = spec.params[0].name
     done = sorted((t for t in study.trials if t.state.name == "COMPLETE" and key in t.params), key=lambda t: t.params[key])
     if not done:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     for t in done:
         seeds = t.user_attrs.get("val_per_seed") or [t.value]
         ax.scatter([t.params[key]] * len(seeds), seeds, s=12, alpha=0.5, color="tab:blue")
@@ -441,8 +440,6 @@ def plot(study, spec: SweepSpec, path: str | Path) -> Path | None:
         write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     except OSError as e:
         raise write_failed(path, e) from None
-    finally:
-        plt.close(fig)
     return path
 
 

@@ -78,13 +78,14 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def build_strategy(cfg: Config, model, optimizer, task):
-    """The chosen strategy on its typed settings (``cfg.strategy.settings``, checked at config load);
-    what only the model can tell (a unimodal modality that the data lacks) fails here, still before
-    the run directory exists."""
+def build_strategy(cfg: Config, model, optimizer, task, **loop):
+    """The chosen strategy on its typed settings (``cfg.strategy.settings``, checked at config load)
+    and the loop's context (``loop``: the process group, batch size, steps per epoch, smallest
+    training batch); what only the model can tell (a unimodal modality that the data lacks) fails
+    here, still before the run directory exists."""
     cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
     try:
-        return cls(model, optimizer, task, grad_clip=cfg.train.grad_clip, **asdict(cfg.strategy.settings))
+        return cls(model, optimizer, task, grad_clip=cfg.train.grad_clip, **loop, **asdict(cfg.strategy.settings))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"strategy {cfg.strategy.name!r}: {e}") from None
 
@@ -166,8 +167,6 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         raise ConfigError(f"the model does not fit in {device.type} memory ({first_line(e)}); choose smaller "
                           "model sizes (model.dim, model.hidden, model.width)") from None
     optimizer = build_optimizer(model, cfg.train)
-    strategy = build_strategy(cfg, model, optimizer, task)
-    strategy.dist = ddp
     batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if ddp.active and batch_norm:
         # SyncBatchNorm is CUDA-only and the masked passes use functional (vmap) BatchNorm, so the
@@ -189,6 +188,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     if batch_norm and len(dataset.train) % cfg.data.batch_size == 1 and len(dataset.train) > 1 and ddp.is_main:
         print(f"note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins "
                       f"the batch before it ({cfg.data.batch_size + 1} samples)", file=sys.stderr)
+    strategy = build_strategy(cfg, model, optimizer, task, dist=ddp, batch_size=cfg.data.batch_size, min_batch=min_batch,
+                              steps_per_epoch=dataset.train.n_batches(cfg.data.batch_size, min_batch))
     generator = torch.Generator().manual_seed(cfg.seed)
 
     # Everything that can be wrong with the input has been checked: only now touch the disk.
@@ -285,11 +286,9 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             truncate_log(run / "metrics.jsonl", state["epoch"])
 
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
-    probe = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
-    steps_per_epoch = dataset.train.n_batches(cfg.data.batch_size, min_batch)
-    strategy.steps_per_epoch = steps_per_epoch
-    strategy.batch_size = cfg.data.batch_size
-    strategy.min_batch = min_batch
+    # a fixed training batch for the per-epoch gradient and diagnostics logs
+    log_batch = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
+    steps_per_epoch = strategy.steps_per_epoch
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True, disable=quiet)
 
@@ -324,8 +323,8 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             record = {"epoch": epoch, "train": {k: v / len(dataset.train) for k, v in sums.items()}, "val": val,
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
             if cfg.train.grad_probe:
-                record["grad_norm"] = gradient_probe(model, probe, task)
-                record["diag"] = diagnostics(model, probe, task)
+                record["grad_norm"] = gradient_probe(model, log_batch, task)
+                record["diag"] = diagnostics(model, log_batch, task)
             score = sign * val["multi"][cfg.train.select]
             # every rank holds the same weights, metrics and state: rank 0 writes them. Order: best.pt,
             # the log line, last.pt -- a failure between leaves last.pt of the epoch before, which
@@ -341,9 +340,9 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
                                              "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
                                              "generator": generator.get_state(), "state": state})
             progress.advance(epochs_bar)
-            head = task.headline
+            headline = task.headline
             console.print(f"epoch {epoch:3d}  train loss {record['train']['loss']:.4f}  val {cfg.train.select} "
-                          f"{val['multi'][cfg.train.select]:.4f}  val {head} {val['multi'][head]:.4f}"
+                          f"{val['multi'][cfg.train.select]:.4f}  val {headline} {val['multi'][headline]:.4f}"
                           + ("  *" if state["best_epoch"] == epoch else ""))
             if on_epoch is not None:
                 on_epoch(epoch, val)

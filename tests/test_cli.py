@@ -185,6 +185,17 @@ def test_flags_and_overrides_compose_in_one_order(tmp_path):
     assert cfg["strategy"]["name"] == "dgl" and cfg["strategy"]["args"] == {"alpha": 2.0}
 
 
+def test_alpha_flag_sets_only_dgls_weight(tmp_path):
+    """`--alpha` said "DGL weight" but set OGM-GE's tanh slope, AGM's strength, any strategy's alpha."""
+    for strategy in ("ogm_ge", "agm", "vanilla"):
+        rc, err = run_cli(tmp_path, "--strategy", strategy, "--alpha", "0.5", "--out", str(tmp_path / "x"))
+        assert rc == 2 and err.splitlines() == [err] and not (tmp_path / "x").exists(), err
+        assert f"--alpha is DGL's weight on the unimodal losses (dgl, dgl_mh); strategy {strategy!r} has no such " \
+               "weight: set its own settings with strategy.args.KEY=VALUE" in err
+    rc, out = train(tmp_path, "--strategy", "ogm_ge", "strategy.args.alpha=0.5", "--epochs", "1")
+    assert rc == 0 and json.loads((out / "config.json").read_text())["strategy"]["args"] == {"alpha": 0.5}
+
+
 def test_data_without_dataset_is_inferred_or_refused(tmp_path, capsys):
     """`--data FILE.pkl` without --dataset trained on the synthetic data without a word."""
     import numpy as np

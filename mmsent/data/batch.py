@@ -12,6 +12,11 @@ import torch
 from torch import Tensor
 
 
+# Samples per forward pass when nothing is trained (validation, test, probes, per-sample scores):
+# a memory bound only, results do not depend on it.
+EVAL_BATCH = 256
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file, key and value, and the CLI prints it on one line."""
 

@@ -245,7 +245,7 @@ class MLPMixerHead(Head):
 
     Stack the modalities into a (B, L, M, D) cube and apply ``depth`` blocks, each mixing along the
     sequence (L), modality (M) and channel (D) axes in that order, as CubeMLP does. Then mean over L,
-    flatten M x D and predict. Zero-masking a modality zeroes its slot of the cube (method.md), after
+    flatten M x D and predict. Zero-masking a modality zeroes its slot of the cube (shared docs/method.md), after
     which the modality-mixing MLP lets the kept modality fill every slot.
     """
 

@@ -1,4 +1,5 @@
-"""``MultimodalModel``: a dict of encoders plus one head. No state is kept between calls."""
+"""``MultimodalModel``: a dict of encoders plus one head. Between calls it keeps only each encoder's
+output shape (``feature_shapes``, recorded by every encode), to zero-fill a modality a pass leaves out."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -58,7 +59,7 @@ class MultimodalModel(nn.Module):
 
     def head_masked(self, feats: dict[str, Tensor]) -> Tensor:
         """``head(feats)`` for a zero-masked input without moving BatchNorm running statistics
-        (method.md: masked passes must not update them); gradients flow as in ``head(feats)``."""
+        (shared docs/method.md: masked passes must not update them); gradients flow as in ``head(feats)``."""
         return call_keeping_buffers(self.head, feats)
 
     def forward(self, batch: Batch) -> Tensor:

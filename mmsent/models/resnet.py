@@ -103,7 +103,7 @@ class MMTM(nn.Module):
     """Multimodal transfer module (Joze et al., CVPR 2020) for N streams: squeeze each stream's map
     by global average pooling, a joint layer over the concatenated squeezes (``ratio`` shrinks it),
     and a sigmoid gate per stream that rescales its channels; shapes are kept. A zeroed stream
-    squeezes to zeros, so a masked pass is defined (method.md: zero at the MMTM input).
+    squeezes to zeros, so a masked pass is defined (shared docs/method.md: zero at the MMTM input).
 
     For Greedy (Wu et al., ICML 2022) each gate also has a running mean over training steps
     (buffers ``gate_mean_<m>`` and ``gate_count_<m>``, moved only by ``update_gate_means``), and a
@@ -159,7 +159,7 @@ class MMTMHead(nn.Module):
     left): MMTM on the encoders' layer2 maps, then per stream layer3 -> MMTM -> layer4 -> MMTM,
     global average pooling, concatenation and one linear classifier. Each stream owns its layers 3-4
     (the authors' MMTM_Net shares the rgb stream's by mistake). A masked stream enters as zeros at
-    the first MMTM (method.md), so DGL's branches are defined; the head holds train-mode BatchNorm,
+    the first MMTM (shared docs/method.md), so DGL's branches are defined; the head holds train-mode BatchNorm,
     so ``dgl_loss`` runs the masked passes one at a time and leaves running statistics alone.
     ``dim`` is the channel count of the layer2 maps (2 x ResNet width)."""
 

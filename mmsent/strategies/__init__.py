@@ -35,7 +35,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "mla": MLA,
     "mmpareto": MMPareto,
     "dnr": DnR,
-    # BalanceMM's further methods (issue #13)
+    # BalanceMM's further methods
     "mmcosine": MMCosine,
     "cml": CML,
     "umt": UMT,

@@ -60,6 +60,7 @@ class AGMSettings:
 
 class AGM(Strategy):
     Settings = AGMSettings
+    state = ("running", "iteration")  # saved in last.pt, restored on --resume
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -83,9 +84,7 @@ class AGM(Strategy):
         coeffs = agm_coefficients(scores, self.running, self.alpha, self.cap) if modulate else {m: 1.0 for m in names}
         out = sum(_scale_grad(contrib[m], coeffs[m]) for m in names)
         loss = self.task.loss(out, batch.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dist.sync_grads(self.model.parameters())
+        self.backward(loss)
         # the reference's conditional clip: when any entry of the head's last weight gradient exceeds
         # 1, every gradient is clipped to total norm 1 (it bounds the exponential coefficients)
         if self.settings.conditional_clip and self.last.weight.grad is not None \
@@ -97,10 +96,3 @@ class AGM(Strategy):
         for m in names:
             self.running[m] += (scores[m] - self.running[m]) / self.iteration
         return {"loss": loss.item(), **{f"coeff_{m}": c for m, c in coeffs.items()}}
-
-    def state_dict(self):
-        return {**super().state_dict(), "running": dict(self.running), "iteration": self.iteration}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.running, self.iteration = dict(state["running"]), state["iteration"]

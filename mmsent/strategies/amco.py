@@ -63,6 +63,7 @@ class AMCoSettings:
 
 class AMCo(Strategy):
     Settings = AMCoSettings
+    state = ("progress", "dependent")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "concat_mix"}
 
     def __init__(self, model, optimizer, task, **kw):
@@ -96,10 +97,3 @@ class AMCo(Strategy):
         self.dependent = [m for m, v in shares.items() if v > self.sigma]
         self.progress += self.epoch / 10
         return {"loss": loss.item(), "mask_k": float(k), **{f"masked_{m}": float(m in masked) for m in z}}
-
-    def state_dict(self):
-        return {**super().state_dict(), "progress": self.progress, "dependent": list(self.dependent)}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.progress, self.dependent = state["progress"], list(state["dependent"])

@@ -15,11 +15,13 @@ never parameter-name matching. Zero-masking goes through ``model.mask_modalities
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from mmsent.checks import NoSettings
-from mmsent.data.batch import Batch, Dataset
+from mmsent.data.batch import EVAL_BATCH, Batch, Dataset
 from mmsent.distributed import Dist
 from mmsent.models.fusions import ConcatHead
 from mmsent.models.model import MultimodalModel, evaluating
@@ -62,19 +64,29 @@ class Strategy:
     # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
     # linear late-fusion head; tables, benchmarks and tests build its model with these.
     needs_model: dict = {}
+    # True for the methods whose `alpha` is DGL's weight on the unimodal losses: the only ones the
+    # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.args.alpha=)
+    dgl_weight: bool = False
 
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0,
+                 dist: Dist | None = None, batch_size: int = 64, steps_per_epoch: int = 1, min_batch: int = 1,
                  **settings):
         self.settings = self.Settings(**settings)  # TypeError on an unknown setting, SettingError out of range
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
         self.epoch = 0
-        self.steps_per_epoch = 1  # set by the training loop; schedules inside an epoch use it
-        self.batch_size = 64  # set by the training loop (data.batch_size); stages of a method's own use it
-        self.min_batch = 1  # set by the training loop: 2 for a model with BatchNorm (a last batch of one merges)
+        # The training loop's context, given at construction:
+        self.steps_per_epoch = steps_per_epoch  # schedules inside an epoch use it
+        self.batch_size = batch_size  # data.batch_size: stages of a method's own use it
+        self.min_batch = min_batch  # 2 for a model with BatchNorm (a last batch of one merges)
         # The process group (torchrun). Every gradient a strategy consumes passes ``dist.grads`` /
         # ``sync_grads`` first, and every per-batch statistic ``dist.mean`` / ``dist.sum``, so K ranks
         # on shards compute what one process computes on the whole batch (identities for one process).
-        self.dist = Dist()
+        self.dist = dist or Dist()
+
+    def loop(self) -> dict:
+        """This strategy's loop context, for a strategy it builds over a copy of the model."""
+        return {"dist": self.dist, "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch,
+                "min_batch": self.min_batch}
 
     def on_epoch_start(self, epoch: int, data: Dataset) -> None:
         self.epoch = epoch
@@ -89,7 +101,7 @@ class Strategy:
         return self.model.head(self.model.mask_modalities(feats, keep if keep is not None else feats))
 
     @torch.no_grad()
-    def branch_predictions(self, split, batch_size: int = 256) -> dict[str, Tensor]:
+    def branch_predictions(self, split, batch_size: int = EVAL_BATCH) -> dict[str, Tensor]:
         """``predict`` of the model ("multi") and of every modality branch over a whole split, in
         eval mode, on the CPU: what validation/test metrics and G-Blending's weights are made of."""
         keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
@@ -137,13 +149,12 @@ class Strategy:
         return {m: self.dist.sum(float(self.task.score(p, y).sum())) for m, p in branches.items()}
 
     def train_copy(self, trainer: "Strategy", data: Dataset, epochs: int, after_epoch=None) -> None:
-        """Train ``trainer`` (a strategy over a COPY of the model: UMT's teachers, G-Blending's
-        estimates) for ``epochs`` epochs on the training split in the run's batch size. Its shuffling
+        """Train ``trainer`` (a strategy over a COPY of the model, built with ``self.loop()``: UMT's
+        teachers, G-Blending's estimates) for ``epochs`` epochs on the training split in the run's batch size. Its shuffling
         generator is seeded from the run's RNG, so the copy's training is reproducible and resumes
         exactly; under torchrun it trains on this rank's shards with the run's process group.
         ``after_epoch(i)`` runs after each epoch (e.g. a validation check)."""
         gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
-        trainer.dist, trainer.batch_size, trainer.min_batch = self.dist, self.batch_size, self.min_batch
         for i in range(epochs):
             trainer.model.train()
             trainer.on_epoch_start(i, data)
@@ -156,11 +167,16 @@ class Strategy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def update(self, loss: Tensor) -> None:
-        """zero_grad -> backward -> (all-reduce) -> clip -> step, the common case."""
+    def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
+        """zero_grad -> backward -> all-reduce (torchrun): the gradients of the global batch are in
+        ``.grad``, ready for a method to edit before ``clip_and_step``."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(retain_graph=retain_graph)
         self.dist.sync_grads(self.model.parameters())
+
+    def update(self, loss: Tensor) -> None:
+        """``backward`` -> clip -> step, the common case."""
+        self.backward(loss)
         self.clip_and_step()
 
     def clip_and_step(self) -> None:
@@ -169,11 +185,90 @@ class Strategy:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
 
-    # Strategies with state between steps (G-Blending weights, PMR prototypes...) extend these so
-    # that --resume continues exactly. Values must be tensors or plain containers: checkpoints are
-    # read with torch.load(weights_only=True).
+    # The attributes that carry a method's state from one step to the next (G-Blending's weights,
+    # PMR's prototypes...): saved in last.pt and restored on --resume, so a resumed run is the
+    # uninterrupted one. Tensors are saved on the CPU and restored to the model's device; a module
+    # is saved as its state_dict and loaded into the existing one; containers are copied.
+    state: tuple[str, ...] = ()
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
+        """``{"epoch": ..., name: value for name in state}``, tensors and plain containers only
+        (checkpoints are read with ``torch.load(weights_only=True)``)."""
+        return {"epoch": self.epoch, **{name: _save(getattr(self, name)) for name in self.state}}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
+        for name in self.state:
+            if name in state:
+                setattr(self, name, _load(getattr(self, name, None), state[name], self.device))
+
+
+def _save(value):
+    if isinstance(value, torch.nn.Module):
+        return value.state_dict()
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _save(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_save(v) for v in value)
+    return value
+
+
+def _load(current, saved, device):
+    if isinstance(current, torch.nn.Module):
+        current.load_state_dict(saved)
+        return current
+    if isinstance(saved, Tensor):
+        return saved.to(device)
+    if isinstance(saved, dict):
+        return {k: _load(current.get(k) if isinstance(current, dict) else None, v, device) for k, v in saved.items()}
+    if isinstance(saved, (list, tuple)):
+        return type(saved)(_load(None, v, device) for v in saved)
+    return saved
+
+
+def ogm_ratios(scores: dict[str, float]) -> dict[str, float]:
+    """OGM-GE's discrepancy ratio of every modality (Eq. 9, for N modalities): rho_m = mean over
+    j != m of s_m / s_j. OGM-GE and OPM both read it."""
+    return {m: sum(s / scores[j] for j in scores if j != m) / (len(scores) - 1) for m, s in scores.items()}
+
+
+class Joint(Strategy):
+    """One loss on the fused prediction (Eq. 1): the vanilla step, also what G-Blending's copies
+    of the multimodal model train with."""
+
+    def train_step(self, batch):
+        loss = self.task.loss(self.model(batch), batch.y)
+        self.update(loss)
+        return {"loss": loss.item()}
+
+
+@dataclass(frozen=True)
+class OneModalitySettings:
+    modality: str = ""  # the modality key to train (required; checked against the model's)
+
+
+class OneModality(Strategy):
+    """One modality through the same head with the others zeroed; only its encoder runs. The
+    model's own prediction ("multi", what validation selects the epoch on) is that same masked
+    pass. The unimodal-only step, also what UMT's teachers and G-Blending's unimodal copies train with."""
+
+    Settings = OneModalitySettings
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        self.modality = self.settings.modality
+        if self.modality not in model.modalities:
+            raise ValueError(f"unimodal strategy: unknown modality {self.modality!r} (strategy.args.modality); "
+                             f"choose from {', '.join(model.modalities)}")
+
+    def train_step(self, batch):
+        feats = self.model.encode(batch, [self.modality])
+        loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [self.modality])), batch.y)
+        self.update(loss)
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def predict(self, batch, keep=None):
+        return super().predict(batch, [self.modality] if keep is None else keep)

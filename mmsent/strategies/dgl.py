@@ -26,6 +26,7 @@ class DGLSettings:
 
 class DGL(Strategy):
     Settings = DGLSettings
+    dgl_weight = True
 
     def train_step(self, batch):
         out = dgl_loss(self.model.encode(batch), self.model.head, self.task.loss, batch.y, **asdict(self.settings))

@@ -52,6 +52,7 @@ class DGLMHSettings:
 
 class DGLMH(Strategy):
     Settings = DGLMHSettings
+    dgl_weight = True
 
     def train_step(self, batch):
         out = dgl_loss(self.model.encode(batch), self.model.head, self.task.loss, batch.y, **asdict(self.settings))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mmsent.checks import check, finite
+from mmsent.data.batch import EVAL_BATCH
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 
@@ -50,6 +51,7 @@ class DnRSettings:
 
 class DnR(Strategy):
     Settings = DnRSettings
+    state = ("init", "done")  # saved in last.pt, restored on --resume
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -66,7 +68,7 @@ class DnR(Strategy):
 
         feats = {m: [] for m in self.model.modalities}
         with evaluating(self.model):
-            for batch in split.batches(256):
+            for batch in split.batches(EVAL_BATCH):
                 for m, z in self.model.encode(batch.to(self.device)).items():
                     feats[m].append(feature_vectors(z).cpu())
         labels = self.task.classes(split.y).numpy()
@@ -96,10 +98,3 @@ class DnR(Strategy):
         loss = self.task.loss(self.model(batch), batch.y)
         self.update(loss)
         return {"loss": loss.item(), **{f"relearn_{m}": w for m, w in self.last_strength.items()}}
-
-    def state_dict(self):
-        return {**super().state_dict(), "init": self.init, "done": self.done}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.init, self.done = state["init"], state["done"]

@@ -32,9 +32,7 @@ import copy
 from dataclasses import dataclass
 
 from mmsent.checks import check
-from mmsent.strategies.base import Strategy
-from mmsent.strategies.unimodal import Unimodal
-from mmsent.strategies.vanilla import Vanilla
+from mmsent.strategies.base import Joint, OneModality, Strategy
 
 MULTI = "multi"
 
@@ -65,6 +63,7 @@ class GBlendingSettings:
 
 class GBlending(Strategy):
     Settings = GBlendingSettings
+    state = ("weights", "snapshot")  # saved in last.pt, restored on --resume
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -86,8 +85,8 @@ class GBlending(Strategy):
         for k in self.weights:
             model = copy.deepcopy(self.model)
             optimizer = type(self.optimizer)(model.parameters(), **self.optimizer.defaults)
-            trainer = (Vanilla(model, optimizer, self.task, grad_clip=self.grad_clip) if k == MULTI else
-                       Unimodal(model, optimizer, self.task, grad_clip=self.grad_clip, modality=k))
+            trainer = (Joint(model, optimizer, self.task, grad_clip=self.grad_clip, **self.loop()) if k == MULTI else
+                       OneModality(model, optimizer, self.task, grad_clip=self.grad_clip, modality=k, **self.loop()))
             self.train_copy(trainer, data, self.super_epoch)
             after[k] = (self.branch_losses(data.train, trainer)[k], self.branch_losses(data.val, trainer)[k])
         return blend_weights(before, after)
@@ -112,10 +111,3 @@ class GBlending(Strategy):
                   **{m: self.task.loss(p, batch.y) for m, p in self.branches(feats).items()}}
         self.update(sum(self.weights[k] * v for k, v in losses.items()))
         return {"loss": losses[MULTI].item(), **{f"w_{k}": w for k, w in self.weights.items()}}
-
-    def state_dict(self):
-        return {**super().state_dict(), "weights": dict(self.weights), "snapshot": self.snapshot}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.weights, self.snapshot = dict(state["weights"]), state["snapshot"]

@@ -79,6 +79,7 @@ class GreedySettings:
 
 class Greedy(Strategy):
     Settings = GreedySettings
+    state = ("speed_main", "speed_bypass", "care", "left")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "mmtm_seq"}
 
     def __init__(self, model, optimizer, task, **kw):
@@ -114,9 +115,7 @@ class Greedy(Strategy):
         if not curating:  # the running mean gates from the global batch's mean gate
             for block in blocks:
                 block.update_gate_means({m: self.dist.mean(g) for m, g in block.last_gates.items()})
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dist.sync_grads(self.model.parameters())  # speeds from the global batch's gradient
+        self.backward(loss)  # speeds from the global batch's gradient
         logs = {"loss": loss.item(), "curation": float(curating)}
         if curating:
             self.left -= 1
@@ -131,12 +130,3 @@ class Greedy(Strategy):
                 self.care, self.left = care, s.curation_steps
         self.clip_and_step()
         return logs
-
-    def state_dict(self):
-        return {**super().state_dict(), "speed_main": dict(self.speed_main), "speed_bypass": dict(self.speed_bypass),
-                "care": self.care or "", "left": self.left}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.speed_main, self.speed_bypass = dict(state["speed_main"]), dict(state["speed_bypass"])
-        self.care, self.left = state["care"] or None, state["left"]

@@ -68,6 +68,7 @@ class MLASettings:
 
 class MLA(Strategy):
     Settings = MLASettings
+    state = ("P", "steps")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "shared", "hidden": 0}
 
     def __init__(self, model, optimizer, task, **kw):
@@ -96,9 +97,7 @@ class MLA(Strategy):
         try:
             for m in feats:
                 loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [m])), batch.y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward(retain_graph=True)
-                self.dist.sync_grads(self.model.parameters())
+                self.backward(loss, retain_graph=True)
                 if self.projection and self.steps > 0 and self.last.weight.grad is not None:
                     r = self.dist.mean(captured["x"].detach().reshape(-1, self.last.in_features).mean(0))
                     a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
@@ -123,10 +122,3 @@ class MLA(Strategy):
             w = entropy_weights(preds)
             return sum(w[m][:, None] * preds[m].softmax(-1) for m in preds).clamp(min=1e-12).log()
         return sum(preds.values()) / len(preds)
-
-    def state_dict(self):
-        return {**super().state_dict(), "P": self.P.cpu(), "steps": self.steps}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.P, self.steps = state["P"].to(self.device), state["steps"]

@@ -57,6 +57,7 @@ class MMParetoSettings:
 
 class MMPareto(Strategy):
     Settings = MMParetoSettings
+    state = ("heads",)  # saved in last.pt, restored on --resume
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -99,12 +100,3 @@ class MMPareto(Strategy):
             p.grad = g
         self.clip_and_step()
         return {"loss": loss_mm.item(), **{f"loss_{m}": v.item() for m, v in loss_uni.items()}}
-
-    def state_dict(self):
-        state = super().state_dict()
-        return {**state, "heads": self.heads.state_dict()} if self.heads is not None else state
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        if self.heads is not None:
-            self.heads.load_state_dict(state["heads"])

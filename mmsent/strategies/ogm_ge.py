@@ -10,13 +10,13 @@ late-fusion heads, ``Strategy.unimodal_logits``) and the zero-masked branch of t
 elsewhere (the mixer, MMTM: the only branch they have); ``score="masked"`` always takes the
 zero-masked branch, which on a linear concat head is ``W_m f_m + b`` (full bias). The
 discrepancy ratio of modality m for N modalities is the mean pairwise ratio (maintainer's
-suggestion, OGM-GE issue #16), ``rho_m = mean_{j != m} s_m / s_j``, which is ``s_a / s_v`` at
+suggestion, GeWu-Lab/OGM-GE issue #16), ``rho_m = mean_{j != m} s_m / s_j``, which is ``s_a / s_v`` at
 N = 2. Every modality with ``rho_m > 1`` is damped by ``k_m = 1 - tanh(alpha * rho_m)`` (Eq. 10; the
 released code's form, note the jump at rho = 1). GE adds ``N(0, std(g))`` noise to every modulated
 tensor, also where k = 1.
 
 Parameters are selected by module (``model.encoders[m]``), never by name; all encoder tensors with
-more than one dimension are modulated (the maintainer's advice for non-conv encoders, issue #22).
+more than one dimension are modulated (the maintainer's advice for non-conv encoders, GeWu-Lab/OGM-GE issue #22).
 """
 from __future__ import annotations
 
@@ -26,12 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from mmsent.checks import check, finite
-from mmsent.strategies.base import Strategy
-
-
-def ogm_ratios(scores: dict[str, float]) -> dict[str, float]:
-    """rho_m = mean over j != m of s_m / s_j."""
-    return {m: sum(s / scores[j] for j in scores if j != m) / (len(scores) - 1) for m, s in scores.items()}
+from mmsent.strategies.base import Strategy, ogm_ratios
 
 
 def ogm_coefficients(scores: dict[str, float], alpha: float) -> dict[str, float]:
@@ -62,9 +57,7 @@ class OGMGE(Strategy):
     def train_step(self, batch):
         feats = self.model.encode(batch)
         loss = self.task.loss(self.model.head(feats), batch.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dist.sync_grads(self.model.parameters())
+        self.backward(loss)
         logs = {"loss": loss.item()}
         if self.start <= self.epoch <= self.end:
             # sums over the whole global batch (under torchrun: over every rank's shard)

@@ -37,8 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from mmsent.checks import check, finite
-from mmsent.strategies.base import Strategy, scale_samples
-from mmsent.strategies.ogm_ge import ogm_ratios
+from mmsent.strategies.base import Strategy, ogm_ratios, scale_samples
 
 
 def drop_probabilities(scores: dict[str, float], q_base: float, lam: float) -> dict[str, float]:

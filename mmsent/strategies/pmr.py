@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsent.checks import check, finite
+from mmsent.data.batch import EVAL_BATCH
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy, feature_vectors
 
@@ -63,6 +64,7 @@ class PMRSettings:
 
 class PMR(Strategy):
     Settings = PMRSettings
+    state = ("protos",)  # saved in last.pt, restored on --resume
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -79,8 +81,8 @@ class PMR(Strategy):
         sums: dict[str, torch.Tensor] = {}
         counts = torch.zeros(K, device=self.device)
         with evaluating(self.model):
-            for start in range(0, len(rows), 256):  # in batches: a subset of an audio-visual corpus does not fit at once
-                batch = split.batch(rows[start:start + 256]).to(self.device)
+            for start in range(0, len(rows), EVAL_BATCH):  # an audio-visual subset does not fit at once
+                batch = split.batch(rows[start:start + EVAL_BATCH]).to(self.device)
                 labels = self.task.classes(batch.y)
                 counts += torch.bincount(labels, minlength=K)
                 for m, z in self.model.encode(batch).items():
@@ -120,10 +122,3 @@ class PMR(Strategy):
             total = total - self.mu * max(betas.values()) * entropy
         self.update(total)
         return {"loss": loss.item(), **{f"beta_{m}": b for m, b in betas.items()}}
-
-    def state_dict(self):
-        return {**super().state_dict(), "protos": {m: p.cpu() for m, p in self.protos.items()}}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.protos = {m: p.to(self.device) for m, p in state["protos"].items()}

@@ -38,8 +38,7 @@ import torch.nn.functional as F
 
 from mmsent.checks import check, finite
 from mmsent.models.model import evaluating
-from mmsent.strategies.base import Strategy, feature_vectors
-from mmsent.strategies.unimodal import Unimodal
+from mmsent.strategies.base import OneModality, Strategy, feature_vectors
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ class UMT(Strategy):
         """Stage 1 for modality m: its unimodal model, the lowest-validation-loss epoch kept."""
         uni = copy.deepcopy(self.model)
         # the unimodal-only strategy's own step (and its all-reduce under torchrun) trains the teacher
-        trainer = Unimodal(uni, type(self.optimizer)(uni.parameters(), **self.optimizer.defaults), self.task,
-                           grad_clip=self.grad_clip, modality=m)
+        trainer = OneModality(uni, type(self.optimizer)(uni.parameters(), **self.optimizer.defaults), self.task,
+                              grad_clip=self.grad_clip, modality=m, **self.loop())
         best: dict = {"loss": math.inf, "weights": None}
 
         def keep_if_best(_):

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from mmsent.checks import check
+from mmsent.data.batch import EVAL_BATCH
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.shapley import coalitions, shapley_contributions
@@ -71,6 +72,7 @@ class ValuationSettings:
 
 class Valuation(Strategy):
     Settings = ValuationSettings
+    state = ("copies",)  # saved in last.pt, restored on --resume
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -78,7 +80,7 @@ class Valuation(Strategy):
         self.copies: Tensor | None = None
 
     @torch.no_grad()
-    def value(self, split, batch_size: int = 256) -> Tensor:
+    def value(self, split, batch_size: int = EVAL_BATCH) -> Tensor:
         """(len(split), N) copies of every sample's every modality, in modality order."""
         mods = self.model.modalities
         counts = []
@@ -117,10 +119,3 @@ class Valuation(Strategy):
                 n += int(c.sum())
         self.update(loss + extra)
         return {"loss": loss.item(), "resampled": n / len(batch.y)}
-
-    def state_dict(self):
-        return {**super().state_dict(), "copies": self.copies}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.copies = state["copies"]

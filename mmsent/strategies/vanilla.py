@@ -1,12 +1,9 @@
 """Vanilla joint training: one loss on the fused prediction (the paper's "Concat"/"Multimodal
-Baseline" rows, Eq. 1)."""
+Baseline" rows, Eq. 1). The step is ``base.Joint``, which other methods' model copies share."""
 from __future__ import annotations
 
-from mmsent.strategies.base import Strategy
+from mmsent.strategies.base import Joint
 
 
-class Vanilla(Strategy):
-    def train_step(self, batch):
-        loss = self.task.loss(self.model(batch), batch.y)
-        self.update(loss)
-        return {"loss": loss.item()}
+class Vanilla(Joint):
+    pass
