@@ -38,31 +38,12 @@ def _row(name: str) -> list[str]:
     return [f"strategy={name}", *(f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items())]
 
 
-# row label -> strategy overrides; the order is the paper's (unimodal-only rows come first, per dataset)
-STRATEGY_ROWS: dict[str, list[str]] = {
-    "Multimodal Baseline": _row("vanilla"),
-    # per-method hyper-parameters live in the dataset's config (strategy.presets), so a single
-    # `cli.py train --strategy X` run is the same run as the table's row
-    "G-Blending": _row("gblending"),
-    "OGM_GE": _row("ogm_ge"),
-    "PMR": _row("pmr"),
-    "AGM": _row("agm"),
-    "MLA": _row("mla"),
-    "MMPareto": _row("mmpareto"),
-    "D&R": _row("dnr"),
-    "DGL": _row("dgl"),
-    # BalanceMM's further methods
-    "MMCosine": _row("mmcosine"),
-    "CML": _row("cml"),
-    "UMT": _row("umt"),
-    "Sample-level": _row("valuation"),
-    "OPM": _row("opm"),
-    "Greedy": _row("greedy"),
-    "AMCo": _row("amco"),
-    "LFM": _row("lfm"),
-    "ReconBoost": _row("reconboost"),
-    "MBSD": _row("mbsd"),
-}
+def strategy_rows() -> dict[str, list[str]]:
+    """Row label -> strategy overrides, for every registered strategy with a ``label``, in the
+    registry's (the paper's) order; unimodal-only rows come first, per dataset. Per-method
+    hyper-parameters live in the dataset's config (strategy.presets), so a single
+    `cli.py train --strategy X` run is the same run as the table's row."""
+    return {cls.label: _row(name) for name, cls in STRATEGIES.items() if cls.label}
 
 
 def modality_columns(dataset: str, data: str | None = None, overrides=(), config: str | None = None) -> dict[str, str]:
@@ -88,7 +69,7 @@ def unimodal_only(columns: dict[str, str]) -> dict[str, str]:
 def table_rows(columns: dict[str, str]) -> dict[str, list[str]]:
     """Every row of a table: one unimodal-only model per modality, then the strategies."""
     uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(columns).items()}
-    return {**uni, **STRATEGY_ROWS}
+    return {**uni, **strategy_rows()}
 
 
 def slug(method: str) -> str:

@@ -25,11 +25,6 @@ from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification, Regression
 
 ROOT = Path(__file__).resolve().parents[1]
-# settings under which each strategy's between-epoch machinery acts within two epochs
-ARGS = {"unimodal": {"modality": "audio"}, "gblending": {"super_epoch": 1}, "dnr": {"reinit_epoch": 1},
-        "umt": {"teacher_epochs": 2}, "dgl": {"alpha": 2.0}, "opm": {"warmup": -1, "p_exe": 1.0},
-        "greedy": {"eps": 0.0, "curation_steps": 1, "start_epoch": 0},
-        "reconboost": {"learner_epochs": 1, "rectify_epochs": 1}, "valuation": {"warmup": 1}}
 # Exact per rank but not against one process, by design (none at present: LFM's alignment became a
 # per-sample divergence when it followed its reference).
 SHARD_LOCAL: set[str] = set()
@@ -59,7 +54,7 @@ def run_steps(name: str, task_name: str, resume: bool = False) -> dict:
         torch.manual_seed(0)
         model = build_model(ModelConfig(**cfg), shapes, task.out_dim).double()
         s = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), task,
-                             **ARGS.get(name, {}))
+                             **STRATEGIES[name].dist_test)
         s.batch_size, s.steps_per_epoch = 12, 3
         return model, s
 

@@ -12,6 +12,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 import cli  # noqa: E402
 from mmsent.config import check  # noqa: E402
 from mmsent.data import DATASETS, DatasetSpec, make_synthetic  # noqa: E402
@@ -110,19 +111,83 @@ def test_a_registered_dataset_gets_its_table_rows_and_columns(tmp_path, toys):
     assert "| Method | One | Zero | Multi | Val Multi |" in text and "| Zero-only | - |" in text
 
 
-def test_readme_strategy_table_names_real_tests_for_every_strategy():
-    """Each registered strategy has a row in README's strategy table, and every test the row cites as
-    checking it against its reference exists in tests/ (a renamed or deleted test breaks this)."""
+def test_readme_strategy_table_is_the_registrys_and_cites_real_tests():
+    """README's strategy table is made from the registry (``scripts/update_readme.py``), and every
+    test a strategy cites as checking it against its reference exists in tests/ (a renamed or
+    deleted test breaks this)."""
     import re
-    from pathlib import Path
 
-    from mmsent.strategies import STRATEGIES
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from update_readme import render
 
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \|.*$", readme, re.M)}
-    assert set(STRATEGIES) <= set(rows), set(STRATEGIES) - set(rows)
-    defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (root / "tests").glob("test_*.py")), re.M))
-    for name in STRATEGIES:
-        cited = set(re.findall(r"(test_\w+)\b(?!\.py)", rows[name].split("|")[-2]))
+    from mmsent.strategies import strategy_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert strategy_table() in readme and render(readme) == readme, "run: python scripts/update_readme.py"
+    defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py")), re.M))
+    for name, cls in STRATEGIES.items():
+        cited = set(re.findall(r"(test_\w+)\b(?!\.py)", cls.checked))
         assert cited <= defined, (name, cited - defined)
+
+
+class ToyWithState(ToyStrategy):
+    """A toy method as a contributor writes one: its file's class and metadata, nothing else."""
+
+    label = "Toy"
+    method = "Toy (a test's own method)"
+    summary = "scales the fused loss; counts its steps"
+    checked = "`test_a_strategy_is_one_file_plus_one_registry_line`"
+    state = ("steps",)
+    resume_test = {"weight": 0.5}
+    dist_test = {"weight": 0.5}
+
+    def __init__(self, model, optimizer, task, **kw):
+        super().__init__(model, optimizer, task, **kw)
+        self.steps = torch.zeros(())
+
+    def train_step(self, batch):
+        self.steps += 1
+        return super().train_step(batch)
+
+
+def test_a_strategy_is_one_file_plus_one_registry_line(tmp_path, monkeypatch, capsys):
+    """Registered with one line, a toy method is a row of `cli.py table`, a row of README's table,
+    a name in the CLI help, and passes the generic suites (resume == uninterrupted, its branches
+    through the masked head, exact under a 2-rank process group) with the settings it declares."""
+    import test_distributed
+    import test_strategies
+
+    from mmsent.strategies import strategy_table
+    from mmsent.table import strategy_rows
+
+    monkeypatch.setitem(STRATEGIES, "toy", ToyWithState)
+    assert strategy_rows()["Toy"] == ["strategy=toy"]
+    assert "| `toy` | Toy (a test's own method) | scales the fused loss; counts its steps |" in strategy_table()
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert "| mbsd | toy" in helptext.split("--strategy STRATEGY")[-1]  # the help lists the registry
+    test_strategies.test_resume_equals_an_uninterrupted_run(tmp_path, "toy")
+    test_strategies.test_every_branch_prediction_is_the_head_on_its_masked_input("toy")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_toy_ranks, args=(2, str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2, join=True)
+    two_ranks = {("toy", "regression"): torch.load(tmp_path / "out.pt", weights_only=False)}
+    test_distributed.test_two_ranks_equal_one_process(two_ranks, "toy", "regression")
+
+
+def _toy_ranks(rank, world, store, out):
+    """test_distributed's two-rank run of the toy (registered in each spawned process, as a source
+    line would register it)."""
+    import torch.distributed as dist
+    from test_distributed import run_steps
+
+    STRATEGIES["toy"] = ToyWithState
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        got = (run_steps("toy", "regression"), run_steps("toy", "regression", resume=True))
+        if rank == 0:
+            torch.save(got, out)
+    finally:
+        dist.destroy_process_group()

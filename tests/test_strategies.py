@@ -12,19 +12,7 @@ from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Regression
 from mmsent.train import fit
 
-# settings under which each strategy's state between epochs matters within a few epochs
-STATEFUL = {"unimodal": {"modality": "audio"}, "dgl": {"alpha": 2.0},
-            # estimates at epochs 0, 2 and 4: the last after the resume at epoch 3 (copies are costly)
-            "gblending": {"super_epoch": 2},
-            "dnr": {"reinit_epoch": 1, "reinit_num": 1},
-            # Greedy's speed window and phase, ReconBoost's stage position, valuation's plan (made at
-            # epoch 2, used in epoch 3 after the resume) cross the epoch boundary
-            "greedy": {"eps": 0.0, "curation_steps": 2, "start_epoch": 0},
-            "reconboost": {"learner_epochs": 2, "rectify_epochs": 1}, "valuation": {"warmup": 2},
-            "opm": {"warmup": -1, "p_exe": 1.0},
-            # MMPareto's own unimodal classifiers: an optimizer group and strategy state to resume
-            "mmpareto": {"unimodal_heads": True}}
-ARGS = STATEFUL
+# each strategy's `resume_test` settings: under them its state between epochs matters in a few epochs
 
 
 def setup(fusion="mlpmixer", n=3, **model):
@@ -34,7 +22,7 @@ def setup(fusion="mlpmixer", n=3, **model):
 
 
 def _cfg(tmp_path, name, epochs, out):
-    args = [f"strategy.args.{k}={v}" for k, v in STATEFUL.get(name, {}).items()]
+    args = [f"strategy.args.{k}={v}" for k, v in STRATEGIES[name].resume_test.items()]
     args += [f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items()]
     return load_config(None, [f"strategy={name}", f"train.epochs={epochs}", "train.patience=100", "train.grad_probe=false",
                               "train.probe=false", "data.batch_size=16", "model.dim=8", "model.hidden=16",
@@ -62,7 +50,7 @@ def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
     a unimodal-only model: its own branch).
     MMCosine's head is its cosine classifier over the linear head's weight blocks."""
     ds, model, batch = setup(**STRATEGIES[name].needs_model)
-    strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **ARGS.get(name, {}))
+    strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **STRATEGIES[name].resume_test)
     strategy.on_epoch_start(0, ds)
     strategy.train_step(batch)
     preds = strategy.branch_predictions(ds.test, batch_size=3)

@@ -59,6 +59,10 @@ class AGMSettings:
 
 
 class AGM(Strategy):
+    label = "AGM"  # its row in `cli.py table`
+    method = "AGM (ICCV 2023), with its conditional clip"
+    summary = "Shapley over 2^N zero-masked coalitions, ratio exp(mean_{j≠m} s_j − s_m); clip to norm 1 when a head-weight gradient entry exceeds 1"
+    checked = "`test_agm_two_modality_oracle`, `test_agm_conditional_clip_bounds_the_step_when_a_head_gradient_exceeds_one`"
     Settings = AGMSettings
     state = ("running", "iteration")  # saved in last.pt, restored on --resume
 

@@ -62,6 +62,10 @@ class AMCoSettings:
 
 
 class AMCo(Strategy):
+    label = "AMCo"  # its row in `cli.py table`
+    method = "AMCo (ICASSP 2023), BalanceBenchmark's; needs `model.fusion=concat_mix`"
+    summary = "o = L*(Σ_m μ_m ⊙ z_m): a dependent modality (softmax share > 1/N) loses K = ⌊C sin(π/2 · min(ε, ℓ)/ε)⌋ random classes; + Σ_m CE(z_m)"
+    checked = "`test_amco_mask_size_over_the_schedule`, `test_amco_step_masks_the_dependent_modalitys_classes_and_keeps_unimodal_terms`"
     Settings = AMCoSettings
     state = ("progress", "dependent")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "concat_mix"}

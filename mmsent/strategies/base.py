@@ -61,6 +61,14 @@ def scale_samples(feats: dict[str, Tensor], factors: dict[str, Tensor]) -> dict[
 
 class Strategy:
     Settings: type = NoSettings
+    # What the registry tells everything that lists strategies (the CLI help, `cli.py table`, the
+    # README strategy table, the generic tests), so a new method is its file plus one registry line:
+    label: str | None = None  # its row in `cli.py table` (None: not one of the table's rows)
+    method = ""  # README: the method, its venue and which reference form it follows
+    summary = "—"  # README: what it does for N modalities
+    checked = "—"  # README: the test(s) checking it against its reference's semantics at N = 2
+    resume_test: dict = {}  # settings under which its between-epoch state matters in a short run
+    dist_test: dict = {}  # settings under which its between-epoch machinery acts within two epochs
     # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
     # linear late-fusion head; tables, benchmarks and tests build its model with these.
     needs_model: dict = {}

@@ -25,6 +25,12 @@ class DGLSettings:
 
 
 class DGL(Strategy):
+    label = "DGL"  # its row in `cli.py table`
+    method = "DGL (ICCV 2025)"
+    summary = "any N via `dgl_loss`"
+    checked = "`test_dgl.py::test_one_backward_equals_algorithm_1`"
+    resume_test = {"alpha": 2.0}  # its state matters within a few epochs
+    dist_test = {"alpha": 2.0}  # its between-epoch machinery acts within two epochs
     Settings = DGLSettings
     dgl_weight = True
 

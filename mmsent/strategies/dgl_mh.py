@@ -51,6 +51,9 @@ class DGLMHSettings:
 
 
 class DGLMH(Strategy):
+    method = "DGL-MH: mmsent's variant, DGL with the head also fitted on the masked passes (`head_weight` 0.1, `fill` zero or mean)"
+    summary = "any N via `dgl_loss(head_weight=, fill=)`"
+    checked = "its own two-pass form: `test_mixing_head_form_matches_its_two_pass_reference`"
     Settings = DGLMHSettings
     dgl_weight = True
 

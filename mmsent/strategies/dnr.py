@@ -50,6 +50,12 @@ class DnRSettings:
 
 
 class DnR(Strategy):
+    label = "D&R"  # its row in `cli.py table`
+    method = "D&R (ECCV 2024)"
+    summary = "per-encoder KMeans purity gap → soft re-initialisation"
+    checked = "`test_dnr_strength_oracle`"
+    resume_test = {"reinit_epoch": 1, "reinit_num": 1}  # its state matters within a few epochs
+    dist_test = {"reinit_epoch": 1}  # its between-epoch machinery acts within two epochs
     Settings = DnRSettings
     state = ("init", "done")  # saved in last.pt, restored on --resume
 

@@ -64,6 +64,10 @@ def alignment(task_name: str, logits: dict[str, Tensor]) -> Tensor:
 
 
 class LFM(Strategy):
+    label = "LFM"  # its row in `cli.py table`
+    method = "LFM (NeurIPS 2024), official heuristic strategy; model `model.fusion=late_mean` (any head accepted)"
+    summary = "2(α₁(t) CE(mean_m o_m) + (1 − α₁(t)) mean pairwise JS(p_m, p_k)), α₁ the reference's fitted polynomial"
+    checked = "`test_lfm_alpha_schedule_matches_the_references_values`, `test_lfm_js_oracle`, the step test"
     Settings = NoSettings
     needs_model = {"fusion": "late_mean"}
 

@@ -73,6 +73,10 @@ class MBSDSettings:
 
 
 class MBSD(Strategy):
+    label = "MBSD"  # its row in `cli.py table`
+    method = "MBSD (WSDM 2023), BalanceBenchmark's"
+    summary = "L = CE + Σ_m CE(z_m) + mean_i w_i RS_i + mean_i w_i KL(sg p_strong ‖ p_weak), w_i = confidence gap when a branch is right; pairs averaged"
+    checked = "`test_mbsd_pair_terms_oracle`, `test_mbsd_step_is_fused_plus_unimodal_ce_plus_weighted_terms`"
     Settings = MBSDSettings
 
     def train_step(self, batch):

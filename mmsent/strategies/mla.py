@@ -67,6 +67,10 @@ class MLASettings:
 
 
 class MLA(Strategy):
+    label = "MLA"  # its row in `cli.py table`
+    method = "MLA (CVPR 2024); needs `model.fusion=shared model.hidden=0` (one classifier applied to every modality); heads with a weight block per modality are refused"
+    summary = "N alternating steps per batch, OWM projector on the shared classifier (textbook form; the released code's is not a projector), per-sample entropy fusion"
+    checked = "`test_mla_first_step_is_not_projected_and_encoders_see_only_their_loss`, `test_mla_projector_identity`"
     Settings = MLASettings
     state = ("P", "steps")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "shared", "hidden": 0}

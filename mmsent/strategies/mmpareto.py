@@ -56,6 +56,11 @@ class MMParetoSettings:
 
 
 class MMPareto(Strategy):
+    label = "MMPareto"  # its row in `cli.py table`
+    method = "MMPareto (ICML 2024); L_m through the shared head (the DGL protocol), or the official separate classifiers with `unimodal_heads: true`"
+    summary = "per encoder, 2 objectives (L_mm, L_m) from `torch.autograd.grad`"
+    checked = "`test_mmpareto_conflict_oracle`, `test_mmpareto_separate_unimodal_heads_are_the_official_form`"
+    resume_test = {"unimodal_heads": True}  # its state matters within a few epochs
     Settings = MMParetoSettings
     state = ("heads",)  # saved in last.pt, restored on --resume
 

@@ -47,6 +47,10 @@ class OGMGESettings:
 
 
 class OGMGE(Strategy):
+    label = "OGM_GE"  # its row in `cli.py table`
+    method = "OGM-GE (CVPR 2022); scores from W_m f_m + b/N where the head has per-modality logits (`score: masked` for the zero-masked branch)"
+    summary = "ρ_m = mean_{j≠m} s_m/s_j, every ρ_m > 1 damped by 1 − tanh(αρ_m), GE noise N(0, std(g)²)"
+    checked = "`test_ogm_two_modality_oracle`, `test_ogm_scores_use_the_references_bias_share_on_a_linear_head`, `test_ogm_ge_noise_has_zero_mean_and_the_unmodulated_gradients_std`"
     Settings = OGMGESettings
 
     def __init__(self, model, optimizer, task, **kw):

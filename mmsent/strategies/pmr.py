@@ -63,6 +63,10 @@ class PMRSettings:
 
 
 class PMR(Strategy):
+    label = "PMR"  # its row in `cli.py table`
+    method = "PMR (CVPR 2023) with PER, the paper's form (`coefficients: code` for the released binary one)"
+    summary = "β_m = clip(s_dom/s_m − 1, 0, 1) on prototype losses in epochs 0–100, prototypes from a fresh 10 % subset each epoch"
+    checked = "`test_pmr_beta_gamma_oracle`, `test_pmr_window_binary_coefficients_and_fresh_subsets`, `test_pmr_per_maximises_the_dominant_prototype_entropy`"
     Settings = PMRSettings
     state = ("protos",)  # saved in last.pt, restored on --resume
 

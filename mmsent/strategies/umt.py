@@ -57,6 +57,11 @@ def distillation(student: dict, teacher: dict) -> torch.Tensor:
 
 
 class UMT(Strategy):
+    label = "UMT"  # its row in `cli.py table`
+    method = "UMT (ICML 2023), BalanceBenchmark's"
+    summary = "N unimodal teachers (validation-selected), L + 10 Σ_m MSE(φ_m, φ_m^T)"
+    checked = "`test_umt_teachers_are_trained_frozen_and_pull_the_encoders`"
+    dist_test = {"teacher_epochs": 2}  # its between-epoch machinery acts within two epochs
     Settings = UMTSettings
 
     def __init__(self, model, optimizer, task, **kw):

@@ -11,4 +11,6 @@ from mmsent.strategies.base import OneModality
 
 
 class Unimodal(OneModality):
-    pass
+    method = "one modality alone (`strategy.args.modality`)"
+    resume_test = {"modality": 'audio'}  # its state matters within a few epochs
+    dist_test = {"modality": 'audio'}  # its between-epoch machinery acts within two epochs

@@ -6,4 +6,5 @@ from mmsent.strategies.base import Joint
 
 
 class Vanilla(Joint):
-    pass
+    label = "Multimodal Baseline"  # its row in `cli.py table`
+    method = "joint training on the fused loss"
