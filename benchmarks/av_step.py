@@ -29,7 +29,9 @@ from dgl_overhead import time_steps  # noqa: E402
 
 from mmsent.config import ModelConfig  # noqa: E402
 from mmsent.data import Batch, Dataset  # noqa: E402
-from mmsent.data.av import AVSettings, AVSplit, Clip  # noqa: E402
+from mmsent.data.av import AVSplit  # noqa: E402
+from mmsent.data.av_corpus import Clip  # noqa: E402
+from mmsent.data.av_decode import AVSettings  # noqa: E402
 from mmsent.models import build_model  # noqa: E402
 from mmsent.strategies import STRATEGIES  # noqa: E402
 from mmsent.tasks import Classification  # noqa: E402

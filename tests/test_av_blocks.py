@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mmsent import dgl_loss
-from mmsent.data.av import log_spectrogram
+from mmsent.data.av_decode import log_spectrogram
 from mmsent.models.resnet import MMTM, BasicBlock, FramesEncoder, SpectrogramEncoder
 
 

@@ -15,7 +15,7 @@ from scipy.io import wavfile
 
 from mmsent.config import load_config
 from mmsent.data import DataError, build_dataset
-from mmsent.data.av import AVSettings, fit_length, load_frames, read_wav
+from mmsent.data.av_decode import AVSettings, fit_length, load_frames, read_wav
 from mmsent.data.media import find_ffmpeg
 from mmsent.train import set_epoch_lr
 
@@ -414,7 +414,7 @@ def test_download_of_an_audio_visual_corpus_says_to_prepare_it(capsys):
 
 
 def test_the_corpus_walk_follows_linked_folders_and_survives_link_cycles(tmp_path):
-    from mmsent.data.av import walk
+    from mmsent.data.av_corpus import walk
 
     real = tmp_path / "elsewhere"
     (real / "clip1").mkdir(parents=True)

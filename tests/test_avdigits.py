@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
 from mmsent.config import load_config  # noqa: E402
 from mmsent.data import build_dataset  # noqa: E402
-from mmsent.data.av import fit_length, log_spectrogram, read_wav  # noqa: E402
+from mmsent.data.av_decode import fit_length, log_spectrogram, read_wav  # noqa: E402
 
 AVDIGITS = ROOT.parent / "shared/data/avdigits"
 pytestmark = pytest.mark.skipif(not (AVDIGITS / "splits.csv").is_file(), reason="../shared/data/avdigits not present")

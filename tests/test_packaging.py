@@ -42,7 +42,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_mmsent_trains_from_any_folder(tm
     where = run([py, "-c", "import mmsent, mmsent.recipes as r; print(mmsent.__file__); print(r.recipe('mosi'));"
                  "print(r.sweep_spec('alpha'))"], cwd=home).stdout.split()
     assert all(Path(p).is_relative_to(venv) for p in where), where  # the installed copy, recipes included
-    p = run([venv / "bin" / "mmsent", "train", "--quiet", "--epochs", "1", "--strategy", "dgl", "--out", "run", *SMALL],
+    run([venv / "bin" / "mmsent", "train", "--quiet", "--epochs", "1", "--strategy", "dgl", "--out", "run", *SMALL],
             cwd=home)
     res = json.loads((home / "run" / "results.json").read_text())
     assert res["epochs_run"] == 1 and res["config"]["strategy"]["name"] == "dgl" and "acc2_has0" in res["test"]["multi"]

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from mmsent.checks import check, choose
-from mmsent.data.av import AVSettings, is_av_folder, load_av
+from mmsent.data.av import load_av
+from mmsent.data.av_corpus import is_av_folder
+from mmsent.data.av_decode import AVSettings
 from mmsent.data.batch import Batch, DataError, Dataset, Split
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.synthetic import SyntheticSettings, load_synthetic, make_synthetic

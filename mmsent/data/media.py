@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsent.data.av import Clip, read_wav, scan
+from mmsent.data.av_corpus import Clip, scan
+from mmsent.data.av_decode import read_wav
 from mmsent.data.batch import DataError
 from mmsent.files import write_failed, write_text
 

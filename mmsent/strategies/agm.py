@@ -68,8 +68,6 @@ class AGM(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        s = self.settings
-        self.alpha, self.cap, self.start, self.end = s.alpha, s.cap, s.modulation_start, s.modulation_end
         self.running = {m: 0.0 for m in model.modalities}
         self.iteration = 0
         self.last = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)][-1]  # the head's classifier
@@ -84,8 +82,8 @@ class AGM(Strategy):
         contrib = shapley_contributions(values, names)
         with torch.no_grad():
             scores = {m: self.dist.mean(float(self.task.loss(c, batch.y))) for m, c in contrib.items()}
-        modulate = self.start <= self.epoch <= self.end
-        coeffs = agm_coefficients(scores, self.running, self.alpha, self.cap) if modulate else {m: 1.0 for m in names}
+        modulate = self.settings.modulation_start <= self.epoch <= self.settings.modulation_end
+        coeffs = agm_coefficients(scores, self.running, self.settings.alpha, self.settings.cap) if modulate else {m: 1.0 for m in names}
         out = sum(_scale_grad(contrib[m], coeffs[m]) for m in names)
         loss = self.task.loss(out, batch.y)
         self.backward(loss)

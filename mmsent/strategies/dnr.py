@@ -61,8 +61,6 @@ class DnR(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        s = self.settings
-        self.lam, self.reinit_epoch, self.reinit_num = s.move_lambda, s.reinit_epoch, s.reinit_num
         self.init = {m: [p.detach().clone() for p in enc.parameters()] for m, enc in model.encoders.items()}
         self.done = 0
         self.last_strength: dict[str, float] = {}
@@ -93,10 +91,10 @@ class DnR(Strategy):
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
-        if not diagnose_after(epoch - 1, self.reinit_epoch, self.done, self.reinit_num):
+        if not diagnose_after(epoch - 1, self.settings.reinit_epoch, self.done, self.settings.reinit_num):
             return
         train, val = self.purities(data.train), self.purities(data.val)
-        self.last_strength = {m: relearn_strength(train[m] - val[m], self.lam) for m in train}
+        self.last_strength = {m: relearn_strength(train[m] - val[m], self.settings.move_lambda) for m in train}
         self.relearn(self.last_strength)
         self.done += 1
 

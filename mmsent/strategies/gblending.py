@@ -73,7 +73,6 @@ class GBlending(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        self.super_epoch = self.settings.super_epoch
         names = [MULTI, *model.modalities]
         self.weights = {k: 1.0 / len(names) for k in names}
         self.snapshot: dict[str, tuple[float, float]] | None = None
@@ -93,17 +92,17 @@ class GBlending(Strategy):
             optimizer = type(self.optimizer)(model.parameters(), **self.optimizer.defaults)
             trainer = (Joint(model, optimizer, self.task, grad_clip=self.grad_clip, **self.loop()) if k == MULTI else
                        OneModality(model, optimizer, self.task, grad_clip=self.grad_clip, modality=k, **self.loop()))
-            self.train_copy(trainer, data, self.super_epoch)
+            self.train_copy(trainer, data, self.settings.super_epoch)
             after[k] = (self.branch_losses(data.train, trainer)[k], self.branch_losses(data.val, trainer)[k])
         return blend_weights(before, after)
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
         mode = self.settings.estimate
-        if mode == "offline" and epoch == 0 or mode == "online" and epoch % self.super_epoch == 0:
+        if mode == "offline" and epoch == 0 or mode == "online" and epoch % self.settings.super_epoch == 0:
             self.weights = self.gb_estimate(data) or self.weights
             return
-        if mode != "inplace" or epoch % self.super_epoch:
+        if mode != "inplace" or epoch % self.settings.super_epoch:
             return
         lt, lv = self.branch_losses(data.train), self.branch_losses(data.val)
         now = {k: (lt[k], lv[k]) for k in self.weights}

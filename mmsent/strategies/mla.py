@@ -84,7 +84,6 @@ class MLA(Strategy):
             model.head.beta.requires_grad_(False)
         linears = [mod for mod in model.head.modules() if isinstance(mod, nn.Linear)]
         self.last = linears[-1]  # the shared classifier the projector protects
-        self.projection = self.settings.projection
         self.P = torch.eye(self.last.in_features, device=self.last.weight.device, dtype=self.last.weight.dtype)
         self.steps = 0
         self.batch_index = 0
@@ -102,7 +101,7 @@ class MLA(Strategy):
             for m in feats:
                 loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [m])), batch.y)
                 self.backward(loss, retain_graph=True)
-                if self.projection and self.steps > 0 and self.last.weight.grad is not None:
+                if self.settings.projection and self.steps > 0 and self.last.weight.grad is not None:
                     r = self.dist.mean(captured["x"].detach().reshape(-1, self.last.in_features).mean(0))
                     a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
                     self.P = project(self.P, r, a)

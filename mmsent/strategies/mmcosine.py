@@ -59,7 +59,6 @@ class MMCosine(Strategy):
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
         self.fc = linear_late_fusion(model, "mmcosine")
-        self.scaling = self.settings.scaling
         self.order = model.head.modalities  # the concatenation order: the column blocks of fc.weight
 
     def blocks(self) -> dict[str, Tensor]:
@@ -67,7 +66,7 @@ class MMCosine(Strategy):
 
     def logits(self, feats: dict[str, Tensor]) -> Tensor:
         # ConcatHead pools each modality by a mean over its first non-batch axis before the fc
-        return cosine_logits({m: feats[m].mean(1) for m in self.order}, self.blocks(), self.scaling)
+        return cosine_logits({m: feats[m].mean(1) for m in self.order}, self.blocks(), self.settings.scaling)
 
     def train_step(self, batch):
         loss = self.task.loss(self.logits(self.model.encode(batch)), batch.y)

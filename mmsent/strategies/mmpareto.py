@@ -66,7 +66,6 @@ class MMPareto(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        self.gamma = self.settings.gamma
         self.heads: nn.ModuleDict | None = None
         if self.settings.unimodal_heads:
             sizes = {m: feature_vectors(torch.zeros(1, *s)).shape[1] for m, s in model.feature_shapes.items()}
@@ -95,7 +94,7 @@ class MMPareto(Strategy):
             self.dist.grads(g_mm)  # the Pareto combination needs the global gradients (torchrun)
             self.dist.grads(g_m)
             pairs = [(p, a, b) for p, a, b in zip(params, g_mm, g_m) if a is not None and b is not None]
-            combined = pareto_combine([a for _, a, _ in pairs], [b for _, _, b in pairs], self.gamma)
+            combined = pareto_combine([a for _, a, _ in pairs], [b for _, _, b in pairs], self.settings.gamma)
             grads.update({p: g for (p, _, _), g in zip(pairs, combined)})
         head_grads = torch.autograd.grad(loss_mm + sum(loss_uni.values()), head, allow_unused=True)
         self.dist.grads(head_grads)

@@ -53,29 +53,24 @@ class OGMGE(Strategy):
     checked = "`test_ogm_two_modality_oracle`, `test_ogm_scores_use_the_references_bias_share_on_a_linear_head`, `test_ogm_ge_noise_has_zero_mean_and_the_unmodulated_gradients_std`"
     Settings = OGMGESettings
 
-    def __init__(self, model, optimizer, task, **kw):
-        super().__init__(model, optimizer, task, **kw)
-        s = self.settings
-        self.alpha, self.start, self.end, self.noise = s.alpha, s.modulation_start, s.modulation_end, s.noise
-
     def train_step(self, batch):
         feats = self.model.encode(batch)
         loss = self.task.loss(self.model.head(feats), batch.y)
         self.backward(loss)
         logs = {"loss": loss.item()}
-        if self.start <= self.epoch <= self.end:
+        if self.settings.modulation_start <= self.epoch <= self.settings.modulation_end:
             # sums over the whole global batch (under torchrun: over every rank's shard)
             detached = {m: f.detach() for m, f in feats.items()}
             with torch.no_grad():
                 logits = self.unimodal_logits(detached) if self.settings.score == "bias_share" else None
-            coeffs = ogm_coefficients(self.branch_scores(feats, batch.y, logits), self.alpha)
+            coeffs = ogm_coefficients(self.branch_scores(feats, batch.y, logits), self.settings.alpha)
             for m, k in coeffs.items():
                 for p in self.model.encoders[m].parameters():
                     if p.grad is None or p.grad.dim() < 2:
                         continue
                     g = p.grad
                     std = g.std() if g.numel() > 1 else torch.zeros(())
-                    p.grad = g * k + (torch.randn_like(g) * (std + 1e-8) if self.noise else 0)
+                    p.grad = g * k + (torch.randn_like(g) * (std + 1e-8) if self.settings.noise else 0)
                 logs[f"coeff_{m}"] = k
         self.clip_and_step()
         return logs

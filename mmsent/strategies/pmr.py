@@ -72,14 +72,12 @@ class PMR(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        s = self.settings
-        self.alpha, self.mu, self.per_epochs, self.momentum, self.subset = s.alpha, s.mu, s.per_epochs, s.momentum, s.subset
         self.protos: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def compute_prototypes(self, split, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Class means over ``rows`` of ``split`` (default: its first ``subset`` fraction)."""
-        n = max(1, int(len(split) * self.subset))
+        n = max(1, int(len(split) * self.settings.subset))
         rows = torch.arange(n) if rows is None else rows
         K = self.task.num_classes
         sums: dict[str, torch.Tensor] = {}
@@ -98,14 +96,14 @@ class PMR(Strategy):
             new = s / counts.clamp(min=1)[:, None]
             old = self.protos.get(m)
             if old is not None:  # a class absent from the subset keeps its old prototype
-                new = torch.where(present, (1 - self.momentum) * new + self.momentum * old, old)
+                new = torch.where(present, (1 - self.settings.momentum) * new + self.settings.momentum * old, old)
             out[m] = new
         return out
 
     def on_epoch_start(self, epoch, data):
         super().on_epoch_start(epoch, data)
         # a fresh random subset each epoch, from the run's RNG (the same on every rank; resumable)
-        n = max(1, int(len(data.train) * self.subset))
+        n = max(1, int(len(data.train) * self.settings.subset))
         self.protos = self.compute_prototypes(data.train, torch.randperm(len(data.train))[:n].sort().values)
 
     def train_step(self, batch):
@@ -118,11 +116,11 @@ class PMR(Strategy):
         betas = pmr_betas(scores, self.settings.coefficients == "code")
         if self.epoch > self.settings.modulation_end:
             betas = dict.fromkeys(betas, 0.0)
-        total = loss + self.alpha * sum(b * F.cross_entropy(logits[m], labels) for m, b in betas.items() if b > 0)
-        if self.epoch < self.per_epochs and max(betas.values()) > 0:
+        total = loss + self.settings.alpha * sum(b * F.cross_entropy(logits[m], labels) for m, b in betas.items() if b > 0)
+        if self.epoch < self.settings.per_epochs and max(betas.values()) > 0:
             dom = max(scores, key=scores.get)
             p = logits[dom].softmax(-1)
             entropy = -(p * p.clamp(min=1e-12).log()).sum(-1).mean()
-            total = total - self.mu * max(betas.values()) * entropy
+            total = total - self.settings.mu * max(betas.values()) * entropy
         self.update(total)
         return {"loss": loss.item(), **{f"beta_{m}": b for m, b in betas.items()}}

@@ -1,0 +1,155 @@
+"""Decoding one clip: the WAV resampled and cut to length, its log-spectrogram, its frames chosen,
+cropped and normalised; ``AVSettings`` holds the ``data.*`` keys all of this reads."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmsent.checks import check, finite
+from mmsent.data.batch import DataError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclass(frozen=True)
+class AVSettings:
+    """The ``data.*`` keys of an audio-visual corpus: how a clip becomes tensors."""
+
+    sample_rate: int = 22050
+    audio_frames: int = 299  # STFT frames (the paper: 257 x 299 on CREMA-D, 257 x 1004 on KS/VGGSound)
+    n_fft: int = 512
+    hop: int = 353
+    frames: int = 1  # video frames per clip (1 on CREMA-D, 3 on KS/VGGSound)
+    fps: int = 1  # frames per second extracted by `data prepare` from videos
+    image_size: int = 224
+    valid_fraction: float = 0.1  # validation carved from train (every k-th clip by id)
+    num_workers: int = 0  # DataLoader workers decoding clips
+
+    def __post_init__(self):
+        for key in ("sample_rate", "audio_frames", "n_fft", "hop", "frames", "fps", "image_size"):
+            check(key, getattr(self, key) >= 1, getattr(self, key), ">= 1")
+        check("valid_fraction", finite(self.valid_fraction) and 0 < self.valid_fraction < 1, self.valid_fraction,
+              "in (0, 1)")
+        check("num_workers", self.num_workers >= 0, self.num_workers, ">= 0")
+
+    @property
+    def samples(self) -> int:
+        return (self.audio_frames - 1) * self.hop  # centred STFT: 1 + samples // hop frames
+
+
+def log_spectrogram(wave: Tensor, *, n_fft: int = 512, hop: int = 353, eps: float = 1e-7) -> Tensor:
+    """``log(|STFT| + eps)`` with a periodic Hann window of ``n_fft`` and reflect padding (librosa's
+    defaults): (..., samples) -> (..., n_fft // 2 + 1, frames). The paper's CREMA-D input is 257 x 299."""
+    window = torch.hann_window(n_fft, dtype=wave.dtype, device=wave.device)
+    spec = torch.stft(wave, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)
+    return torch.log(spec.abs() + eps)
+
+
+# ----------------------------------------------------------------------------------- split files
+
+
+def read_wav(path: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 in [-1, 1] at ``sample_rate`` (polyphase resampling, scipy)."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    try:
+        rate, data = wavfile.read(path)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable WAV file ({e})") from None
+    if data.size == 0:
+        raise DataError(f"{path}: WAV file holds no samples")
+    if data.dtype.kind in "iu":
+        info = np.iinfo(data.dtype)
+        data = (data.astype(np.float32) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    data = data.astype(np.float32)
+    if data.ndim == 2:
+        data = data.mean(1)
+    if rate != sample_rate:
+        r = Fraction(sample_rate, rate)
+        data = resample_poly(data, r.numerator, r.denominator).astype(np.float32)
+    return np.clip(data, -1.0, 1.0)
+
+
+def check_wav(path: Path) -> None:
+    """Header check at load time, so a corrupt file fails before training starts, naming it."""
+    from scipy.io import wavfile
+
+    try:
+        _, data = wavfile.read(path, mmap=True)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable WAV file ({e})") from None
+    if data.size == 0:
+        raise DataError(f"{path}: WAV file holds no samples")
+
+
+def fit_length(wave: np.ndarray, n: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Tile a short clip (as the authors' ``np.tile``), cut a long one: at random when training,
+    centred otherwise."""
+    if len(wave) <= n:
+        return np.tile(wave, math.ceil(n / len(wave)))[:n]
+    start = int(rng.integers(0, len(wave) - n + 1)) if rng else (len(wave) - n) // 2
+    return wave[start:start + n]
+
+
+def random_resized_crop(w: int, h: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """The box (left, top, right, bottom) of torchvision's RandomResizedCrop sampling rule."""
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return left, top, left + cw, top + ch
+    side = min(w, h)  # fallback: the central square
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def load_frames(folder: Path, spec: AVSettings, rng: np.random.Generator | None) -> np.ndarray:
+    """(T, 3, S, S) float32: one frame per equal segment of the clip's sorted frames."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = frame_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no .jpg frames")
+    bounds = np.linspace(0, len(files), spec.frames + 1)
+    out = []
+    for t in range(spec.frames):
+        lo, hi = int(bounds[t]), max(int(bounds[t]) + 1, int(math.ceil(bounds[t + 1])))
+        i = int(rng.integers(lo, hi)) if rng else (lo + hi - 1) // 2
+        path = files[min(i, len(files) - 1)]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if rng is not None:
+                    im = im.resize((spec.image_size, spec.image_size), Image.BILINEAR,
+                                   box=random_resized_crop(*im.size, rng))
+                    if rng.random() < 0.5:
+                        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+                else:
+                    im = im.resize((spec.image_size, spec.image_size), Image.BILINEAR)
+                x = np.asarray(im, dtype=np.float32) / 255.0
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{path}: not a readable image ({e})") from None
+        out.append(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+    # C-contiguous: the transposed HWC arrays would otherwise reach the convolutions as a
+    # channels-last tensor, and torch 2.13's CPU (oneDNN) kernels corrupted the heap on that
+    # layout in backward (glibc "corrupted size vs. prev_size" within a few steps)
+    return np.ascontiguousarray(np.stack(out))
+
+
+# ----------------------------------------------------------------------------------- splits
