@@ -92,8 +92,10 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
         if not out:
             raise RunError("--resume needs --out DIR (the run to continue)")
         base = load_run_config(Path(out)).to_dict()
+        flags = _flags(dataset, data, fusion, strategy, None, seed, epochs, out, device)
+        _alpha_is_dgls(load_config(config, flags + overrides, base=base), alpha)
         flags = _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device)
-        return _alpha_is_dgls(load_config(config, flags + overrides, base=base), alpha)
+        return load_config(config, flags + overrides, base=base)
     chosen = config or any(str(o).startswith("data.dataset=") for o in overrides)
     if dataset is None and data and not chosen:
         from mmsent.data import infer_dataset
@@ -103,17 +105,19 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
             print(f"note: --data {data} is read as dataset {dataset!r} (pass --dataset to choose another, "
                   "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
     path = config if config is not None else recipe(dataset)
+    if alpha is not None:  # which strategy --alpha would go to, before it is applied
+        _alpha_is_dgls(load_config(path, _flags(dataset, data, fusion, strategy, None, seed, epochs, out, device)
+                                   + overrides), alpha)
     flags = _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) + overrides
-    cfg = _alpha_is_dgls(load_config(path, flags), alpha)
+    cfg = load_config(path, flags)
     needed = _model_the_strategy_needs(cfg, config, fusion, overrides, notes)
     return load_config(path, flags + needed) if needed else cfg
 
 
-def _alpha_is_dgls(cfg: Config, alpha) -> Config:
+def _alpha_is_dgls(cfg: Config, alpha) -> None:
     """``--alpha`` is DGL's weight on the unimodal losses; for a strategy whose ``alpha`` means
     something else (or that has none) it is refused rather than silently setting that."""
     if alpha is not None and not STRATEGIES[cfg.strategy.name].dgl_weight:
         dgl = ", ".join(n for n, s in STRATEGIES.items() if s.dgl_weight)
         raise ConfigError(f"--alpha is DGL's weight on the unimodal losses ({dgl}); strategy {cfg.strategy.name!r} has "
                           "no such weight: set its own settings with strategy.args.KEY=VALUE")
-    return cfg

@@ -137,7 +137,7 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
 
 
 def test_a_run_that_died_before_its_first_epoch_can_be_started_again(tmp_path):
-    from mmsent.train import MARKER
+    from mmsent.rundir import MARKER
 
     out = tmp_path / "dead"
     out.mkdir()

@@ -57,7 +57,7 @@ def results(run: Path) -> dict:
 def straight(tmp_path_factory):
     """The uninterrupted run every interrupted one must reproduce."""
     root = tmp_path_factory.mktemp("straight")
-    rc, err = cli(root, *TRAIN, "--epochs", "16", "--out", str(root / "run"))
+    rc, err = cli(root, *TRAIN, "--epochs", "10", "--out", str(root / "run"))
     assert rc == 0, err
     return root / "run"
 
@@ -65,12 +65,12 @@ def straight(tmp_path_factory):
 def test_a_second_writer_is_refused_and_sigterm_stops_at_a_safe_point(tmp_path, straight):
     """Two `train --out D` at once both ran and wrote every epoch twice into one log."""
     run = tmp_path / "run"
-    a = start(tmp_path, *TRAIN, "--epochs", "16", "--out", str(run))
+    a = start(tmp_path, *TRAIN, "--epochs", "10", "--out", str(run))
     wait_for_epochs(run, 2, a)
     os.kill(a.pid, signal.SIGSTOP)  # frozen, still holding the folder: the refusal cannot race
     try:
         for extra in ([], ["--resume"]):
-            rc, err = cli(tmp_path, *TRAIN, "--epochs", "16", "--out", str(run), *extra)
+            rc, err = cli(tmp_path, *TRAIN, "--epochs", "10", "--out", str(run), *extra)
             assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
             assert f"another mmsent process is writing this run (PID {a.pid} on" in err and str(run) in err, err
     finally:
@@ -87,7 +87,7 @@ def test_a_second_writer_is_refused_and_sigterm_stops_at_a_safe_point(tmp_path, 
     rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume")
     assert rc == 0, err
     assert results(run) == results(straight)
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(16))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(10))
 
 
 def test_ctrl_c_before_the_first_epoch_leaves_nothing_and_the_same_command_runs(tmp_path):
@@ -108,7 +108,7 @@ def test_a_table_killed_with_9_takes_its_run_with_it_and_ctrl_c_stops_it_cleanly
     """`cli.py table` killed with kill -9 left its training child writing; the next table resumed the
     same folder beside it (metrics.jsonl epochs 0,1,1,2,2,...)."""
     table = ["table", "--dataset", "synthetic", "--methods", "DGL:strategy=dgl", "--seeds", "0", "--runs-dir",
-             str(tmp_path / "runs"), "--out", str(tmp_path / "tables"), "train.epochs=16", "train.patience=100", *SMALL]
+             str(tmp_path / "runs"), "--out", str(tmp_path / "tables"), "train.epochs=10", "train.patience=100", *SMALL]
     run = tmp_path / "runs" / "dgl-s0"
     t = start(tmp_path, *table)
     wait_for_epochs(run, 2, t)
@@ -132,7 +132,7 @@ def test_a_table_killed_with_9_takes_its_run_with_it_and_ctrl_c_stops_it_cleanly
 
     rc, err = cli(tmp_path, *table)
     assert rc == 0, err
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(16))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(10))
 
 
 def limit_file_size(n: int):
@@ -145,7 +145,7 @@ def test_a_write_that_fails_is_one_line_leaves_no_temporary_file_and_the_same_co
     best, last = (straight / "best.pt").stat().st_size, (straight / "last.pt").stat().st_size
     assert best < last
     run = tmp_path / "run"
-    args = [sys.executable, str(ROOT / "cli.py"), *TRAIN, "--epochs", "16", "--out", str(run)]
+    args = [sys.executable, str(ROOT / "cli.py"), *TRAIN, "--epochs", "10", "--out", str(run)]
     p = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_file_size((best + last) // 2))
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip()
@@ -207,7 +207,7 @@ def test_a_full_disk_at_any_point_is_one_line_and_the_folder_resumes_or_restarts
     disk, report = tmp_path / "disk", tmp_path / "report.json"
     disk.mkdir()
     (tmp_path / "driver.py").write_text(DRIVER)
-    args = [*TRAIN, "--epochs", "16"]
+    args = [*TRAIN, "--epochs", "10"]
     script = (f"mount -t tmpfs -o size={4 * room + 4 * last} tmpfs {disk} && exec {sys.executable} "
               f"{tmp_path / 'driver.py'} {disk} {ROOT / 'cli.py'} {report} '{json.dumps(sizes)}' '{json.dumps(args)}'")
     p = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
@@ -219,7 +219,7 @@ def test_a_full_disk_at_any_point_is_one_line_and_the_folder_resumes_or_restarts
     for c in cases:
         assert c["tmp"] == [], c  # no temporary file left to keep the disk full
         assert c["rc2"] == 0, c  # the folder resumed or restarted
-        assert c["results"] == results(straight) and c["epochs"] == list(range(16)), c
+        assert c["results"] == results(straight) and c["epochs"] == list(range(10)), c
         if c["rc"]:
             assert c["rc"] == 2 and len(c["err"].splitlines()) == 1 and "Traceback" not in c["err"], c
             assert "cannot write (No space left on device;" in c["err"] and "free on its filesystem" in c["err"], c
@@ -266,7 +266,7 @@ def test_ctrl_c_stops_a_sweep_in_one_line_and_the_same_command_goes_on(tmp_path)
     import yaml
 
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({"config": "configs/synthetic.yaml", "overrides": ["strategy=dgl", "train.epochs=16"],
+    spec.write_text(yaml.safe_dump({"config": "configs/synthetic.yaml", "overrides": ["strategy=dgl", "train.epochs=10"],
                                     "metric": "loss", "trials": 2, "seeds": [0],
                                     "space": {"strategy.args.alpha": {"low": 0.5, "high": 4.0}}}))
     cmd = ["sweep", str(spec), "--out-dir", str(tmp_path / "sw"), "train.patience=100", *SMALL]
