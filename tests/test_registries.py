@@ -189,5 +189,6 @@ def _toy_ranks(rank, world, store, out):
         got = (run_steps("toy", "regression"), run_steps("toy", "regression", resume=True))
         if rank == 0:
             torch.save(got, out)
+        dist.barrier()  # both ranks done before either tears the group down
     finally:
         dist.destroy_process_group()
