@@ -1,10 +1,11 @@
 """The validation kit every component uses: the errors the CLI prints on one line, range checks for
-settings classes, the empty settings, and registry lookup. A leaf module: it imports nothing of
-mmsent, so a dataset, fusion or strategy module can use it without importing the config (which
-imports their registries)."""
+settings classes, the empty settings, registry lookup, the first line of a library's error, and
+the memory sizes are checked against. A leaf module: it imports nothing of mmsent, so a dataset,
+fusion or strategy module can use it without importing the config (which imports their registries)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,3 +42,23 @@ def choose(registry: dict, kind: str, name: str):
     if name not in registry:
         raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(sorted(registry))}")
     return registry[name]
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), at most 200 characters:
+    what a one-line error quotes of a library's many-line one."""
+    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed (Python's MemoryError, torch's CPU and CUDA allocators)."""
+    return isinstance(e, MemoryError) or any(s in str(e) for s in ("can't allocate memory", "out of memory",
+                                                                   "not enough memory", "Out of memory"))
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (None: unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

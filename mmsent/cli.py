@@ -8,21 +8,16 @@ import shlex
 import sys
 from pathlib import Path
 
-def train_config(args, notes: bool = True):
-    """The config ``train`` runs with (``recipes.train_config`` on the parsed flags)."""
-    from mmsent.recipes import train_config as build
-
-    return build(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion, strategy=args.strategy,
-                 alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out, device=args.device,
-                 overrides=args.overrides, resume=args.resume, notes=notes)
-
-
 def cmd_train(args) -> int:
     from mmsent.distributed import Dist
+    from mmsent.recipes import train_config
     from mmsent.report import print_results
     from mmsent.train import fit
 
-    results = fit(train_config(args), resume=args.resume, quiet=args.quiet)
+    cfg = train_config(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion,
+                       strategy=args.strategy, alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out,
+                       device=args.device, overrides=args.overrides, resume=args.resume)
+    results = fit(cfg, resume=args.resume, quiet=args.quiet)
     if Dist().is_main:  # under torchrun rank 0 alone reports
         print_results(results)
     return 0
@@ -32,14 +27,14 @@ def cmd_sweep(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from mmsent.recipes import recipe
     from mmsent.sweep import Sweep, apply_best, best_trial, fmt, load_spec, plot, trial_rows, write_report
 
     console = Console()
-    from mmsent.recipes import recipe
-
     spec = load_spec(args.name)
     overrides = [(k, v) for k, v in (("data.dataset", args.dataset), ("data.path", args.data)) if v is not None]
-    config = args.config or (str(recipe(args.dataset)) if args.dataset and recipe(args.dataset) else None)
+    shipped = recipe(args.dataset) if args.dataset else None
+    config = args.config or (str(shipped) if shipped else None)
     if args.heartbeat:
         spec.heartbeat = args.heartbeat
     sweep = Sweep(spec, config=config, overrides=overrides + list(args.overrides), storage=args.storage,
@@ -328,7 +323,8 @@ def _main(argv) -> int:
         from mmsent.data import DataError
         from mmsent.files import FileError
         from mmsent.sweep import SweepError
-        from mmsent.train import RunError, first_line, is_out_of_memory
+        from mmsent.checks import first_line, is_out_of_memory
+        from mmsent.train import RunError
 
         try:
             return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,

@@ -50,6 +50,16 @@ def write_failed(path: Path, e: OSError) -> FileError:
                      "free some space or pass another folder, then run the same command again")
 
 
+def make_dir(path: Path) -> Path:
+    """``mkdir -p``, a failure (full disk, permissions) reported like every failed write."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    return path
+
+
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
@@ -147,15 +157,20 @@ def append_line(path: Path, line: str) -> None:
         raise write_failed(path, e) from None
 
 
-def read_json(path: Path, what: str = "file", fix: str = "") -> dict:
-    """A JSON object mmsent wrote; missing, unreadable, not JSON or not an object -> one-line FileError."""
-    path = Path(path)
+def _read_text(path: Path, what: str, fix: str = "") -> str:
+    """The text of a file mmsent reads back; missing or unreadable -> one-line FileError."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise FileError(f"{path}: not found{fix}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise FileError(f"{path}: cannot read this {what} ({getattr(e, 'strerror', None) or e}){fix}") from None
+
+
+def read_json(path: Path, what: str = "file", fix: str = "") -> dict:
+    """A JSON object mmsent wrote; missing, unreadable, not JSON or not an object -> one-line FileError."""
+    path = Path(path)
+    text = _read_text(path, what, fix)
     try:
         tree = json.loads(text)
     except json.JSONDecodeError as e:
@@ -170,12 +185,7 @@ def read_epochs(path: Path, what: str = "metrics log", partial_tail: bool = True
     mid-append) is dropped when ``partial_tail``; any other line that is not a JSON object is an
     error naming the file and line."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise FileError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FileError(f"{path}: cannot read this {what} ({getattr(e, 'strerror', None) or e})") from None
+    lines = _read_text(path, what).splitlines()
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip():

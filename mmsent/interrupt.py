@@ -61,9 +61,6 @@ class StopAtSafePoint:
     def requested(self) -> bool:
         return self.signum is not None
 
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
 
 def raise_on_sigterm() -> None:
     """Outside a run's safe points, SIGTERM stops like Ctrl-C does: ``Interrupted``, one line."""

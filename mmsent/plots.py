@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmsent.files import FileError, read_epochs, read_json, write_atomic, write_failed
+from mmsent.files import FileError, make_dir, read_epochs, read_json, write_atomic
 
 
 def read_log(run: Path) -> tuple[dict, list[dict]]:
@@ -65,10 +65,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
     import matplotlib
 
     logs = {Path(r): read_log(Path(r)) for r in runs}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(out_dir, e) from None
+    make_dir(out_dir)
     written = []
     modalities = []
     for _, log in logs.values():

@@ -88,14 +88,17 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
     from mmsent.rundir import RunError, load_run_config
 
     overrides = list(overrides)
+
+    def given(alpha_flag) -> list:  # the flags, then the key=value overrides
+        return _flags(dataset, data, fusion, strategy, alpha_flag, seed, epochs, out, device) + overrides
+
     if resume:
         if not out:
             raise RunError("--resume needs --out DIR (the run to continue)")
         base = load_run_config(Path(out)).to_dict()
-        flags = _flags(dataset, data, fusion, strategy, None, seed, epochs, out, device)
-        _alpha_is_dgls(load_config(config, flags + overrides, base=base), alpha)
-        flags = _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device)
-        return load_config(config, flags + overrides, base=base)
+        if alpha is not None:  # which strategy --alpha would go to, before it is applied
+            _alpha_is_dgls(load_config(config, given(None), base=base), alpha)
+        return load_config(config, given(alpha), base=base)
     chosen = config or any(str(o).startswith("data.dataset=") for o in overrides)
     if dataset is None and data and not chosen:
         from mmsent.data import infer_dataset
@@ -105,19 +108,17 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
             print(f"note: --data {data} is read as dataset {dataset!r} (pass --dataset to choose another, "
                   "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
     path = config if config is not None else recipe(dataset)
-    if alpha is not None:  # which strategy --alpha would go to, before it is applied
-        _alpha_is_dgls(load_config(path, _flags(dataset, data, fusion, strategy, None, seed, epochs, out, device)
-                                   + overrides), alpha)
-    flags = _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) + overrides
-    cfg = load_config(path, flags)
+    if alpha is not None:
+        _alpha_is_dgls(load_config(path, given(None)), alpha)
+    cfg = load_config(path, given(alpha))
     needed = _model_the_strategy_needs(cfg, config, fusion, overrides, notes)
-    return load_config(path, flags + needed) if needed else cfg
+    return load_config(path, given(alpha) + needed) if needed else cfg
 
 
 def _alpha_is_dgls(cfg: Config, alpha) -> None:
     """``--alpha`` is DGL's weight on the unimodal losses; for a strategy whose ``alpha`` means
     something else (or that has none) it is refused rather than silently setting that."""
-    if alpha is not None and not STRATEGIES[cfg.strategy.name].dgl_weight:
+    if not STRATEGIES[cfg.strategy.name].dgl_weight:
         dgl = ", ".join(n for n, s in STRATEGIES.items() if s.dgl_weight)
         raise ConfigError(f"--alpha is DGL's weight on the unimodal losses ({dgl}); strategy {cfg.strategy.name!r} has "
                           "no such weight: set its own settings with strategy.args.KEY=VALUE")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mmsent.checks import first_line
 from mmsent.config import Config, load_config
 from mmsent.files import FileError, RunLock, read_epochs, read_json, write_json, write_text
 
@@ -34,12 +35,10 @@ def load_checkpoint(path: Path, device) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:  # what weights_only raises for a disallowed global
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
-                       f"({first[:160]}); mmsent never writes such checkpoints") from None
+                       f"({first_line(e)[:160]}); mmsent never writes such checkpoints") from None
     except Exception as e:  # empty, truncated or not a checkpoint at all
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RunError(f"{path}: damaged checkpoint ({type(e).__name__}: {first[:160]}); "
+        raise RunError(f"{path}: damaged checkpoint ({type(e).__name__}: {first_line(e)[:160]}); "
                        "start a new run with another --out") from None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import DATASETS, build_dataset
-from mmsent.files import write_failed, write_text
+from mmsent.files import make_dir, write_text
 from mmsent.interrupt import PARENT_ENV, Interrupted
 from mmsent.recipes import recipe, train_config
 from mmsent.report import cell, load_results, summarize, summarize_probes
@@ -181,10 +181,11 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
         return train_config(dataset=dataset, data=data, config=config, seed=seed, out=str(out),
                             overrides=[*rows[method], *overrides], notes=False)
 
-    finished = [(seed, out, method) for method in methods for seed, out in zip(seeds, dirs[method])
-                if (out / "results.json").is_file()]
-    if finished:
-        stale = [(out, why) for seed, out, method in finished if (why := stale_reason(out, expected(seed, out, method)))]
+    done_before = [(seed, out, method) for method in methods for seed, out in zip(seeds, dirs[method])
+                   if (out / "results.json").is_file()]
+    if done_before:
+        stale = [(out, why) for seed, out, method in done_before
+                 if (why := stale_reason(out, expected(seed, out, method)))]
         if stale:
             (out, why), more = stale[0], len(stale) - 1
             raise ValueError(f"{out} holds a finished run made with another config ({why})"
@@ -217,10 +218,7 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
 
 def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, command: str,
                 name: str | None = None) -> tuple[Path, Path]:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(out_dir, e) from None
+    make_dir(out_dir)
     md = out_dir / f"{name or dataset + '_table'}.md"
     csv_path = out_dir / f"{name or dataset + '_table'}.csv"
     rows, lines = [], []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -23,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mmsent.checks import first_line, host_memory, is_out_of_memory
 from mmsent.config import Config, ConfigError, choose
 from mmsent.data import Dataset, DataError, Split, build_dataset
 from mmsent.distributed import Dist, init_from_env
@@ -221,23 +221,14 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             folder[0].close()
 
 
-def first_line(e: BaseException) -> str:
-    return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:200]
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or any(s in str(e) for s in ("can't allocate memory", "out of memory",
-                                                                   "not enough memory", "Out of memory"))
-
-
 def memory_bytes(device: torch.device) -> int | None:
     """Total memory of the device a model trains on (None: unknown)."""
     try:
         if device.type == "cuda":
             return int(torch.cuda.mem_get_info(device)[1])
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError, RuntimeError):
         return None
+    return host_memory()
 
 
 def check_model_fits(cfg: Config, dataset: Dataset, out_dim: int, device: torch.device) -> None:

@@ -45,9 +45,6 @@ class Batch:
     def to(self, device, non_blocking: bool = False) -> Batch:
         return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def with_index(self, index: Tensor | None) -> Batch:
-        return Batch(self.x, self.mask, self.y, self.ids, index)
-
     def __len__(self) -> int:
         return len(self.y)
 
@@ -66,7 +63,8 @@ class Split:
         return len(self.y)
 
     def batch(self, index: Tensor) -> Batch:
-        return Batch(self.x, self.mask, self.y, self.ids).select(index).with_index(index)
+        # the whole split as one batch whose samples know their positions, then the rows asked for
+        return Batch(self.x, self.mask, self.y, self.ids, torch.arange(len(self))).select(index)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
                 min_size: int = 1) -> Iterator[Batch]:

@@ -24,7 +24,7 @@ import numpy as np
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import read_wav
 from mmsent.data.batch import DataError
-from mmsent.files import write_failed, write_text
+from mmsent.files import make_dir, write_failed, write_text
 
 
 def find_ffmpeg() -> str | None:
@@ -101,11 +101,8 @@ def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
 def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int = 1, progress=None) -> int:
     """Prepare every clip of ``src``'s split file into ``out``; returns the number of clips."""
     clips, classes = scan(dataset, src)
-    try:
-        (out / "audio").mkdir(parents=True, exist_ok=True)
-        (out / "frames").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(out, e) from None
+    make_dir(out / "audio")
+    make_dir(out / "frames")
     for k, clip in enumerate(clips):
         _prepare_clip(clip, out, sample_rate, fps)
         if progress:

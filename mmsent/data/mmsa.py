@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmsent.checks import first_line
 from mmsent.data.batch import DataError, Dataset, Split
-from mmsent.files import write_bytes, write_failed
+from mmsent.files import make_dir, write_bytes
 
 MODALITIES = ("text", "audio", "vision")  # MOSI / MOSEI
 SPLITS = {"train": ("train",), "val": ("valid", "val", "validation"), "test": ("test",)}
@@ -84,10 +85,7 @@ def load_arrays(path: str | Path):
 
 def write_pickle(data: dict, out: Path) -> Path:
     """Write an MMSA-layout dict atomically: a crash never leaves a half-written pickle under ``out``."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(out, e) from None
+    make_dir(out.parent)
     return write_bytes(out, pickle.dumps(data, protocol=4))
 
 
@@ -148,8 +146,7 @@ def tokenize(texts: list[str], tokenizer_path: str, max_tokens: int):
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"{tokenizer_path}: not a loadable local tokenizer ({type(e).__name__}: {first})") from None
+        raise DataError(f"{tokenizer_path}: not a loadable local tokenizer ({type(e).__name__}: {first_line(e)})") from None
     enc = tok(list(texts), padding="longest", truncation=True, max_length=max_tokens, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"].bool(), tok.vocab_size
 

@@ -9,12 +9,11 @@ information a fused model should use. It is the embedded default dataset and the
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
-from mmsent.checks import check
+from mmsent.checks import check, host_memory
 from mmsent.data.batch import DataError, Dataset, Split
 
 DEFAULT_NAMES = ("text", "audio", "vision")
@@ -47,10 +46,7 @@ def load_synthetic(cfg, seed: int = 0) -> Dataset:
     """``cfg`` is a ``DataConfig`` of dataset ``synthetic``."""
     s = cfg.settings
     need = 4 * (s.n_train + s.n_val + s.n_test) * s.n_modalities * (s.feature_dim + 1)  # float32 features + masks
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        have = None
+    have = host_memory()
     if have is not None and 2 * need > have:  # generation holds a second copy (noise) while it builds
         raise DataError(f"data sizes n_train={s.n_train}, n_val={s.n_val}, n_test={s.n_test}, n_modalities="
                         f"{s.n_modalities}, feature_dim={s.feature_dim} need about {2 * need / 2**30:.0f} GiB, more "

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import torch
 
-from mmsent.checks import ConfigError, choose
+from mmsent.checks import ConfigError, choose, first_line, is_out_of_memory
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel, evaluating
@@ -45,13 +45,12 @@ def _encoder(cfg, dataset, m: str, maps: bool):
                 return BertEncoder(cfg.dim, path=path, pooling=cfg.bert_pooling, freeze_layers=cfg.bert_freeze_layers,
                                    **common)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError) as e:
-            if "alloc" in str(e) or "out of memory" in str(e):
+            if is_out_of_memory(e):
                 raise
             # transformers' own errors run to ~30 lines (a hostile pytorch_model.bin is refused by
             # weights_only loading, a config.json without model_type, no weights file at all)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ConfigError(f"model.bert_path {path}: not a loadable local transformers model "
-                              f"({type(e).__name__}: {first})") from None
+                              f"({type(e).__name__}: {first_line(e)})") from None
     hidden = cfg.encoder_hidden or cfg.hidden or 128  # model.hidden=0 means a linear *head* only
     return cls(dataset.dims[m], cfg.dim, hidden=hidden, **common)
 

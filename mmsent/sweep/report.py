@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from mmsent.config import load_yaml, set_dotted
-from mmsent.files import write_atomic, write_failed, write_text
+from mmsent.files import make_dir, write_atomic, write_text
 from mmsent.sweep.spec import SweepError, SweepSpec
 
 
@@ -62,11 +62,8 @@ def plot(study, spec: SweepSpec, path: str | Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    except OSError as e:
-        raise write_failed(path, e) from None
+    make_dir(path.parent)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return path
 
 
@@ -96,8 +93,5 @@ def write_report(study, spec: SweepSpec, path: Path, command: str, png) -> None:
         lines += ["", f"Best: {best.params} with validation {spec.metric} {best.value:.4f}."]
     if png:
         lines += ["", f"![objective vs parameter]({Path(png).name})"]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise write_failed(path, e) from None
+    make_dir(path.parent)
     write_text(path, "\n".join(lines) + "\n")
