@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,17 @@ def choose(registry: dict, kind: str, name: str):
     if name not in registry:
         raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(sorted(registry))}")
     return registry[name]
+
+
+def command() -> str:
+    """How the user started this program, for the commands a message suggests: ``python cli.py`` from
+    a checkout, ``mmsent`` installed, ``python -m mmsent``."""
+    path = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(path) == "mmsent":
+        return "mmsent"
+    if path.endswith(os.path.join("mmsent", "__main__.py")):
+        return "python -m mmsent"
+    return "python cli.py"  # a checkout's shim, and a caller such as pytest or a notebook
 
 
 def first_line(e: BaseException) -> str:

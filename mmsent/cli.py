@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from mmsent.checks import command
+
 def cmd_train(args) -> int:
     from mmsent.distributed import Dist
     from mmsent.recipes import train_config
@@ -69,7 +71,7 @@ def cmd_sweep(args) -> int:
     if args.apply:
         console.print(f"wrote {apply_best(study, args.apply)} into {args.apply}")
     if args.report:
-        write_report(study, spec, Path(args.report), "python cli.py " + shlex.join(args.argv), png)
+        write_report(study, spec, Path(args.report), f"{command()} {shlex.join(args.argv)}", png)
         console.print(f"report: {args.report}")
     return 0
 
@@ -102,7 +104,7 @@ def cmd_table(args) -> int:
         if not (md.is_file() and csv_path.is_file()):
             print(f"error: --update needs the table to update: {md} and {csv_path}", file=sys.stderr)
             return 2
-        update_table(md, csv_path, None, None, "python cli.py " + shlex.join(args.argv), [], args.drop)
+        update_table(md, csv_path, None, None, f"{command()} {shlex.join(args.argv)}", [], args.drop)
         print(md.read_text())
         return 0
     try:
@@ -111,7 +113,7 @@ def cmd_table(args) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    command = "python cli.py " + shlex.join(args.argv)
+    line = f"{command()} {shlex.join(args.argv)}"
     if args.update:  # only these rows are re-made: merge them into the committed table
         import tempfile
 
@@ -123,10 +125,10 @@ def cmd_table(args) -> int:
             print(f"error: --update needs the table to update: {md} and {csv_path}", file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory() as tmp:
-            new_md, new_csv = write_table(dirs, Path(tmp), dataset, command, stem)
-            update_table(md, csv_path, new_md, new_csv, command, list(dirs), args.drop or ())
+            new_md, new_csv = write_table(dirs, Path(tmp), dataset, line, stem)
+            update_table(md, csv_path, new_md, new_csv, line, list(dirs), args.drop or ())
     else:
-        md, csv_path = write_table(dirs, Path(args.out), dataset, command, args.name)
+        md, csv_path = write_table(dirs, Path(args.out), dataset, line, args.name)
     print(md.read_text())
     print(f"wrote {md} and {csv_path}")
     return 0
@@ -142,60 +144,27 @@ def cmd_plot(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from rich.progress import Progress
-
-    from mmsent.data import DATASETS, DataError, prepare_csd
-    from mmsent.data.mmsa import write_pickle
-
-    if DATASETS[args.dataset].family == "av":  # before the CMU SDK download path, which is MOSI/MOSEI only
-        return _prepare_av(args)
-    if args.action == "download":
-        from mmsent.data.download import download
-
-        out_dir = Path(args.out or f"data/{args.dataset}_csd")
-        with Progress() as progress:
-            task = progress.add_task(f"downloading {args.dataset}", total=None)
-            files = download(args.dataset, out_dir,
-                             progress=lambda done, total: progress.update(task, completed=done, total=total))
-        print(f"wrote {len(files)} .csd files to {out_dir}; next: python cli.py data prepare {args.dataset} "
-              f"--csd-dir {out_dir} --out data/{args.dataset}.pkl")
-        return 0
-    if not args.csd_dir or not args.out:
-        raise DataError("data prepare needs --csd-dir DIR and --out FILE")
-
-    csd_dir = Path(args.csd_dir)
-    with Progress() as progress:
-        task = progress.add_task("aligning videos", total=None)
-        data = prepare_csd(csd_dir, args.folds, args.seq_len, args.dataset,
-                           progress=lambda done, total: progress.update(task, completed=done, total=total))
-    out = write_pickle(data, Path(args.out))
-    sizes = ", ".join(f"{k} {len(v['id'])}" for k, v in data.items())
-    print(f"wrote {out} ({sizes} segments); train with: python cli.py train --dataset {args.dataset} --data {out}")
-    return 0
-
-
-def _prepare_av(args) -> int:
+    """``data prepare|download NAME``: the dataset's own ``prepare`` / ``download`` (its registry line)."""
     from rich.progress import Progress
 
     from mmsent.config import load_config
-    from mmsent.data import DataError
-    from mmsent.data.media import prepare_av
-    from mmsent.recipes import recipe as shipped
+    from mmsent.data import DATASETS, DataError
+    from mmsent.recipes import recipe
 
-    if args.action != "prepare":
-        raise DataError(f"{args.dataset}: no download; get the corpus and run: python cli.py data prepare "
-                        f"{args.dataset} --src DIR --out DIR")
-    if not args.src or not args.out:
-        raise DataError(f"data prepare {args.dataset} needs --src DIR (the raw corpus) and --out DIR")
-    # sample rate and fps of the recipe, if it has one
-    cfg = load_config(shipped(args.dataset), [("data.dataset", args.dataset)]).data.settings
+    spec = DATASETS[args.dataset]
+    job = spec.prepare if args.action == "prepare" else spec.download
+    if job is None:
+        raise DataError(f"{args.dataset}: no {args.action}; get the raw files and run: {command()} data prepare "
+                        f"{args.dataset} (see {command()} data --help)")
     with Progress() as progress:
-        task = progress.add_task(f"preparing {args.dataset} clips", total=None)
-        n = prepare_av(args.dataset, Path(args.src), Path(args.out), sample_rate=args.sample_rate or cfg.sample_rate,
-                       fps=args.fps or cfg.fps,
-                       progress=lambda done, total: progress.update(task, completed=done, total=total))
-    print(f"prepared {n} clips in {args.out}; train with: python cli.py train --dataset {args.dataset} "
-          f"--data {args.out} --strategy dgl")
+        task = progress.add_task(f"{args.action} {args.dataset}", total=None)
+        tick = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
+        if args.action == "download":
+            message = job(args.dataset, args, tick)
+        else:  # the recipe's settings (sample rate, words per segment, ...) unless an option says otherwise
+            settings = load_config(recipe(args.dataset), [("data.dataset", args.dataset)]).data.settings
+            message = job(args.dataset, args, settings, tick)
+    print(message)
     return 0
 
 
@@ -266,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="figures", help="output folder")
     da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound)")
     da.add_argument("action", choices=["prepare", "download"])
-    da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.family in ("sentiment", "av")])
+    da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.prepare or d.download])
     da.add_argument("--src", help="audio-visual: the raw corpus folder (split file, WAVs or videos, frames)")
     da.add_argument("--sample-rate", type=int, help="audio-visual: audio rate to write (default: the config's)")
     da.add_argument("--fps", type=int, help="audio-visual: frames per second taken from videos (default: the config's)")
@@ -274,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--out", help="prepare: the MMSA-layout pickle to write; download: the folder (data/<dataset>_csd)")
     da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '
                     'FILE.json {"train": [video ids], "valid": [...], "test": [...]}')
-    da.add_argument("--seq-len", type=int, default=50, help="words per segment (pad or cut)")
+    da.add_argument("--seq-len", type=int, help="words per segment (pad or cut; default: the config's, 50)")
     return parser
 
 

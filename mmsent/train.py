@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mmsent.checks import first_line, host_memory, is_out_of_memory
+from mmsent.checks import command, first_line, host_memory, is_out_of_memory
 from mmsent.config import Config, ConfigError, choose
 from mmsent.data import Dataset, DataError, Split, build_dataset
 from mmsent.distributed import Dist, init_from_env
@@ -209,10 +209,10 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             raise Interrupted(e.signum, f"interrupted by {signal.Signals(e.signum).name}: "
                               + (f"no epoch of {run} had finished, so nothing was kept; run the same command again"
                                  if unsaved else f"{run} holds epochs 0-{saved_epoch(run)}; continue with: "
-                                 f"python cli.py train --out {run} --resume")) from None
+                                 f"{command()} train --out {run} --resume")) from None
         if isinstance(e, (MemoryError, RuntimeError)) and is_out_of_memory(e):
             raise RunError(f"out of memory while training ({first_line(e)}); lower data.batch_size or the model sizes"
-                           + ("" if unsaved else f", then continue with: python cli.py train --out {run} --resume")) from None
+                           + ("" if unsaved else f", then continue with: {command()} train --out {run} --resume")) from None
         if isinstance(e, FileError):
             raise RunError(str(e) + ("" if unsaved else "; the run stays resumable with --resume")) from None
         raise

@@ -410,7 +410,7 @@ def test_class_folder_layout_needs_no_split_file(tmp_path):
 def test_download_of_an_audio_visual_corpus_says_to_prepare_it(capsys):
     assert cli.main(["data", "download", "cremad"]) == 2
     err = capsys.readouterr().err
-    assert "cremad: no download" in err and "data prepare cremad --src DIR" in err and "CMU" not in err
+    assert "cremad: no download; get the raw files and run: python cli.py data prepare cremad" in err and "CMU" not in err
 
 
 def test_the_corpus_walk_follows_linked_folders_and_survives_link_cycles(tmp_path):

@@ -214,3 +214,16 @@ def test_data_without_dataset_is_inferred_or_refused(tmp_path, capsys):
     folder.mkdir()
     rc, err = run_cli(tmp_path, "--data", str(folder), "--out", str(tmp_path / "o"))
     assert rc == 2 and "cannot tell which dataset" in err and "--dataset" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv0, said", [("/home/u/.venv/bin/mmsent", "mmsent"),
+                                         ("/site-packages/mmsent/__main__.py", "python -m mmsent"),
+                                         (str(ROOT / "cli.py"), "python cli.py")])
+def test_messages_suggest_the_command_the_user_typed(tmp_path, monkeypatch, capsys, argv0, said):
+    """An installed `mmsent` is told to run `mmsent train ... --resume`, not a checkout's `python cli.py`."""
+    from mmsent.checks import command
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert command() == said
+    assert cli.main(["data", "download", "cremad"]) == 2
+    assert f"get the raw files and run: {said} data prepare cremad" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Adding a dataset, a fusion or a strategy is one class or loader plus one registry line: a toy one
 of each, registered here, trains from the CLI with its own typed settings, shows in the help, and
 gets its own columns in `cli.py table`."""
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import cli  # noqa: E402
 from mmsent.config import check  # noqa: E402
-from mmsent.data import DATASETS, DatasetSpec, make_synthetic  # noqa: E402
+from mmsent.data import DATASETS, DataError, DatasetSpec, build_dataset, make_synthetic  # noqa: E402
+from mmsent.config import DataConfig  # noqa: E402
 from mmsent.models.fusions import FUSIONS, Head  # noqa: E402
 from mmsent.strategies import STRATEGIES, Strategy  # noqa: E402
 
@@ -29,8 +31,17 @@ class ToyDataSettings:
 
 
 def load_toy(cfg, seed=0):
-    ds = make_synthetic(n_modalities=cfg.settings.views, n_train=32, n_val=16, n_test=16, seed=seed)
-    return ds
+    n_train = json.loads(Path(cfg.path).read_text())["n_train"] if cfg.path else 32
+    return make_synthetic(n_modalities=cfg.settings.views, n_train=n_train, n_val=16, n_test=16, seed=seed)
+
+
+def prepare_toy(name, opts, settings, progress=None):
+    """A toy `data prepare`: a raw file holding a count -> the file `load_toy` reads."""
+    if not opts.src or not opts.out:
+        raise DataError(f"data prepare {name} needs --src FILE and --out FILE")
+    Path(opts.out).write_text(json.dumps({"n_train": int(Path(opts.src).read_text()), "views": settings.views}))
+    progress(1, 1)
+    return f"prepared {opts.out}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,8 @@ class ToyStrategy(Strategy):
 
 @pytest.fixture
 def toys(monkeypatch):
-    monkeypatch.setitem(DATASETS, "toy", DatasetSpec(load_toy, ToyDataSettings, "synthetic", {"m1": "One", "m0": "Zero"}))
+    monkeypatch.setitem(DATASETS, "toy", DatasetSpec(load_toy, ToyDataSettings, {"m1": "One", "m0": "Zero"},
+                                                        prepare=prepare_toy))
     monkeypatch.setitem(FUSIONS, "toyhead", ToyHead)
     monkeypatch.setitem(STRATEGIES, "toystrat", ToyStrategy)
 
@@ -192,3 +204,28 @@ def _toy_ranks(rank, world, store, out):
         dist.barrier()  # both ranks done before either tears the group down
     finally:
         dist.destroy_process_group()
+
+
+def test_a_registered_dataset_is_prepared_and_found_by_the_cli(tmp_path, toys, monkeypatch, capsys):
+    """`cli.py data` offers what the registry line gives (prepare, no download); `locations` is where
+    the data is found without --data."""
+    (tmp_path / "raw.txt").write_text("24")
+    out = tmp_path / "toy.json"
+    assert cli.main(["data", "prepare", "toy", "--src", str(tmp_path / "raw.txt"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"prepared {out}")
+    assert json.loads(out.read_text()) == {"n_train": 24, "views": 2}  # the dataset's settings reach prepare
+    assert cli.main(["data", "download", "toy"]) == 2
+    assert "toy: no download" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "toy", "--out", str(out)]) == 2
+    assert "data prepare toy needs --src FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["data", "--help"])
+    assert "toy" in capsys.readouterr().out.split("{", 2)[2].split("}")[0]  # the dataset choices
+
+    monkeypatch.setitem(DATASETS, "toy", dataclasses.replace(DATASETS["toy"], locations=("$MMSENT_TOY",)))
+    monkeypatch.delenv("MMSENT_TOY", raising=False)
+    with pytest.raises(DataError, match=r"toy data not found \(looked at \$MMSENT_TOY\); pass --data PATH"):
+        build_dataset(DataConfig(dataset="toy"))
+    monkeypatch.setenv("MMSENT_TOY", str(out))
+    assert len(build_dataset(DataConfig(dataset="toy")).train) == 24  # found through $MMSENT_TOY
+    assert cli.main(["train", "--quiet", "--dataset", "toy", "--out", str(tmp_path / "run"), *SMALL]) == 0

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmsent.checks import command
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import AVSettings, check_wav, fit_length, frame_files, load_frames, log_spectrogram, read_wav
 from mmsent.data.batch import Batch, DataError, Dataset, batch_bounds
@@ -100,13 +101,13 @@ def load_av(cfg, seed: int = 0) -> Dataset:
     """A ``Dataset`` of ``AVSplit``s for a prepared corpus folder (``cfg`` is a ``DataConfig``)."""
     if not cfg.path:
         raise DataError(f"{cfg.dataset}: pass --data DIR (a corpus folder in its usual layout, or the output of "
-                        f"`python cli.py data prepare {cfg.dataset} --src RAW --out DIR`)")
+                        f"`{command()} data prepare {cfg.dataset} --src RAW --out DIR`)")
     root = Path(cfg.path)
     clips, classes = scan(cfg.dataset, root)
     for c in clips:
         if c.wav is None or c.frames is None:
             what = "WAV" if c.wav is None else "frames folder"
-            hint = (f"; it has a video: run python cli.py data prepare {cfg.dataset} --src {root} --out DIR"
+            hint = (f"; it has a video: run {command()} data prepare {cfg.dataset} --src {root} --out DIR"
                     if c.video is not None else "")
             raise DataError(f"{root}: clip {c.id!r} has no {what}{hint}")
         check_wav(c.wav)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsent.checks import command
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import read_wav
 from mmsent.data.batch import DataError
@@ -96,6 +97,17 @@ def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
             if isinstance(e, OSError):
                 raise write_failed(wav, e) from None
             raise
+
+
+def prepare(dataset: str, opts, settings, progress=None) -> str:
+    """``cli.py data prepare``: the raw corpus (``--src``) -> a prepared folder (``--out``), at the
+    recipe's sample rate and fps unless ``--sample-rate`` / ``--fps`` say otherwise."""
+    if not opts.src or not opts.out:
+        raise DataError(f"data prepare {dataset} needs --src DIR (the raw corpus) and --out DIR")
+    n = prepare_av(dataset, Path(opts.src), Path(opts.out), sample_rate=opts.sample_rate or settings.sample_rate,
+                   fps=opts.fps or settings.fps, progress=progress)
+    return (f"prepared {n} clips in {opts.out}; train with: {command()} train --dataset {dataset} "
+            f"--data {opts.out} --strategy dgl")
 
 
 def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int = 1, progress=None) -> int:
