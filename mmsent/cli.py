@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--data", help="dataset file")
     tb.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    tb.add_argument("--methods", nargs="+", help="subset of rows (default: all); 'LABEL:key=value,...' adds a row "
-                    "of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
+    tb.add_argument("--methods", nargs="+", help="rows by label (default: all, every row defined on the "
+                    "table's head); 'LABEL:key=value,...' adds a row of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
     tb.add_argument("--config", help="training config for every row (default: configs/<dataset>.yaml)")
     tb.add_argument("--name", help="output file stem (default: <dataset>_table)")
     tb.add_argument("--runs-dir", help="where the runs go (default runs/table/<dataset>); finished runs are reused")

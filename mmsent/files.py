@@ -14,6 +14,7 @@ A leaf module: it imports nothing of mmsent, so every other module can use it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -46,8 +47,12 @@ def free_space(path: Path) -> str:
 
 def write_failed(path: Path, e: OSError) -> FileError:
     reason = e.strerror or type(e).__name__
+    # What to do depends on why: space (disk or quota full, a file-size limit) or anything else
+    # (permissions, a read-only filesystem, an I/O error), where freeing space would not help.
+    space = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    fix = "free some space or pass another folder" if space else "pass another folder (or fix this one)"
     return FileError(f"{path}: cannot write ({reason}; {free_space(path)} on its filesystem); "
-                     "free some space or pass another folder, then run the same command again")
+                     f"{fix}, then run the same command again")
 
 
 def make_dir(path: Path) -> Path:

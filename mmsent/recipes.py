@@ -52,6 +52,13 @@ def resolve(path: str | Path) -> Path:
     return shipped if shipped.exists() else path
 
 
+def train_argv(*, dataset=None, data=None, config=None, seed=None, out=None, overrides=()) -> list[str]:
+    """The ``train`` command line of ``train_config``'s keywords: a table describes each run once,
+    as these keywords, and both starts it and checks a finished one against them."""
+    flags = {"--dataset": dataset, "--data": data, "--config": config, "--seed": seed, "--out": out}
+    return [t for flag, v in flags.items() if v is not None for t in (flag, str(v))] + [str(o) for o in overrides]
+
+
 def _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) -> list[tuple[str, object]]:
     pairs = [("data.dataset", dataset), ("data.path", data), ("model.fusion", fusion), ("strategy.name", strategy),
              ("strategy.args.alpha", alpha), ("seed", seed), ("train.epochs", epochs), ("out", out),

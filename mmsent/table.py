@@ -25,7 +25,7 @@ from mmsent.config import Config, ConfigError, choose, load_config
 from mmsent.data import DATASETS, build_dataset
 from mmsent.files import make_dir, write_text
 from mmsent.interrupt import PARENT_ENV, Interrupted
-from mmsent.recipes import recipe, train_config
+from mmsent.recipes import recipe, train_argv, train_config
 from mmsent.report import cell, load_results, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
@@ -38,12 +38,20 @@ def _row(name: str) -> list[str]:
     return [f"strategy={name}", *(f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items())]
 
 
-def strategy_rows() -> dict[str, list[str]]:
+def strategy_rows(fusion: str | None = None) -> dict[str, list[str]]:
     """Row label -> strategy overrides, for every registered strategy with a ``label``, in the
     registry's (the paper's) order; unimodal-only rows come first, per dataset. Per-method
     hyper-parameters live in the dataset's config (strategy.presets), so a single
-    `cli.py train --strategy X` run is the same run as the table's row."""
-    return {cls.label: _row(name) for name, cls in STRATEGIES.items() if cls.label}
+    `cli.py train --strategy X` run is the same run as the table's row. With ``fusion`` (a table
+    over one head, ``model.fusion=X`` for every row), only the methods defined on that head."""
+    return {cls.label: _row(name) for name, cls in STRATEGIES.items()
+            if cls.label and (fusion is None or cls.defined_on(fusion))}
+
+
+def table_fusion(overrides) -> str | None:
+    """The head a table's every row is given (its last ``model.fusion=X`` override), if any."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("model.fusion=")]
+    return given[-1] if given else None
 
 
 def modality_columns(dataset: str, data: str | None = None, overrides=(), config: str | None = None) -> dict[str, str]:
@@ -66,10 +74,11 @@ def unimodal_only(columns: dict[str, str]) -> dict[str, str]:
     return {f"{label}-only": m for m, label in columns.items()}
 
 
-def table_rows(columns: dict[str, str]) -> dict[str, list[str]]:
-    """Every row of a table: one unimodal-only model per modality, then the strategies."""
+def table_rows(columns: dict[str, str], fusion: str | None = None) -> dict[str, list[str]]:
+    """Every row of a table: one unimodal-only model per modality, then the strategies (those
+    defined on ``fusion`` when the table fixes the head)."""
     uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(columns).items()}
-    return {**uni, **strategy_rows()}
+    return {**uni, **strategy_rows(fusion)}
 
 
 def slug(method: str) -> str:
@@ -154,6 +163,28 @@ def custom_row(text: str) -> tuple[str, list[str]]:
     return label.strip(), overrides
 
 
+def choose_rows(dataset: str, data: str | None, methods: list[str] | None, overrides=(),
+                config: str | None = None) -> dict[str, list[str]]:
+    """The table's rows, label -> overrides, in order: ``methods`` names rows by label, ``all`` (the
+    default) every row defined on the table's head, 'LABEL:key=value,...' a row of its own."""
+    fusion = table_fusion(overrides)
+    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config), fusion)
+    every = list(rows)  # what `all` (and no --methods) stands for
+    for text in [m for m in methods or [] if ":" in m]:
+        label, extra = custom_row(text)
+        rows[label] = extra
+    named = [m.partition(":")[0].strip() for m in methods] if methods else ["all"]
+    methods = list(dict.fromkeys(r for m in named for r in (every if m == "all" else [m])))
+    elsewhere = {cls.label: cls.needs_model["fusion"] for cls in STRATEGIES.values() if cls.label in methods
+                 and cls.label not in rows}
+    if elsewhere:
+        raise ValueError(f"not defined on model.fusion={fusion}: " + ", ".join(f"{m} (its head: {h})" for m, h in elsewhere.items()))
+    unknown = [m for m in methods if m not in rows]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from all, {', '.join(rows)} or give 'LABEL:key=value,...'")
+    return {m: rows[m] for m in methods}
+
+
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
               methods: list[str] | None = None, overrides: list[str] = (), config: str | None = None,
               progress=print) -> dict[str, list[Path]]:
@@ -161,31 +192,21 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
     directories per method. A finished run made with another config than the one its row gives now
     (``recipes.train_config``: a changed preset, recipe or strategy default) is refused with one
     line, never reused as if it were the new run and never deleted."""
-    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config))
-    for text in [m for m in methods or [] if ":" in m]:
-        label, extra = custom_row(text)
-        rows[label] = extra
-    methods = [m.partition(":")[0].strip() for m in methods] if methods else list(rows)
-    unknown = [m for m in methods if m not in rows]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(rows)} or give 'LABEL:key=value,...'")
-    base = ["--dataset", dataset] + (["--data", data] if data else []) + (["--config", config] if config else [])
-    tasks, dirs = [], {m: [] for m in methods}
+    rows = choose_rows(dataset, data, methods, overrides, config)
+    methods = list(rows)
+    runs, dirs = [], {m: [] for m in methods}  # each run described once, as train_config's keywords
     for method in methods:
         for seed in seeds:
             out = runs_dir / f"{slug(method)}-s{seed}"
             dirs[method].append(out)
-            tasks.append(([*base, "--seed", str(seed), "--out", str(out), *rows[method], *overrides], out))
+            runs.append((out, dict(dataset=dataset, data=data, config=config, seed=seed, out=str(out),
+                                   overrides=[*rows[method], *overrides])))
+    tasks = [(train_argv(**run), out) for out, run in runs]
 
-    def expected(seed: int, out: Path, method: str):
-        return train_config(dataset=dataset, data=data, config=config, seed=seed, out=str(out),
-                            overrides=[*rows[method], *overrides], notes=False)
-
-    done_before = [(seed, out, method) for method in methods for seed, out in zip(seeds, dirs[method])
-                   if (out / "results.json").is_file()]
+    done_before = [(out, run) for out, run in runs if (out / "results.json").is_file()]
     if done_before:
-        stale = [(out, why) for seed, out, method in done_before
-                 if (why := stale_reason(out, expected(seed, out, method)))]
+        stale = [(out, why) for out, run in done_before
+                 if (why := stale_reason(out, train_config(**run, notes=False)))]
         if stale:
             (out, why), more = stale[0], len(stale) - 1
             raise ValueError(f"{out} holds a finished run made with another config ({why})"

@@ -306,15 +306,8 @@ def _av_cases():
     # it is defined there (MMCosine, ReconBoost and AMCo need their own heads and refuse MMTM)
     return [(name, fusion) for name in sorted(STRATEGIES) if name != "unimodal"
             for fusion in (STRATEGIES[name].needs_model.get("fusion", "concat"), "mmtm")
-            if fusion != "mmtm" or not STRATEGIES[name].needs_model or name in MMTM_TOO]
+            if fusion != "mmtm" or STRATEGIES[name].defined_on("mmtm")]
 
-
-# strategies that need a head of their own yet are defined on MMTM too: Greedy's MMTM gates, and
-# LFM's zero-masked branches (the spec's extension for heads without per-modality classifiers)
-MMTM_TOO = {"greedy", "lfm"}
-
-
-AV_ARGS = {"umt": {"teacher_epochs": 1}}
 
 # strategies whose head is trained on inputs other than the full features, by design: MLA and
 # DGL-MH fit it on masked passes, OPM and AMCo drop or mask part of the input of the fused pass
@@ -340,7 +333,8 @@ def test_every_strategy_steps_on_the_audio_visual_model(av_dataset, fusion, name
     cfg = load_config(Path(cli.ROOT) / "configs/cremad.yaml",
                       [("strategy", name), ("model.fusion", fusion), ("model.width", 4),
                        *((f"model.{k}", v) for k, v in STRATEGIES[name].needs_model.items() if k != "fusion"),
-                       *((f"strategy.args.{k}", v) for k, v in AV_ARGS.get(name, {}).items())])
+                       # its between-epoch machinery acts within the two epochs below
+                       *((f"strategy.args.{k}", v) for k, v in STRATEGIES[name].dist_test.items())])
     torch.manual_seed(0)
     task = build_task("classification", 6)
     model = build_model(cfg.model, av_dataset, task.out_dim)

@@ -447,3 +447,16 @@ def test_batches_merge_a_short_last_batch_only_when_asked():
     assert [len(b) for b in s.batches(3, min_size=2)] == [3, 3, 3]  # nothing short: nothing merged
     one = Split({"a": torch.zeros(1, 1, 1)}, {"a": torch.ones(1, 1, dtype=torch.bool)}, torch.zeros(1), ["a"])
     assert [len(b) for b in one.batches(4, min_size=2)] == [1]  # a single batch has nothing to join
+
+
+def test_a_failed_write_says_what_would_fix_it(tmp_path):
+    """Space (disk or quota full, a file-size limit) and other causes (permissions, read-only) get
+    different advice: freeing space does not help a folder the user cannot write."""
+    import errno
+
+    from mmsent.files import write_failed
+
+    full = str(write_failed(tmp_path / "x", OSError(errno.ENOSPC, "No space left on device")))
+    denied = str(write_failed(tmp_path / "x", OSError(errno.EACCES, "Permission denied")))
+    assert full.startswith(f"{tmp_path / 'x'}: cannot write (No space left on device; ") and "free some space" in full
+    assert "(Permission denied; " in denied and "free some space" not in denied and "pass another folder" in denied

@@ -136,3 +136,22 @@ def test_table_update_drops_rows_with_a_note(tmp_path):
     assert "| Mla |" not in text and text.count("| Base |") == 2
     assert "Removed rows: Mla (`python cli.py table" in text
     assert (tmp_path / "t.csv").read_text().splitlines() == ["method,branch,x", "Base,multi,1"]
+
+
+def test_a_table_over_one_head_has_the_methods_defined_there():
+    """`all` is every row; with model.fusion=mmtm for every row, the methods that need a head of their
+    own (MMCosine: linear concat, MLA and ReconBoost: one shared classifier, AMCo: class mixing) are left
+    out and Greedy and LFM (defined on MMTM too) stay; naming a left-out one is one line."""
+    from mmsent.table import choose_rows
+
+    every = choose_rows("avdigits", None, None)
+    assert list(every)[:3] == ["Audio-only", "Visual-only", "Multimodal Baseline"] and len(every) == 2 + 19
+    assert every["MMCosine"] == ["strategy=mmcosine", "model.fusion=concat", "model.hidden=0"]
+    mmtm = choose_rows("avdigits", None, ["all", "DGL-MH:strategy=dgl_mh"], ["model.fusion=mmtm"])
+    assert set(every) - set(mmtm) == {"MMCosine", "MLA", "ReconBoost", "AMCo"}
+    assert {"Greedy", "LFM", "DGL", "OGM_GE"} <= set(mmtm) and list(mmtm)[-1] == "DGL-MH"
+    assert mmtm["DGL-MH"] == ["strategy=dgl_mh"]
+    with pytest.raises(ValueError, match=r"not defined on model.fusion=mmtm: MLA \(its head: shared\)"):
+        choose_rows("avdigits", None, ["DGL", "MLA"], ["model.fusion=mmtm"])
+    assert list(choose_rows("mosi", None, ["DGL", "all"])) == ["DGL"] + [m for m in choose_rows("mosi", None, None)
+                                                                       if m != "DGL"]

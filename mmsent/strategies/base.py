@@ -72,9 +72,18 @@ class Strategy:
     # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
     # linear late-fusion head; tables, benchmarks and tests build its model with these.
     needs_model: dict = {}
+    # Other heads (``model.fusion``) it is defined on, besides the one ``needs_model`` names; "*": any head.
+    also_on: tuple = ()
     # True for the methods whose `alpha` is DGL's weight on the unimodal losses: the only ones the
     # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.args.alpha=)
     dgl_weight: bool = False
+
+    @classmethod
+    def defined_on(cls, fusion: str) -> bool:
+        """Whether the method is defined on the head ``model.fusion=fusion`` (a table over one head
+        leaves out the methods that would refuse it)."""
+        need = cls.needs_model.get("fusion")
+        return need is None or fusion == need or fusion in cls.also_on or "*" in cls.also_on
 
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0,
                  dist: Dist | None = None, batch_size: int = 64, steps_per_epoch: int = 1, min_batch: int = 1,

@@ -87,6 +87,7 @@ class Greedy(Strategy):
     Settings = GreedySettings
     state = ("speed_main", "speed_bypass", "care", "left")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "mmtm_seq"}
+    also_on = ("mmtm",)  # its model is MMTM itself: the image form of its MMTM blocks
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)

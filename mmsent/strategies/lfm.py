@@ -70,6 +70,7 @@ class LFM(Strategy):
     checked = "`test_lfm_alpha_schedule_matches_the_references_values`, `test_lfm_js_oracle`, the step test"
     Settings = NoSettings
     needs_model = {"fusion": "late_mean"}
+    also_on = ("*",)  # the zero-masked branches of any head (the spec's extension)
 
     def train_step(self, batch):
         feats = self.model.encode(batch)
