@@ -16,11 +16,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from mmsent.files import read_epochs  # noqa: E402
 
 
 def ratio_of(run: Path) -> tuple[float, float]:
     res = json.loads((run / "results.json").read_text())
-    train = sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines() if line)
+    train = sum(r["seconds"] for r in read_epochs(run / "metrics.jsonl"))
     return res["probe_seconds"], train
 
 

@@ -4,5 +4,15 @@
 """
 from mmsent.dgl import DGLLoss, DGLOutput, dgl_loss, zero_others
 
-__all__ = ["DGLLoss", "DGLOutput", "dgl_loss", "zero_others"]
+__all__ = ["DGLLoss", "DGLOutput", "dgl_loss", "load_run", "zero_others"]
+
+
+def __getattr__(name):
+    # `mmsent.load_run` is imported on first use: `from mmsent import dgl_loss` stays light (no data,
+    # model or strategy modules).
+    if name == "load_run":
+        from mmsent.predict import load_run
+
+        return load_run
+    raise AttributeError(f"module 'mmsent' has no attribute {name!r}")
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ def cmd_train(args) -> int:
     cfg = train_config(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion,
                        strategy=args.strategy, alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out,
                        device=args.device, overrides=args.overrides, resume=args.resume)
-    results = fit(cfg, resume=args.resume, quiet=args.quiet)
+    results = fit(cfg, resume=args.resume, quiet=args.quiet, command=f"{command()} {shlex.join(args.argv)}")
     if Dist().is_main:  # under torchrun rank 0 alone reports
         print_results(results)
     return 0
@@ -77,10 +77,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mmsent.report import load_results, print_summary
+    from mmsent.report import check_comparable, load_results, print_provenance, print_summary
 
     results = load_results(args.runs)  # a missing or damaged results.json: FileError, one line
+    check_comparable(args.runs, results, args.split)
     print_summary(results, args.split, args.metrics.split(","))
+    print_provenance(args.runs, results)
     return 0
 
 
@@ -140,6 +142,17 @@ def cmd_plot(args) -> int:
     paths = plot_runs([Path(r) for r in args.runs], Path(args.out))  # a damaged log: FileError, one line
     for p in paths:
         print(f"wrote {p}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from mmsent.predict import load_run
+    from mmsent.predictions import write_predictions
+
+    run = load_run(args.run, args.data, args.device)  # bad run or data: one line
+    split = getattr(run.dataset, args.split)
+    out = write_predictions(Path(args.out), split, run.predictions(split), run.dataset.task)
+    print(f"wrote {out}: {len(split)} {args.split} samples, predictions of multi and {', '.join(run.model.modalities)}")
     return 0
 
 
@@ -230,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--drop", nargs="+", metavar="LABEL", help="with --update: remove these rows (a method no "
                     "longer defined for the table's model), noted in the file")
     tb.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    pr = sub.add_parser("predict", help="per-sample predictions of a trained run (fused model and every branch) as CSV")
+    pr.add_argument("--run", required=True, help="the run directory (its validation-selected best.pt)")
+    pr.add_argument("--data", help="data to predict on, in the run's format (default: the run's own data)")
+    pr.add_argument("--split", choices=["train", "val", "test"], default="test")
+    pr.add_argument("--out", required=True, help="the CSV to write: id, label, one column per branch")
+    pr.add_argument("--device", default="cpu")
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="figures", help="output folder")
@@ -297,7 +316,7 @@ def _main(argv) -> int:
 
         try:
             return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
-                    "plot": cmd_plot, "data": cmd_data}[args.command](args)
+                    "plot": cmd_plot, "data": cmd_data, "predict": cmd_predict}[args.command](args)
         except (ConfigError, DataError, RunError, SweepError, FileError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -185,9 +185,10 @@ def read_json(path: Path, what: str = "file", fix: str = "") -> dict:
     return tree
 
 
-def read_epochs(path: Path, what: str = "metrics log", partial_tail: bool = True) -> list[dict]:
-    """The JSON objects of a one-object-per-line log. A last line cut short (a crash or a full disk
-    mid-append) is dropped when ``partial_tail``; any other line that is not a JSON object is an
+def read_log(path: Path, what: str = "metrics log", partial_tail: bool = True) -> list[dict]:
+    """Every record of a one-object-per-line log, in order: epoch records and the provenance lines
+    (``{"provenance": ...}``, written when a run starts or resumes). A last line cut short (a crash or
+    a full disk mid-append) is dropped when ``partial_tail``; any other line that is neither is an
     error naming the file and line."""
     path = Path(path)
     lines = _read_text(path, what).splitlines()
@@ -199,12 +200,18 @@ def read_epochs(path: Path, what: str = "metrics log", partial_tail: bool = True
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or not isinstance(row.get("val"), dict):
+        epoch = isinstance(row, dict) and isinstance(row.get("epoch"), int) and isinstance(row.get("val"), dict)
+        if not epoch and not (isinstance(row, dict) and isinstance(row.get("provenance"), dict)):
             if partial_tail and i == len(lines):
                 break  # an append that died half-way: that epoch is redone on resume
             raise FileError(f"{path}: line {i} is not an epoch record of mmsent's {what} ({line[:60]!r})")
         out.append(row)
     return out
+
+
+def read_epochs(path: Path, what: str = "metrics log", partial_tail: bool = True) -> list[dict]:
+    """The epoch records of a log (``read_log`` less its provenance lines)."""
+    return [r for r in read_log(path, what, partial_tail) if "provenance" not in r]
 
 
 class LockHeld(FileError):

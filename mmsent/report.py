@@ -21,6 +21,16 @@ def load_results(run_dirs) -> list[dict]:
     return out
 
 
+def check_comparable(run_dirs, results: list[dict], split: str = "test") -> None:
+    """Runs summarised together must score the same branches with the same metrics; one line naming
+    the first run that does not (a MOSI run beside an audio-visual one) instead of a KeyError."""
+    shape = lambda r: {b: sorted(m) for b, m in r[split].items()}  # noqa: E731
+    for d, r in zip(run_dirs, results):
+        if shape(r) != shape(results[0]):
+            raise FileError(f"{d}: its branches or metrics ({', '.join(r[split])}) differ from {run_dirs[0]}'s "
+                            f"({', '.join(results[0][split])}); report runs of one task and data together")
+
+
 def mean_std(values) -> tuple[float, float]:
     values = [v for v in values if v is not None]
     if not values:
@@ -97,3 +107,23 @@ def print_summary(results: list[dict], split: str, metrics: list[str]) -> None:
     for branch, values in summary.items():
         table.add_row(branch, *(cell(n, *values[n]) for n in names))
     _console().print(table)
+
+
+def describe_provenance(p: dict | None) -> str:
+    """One line of what a run was made with (runs from before provenance was recorded: say so)."""
+    if not p:
+        return "made with: not recorded (the run predates provenance records)"
+    git = p.get("git")
+    code = f"mmsent {p.get('mmsent')}" + (f" at {git['commit'][:10]}{' + uncommitted changes' if git['dirty'] else ''}"
+                                           if git else " (installed)")
+    ranks = f"{p['world_size']} ranks ({p['backend']})" if p.get("world_size", 1) > 1 else "1 process"
+    resumed = f", resumed {len(p['resumed'])}x" if p.get("resumed") else ""
+    return (f"made with: {code}; python {p.get('python')}, torch {p.get('torch')}, numpy {p.get('numpy')}; "
+            f"{p.get('device')} ({p.get('device_name')}), {p.get('dtype')}, {ranks}; {p.get('started')} to "
+            f"{p.get('ended')}{resumed}; command: {p.get('command')}")
+
+
+def print_provenance(run_dirs, results: list[dict]) -> None:
+    """``cli.py report``: each run's provenance line, under its folder."""
+    for d, r in zip(run_dirs, results):
+        _console().print(f"{d}: {describe_provenance(r.get('provenance'))}", highlight=False, soft_wrap=True)

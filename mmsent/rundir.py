@@ -19,7 +19,7 @@ import torch
 
 from mmsent.checks import first_line
 from mmsent.config import Config, load_config
-from mmsent.files import FileError, RunLock, read_epochs, read_json, write_json, write_text
+from mmsent.files import FileError, RunLock, read_json, read_log, write_json, write_text
 
 
 class RunError(RuntimeError):
@@ -48,13 +48,14 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 MARKER = ".mmsent-run"  # written into every run directory: only such a directory is ever reused
-OURS = ("config.json", "metrics.jsonl", "best.pt", "last.pt", "results.json", MARKER, RunLock.NAME)
+OURS = ("config.json", "metrics.jsonl", "best.pt", "last.pt", "results.json", "test_predictions.csv", MARKER,
+        RunLock.NAME)
 
 
 def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise RunError(f"{path}: not found; --resume needs the directory of an earlier run (--out DIR)")
+        raise RunError(f"{path}: not found; {run_dir}: not a run directory (give the --out DIR of an earlier train)")
     try:
         tree = read_json(path, "run config", "; the run cannot be resumed, start a new one with another --out")
     except FileError as e:
@@ -158,8 +159,8 @@ def truncate_log(path: Path, last_epoch: int) -> None:
     if not path.is_file():
         return
     try:
-        rows = read_epochs(path)
+        rows = read_log(path)
     except FileError as e:
         raise RunError(f"{e}; the log no longer matches the checkpoints, start a new run with another --out") from None
-    keep = [r for r in rows if r["epoch"] <= last_epoch]
+    keep = [r for r in rows if "provenance" in r or r["epoch"] <= last_epoch]
     write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -26,7 +26,9 @@ from mmsent.checks import command, first_line, host_memory, is_out_of_memory
 from mmsent.config import Config, ConfigError, choose
 from mmsent.data import Dataset, DataError, Split, build_dataset
 from mmsent.distributed import Dist, init_from_env
-from mmsent.files import FileError, append_line, jsonable, save_torch, write_json
+from mmsent.files import FileError, append_line, jsonable, read_log, save_torch, write_json
+from mmsent.predictions import PREDICTIONS, data_signature, write_predictions
+from mmsent.provenance import now, provenance
 from mmsent.interrupt import Interrupted, StopAtSafePoint
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
 from mmsent.probe import probe_encoders
@@ -92,9 +94,14 @@ def build_strategy(cfg: Config, model, optimizer, task, **loop):
 
 def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = False) -> dict[str, dict[str, float]]:
     """Metrics of the full model ("multi") and of every modality branch (the others zeroed)."""
+    return evaluate_with_predictions(strategy, split, task, batch_size, device, amp)[0]
+
+
+def evaluate_with_predictions(strategy, split: Split, task, batch_size: int, device, amp: bool = False):
+    """``evaluate``'s metrics and the branch predictions they were computed from."""
     with autocast(device, amp):
         preds = strategy.branch_predictions(split, batch_size)
-    return {k: {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)} for k, p in preds.items()}
+    return {k: {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)} for k, p in preds.items()}, preds
 
 
 def gradient_probe(model: MultimodalModel, batch, task) -> dict[str, dict[str, float]]:
@@ -141,8 +148,10 @@ def diagnostics(model: MultimodalModel, batch, task) -> dict[str, dict[str, floa
 
 
 def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
-        on_epoch=None) -> dict:
+        on_epoch=None, command: str | None = None) -> dict:
     """Train one model and return ``results`` (also written to ``<run>/results.json``).
+
+    ``command`` is the command line recorded in the run's provenance (default: this process's).
 
     ``on_epoch(epoch, val)`` is called after each epoch's validation (a sweep reports it to its
     pruner); it may raise to stop the run, which then stays resumable from ``last.pt``.
@@ -199,8 +208,9 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     ddp.on_main(lambda: folder.append(RunFolder.open(run, cfg, resume)), RunError)
     try:
         with StopAtSafePoint() as stop:
+            here = provenance(device, cfg.train.amp, ddp, command)  # a resumed run adds a line of its own
             return _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator,
-                           device, ddp, console, quiet, on_epoch, stop, min_batch)
+                           device, ddp, console, quiet, on_epoch, stop, min_batch, here)
     except BaseException as e:
         unsaved = folder and folder[0].fresh and not (run / "last.pt").is_file()
         if unsaved:  # nothing to resume: leave no folder behind that would block the next run
@@ -254,7 +264,7 @@ def check_model_fits(cfg: Config, dataset: Dataset, out_dim: int, device: torch.
 
 
 def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator, device, ddp, console,
-            quiet, on_epoch, stop, min_batch) -> dict:
+            quiet, on_epoch, stop, min_batch, here) -> dict:
     if resume:
         if not (run / "last.pt").is_file():
             raise RunError(f"{run}: no last.pt to resume from (a run that died before its first epoch is started "
@@ -276,6 +286,8 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         if ddp.is_main:  # rank 0 alone writes (two ranks rewriting one log raced under torchrun)
             truncate_log(run / "metrics.jsonl", state["epoch"])
 
+    if ddp.is_main:
+        append_line(run / "metrics.jsonl", json.dumps({"provenance": here}))
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
     # a fixed training batch for the per-epoch gradient and diagnostics logs
     log_batch = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
@@ -351,8 +363,8 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         raise RunError(f"{run / 'best.pt'}: holds epoch {best.get('epoch')} but the run selected epoch "
                        f"{state['best_epoch']} (a write was cut short); resume with the run's own train.epochs")
     model.load_state_dict(best["model"])
-    test = evaluate(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
-    results = {"task": dataset.task, "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
+    test, test_preds = evaluate_with_predictions(strategy, dataset.test, task, cfg.data.batch_size, device, cfg.train.amp)
+    results = {"task": dataset.task, "data": data_signature(dataset), "val": state["best_val"], "test": test, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict(),
                # every setting the strategy ran with, its code defaults included (config.json holds
                # only what was given): `cli.py table` tells from it that a default has changed since
@@ -361,7 +373,10 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         t0 = time.perf_counter()
         results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)
         results["probe_seconds"] = time.perf_counter() - t0
-    if ddp.is_main:
+    if ddp.is_main:  # per-sample test predictions: `cli.py table` tests differences between methods on them
+        write_predictions(run / PREDICTIONS, dataset.test, test_preds, dataset.task)
+        starts = [r["provenance"]["started"] for r in read_log(run / "metrics.jsonl") if "provenance" in r]
+        results["provenance"] = {**here, "started": starts[0], "resumed": starts[1:], "ended": now()}
         write_json(run / "results.json", results)
     ddp.barrier()  # the run is complete on disk before any rank returns
     results["run_dir"] = str(run)

@@ -10,18 +10,19 @@ branches. Prints a markdown table.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmsent.files import read_epochs  # noqa: E402
 
 METHODS = {"vanilla": "multimodal_baseline", "DGL": "dgl", "DGL +MT": "dgl_+mt", "DGL-MH (β = 0.1)": "dgl_mh_b=0.1"}
 EPOCHS = (0, 1, 2, 5, 11)
 
 
 def logs(root: Path, name: str) -> list[list[dict]]:
-    return [[json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted(root.glob(f"{name}-s*/metrics.jsonl"))]
+    return [read_epochs(p) for p in sorted(root.glob(f"{name}-s*/metrics.jsonl"))]
 
 
 def at(runs: list[list[dict]], epoch: int, value) -> float | None:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_av_blocks import numpy_log_stft  # noqa: E402
 
 import cli  # noqa: E402
+from conftest import log_records  # noqa: E402
 
 EMOTIONS = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 # 64 STFT frames keep every ResNet map at least two columns wide: on one-column maps torch's CPU
@@ -192,7 +193,7 @@ def test_one_epoch_end_to_end_through_the_cli(tmp_path, args):
     cfg = json.loads((out / "config.json").read_text())
     if "dgl" in args:  # the CREMA-D preset alpha = 4 reaches the strategy
         assert cfg["strategy"]["presets"]["dgl"] == {"alpha": 4.0}
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    log = log_records(out / "metrics.jsonl")
     assert set(log[0]["grad_norm"]) == {"audio", "visual"}
 
 

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
+from conftest import log_records, logged_epochs  # noqa: E402
 
 SHARED_MOSI = ROOT.parent / "shared/data/mosi/mosi_utterance.pkl"
 SMALL = ["data.n_train=96", "data.n_val=32", "data.n_test=48", "data.batch_size=32", "model.dim=8",
@@ -32,7 +33,7 @@ def test_train_writes_results_logs_and_checkpoints(tmp_path):
     assert set(res["val"]) == {"multi", "text", "audio", "vision"}
     assert res["config"]["strategy"]["name"] == "dgl" and res["config"]["strategy"]["args"] == {"alpha": 2.0}
     assert 0 <= res["best_epoch"] < 3
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = log_records(out / "metrics.jsonl")
     assert [line["epoch"] for line in lines] == [0, 1, 2]
     gn = lines[0]["grad_norm"]
     assert set(gn) == {"text", "audio", "vision"} and all(v["unimodal"] > 0 and v["multimodal"] > 0 for v in gn.values())
@@ -52,7 +53,7 @@ def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
     assert cli.main(["train", "--quiet", "--out", str(c), "--resume", "--epochs", "4"]) == 0
     rc = json.loads((c / "results.json").read_text())
     assert rc["test"] == ra["test"] and rc["best_epoch"] == ra["best_epoch"]
-    assert len((c / "metrics.jsonl").read_text().splitlines()) == 4
+    assert logged_epochs(c / "metrics.jsonl") == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("name", ["vanilla", "unimodal"])
@@ -227,3 +228,33 @@ def test_messages_suggest_the_command_the_user_typed(tmp_path, monkeypatch, caps
     assert command() == said
     assert cli.main(["data", "download", "cremad"]) == 2
     assert f"get the raw files and run: {said} data prepare cremad" in capsys.readouterr().err
+
+
+def test_a_run_records_what_it_was_made_with(tmp_path, capsys):
+    """results.json and the first line of metrics.jsonl: version, commit, libraries, device, ranks,
+    command, times; a resume adds its own line and is counted; `report` prints it."""
+    import numpy
+    import torch
+
+    import mmsent
+
+    out = tmp_path / "run"
+    argv = ["train", "--quiet", "--epochs", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["provenance"]
+    assert first["mmsent"] == mmsent.__version__ and first["torch"] == torch.__version__
+    assert first["numpy"] == numpy.__version__ and first["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert (first["device"], first["dtype"], first["world_size"], first["backend"]) == ("cpu", "float32", 1, None)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (CI clones one): its commit
+        assert first["git"]["commit"] == head.stdout.strip() and isinstance(first["git"]["dirty"], bool)
+    assert cli.main(["train", "--quiet", "--epochs", "2", "--out", str(out), "--resume"]) == 0
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert ["provenance" in r for r in lines] == [True, False, True, False]  # a line per start, before its epochs
+    prov = json.loads((out / "results.json").read_text())["provenance"]
+    assert prov["started"] == first["started"] and prov["resumed"] == [lines[2]["provenance"]["started"]]
+    assert prov["started"] <= prov["ended"] and "--resume" in prov["command"]
+    capsys.readouterr()
+    assert cli.main(["report", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"{out}: made with: mmsent {mmsent.__version__}" in said and "1 process" in said and "resumed 1x" in said

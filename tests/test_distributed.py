@@ -155,6 +155,9 @@ def test_torchrun_two_ranks_writes_the_results_of_one_process(tmp_path):
     one = _train(tmp_path, "one", *args)
     two = _train(tmp_path, "two", *args, ranks=2)
     _same_results(two, one, 1e-4)
+    # the files tell the two apart: ranks and their backend are recorded
+    assert (two["provenance"]["world_size"], two["provenance"]["backend"]) == (2, "gloo")
+    assert (one["provenance"]["world_size"], one["provenance"]["backend"]) == (1, None)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import logged_epochs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.n_train=64", "data.n_val=16", "data.n_test=16", "data.batch_size=32", "model.dim=8",
@@ -198,7 +199,7 @@ def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_pat
     p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args, "--out", str(run)], cwd=tmp_path,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     log = run / "metrics.jsonl"
-    while p.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 3):
+    while p.poll() is None and len(logged_epochs(log)) < 3:
         time.sleep(0.05)  # no deadline: ends when epoch 3 is logged or the process exits
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
@@ -386,7 +387,7 @@ def test_a_log_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path, finished
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:40])
     rc, err = cli(tmp_path, "train", "--quiet", "--resume", "--epochs", "3", "--out", str(run))
     assert rc == 0, err
-    assert [json.loads(line)["epoch"] for line in _log_lines(run)] == [0, 1, 2]
+    assert logged_epochs(run / "metrics.jsonl") == [0, 1, 2]
 
 
 def test_out_that_is_a_symlink_to_an_empty_folder_is_refused_and_nothing_is_left_beside_it(tmp_path):

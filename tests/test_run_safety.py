@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_reliability import ROOT, SMALL, cli
+from conftest import logged_epochs  # noqa: E402
 
 TRAIN = ["train", "--quiet", "--strategy", "dgl", "train.patience=100", *SMALL]
 
@@ -28,7 +29,7 @@ def start(cwd, *args, **kw) -> subprocess.Popen:
 def wait_for_epochs(run: Path, n: int, p: subprocess.Popen) -> None:
     """Until ``n`` epochs are logged or the process ends (no deadline: a loaded machine is slow)."""
     log = run / "metrics.jsonl"
-    while p.poll() is None and not (log.is_file() and log.read_text().count("\n") >= n):
+    while p.poll() is None and len(logged_epochs(log)) < n:
         time.sleep(0.02)
 
 
@@ -82,12 +83,12 @@ def test_a_second_writer_is_refused_and_sigterm_stops_at_a_safe_point(tmp_path, 
     assert err.startswith(f"interrupted by SIGTERM: {run} holds epochs 0-") and \
         f"continue with: python cli.py train --out {run} --resume" in err, err
     assert not leftovers(tmp_path)
-    saved = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"]
+    saved = logged_epochs(run / "metrics.jsonl")[-1]
     assert f"holds epochs 0-{saved};" in err  # what it says is saved is what is on disk
     rc, err = cli(tmp_path, "train", "--quiet", "--out", str(run), "--resume")
     assert rc == 0, err
     assert results(run) == results(straight)
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(10))
+    assert logged_epochs(run / "metrics.jsonl") == list(range(10))
 
 
 def test_ctrl_c_before_the_first_epoch_leaves_nothing_and_the_same_command_runs(tmp_path):
@@ -120,7 +121,7 @@ def test_a_table_killed_with_9_takes_its_run_with_it_and_ctrl_c_stops_it_cleanly
     assert not leftovers(tmp_path)
 
     t = start(tmp_path, *table)  # resumes the run; Ctrl-C to the table alone stops both cleanly
-    before = (run / "metrics.jsonl").read_text().count("\n")
+    before = len(logged_epochs(run / "metrics.jsonl"))
     wait_for_epochs(run, before + 2, t)
     assert t.poll() is None, t.communicate()
     t.send_signal(signal.SIGINT)
@@ -132,7 +133,7 @@ def test_a_table_killed_with_9_takes_its_run_with_it_and_ctrl_c_stops_it_cleanly
 
     rc, err = cli(tmp_path, *table)
     assert rc == 0, err
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(10))
+    assert logged_epochs(run / "metrics.jsonl") == list(range(10))
 
 
 def limit_file_size(n: int):
@@ -181,7 +182,7 @@ for free in sizes:
     if b.returncode == 0:
         r = json.loads((run / "results.json").read_text())
         case["results"] = {k: r[k] for k in ("test", "val", "best_epoch", "epochs_run", "probe")}
-        case["epochs"] = [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+        case["epochs"] = logged_epochs(run / "metrics.jsonl")
     out.append(case)
 report.write_text(json.dumps(out))
 '''
@@ -271,7 +272,7 @@ def test_ctrl_c_stops_a_sweep_in_one_line_and_the_same_command_goes_on(tmp_path)
                                     "space": {"strategy.args.alpha": {"low": 0.5, "high": 4.0}}}))
     cmd = ["sweep", str(spec), "--out-dir", str(tmp_path / "sw"), "train.patience=100", *SMALL]
     s = start(tmp_path, *cmd)
-    while s.poll() is None and not any(p.read_text().count("\n") >= 2 for p in (tmp_path / "sw").glob("*/trial-*/seed-0/metrics.jsonl")):
+    while s.poll() is None and not any(len(logged_epochs(p)) >= 2 for p in (tmp_path / "sw").glob("*/trial-*/seed-0/metrics.jsonl")):
         time.sleep(0.02)
     assert s.poll() is None, s.communicate()
     s.send_signal(signal.SIGINT)
