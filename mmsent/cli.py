@@ -19,7 +19,7 @@ def cmd_train(args) -> int:
     cfg = train_config(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion,
                        strategy=args.strategy, alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out,
                        device=args.device, overrides=args.overrides, resume=args.resume)
-    results = fit(cfg, resume=args.resume, quiet=args.quiet, command=f"{command()} {shlex.join(args.argv)}")
+    results = fit(cfg, resume=args.resume, quiet=args.quiet, command_line=f"{command()} {shlex.join(args.argv)}")
     if Dist().is_main:  # under torchrun rank 0 alone reports
         print_results(results)
     return 0

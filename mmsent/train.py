@@ -148,10 +148,10 @@ def diagnostics(model: MultimodalModel, batch, task) -> dict[str, dict[str, floa
 
 
 def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
-        on_epoch=None, command: str | None = None) -> dict:
+        on_epoch=None, command_line: str | None = None) -> dict:
     """Train one model and return ``results`` (also written to ``<run>/results.json``).
 
-    ``command`` is the command line recorded in the run's provenance (default: this process's).
+    ``command_line`` is the command line recorded in the run's provenance (default: this process's).
 
     ``on_epoch(epoch, val)`` is called after each epoch's validation (a sweep reports it to its
     pruner); it may raise to stop the run, which then stays resumable from ``last.pt``.
@@ -208,7 +208,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     ddp.on_main(lambda: folder.append(RunFolder.open(run, cfg, resume)), RunError)
     try:
         with StopAtSafePoint() as stop:
-            here = provenance(device, cfg.train.amp, ddp, command)  # a resumed run adds a line of its own
+            here = provenance(device, cfg.train.amp, ddp, command_line)  # a resumed run adds a line of its own
             return _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator,
                            device, ddp, console, quiet, on_epoch, stop, min_batch, here)
     except BaseException as e:
