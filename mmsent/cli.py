@@ -116,6 +116,16 @@ def cmd_table(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     line = f"{command()} {shlex.join(args.argv)}"
+    from mmsent.table import BASELINE, reference_runs, slug
+
+    # an --update re-making some rows compares them with the baseline's finished runs, if there are any
+    baseline = args.update and BASELINE not in dirs and any((runs_dir / f"{slug(BASELINE)}-s{s}").is_dir() for s in args.seeds)
+    wanted = [*([BASELINE] if baseline else []), *(args.reference or [])]
+    try:
+        references = reference_runs(wanted, dirs, runs_dir, args.seeds)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.update:  # only these rows are re-made: merge them into the committed table
         import tempfile
 
@@ -127,10 +137,10 @@ def cmd_table(args) -> int:
             print(f"error: --update needs the table to update: {md} and {csv_path}", file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory() as tmp:
-            new_md, new_csv = write_table(dirs, Path(tmp), dataset, line, stem)
+            new_md, new_csv = write_table(dirs, Path(tmp), dataset, line, stem, references)
             update_table(md, csv_path, new_md, new_csv, line, list(dirs), args.drop or ())
     else:
-        md, csv_path = write_table(dirs, Path(args.out), dataset, line, args.name)
+        md, csv_path = write_table(dirs, Path(args.out), dataset, line, args.name, references)
     print(md.read_text())
     print(f"wrote {md} and {csv_path}")
     return 0
@@ -151,8 +161,17 @@ def cmd_predict(args) -> int:
 
     run = load_run(args.run, args.data, args.device)  # bad run or data: one line
     split = getattr(run.dataset, args.split)
-    out = write_predictions(Path(args.out), split, run.predictions(split), run.dataset.task)
+    preds = run.predictions(split)
+    out = write_predictions(Path(args.out), split, preds, run.dataset.task)
     print(f"wrote {out}: {len(split)} {args.split} samples, predictions of multi and {', '.join(run.model.modalities)}")
+    if run.results and not args.data and args.split == "test":  # the run's own test split: what it scored
+        metric = run.task.headline
+        now, then = run.task.metrics(preds["multi"], split.y)[metric], run.results["test"]["multi"][metric]
+        if abs(now - then) > 1e-6:
+            print(f"warning: test {metric} of these predictions is {now:.6f}, results.json says {then:.6f}: the code or "
+                  "the data changed since the run", file=sys.stderr)
+            return 1
+        print(f"test {metric} {now:.6f}, as results.json scored it")
     return 0
 
 
@@ -234,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     tb.add_argument("--methods", nargs="+", help="rows by label (default: all, every row defined on the "
                     "table's head); 'LABEL:key=value,...' adds a row of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
+    tb.add_argument("--reference", action="append", metavar="LABEL", help="also compare every row with this row "
+                    "(e.g. DGL); the multimodal baseline always is (significance: docs/guides/tables.md)")
     tb.add_argument("--config", help="training config for every row (default: configs/<dataset>.yaml)")
     tb.add_argument("--name", help="output file stem (default: <dataset>_table)")
     tb.add_argument("--runs-dir", help="where the runs go (default runs/table/<dataset>); finished runs are reused")

@@ -28,6 +28,7 @@ import yaml
 
 from mmsent.checks import ConfigError, NoSettings, SettingError, check, choose, finite  # noqa: F401  (re-exported)
 from mmsent.data import DATASETS
+from mmsent.tracking import TRACKERS
 from mmsent.models.fusions import FUSIONS
 from mmsent.strategies import STRATEGIES
 
@@ -133,8 +134,11 @@ class TrainConfig:
     select: str = "loss"  # validation metric of the multimodal model used for model selection
     grad_probe: bool = True  # log per-encoder gradient norms (unimodal vs multimodal loss) each epoch
     probe: bool = True  # fit a linear probe on each frozen encoder's features after training
+    log: str = "jsonl"  # where records go besides metrics.jsonl: jsonl | tensorboard | wandb, or several: "tensorboard,wandb"
 
     def __post_init__(self):
+        for name in self.log.split(","):
+            check("train.log", name.strip() in TRACKERS, self.log, f"one or more of {', '.join(TRACKERS)}, comma-separated")
         check("train.epochs", self.epochs >= 1, self.epochs, ">= 1")
         check("train.optimizer", self.optimizer in ("adam", "sgd"), self.optimizer, "adam or sgd")
         for key in ("lr", "bert_lr", "lr_gamma"):

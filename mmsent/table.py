@@ -237,8 +237,14 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
     return dirs
 
 
+BASELINE = "Multimodal Baseline"  # the row every other row is compared with (when the table has it)
+
+
 def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, command: str,
-                name: str | None = None) -> tuple[Path, Path]:
+                name: str | None = None, references: dict[str, list[Path]] | None = None) -> tuple[Path, Path]:
+    """The Markdown and CSV tables of ``dirs`` (label -> run dirs, one per seed). Every row is
+    compared with each reference row (default: the multimodal baseline; ``references`` adds rows, or
+    supplies a reference's runs when ``dirs`` lacks them): see ``mmsent.significance``."""
     make_dir(out_dir)
     md = out_dir / f"{name or dataset + '_table'}.md"
     csv_path = out_dir / f"{name or dataset + '_table'}.csv"
@@ -271,6 +277,11 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
         for branch, metrics in [*summary.items(), *((f"probe:{m}", v) for m, v in probes.items())]:
             rows.append({"method": method, "branch": branch, "seeds": len(run_dirs),
                          **{f"{k}_{s}": v for k, (mean, std) in metrics.items() for s, v in (("mean", mean), ("std", std))}})
+    refs = {**({BASELINE: dirs[BASELINE]} if BASELINE in dirs else {}), **(references or {})}
+    for ref, ref_dirs in refs.items():
+        section, diff_rows = significance_section(dirs, results, ref, ref_dirs, metric, title, set(only))
+        lines += section
+        rows += diff_rows
     if all(summarize_probes(r) for r in results.values()):
         lines += ["", f"Linear probe of each frozen encoder at the selected epoch (test {title}; regularisation chosen "
                   "on validation). A unimodal-only row shows the encoder it trained.", "",
@@ -281,8 +292,63 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
                      for m in labels]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     write_text(md, "\n".join(lines) + "\n")
-    write_text(csv_path, _csv_text(rows, list(rows[0])))
+    write_text(csv_path, _csv_text(rows, list(dict.fromkeys(k for r in rows for k in r))))
     return md, csv_path
+
+
+def reference_runs(labels, dirs: dict[str, list[Path]], runs_dir: Path, seeds) -> dict[str, list[Path]]:
+    """The runs of each reference row: the table's own, else the finished ones in ``runs_dir`` (an
+    ``--update`` that re-makes some rows still compares them with the baseline's runs)."""
+    out = {}
+    for label in labels:
+        found = dirs.get(label) or [d for s in seeds if ((d := runs_dir / f"{slug(label)}-s{s}") / "results.json").is_file()]
+        if not found:
+            raise ValueError(f"--reference {label!r}: no finished runs of it in {runs_dir}; add it to --methods")
+        out[label] = found
+    return out
+
+
+def _seed_of(run: Path) -> str:
+    """The seed of a table run (``<method>-s<seed>``), which pairs it with the reference's run."""
+    return Path(run).name.rsplit("-s", 1)[-1]
+
+
+def significance_section(dirs, results, ref: str, ref_dirs: list[Path], metric: str, title: str,
+                         skip: set) -> tuple[list[str], list[dict]]:
+    """The Markdown lines and CSV rows comparing every row's fused model with ``ref``'s, seed by seed
+    and over test samples (``mmsent.significance``)."""
+    from mmsent.significance import paired_t, read_predictions, sample_test, stars, t_quantile
+
+    ref_results = dict(zip(map(_seed_of, ref_dirs), load_results(ref_dirs)))
+    ref_preds = {_seed_of(d): read_predictions(d) for d in ref_dirs}
+    scale = 100 if metric.startswith(("acc", "f1")) else 1
+    unit = ", in percentage points" if scale == 100 else ""
+    n = max(len(v) for v in dirs.values())
+    width = t_quantile(0.975, n - 1) / n ** 0.5 if n > 1 else float("nan")
+    lines = ["", f"Difference from {ref} (test {title} of Multi, row minus {ref}{unit}), seed against seed: mean and "
+             f"95 % t-interval over the paired seeds, the paired t-test's p, and p over the test samples "
+             f"({'McNemar exact, predictions pooled over seeds' if metric in ('acc', 'acc2_has0') else 'paired t on per-sample errors'}). "
+             f"* p < 0.05, ** p < 0.01 (per row, uncorrected). With {n} seeds the interval spans ±{width:.2f} standard "
+             "deviations of the per-seed differences.", "",
+             "| Method | Δ Multi [95 % CI] | p (seeds) | p (samples) |", "|---|---|---|---|"]
+    rows = []
+    fmt = lambda v: f"{scale * v:+.2f}"  # noqa: E731
+    for method, run_dirs in dirs.items():
+        if method == ref or method in skip:
+            continue
+        paired = [(d, r) for d, r in zip(run_dirs, results[method]) if _seed_of(d) in ref_results]
+        seeds = paired_t([r["test"]["multi"][metric] for _, r in paired],
+                         [ref_results[_seed_of(d)]["test"]["multi"][metric] for d, _ in paired])
+        samples = sample_test(metric, [read_predictions(d) for d, _ in paired], [ref_preds[_seed_of(d)] for d, _ in paired])
+        p_samples, n_samples = samples if samples else (float("nan"), 0)
+        ci = f" [{fmt(seeds.low)}, {fmt(seeds.high)}]" if seeds.n > 1 else " (1 seed)"
+        p_seed = f"{seeds.p:.3f}{stars(seeds.p)}" if seeds.n > 1 else "-"
+        p_sample = f"{p_samples:.3g}{stars(p_samples)}" if samples else "- (no predictions)"
+        lines.append(f"| {method} | {fmt(seeds.mean)}{ci} | {p_seed} | {p_sample} |")
+        rows.append({"method": method, "branch": f"diff:{ref}", "seeds": seeds.n, "delta": seeds.mean,
+                     "delta_low": seeds.low, "delta_high": seeds.high, "p_seeds": seeds.p, "p_samples": p_samples,
+                     "samples": n_samples})
+    return lines, rows
 
 
 def _csv_text(rows: list[dict], fields: list[str]) -> str:

@@ -29,6 +29,7 @@ from mmsent.distributed import Dist, init_from_env
 from mmsent.files import FileError, append_line, jsonable, read_log, save_torch, write_json
 from mmsent.predictions import PREDICTIONS, data_signature, write_predictions
 from mmsent.provenance import now, provenance
+from mmsent.tracking import Trackers, check_available
 from mmsent.interrupt import Interrupted, StopAtSafePoint
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
 from mmsent.probe import probe_encoders
@@ -201,16 +202,20 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                               steps_per_epoch=dataset.train.n_batches(cfg.data.batch_size, min_batch))
     generator = torch.Generator().manual_seed(cfg.seed)
 
+    trackers = [n.strip() for n in cfg.train.log.split(",")]
+    check_available(trackers)  # a missing tensorboard / wandb package: one line, nothing written
     # Everything that can be wrong with the input has been checked: only now touch the disk.
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
     folder: list[RunFolder] = []  # rank 0's handle (the lock); other ranks never write
+    track: list[Trackers] = []
     ddp.on_main(lambda: folder.append(RunFolder.open(run, cfg, resume)), RunError)
     try:
         with StopAtSafePoint() as stop:
             here = provenance(device, cfg.train.amp, ddp, command_line)  # a resumed run adds a line of its own
+            track.append(Trackers(trackers, run, cfg.to_dict(), active=ddp.is_main))
             return _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator,
-                           device, ddp, console, quiet, on_epoch, stop, min_batch, here)
+                           device, ddp, console, quiet, on_epoch, stop, min_batch, here, track[0])
     except BaseException as e:
         unsaved = folder and folder[0].fresh and not (run / "last.pt").is_file()
         if unsaved:  # nothing to resume: leave no folder behind that would block the next run
@@ -227,6 +232,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
             raise RunError(str(e) + ("" if unsaved else "; the run stays resumable with --resume")) from None
         raise
     finally:
+        if track:
+            track[0].close()
         if folder:
             folder[0].close()
 
@@ -264,7 +271,7 @@ def check_model_fits(cfg: Config, dataset: Dataset, out_dim: int, device: torch.
 
 
 def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator, device, ddp, console,
-            quiet, on_epoch, stop, min_batch, here) -> dict:
+            quiet, on_epoch, stop, min_batch, here, trackers) -> dict:
     if resume:
         if not (run / "last.pt").is_file():
             raise RunError(f"{run}: no last.pt to resume from (a run that died before its first epoch is started "
@@ -339,6 +346,7 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             state["epoch"] = epoch
             if ddp.is_main:
                 append_line(run / "metrics.jsonl", json.dumps(jsonable(record)))
+                trackers.epoch(record)
                 save_torch(run / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                              "strategy": strategy.state_dict(), "rng": torch.get_rng_state(),
                                              "generator": generator.get_state(), "state": state})
@@ -378,6 +386,7 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         starts = [r["provenance"]["started"] for r in read_log(run / "metrics.jsonl") if "provenance" in r]
         results["provenance"] = {**here, "started": starts[0], "resumed": starts[1:], "ended": now()}
         write_json(run / "results.json", results)
+        trackers.results(results)
     ddp.barrier()  # the run is complete on disk before any rank returns
     results["run_dir"] = str(run)
     return results

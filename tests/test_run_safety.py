@@ -182,7 +182,7 @@ for free in sizes:
     if b.returncode == 0:
         r = json.loads((run / "results.json").read_text())
         case["results"] = {k: r[k] for k in ("test", "val", "best_epoch", "epochs_run", "probe")}
-        case["epochs"] = logged_epochs(run / "metrics.jsonl")
+        case["epochs"] = [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
     out.append(case)
 report.write_text(json.dumps(out))
 '''

@@ -217,5 +217,5 @@ def test_a_sweep_without_its_data_stops_before_any_trial(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MMSENT_MOSI"}
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sweep", "alpha", "--out-dir", str(tmp_path / "sw")],
                        cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "MOSI data not found" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "mosi data not found (looked at $MMSENT_MOSI" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "sw").exists()

@@ -37,6 +37,18 @@ def test_table_runs_writes_md_csv_and_resumes(tmp_path, capsys):
     assert out.count("(cached)") == 5 and "dgl-s1: ok\n" in out
     assert (tmp_path / "runs/dgl-s0/results.json").stat().st_mtime_ns == stamp
     assert (tmp_path / "runs/dgl-s1/results.json").is_file()
+    # every row against the baseline (and against DGL when asked), from the runs' own test predictions
+    assert cli.main([*args, "--reference", "DGL"]) == 0
+    md = (tmp_path / "results/synthetic_table.md").read_text()
+    against = md.split("Difference from Multimodal Baseline")[1].split("Difference from DGL")[0]
+    assert "| DGL | " in against and "(no predictions)" not in against and "| Audio-only |" not in against
+    assert "| Multimodal Baseline | " in md.split("Difference from DGL")[1]
+    diff = next(r for r in csv.DictReader((tmp_path / "results/synthetic_table.csv").open())
+                if r["method"] == "DGL" and r["branch"] == "diff:Multimodal Baseline")
+    base = [json.loads((tmp_path / f"runs/multimodal_baseline-s{s}/results.json").read_text())["test"]["multi"]["acc2_has0"]
+            for s in (0, 1)]
+    assert float(diff["delta"]) == pytest.approx((accs[0] - base[0] + accs[1] - base[1]) / 2)
+    assert diff["samples"] == str(len((tmp_path / "runs/dgl-s0/test_predictions.csv").read_text().splitlines()) - 1)
 
 
 def test_table_rejects_unknown_method(tmp_path, capsys):
