@@ -15,4 +15,4 @@ def __getattr__(name):
 
         return load_run
     raise AttributeError(f"module 'mmsent' has no attribute {name!r}")
-__version__ = "0.1.0"
+from mmsent._version import __version__  # noqa: E402

@@ -39,7 +39,7 @@ def provenance(device, amp: bool, ddp, command: str | None = None) -> dict:
     import torch
     import torch.distributed as dist
 
-    from mmsent import __version__
+    from mmsent._version import __version__
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {"mmsent": __version__, "git": git_state(), "python": platform.python_version(),
