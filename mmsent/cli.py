@@ -19,7 +19,16 @@ def cmd_train(args) -> int:
     cfg = train_config(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion,
                        strategy=args.strategy, alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out,
                        device=args.device, overrides=args.overrides, resume=args.resume)
-    results = fit(cfg, resume=args.resume, quiet=args.quiet, command_line=f"{command()} {shlex.join(args.argv)}")
+    results = fit(cfg, resume=args.resume, quiet=args.quiet, command_line=f"{command()} {shlex.join(args.argv)}",
+                  dry_run=args.dry_run)
+    if args.dry_run:
+        c, d = results["config"], results["data"]
+        print(f"dry run (nothing written): would {'resume' if args.resume else 'train'} {results['run_dir']}: dataset "
+              f"{c['data']['dataset']} ({', '.join(f'{k} {v}' for k, v in results['sizes'].items())}; {d['task']}; "
+              f"modalities {', '.join(f'{m} {w}' for m, w in d['dims'].items())}), fusion {c['model']['fusion']} "
+              f"({results['parameters']:,} parameters), strategy {c['strategy']['name']} {c['strategy']['args'] or ''}"
+              f"".rstrip() + f", {c['train']['epochs']} epochs of {results['steps_per_epoch']} steps, seed {c['seed']}")
+        return 0
     if Dist().is_main:  # under torchrun rank 0 alone reports
         print_results(results)
     return 0
@@ -43,6 +52,10 @@ def cmd_sweep(args) -> int:
                   study=args.study, trials=args.trials, out_dir=args.out_dir)
     console.print(f"study {sweep.study_name!r} in {sweep.storage_url}: {sweep.trials} trials x seeds {spec.seeds}, "
                   f"{spec.direction} validation {spec.metric}")
+    if args.dry_run:  # the spec, its space, the base config and the data are checked: stop before the storage
+        console.print("dry run (nothing written): would search " + "; ".join(
+            f"{p.name} in {p.choices or p.grid or f'[{p.low}, {p.high}]'}" for p in spec.params))
+        return 0
     study = sweep.run(progress=console.print, worker=args.worker)
 
     table = Table(title=f"{sweep.study_name}: trials")
@@ -90,8 +103,14 @@ def cmd_table(args) -> int:
     from mmsent.table import run_table, write_table
 
     dataset = args.dataset
+    override = lambda m: re.match(r"^[A-Za-z_][\w.]*=", m) is not None  # noqa: E731  (else a row, maybe 'LABEL:k=v')
+    args.overrides += [s for s in args.seeds if override(s)]  # nargs="+" swallows overrides after --seeds too
+    try:
+        args.seeds = [int(s) for s in args.seeds if not override(s)]
+    except ValueError:
+        print(f"error: --seeds takes integers, got {' '.join(args.seeds)}", file=sys.stderr)
+        return 2
     if args.methods:  # nargs="+" also swallows key=value overrides written after --methods
-        override = lambda m: re.match(r"^[A-Za-z_][\w.]*=", m) is not None  # noqa: E731  (else a row, maybe 'LABEL:k=v')
         args.overrides += [m for m in args.methods if override(m)]
         args.methods = [m for m in args.methods if not override(m)]
     runs_dir = Path(args.runs_dir or f"runs/table/{dataset}")
@@ -101,6 +120,9 @@ def cmd_table(args) -> int:
     if args.update and args.drop and not args.methods:  # only removing rows: nothing to train
         from mmsent.table import update_table
 
+        if args.dry_run:
+            print(f"dry run (nothing written): would remove rows {', '.join(args.drop)} from the table")
+            return 0
         stem = args.name or f"{dataset}_table"
         md, csv_path = Path(args.out) / f"{stem}.md", Path(args.out) / f"{stem}.csv"
         if not (md.is_file() and csv_path.is_file()):
@@ -111,10 +133,12 @@ def cmd_table(args) -> int:
         return 0
     try:
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
-                         methods=args.methods, overrides=args.overrides, config=args.config)
+                         methods=args.methods, overrides=args.overrides, config=args.config, dry_run=args.dry_run)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return 0
     line = f"{command()} {shlex.join(args.argv)}"
     from mmsent.table import BASELINE, reference_runs, slug
 
@@ -225,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<dataset>-<strategy>-<fusion>-s<seed>-<time>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--dry-run", action="store_true", help="check everything (config, data, model, rows or trials) and print the plan; write nothing")
     t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=3e-4")
     s = sub.add_parser("sweep", help="Optuna sweep from sweeps/NAME.yaml; resumes from its storage")
     s.add_argument("name", help="sweep spec: a name in sweeps/ (alpha) or a YAML path")
@@ -241,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="PNG path for objective vs parameter (default runs/sweeps/<study>.png)")
     s.add_argument("--apply", metavar="CONFIG", help="write the best values into this YAML config")
     s.add_argument("--report", metavar="MD", help="write a markdown record (command, trials, best) here")
+    s.add_argument("--dry-run", action="store_true", help="check everything (config, data, model, rows or trials) and print the plan; write nothing")
     s.add_argument("overrides", nargs="*", help="key=value overrides of the base training config")
     r = sub.add_parser("report", help="mean ± std of finished runs' metrics (e.g. one method over seeds)")
     r.add_argument("runs", nargs="+", help="run directories holding results.json")
@@ -249,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("table", help="every strategy + unimodal-only models over seeds: the paper's Table 2 (right)")
     tb.add_argument("--dataset", default="mosi", help=names(DATASETS))
     tb.add_argument("--data", help="dataset file")
-    tb.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    # str, not int: nargs="+" also swallows key=value overrides written after the seeds (cmd_table splits them)
+    tb.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"])
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    tb.add_argument("--dry-run", action="store_true", help="check everything (config, data, model, rows or trials) and print the plan; write nothing")
     tb.add_argument("--methods", nargs="+", help="rows by label (default: all, every row defined on the "
                     "table's head); 'LABEL:key=value,...' adds a row of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
     tb.add_argument("--reference", action="append", metavar="LABEL", help="also compare every row with this row "

@@ -187,7 +187,7 @@ def choose_rows(dataset: str, data: str | None, methods: list[str] | None, overr
 
 def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Path, jobs: int = 1,
               methods: list[str] | None = None, overrides: list[str] = (), config: str | None = None,
-              progress=print) -> dict[str, list[Path]]:
+              progress=print, dry_run: bool = False) -> dict[str, list[Path]]:
     """Train every (method, seed) run not finished yet under ``runs_dir`` and return the run
     directories per method. A finished run made with another config than the one its row gives now
     (``recipes.train_config``: a changed preset, recipe or strategy default) is refused with one
@@ -212,6 +212,14 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
             raise ValueError(f"{out} holds a finished run made with another config ({why})"
                              + (f", and {more} more run(s) like it" if more else "")
                              + "; move them away or pass another --runs-dir")
+    if dry_run:  # every row's config is built (a bad override or a stale run is refused above)
+        for out, run in runs:
+            train_config(**run, notes=False)
+        state = lambda out: "done" if (out / "results.json").is_file() else "resumes" if (out / "last.pt").is_file() else "new"  # noqa: E731
+        todo = sum(state(out) != "done" for out, _ in runs)
+        progress(f"dry run (nothing written): {len(dirs)} rows x {len(seeds)} seeds in {runs_dir}, {todo} to train: "
+                 + ", ".join(f"{m} ({', '.join(state(d) for d in ds)})" for m, ds in dirs.items()))
+        return dirs
     threads = max(1, (os.cpu_count() or 1) // jobs)
     failed, finished = [], 0
     pool = ThreadPoolExecutor(max_workers=jobs)

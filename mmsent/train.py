@@ -149,10 +149,11 @@ def diagnostics(model: MultimodalModel, batch, task) -> dict[str, dict[str, floa
 
 
 def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
-        on_epoch=None, command_line: str | None = None) -> dict:
+        on_epoch=None, command_line: str | None = None, dry_run: bool = False) -> dict:
     """Train one model and return ``results`` (also written to ``<run>/results.json``).
 
-    ``command_line`` is the command line recorded in the run's provenance (default: this process's).
+    ``dry_run``: every check a run makes (config, data, model size, strategy), then the plan --
+    nothing is written. ``command_line`` is the command line recorded in the run's provenance (default: this process's).
 
     ``on_epoch(epoch, val)`` is called after each epoch's validation (a sweep reports it to its
     pruner); it may raise to stop the run, which then stays resumable from ``last.pt``.
@@ -206,6 +207,12 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     check_available(trackers)  # a missing tensorboard / wandb package: one line, nothing written
     # Everything that can be wrong with the input has been checked: only now touch the disk.
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if dry_run:
+        if not resume and run.is_dir() and any(run.iterdir()) and not ((run / MARKER).is_file() and not (run / "last.pt").is_file()):
+            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+        return {"dry_run": True, "run_dir": str(run), "config": cfg.to_dict(), "data": data_signature(dataset),
+                "sizes": {s: len(getattr(dataset, s)) for s in ("train", "val", "test")},
+                "parameters": sum(p.numel() for p in model.parameters()), "steps_per_epoch": strategy.steps_per_epoch}
     state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
     folder: list[RunFolder] = []  # rank 0's handle (the lock); other ranks never write
     track: list[Trackers] = []

@@ -258,3 +258,19 @@ def test_a_run_records_what_it_was_made_with(tmp_path, capsys):
     assert cli.main(["report", str(out)]) == 0
     said = capsys.readouterr().out
     assert f"{out}: made with: mmsent {mmsent.__version__}" in said and "1 process" in said and "resumed 1x" in said
+
+
+def test_dry_run_checks_everything_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dry-run", "--strategy", "dgl", "--out", str(out), *SMALL]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"dry run (nothing written): would train {out}: dataset synthetic (train 96, val 32, test 48")
+    assert "strategy dgl" in said and not out.exists()
+    assert cli.main(["train", "--dry-run", "--out", str(out), "train.lr=-1", *SMALL]) == 2  # the same checks as a run
+    assert "train.lr" in capsys.readouterr().err and not out.exists()
+    (out / "x").mkdir(parents=True)
+    assert cli.main(["train", "--dry-run", "--out", str(out), *SMALL]) == 2  # a run would refuse this folder
+    assert "run directory exists and is not empty" in capsys.readouterr().err
+    assert cli.main(["table", "--dataset", "synthetic", "--seeds", "0", "1", "--methods", "DGL", "--runs-dir",
+                     str(tmp_path / "t"), "--dry-run", *SMALL]) == 0
+    assert "2 to train: DGL (new, new)" in capsys.readouterr().out and not (tmp_path / "t").exists()
