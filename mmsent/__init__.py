@@ -15,4 +15,4 @@ def __getattr__(name):
 
         return load_run
     raise AttributeError(f"module 'mmsent' has no attribute {name!r}")
-from mmsent._version import __version__  # noqa: E402
+from mmsent._version import __version__  # noqa: E402, F401  (mmsent.__version__)

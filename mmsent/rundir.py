@@ -83,19 +83,27 @@ class RunFolder:
         except FileError as e:  # the lock is held, the disk is full: one line, like every other refusal
             raise RunError(str(e)) from None
 
-    @classmethod
-    def _open(cls, run: Path, cfg: Config, resume: bool, again: bool = True) -> "RunFolder":
+    @staticmethod
+    def check(run: Path, resume: bool, finished: bool = True) -> None:
+        """What ``open`` refuses (``train --dry-run`` asks this alone). ``open`` checks a finished
+        folder (``finished``) only once it holds the lock, so a live writer is named instead."""
         if run.is_symlink():
             raise RunError(f"{run}: is a symbolic link; pass the folder it points to, or another --out")
         if run.exists() and not run.is_dir():
             raise RunError(f"{run}: exists and is not a directory; pass another --out")
+        if resume and not (run / MARKER).is_file():
+            raise RunError(f"{run}: not an mmsent run directory (no {MARKER}); nothing to resume")
+        if not resume and run.is_dir() and any(run.iterdir()) and not (run / MARKER).is_file():
+            raise RunError(f"{run}: exists, is not empty and is not an mmsent run directory; pass another --out")
+        if finished and not resume and any((run / f).exists() for f in ("last.pt", "results.json")):
+            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+
+    @classmethod
+    def _open(cls, run: Path, cfg: Config, resume: bool, again: bool = True) -> "RunFolder":
+        cls.check(run, resume, finished=False)
         if resume:
-            if not (run / MARKER).is_file():
-                raise RunError(f"{run}: not an mmsent run directory (no {MARKER}); nothing to resume")
             return cls(run, RunLock(run).acquire(), fresh=False, existed=True)
         if run.is_dir() and any(run.iterdir()):
-            if not (run / MARKER).is_file():
-                raise RunError(f"{run}: exists, is not empty and is not an mmsent run directory; pass another --out")
             lock = RunLock(run).acquire()
             try:
                 if any((run / f).exists() for f in ("last.pt", "results.json")):

@@ -208,8 +208,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     # Everything that can be wrong with the input has been checked: only now touch the disk.
     run = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     if dry_run:
-        if not resume and run.is_dir() and any(run.iterdir()) and not ((run / MARKER).is_file() and not (run / "last.pt").is_file()):
-            raise RunError(f"{run}: run directory exists and is not empty; pass --resume or another --out")
+        RunFolder.check(run, resume)
         return {"dry_run": True, "run_dir": str(run), "config": cfg.to_dict(), "data": data_signature(dataset),
                 "sizes": {s: len(getattr(dataset, s)) for s in ("train", "val", "test")},
                 "parameters": sum(p.numel() for p in model.parameters()), "steps_per_epoch": strategy.steps_per_epoch}

@@ -270,7 +270,7 @@ def test_dry_run_checks_everything_and_writes_nothing(tmp_path, capsys):
     assert "train.lr" in capsys.readouterr().err and not out.exists()
     (out / "x").mkdir(parents=True)
     assert cli.main(["train", "--dry-run", "--out", str(out), *SMALL]) == 2  # a run would refuse this folder
-    assert "run directory exists and is not empty" in capsys.readouterr().err
+    assert "exists, is not empty and is not an mmsent run directory" in capsys.readouterr().err
     assert cli.main(["table", "--dataset", "synthetic", "--seeds", "0", "1", "--methods", "DGL", "--runs-dir",
                      str(tmp_path / "t"), "--dry-run", *SMALL]) == 0
     assert "2 to train: DGL (new, new)" in capsys.readouterr().out and not (tmp_path / "t").exists()
