@@ -136,7 +136,7 @@ def test_readme_strategy_table_is_the_registrys_and_cites_real_tests():
 
     readme = (ROOT / "README.md").read_text()
     assert strategy_table() in readme and render(readme) == readme, "run: python scripts/update_readme.py"
-    defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py")), re.M))
+    defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py")), re.M))
     for name, cls in STRATEGIES.items():
         cited = set(re.findall(r"(test_\w+)\b(?!\.py)", cls.checked))
         assert cited <= defined, (name, cited - defined)

@@ -1,6 +1,9 @@
-"""Every registered strategy resumes exactly and predicts its branches through the masked head;
-DGL's step has DGL's gradients; unimodal trains only its modality. (A real step of every strategy
-for N = 2 and 4 and both tasks is in test_baselines.)"""
+"""What every registered strategy must do, whatever its method: a real step for N = 2 and 4 and
+both tasks, exact resume, branch predictions through the masked head; DGL's step has DGL's
+gradients; unimodal trains only its modality. Each method's own oracles are in
+tests/strategies/test_<module>.py."""
+import math
+
 import pytest
 import torch
 
@@ -9,7 +12,7 @@ from mmsent.data import make_synthetic
 from mmsent.dgl import zero_others
 from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
-from mmsent.tasks import Regression
+from mmsent.tasks import Classification, Regression
 from mmsent.train import fit
 
 # each strategy's `resume_test` settings: under them its state between epochs matters in a few epochs
@@ -114,3 +117,25 @@ def test_a_unimodal_models_own_prediction_is_its_branch():
     preds = s.branch_predictions(ds.test)
     torch.testing.assert_close(preds["multi"], preds["audio"], rtol=0, atol=0)
     assert not torch.allclose(preds["multi"], preds["vision"])
+
+
+EXTRA = {"unimodal": {"modality": "m1"}}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("n,task_name", [(2, "classification"), (4, "regression")])
+def test_real_step_any_n_both_tasks(name, n, task_name):
+    ds = make_synthetic(n_modalities=n, n_train=24, n_val=8, n_test=4, task=task_name, num_classes=3)
+    task = Regression() if task_name == "regression" else Classification(3)
+    model = build_model(ModelConfig(**{"dim": 6, "seq_len": 2, "hidden": 8, "dropout": 0.0, **STRATEGIES[name].needs_model}),
+                        ds, task.out_dim)
+    s = STRATEGIES[name](model, torch.optim.Adam(model.parameters(), lr=1e-2), task, **EXTRA.get(name, {}))
+    before = [p.clone() for p in model.parameters()]
+    for epoch in range(2):
+        s.on_epoch_start(epoch, ds)
+        logs = s.train_step(ds.train.batch(torch.arange(24)))
+    assert all(math.isfinite(v) for v in logs.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    pred = s.predict(ds.test.batch(torch.arange(4)))
+    assert pred.shape == (4, task.out_dim) and torch.isfinite(pred).all()

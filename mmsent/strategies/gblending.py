@@ -65,7 +65,7 @@ class GBlending(Strategy):
     label = "G-Blending"  # its row in `cli.py table`
     method = "G-Blending (CVPR 2020), the paper's GB-Estimate, online (`estimate: offline` once; `inplace`: mmsent's no-copy variant)"
     summary = "every super-epoch, one temporary copy per branch (N + 1) trained from the checkpoint on its own loss; w_k ∝ max(ΔG, 0)/ΔO² (held-out = validation)"
-    checked = "`test_baselines.py::test_gblending_weights_oracle`, `test_gblending_estimates_weights_on_temporary_copies`"
+    checked = "`test_gblending_weights_oracle`, `test_gblending_estimates_weights_on_temporary_copies`"
     resume_test = {"super_epoch": 2}  # its state matters within a few epochs
     dist_test = {"super_epoch": 1}  # its between-epoch machinery acts within two epochs
     Settings = GBlendingSettings
