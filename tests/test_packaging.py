@@ -51,4 +51,8 @@ def test_the_wheel_installs_in_a_fresh_venv_and_mmsent_trains_from_any_folder(tm
     res = json.loads((home / "run" / "results.json").read_text())
     assert res["epochs_run"] == 1 and res["config"]["strategy"]["name"] == "dgl" and "acc2_has0" in res["test"]["multi"]
     assert run([venv / "bin" / "mmsent", "--help"], cwd=home).stdout.startswith("usage: mmsent")
+    # an installed mmsent is provenance "installed" (no checkout beside it) and its hints say `mmsent`
+    assert res["provenance"]["git"] is None and res["provenance"]["command"].startswith("mmsent train")
+    hint = subprocess.run([venv / "bin" / "mmsent", "data", "download", "cremad"], cwd=home, capture_output=True, text=True)
+    assert hint.returncode == 2 and "run: mmsent data prepare cremad" in hint.stderr, hint.stderr
     assert sorted(p.name for p in home.iterdir()) == ["run"]
