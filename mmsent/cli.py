@@ -100,7 +100,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from mmsent.table import run_table, write_table
+    from mmsent.table import BASELINE, choose_rows, reference_runs, run_table, slug, write_table
 
     dataset = args.dataset
     override = lambda m: re.match(r"^[A-Za-z_][\w.]*=", m) is not None  # noqa: E731  (else a row, maybe 'LABEL:k=v')
@@ -132,6 +132,10 @@ def cmd_table(args) -> int:
         print(md.read_text())
         return 0
     try:
+        for label in args.reference or []:  # before any training: a reference is a row here or has finished runs
+            rows = choose_rows(dataset, args.data, args.methods, args.overrides, args.config)
+            if label not in rows:
+                reference_runs([label], {}, runs_dir, args.seeds)
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
                          methods=args.methods, overrides=args.overrides, config=args.config, dry_run=args.dry_run)
     except (ValueError, RuntimeError) as e:
@@ -140,8 +144,6 @@ def cmd_table(args) -> int:
     if args.dry_run:
         return 0
     line = f"{command()} {shlex.join(args.argv)}"
-    from mmsent.table import BASELINE, reference_runs, slug
-
     # an --update re-making some rows compares them with the baseline's finished runs, if there are any
     baseline = args.update and BASELINE not in dirs and any((runs_dir / f"{slug(BASELINE)}-s{s}").is_dir() for s in args.seeds)
     wanted = [*([BASELINE] if baseline else []), *(args.reference or [])]

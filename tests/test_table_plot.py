@@ -54,6 +54,10 @@ def test_table_runs_writes_md_csv_and_resumes(tmp_path, capsys):
 def test_table_rejects_unknown_method(tmp_path, capsys):
     assert cli.main(["table", "--dataset", "synthetic", "--methods", "Magic", "--runs-dir", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+    # a reference that is neither a row nor finished runs stops the table before any training
+    assert cli.main(["table", "--dataset", "synthetic", "--methods", "DGL", "--reference", "Nope", "--runs-dir",
+                     str(tmp_path / "r")]) == 2
+    assert "--reference 'Nope': no finished runs of it" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_plot_writes_figures(tmp_path):
