@@ -7,6 +7,15 @@ MOSI metrics follow MMSA's ``metricsTop.__eval_mosei_regression`` exactly:
 * F1 is sklearn's weighted F1 with the truth as first argument;
 * ``acc7`` / ``acc5``: clip to [-3, 3] / [-2, 2], then ``np.round`` (half to even) on both sides;
 * ``mae``; ``corr`` is Pearson's r (NaN for a constant prediction).
+
+Segmentation (dense prediction, the DGL paper's Table 5) counts every pixel of a split in one
+confusion matrix, so the metrics are exact over the whole split, not means of per-image values:
+
+* labels are class ids 0..K-1 per pixel, ``VOID`` (-1) for unlabelled pixels, which count nowhere;
+* ``miou``: the mean over classes of IoU_c = TP_c / (TP_c + FP_c + FN_c), over the classes present
+  in the ground truth (a class absent from it is left out of the mean, as is standard);
+* ``pixel_acc``: correct labelled pixels / labelled pixels; ``mean_acc``: the mean over present
+  classes of their recall.
 """
 from __future__ import annotations
 
@@ -17,11 +26,13 @@ from torch import Tensor
 
 REGRESSION_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7")
 CLASSIFICATION_METRICS = ("acc", "f1")
+SEGMENTATION_METRICS = ("miou", "pixel_acc", "mean_acc")
+VOID = -1  # the label of an unlabelled pixel (NYUv2's class 0)
 
 
 def metric_names(task: str) -> tuple[str, ...]:
     """What ``metrics`` returns for a task (``loss`` is added by evaluation)."""
-    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+    return {"regression": REGRESSION_METRICS, "segmentation": SEGMENTATION_METRICS}.get(task, CLASSIFICATION_METRICS)
 
 
 def msa_regression_metrics(pred, true) -> dict[str, float]:
@@ -128,12 +139,88 @@ class Classification:
         return classification_metrics(pred.cpu().numpy(), y.cpu().numpy())
 
 
+def confusion(pred: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """The (K, K) confusion matrix of per-pixel labels, rows the truth and columns the prediction;
+    void pixels (``y == VOID``) are left out. ``pred`` and ``y`` hold class ids of any equal shape."""
+    keep = y != VOID
+    t, p = y[keep].long(), pred[keep].long()
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(cm: Tensor) -> dict[str, float]:
+    """mIoU, pixel accuracy and mean class accuracy of a confusion matrix (classes absent from the
+    ground truth left out of both means)."""
+    cm = cm.double()
+    tp, truth, predicted = cm.diag(), cm.sum(1), cm.sum(0)
+    present = truth > 0
+    iou = tp[present] / (truth[present] + predicted[present] - tp[present])
+    total = float(truth.sum())
+    return {"miou": float(iou.mean()) if present.any() else float("nan"),
+            "pixel_acc": float(tp.sum() / total) if total else float("nan"),
+            "mean_acc": float((tp[present] / truth[present]).mean()) if present.any() else float("nan")}
+
+
+def class_iou(cm: Tensor) -> list[float]:
+    """IoU of every class (nan for a class neither in the truth nor predicted)."""
+    cm = cm.double()
+    union = cm.sum(1) + cm.sum(0) - cm.diag()
+    return [float(i) if u > 0 else float("nan") for i, u in zip(cm.diag() / union.clamp(min=1), union)]
+
+
+def median_frequency_weights(labels: Tensor, num_classes: int) -> Tensor:
+    """SegNet's median frequency balancing: freq_c = pixels of class c / pixels of the images in
+    which c appears, w_c = median(freq) / freq_c (a class never seen gets weight 0)."""
+    pixels = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for image in labels:
+        counts = torch.bincount(image[image != VOID].long().reshape(-1), minlength=num_classes).double()
+        pixels += counts
+        image_pixels += (counts > 0).double() * float((image != VOID).sum())
+    seen = image_pixels > 0
+    freq = torch.where(seen, pixels / image_pixels.clamp(min=1), torch.zeros_like(pixels))
+    weights = torch.zeros(num_classes, dtype=torch.float64)
+    weights[seen] = freq[seen].median() / freq[seen]
+    return weights.float()
+
+
+class Segmentation:
+    """Per-pixel classification: the head outputs (B, K, H, W) logits, labels are (B, H, W) class
+    ids with ``VOID`` for unlabelled pixels. Cross-entropy over the labelled pixels, optionally
+    weighted per class (``median_frequency_weights``)."""
+
+    name = "segmentation"
+    headline = "miou"
+
+    def __init__(self, num_classes: int, class_weights: Tensor | None = None):
+        if num_classes < 2:
+            raise ValueError(f"segmentation needs num_classes >= 2, got {num_classes}")
+        self.out_dim = self.num_classes = num_classes
+        self.class_weights = class_weights
+
+    def _weights(self, pred: Tensor):
+        return None if self.class_weights is None else self.class_weights.to(pred.device, pred.dtype)
+
+    def loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(pred, y.long(), weight=self._weights(pred), ignore_index=VOID)
+
+    def per_sample(self, pred: Tensor, y: Tensor) -> Tensor:
+        """Each image's mean cross-entropy over its labelled pixels, (B,)."""
+        pixel = F.cross_entropy(pred, y.long(), weight=self._weights(pred), ignore_index=VOID, reduction="none")
+        labelled = (y != VOID).flatten(1).sum(1).clamp(min=1)
+        return pixel.flatten(1).sum(1) / labelled
+
+    def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
+        return segmentation_metrics(confusion(pred.argmax(1), y, self.num_classes))
+
+
 def build_task(task: str, num_classes: int = 1):
     if task == "regression":
         return Regression()
     if task == "classification":
         return Classification(num_classes)
-    raise ValueError(f"unknown task {task!r}; choose from classification, regression")
+    if task == "segmentation":
+        return Segmentation(num_classes)
+    raise ValueError(f"unknown task {task!r}; choose from classification, regression, segmentation")
 
 
 def lower_is_better(metric: str) -> bool:

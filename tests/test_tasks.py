@@ -64,3 +64,46 @@ def test_task_losses_and_scores():
     assert cls.score(logits, torch.tensor([1])).item() == pytest.approx(0.6)
     with pytest.raises(ValueError):
         Classification(1)
+
+
+def test_segmentation_metrics_on_hand_made_label_maps():
+    """Two 2x3 maps, classes 0..3, -1 void. Truth / prediction (row-major):
+    image 1: truth 0 0 1 | 1 2 -1   pred 0 1 1 | 1 2 0
+    image 2: truth 2 2 0 | -1 -1 1  pred 2 0 0 | 3 3 1
+    Labelled pixels 9, correct 7 (the void pixels' predictions count nowhere); the IoUs are worked
+    below; class 3 is never in the truth, so it is left out of the means."""
+    from mmsent.tasks import Segmentation, class_iou, confusion, segmentation_metrics
+
+    truth = torch.tensor([[[0, 0, 1], [1, 2, -1]], [[2, 2, 0], [-1, -1, 1]]])
+    pred = torch.tensor([[[0, 1, 1], [1, 2, 0]], [[2, 0, 0], [3, 3, 1]]])
+    cm = confusion(pred, truth, 4)
+    # by hand: class 0 truth at (1,0,0),(1,0,1),(2,0,2) -> predicted 0, 1, 0: TP 2, FN 1; predicted 0
+    # elsewhere on labelled pixels: (2,0,1) (truth 2) -> FP 1. IoU_0 = 2 / (2 + 1 + 1) = 0.5
+    # class 1: truth (1,0,2),(1,1,0),(2,1,2) all predicted 1: TP 3; FP (1,0,1): IoU_1 = 3 / 4
+    # class 2: truth (1,1,1),(2,0,0),(2,0,1): predicted 2, 2, 0: TP 2, FN 1, FP 0: IoU_2 = 2 / 3
+    assert cm.tolist() == [[2, 1, 0, 0], [0, 3, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    got = segmentation_metrics(cm)
+    assert got["miou"] == pytest.approx((0.5 + 0.75 + 2 / 3) / 3)
+    assert got["pixel_acc"] == pytest.approx(7 / 9)
+    assert got["mean_acc"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert class_iou(cm)[:3] == pytest.approx([0.5, 0.75, 2 / 3]) and math.isnan(class_iou(cm)[3])
+    # the task scores logits the same way, over the whole split at once
+    logits = torch.nn.functional.one_hot(pred.clamp(min=0), 4).permute(0, 3, 1, 2).double()
+    assert Segmentation(4).metrics(logits, truth) == got
+
+
+def test_segmentation_loss_ignores_void_and_weights_by_median_frequency():
+    from mmsent.tasks import Segmentation, median_frequency_weights
+
+    logits = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    y = torch.randint(-1, 3, (2, 4, 5))
+    keep = y != -1
+    want = -torch.log_softmax(logits, 1).permute(0, 2, 3, 1)[keep].gather(1, y[keep][:, None]).mean()
+    assert Segmentation(3).loss(logits, y) == pytest.approx(float(want))
+    per = Segmentation(3).per_sample(logits, y)
+    assert per.shape == (2,) and float((per * keep.flatten(1).sum(1)).sum() / keep.sum()) == pytest.approx(float(want))
+    # median frequency (SegNet): class 0 in both images (4 + 2 of 12 labelled px), class 1 only in the
+    # first (2 of 6), class 2 only in the second (4 of 6): freq 0.5, 1/3, 2/3; median 0.5
+    labels = torch.tensor([[[0, 0, 0, 0, 1, 1]], [[0, 0, 2, 2, 2, 2]]])
+    w = median_frequency_weights(labels, 4)
+    assert w.tolist() == pytest.approx([1.0, 1.5, 0.75, 0.0])
