@@ -83,6 +83,8 @@ def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = EVAL
     """A linear probe per modality: ``{m: {"reg": ..., "val": metrics, "test": metrics}}``, or
     ``{m: {"skipped": why}}`` for a probe that cannot be fitted (the run's results are kept: a probe
     is an extra measurement, never a reason to lose a trained model)."""
+    if task.name == "segmentation":  # per-pixel probes are not built: recorded as skipped, quietly
+        return {m: {"skipped": "no linear probe for per-pixel features"} for m in model.modalities}
     splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
     feats = {name: encoder_features(model, s, batch_size) for name, s in splits.items()}
     ys = {name: s.y.numpy() for name, s in splits.items()}

@@ -86,9 +86,14 @@ def print_results(results: dict) -> None:
             _console().print(f"probe {m}: skipped ({v['skipped']})")
 
 
+def percent(metric: str) -> bool:
+    """Whether a metric is a fraction shown in percent (accuracies, F1, IoU)."""
+    return metric.startswith(("acc", "f1", "miou", "pixel_acc", "mean_acc"))
+
+
 def cell(metric: str, mean: float, std: float) -> str:
     """Accuracy-like metrics in percent, the others as they are."""
-    if metric.startswith(("acc", "f1")):
+    if percent(metric):
         return f"{100 * mean:.2f} ± {100 * std:.2f}"
     return f"{mean:.3f} ± {std:.3f}"
 

@@ -26,7 +26,7 @@ from mmsent.data import DATASETS, build_dataset
 from mmsent.files import make_dir, write_text
 from mmsent.interrupt import PARENT_ENV, Interrupted
 from mmsent.recipes import recipe, train_argv, train_config
-from mmsent.report import cell, load_results, summarize, summarize_probes
+from mmsent.report import cell, load_results, percent, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
 from mmsent.train import RunError, load_run_config
@@ -169,6 +169,8 @@ def choose_rows(dataset: str, data: str | None, methods: list[str] | None, overr
     default) every row defined on the table's head, 'LABEL:key=value,...' a row of its own."""
     fusion = table_fusion(overrides)
     rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config), fusion)
+    if DATASETS[dataset].dense:  # segmentation: the methods defined for dense prediction
+        rows = {k: v for k, v in rows.items() if v[0] == "strategy=unimodal" or STRATEGIES[v[0].split("=")[1]].dense_ok}
     every = list(rows)  # what `all` (and no --methods) stands for
     for text in [m for m in methods or [] if ":" in m]:
         label, extra = custom_row(text)
@@ -264,7 +266,7 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     metric = DATASETS[dataset].headline or build_task(first["task"], 2).headline
     only = unimodal_only(labels)
     n_seeds = max(len(v) for v in dirs.values())
-    title = {"acc2_has0": "Acc-2 (has0, %)", "acc": "accuracy (%)"}.get(metric, metric)
+    title = {"acc2_has0": "Acc-2 (has0, %)", "acc": "accuracy (%)", "miou": "mIoU (%)"}.get(metric, metric)
     lines.append(f"Test {title} at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
     lines.append(f"Command: `{command}`\n")
     lines.append("| Method | " + " | ".join(columns.values()) + " | Val Multi |")
@@ -329,13 +331,16 @@ def significance_section(dirs, results, ref: str, ref_dirs: list[Path], metric: 
 
     ref_results = dict(zip(map(_seed_of, ref_dirs), load_results(ref_dirs)))
     ref_preds = {_seed_of(d): read_predictions(d) for d in ref_dirs}
-    scale = 100 if metric.startswith(("acc", "f1")) else 1
+    scale = 100 if percent(metric) else 1
+    # the test over samples: per-sample correctness or errors; none for mIoU (a ratio over the whole split)
+    how = ("McNemar exact, predictions pooled over seeds" if metric in ("acc", "acc2_has0")
+           else "paired t on per-sample errors" if metric == "mae" else f"none for {metric}, a ratio over the whole split")
     unit = ", in percentage points" if scale == 100 else ""
     n = max(len(v) for v in dirs.values())
     width = t_quantile(0.975, n - 1) / n ** 0.5 if n > 1 else float("nan")
     lines = ["", f"Difference from {ref} (test {title} of Multi, row minus {ref}{unit}), seed against seed: mean and "
              f"95 % t-interval over the paired seeds, the paired t-test's p, and p over the test samples "
-             f"({'McNemar exact, predictions pooled over seeds' if metric in ('acc', 'acc2_has0') else 'paired t on per-sample errors'}). "
+             f"({how}). "
              f"* p < 0.05, ** p < 0.01 (per row, uncorrected). With {n} seeds the interval spans ±{width:.2f} standard "
              "deviations of the per-seed differences.", "",
              "| Method | Δ Multi [95 % CI] | p (seeds) | p (samples) |", "|---|---|---|---|"]
@@ -351,7 +356,8 @@ def significance_section(dirs, results, ref: str, ref_dirs: list[Path], metric: 
         p_samples, n_samples = samples if samples else (float("nan"), 0)
         ci = f" [{fmt(seeds.low)}, {fmt(seeds.high)}]" if seeds.n > 1 else " (1 seed)"
         p_seed = f"{seeds.p:.3f}{stars(seeds.p)}" if seeds.n > 1 else "-"
-        p_sample = f"{p_samples:.3g}{stars(p_samples)}" if samples else "- (no predictions)"
+        p_sample = (f"{p_samples:.3g}{stars(p_samples)}" if samples else "-" if how.startswith("none")
+                    else "- (no predictions)")
         lines.append(f"| {method} | {fmt(seeds.mean)}{ci} | {p_seed} | {p_sample} |")
         rows.append({"method": method, "branch": f"diff:{ref}", "seeds": seeds.n, "delta": seeds.mean,
                      "delta_low": seeds.low, "delta_high": seeds.high, "p_seeds": seeds.p, "p_samples": p_samples,

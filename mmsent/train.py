@@ -87,6 +87,10 @@ def build_strategy(cfg: Config, model, optimizer, task, **loop):
     training batch); what only the model can tell (a unimodal modality that the data lacks) fails
     here, still before the run directory exists."""
     cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
+    if task.name == "segmentation" and not cls.dense_ok:
+        dense = ", ".join(n for n, c in STRATEGIES.items() if c.dense_ok)
+        raise ConfigError(f"strategy {cfg.strategy.name!r} is not defined for dense prediction: it needs per-sample "
+                          f"logits, scores or prototypes; choose from {dense}")
     try:
         return cls(model, optimizer, task, grad_clip=cfg.train.grad_clip, **loop, **asdict(cfg.strategy.settings))
     except (TypeError, ValueError) as e:
@@ -388,7 +392,8 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)
         results["probe_seconds"] = time.perf_counter() - t0
     if ddp.is_main:  # per-sample test predictions: `cli.py table` tests differences between methods on them
-        write_predictions(run / PREDICTIONS, dataset.test, test_preds, dataset.task)
+        if dataset.task != "segmentation":  # per-pixel maps are not a per-sample table
+            write_predictions(run / PREDICTIONS, dataset.test, test_preds, dataset.task)
         starts = [r["provenance"]["started"] for r in read_log(run / "metrics.jsonl") if "provenance" in r]
         results["provenance"] = {**here, "started": starts[0], "resumed": starts[1:], "ended": now()}
         write_json(run / "results.json", results)

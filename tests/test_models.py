@@ -13,10 +13,10 @@ from mmsent.models import FUSIONS, BertEncoder, LSTMEncoder, MLPEncoder, Multimo
 def test_fusion_shapes_and_informative_unimodal_passes(fusion, n):
     names = [f"m{i}" for i in range(n)]
     head = FUSIONS[fusion](names, 8, 3, 2, hidden=16).eval()
-    shape = (8, 6, 6) if fusion == "mmtm" else (3, 8)  # MMTM fuses (B, C, H, W) maps
-    feats = {m: torch.randn(5, *shape) for m in names}
+    maps = fusion in ("mmtm", "dense")  # MMTM fuses (B, C, H, W) maps; the dense head decodes them per pixel
+    feats = {m: torch.randn(5, *((8, 6, 6) if maps else (3, 8))) for m in names}
     out = head(feats)
-    assert out.shape == (5, 2) and torch.isfinite(out).all()
+    assert out.shape == ((5, 2, 24, 24) if fusion == "dense" else (5, 2)) and torch.isfinite(out).all()
     zeros = {m: torch.zeros_like(f) for m, f in feats.items()}
     for m in names:  # each single-modality pass depends on that modality's input
         only = dict(zeros, **{m: feats[m]})

@@ -22,6 +22,7 @@ from mmsent.data.av_corpus import is_av_folder
 from mmsent.data.av_decode import AVSettings
 from mmsent.data.batch import Batch, DataError, Dataset, Split
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
+from mmsent.data.rgbd_scenes import RGBDScenesSettings, load_rgbd_scenes
 from mmsent.data.sentiment import prepare_csd
 from mmsent.data.synthetic import SyntheticSettings, load_synthetic, make_synthetic
 
@@ -37,6 +38,7 @@ class DatasetSpec:
     # `cli.py data prepare NAME`: (name, CLI options, the recipe's Settings, progress(done, total)) -> message
     prepare: Optional[Callable] = None
     download: Optional[Callable] = None  # `cli.py data download NAME`: (name, CLI options, progress) -> message
+    dense: bool = False  # per-pixel labels (segmentation): its tables hold the strategies defined for dense prediction
 
 
 def find_data(locations) -> Path | None:
@@ -65,6 +67,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "vggsound": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
     "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
     "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.prepare),  # a user's own corpus
+    "rgbd_scenes": DatasetSpec(load_rgbd_scenes, RGBDScenesSettings, {"rgb": "RGB", "depth": "Depth"}, dense=True),
 }
 
 

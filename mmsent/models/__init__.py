@@ -8,6 +8,7 @@ from dataclasses import asdict
 import torch
 
 from mmsent.checks import ConfigError, choose, first_line, is_out_of_memory
+from mmsent.models.dense import DenseEncoder
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel, evaluating
@@ -15,8 +16,8 @@ from mmsent.models.resnet import FramesEncoder, SpectrogramEncoder
 from mmsent.pretrained import resolve_model_path
 
 ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder, "spectrogram": SpectrogramEncoder,
-            "frames": FramesEncoder}
-IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder)
+            "frames": FramesEncoder, "dense": DenseEncoder}
+IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder, DenseEncoder)
 
 
 def _encoder(cfg, dataset, m: str, maps: bool):
@@ -31,6 +32,8 @@ def _encoder(cfg, dataset, m: str, maps: bool):
     if (m in dataset.kinds) != (cls in IMAGE_ENCODERS) or (m in dataset.kinds and name != dataset.kinds[m]):
         raise ConfigError(f"encoder {name!r} cannot read modality {m!r} "
                           f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
+    if cls is DenseEncoder:  # per-pixel maps of any channel count (RGB 3, depth 1, ...)
+        return cls(dataset.dims[m], width=cfg.width)
     if cls in IMAGE_ENCODERS:
         # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
         return cls(width=cfg.width, maps=maps)
@@ -64,6 +67,10 @@ def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> Multi
     image = [isinstance(e, IMAGE_ENCODERS) for e in encoders.values()]
     if head_cls.needs_maps and not all(image):
         raise ConfigError(f"fusion {cfg.fusion!r} needs spectrogram/frames encoders (an audio-visual dataset)")
+    dense = [isinstance(e, DenseEncoder) for e in encoders.values()]
+    if any(dense) != getattr(head_cls, "dense", False):  # MMTMHead (resnet.py) is not a Head subclass
+        raise ConfigError(f"fusion {cfg.fusion!r} " + ("does not predict per pixel; a dense (segmentation) dataset needs "
+                          "model.fusion=dense" if any(dense) else "predicts per pixel and needs a dense (segmentation) dataset"))
     dim, seq_len = cfg.dim, cfg.seq_len
     if any(image):  # ResNet outputs: 512 pooled features (or 128-channel layer2 maps), one step
         dims = {e.out_dim for e in encoders.values() if isinstance(e, IMAGE_ENCODERS)}

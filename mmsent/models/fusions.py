@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsent.checks import NoSettings, check
+from mmsent.models.dense import DenseHead
 from mmsent.models.resnet import MMTM, MMTMHead, MMTMSettings
 
 
@@ -31,6 +32,7 @@ class Head(nn.Module):
 
     Settings: type = NoSettings
     needs_maps: bool = False
+    dense: bool = False  # predicts per pixel from feature maps (segmentation); see models/dense.py
 
 
 class ConcatHead(Head):
@@ -286,4 +288,5 @@ FUSIONS: dict[str, type[Head]] = {
     "concat_mix": ConcatMixHead,  # linear late fusion + a class-mixing layer (AMCo)
     "late_mean": LateMeanHead,  # per-modality classifiers, mean prediction (LFM)
     "shared": SharedHead,  # one classifier applied to every modality, scaled sum (ReconBoost)
+    "dense": DenseHead,  # segmentation: feature maps added, decoded to per-pixel logits
 }

@@ -74,6 +74,8 @@ class Strategy:
     needs_model: dict = {}
     # Other heads (``model.fusion``) it is defined on, besides the one ``needs_model`` names; "*": any head.
     also_on: tuple = ()
+    # Defined for dense prediction (segmentation): needs no per-sample logits, scores or prototypes.
+    dense_ok: bool = False
     # True for the methods whose `alpha` is DGL's weight on the unimodal losses: the only ones the
     # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.args.alpha=)
     dgl_weight: bool = False

@@ -26,6 +26,7 @@ class DGLSettings:
 
 class DGL(Strategy):
     label = "DGL"  # its row in `cli.py table`
+    dense_ok = True  # per-pixel losses only: defined for segmentation (test_dense_prediction_one_backward_...)
     method = "DGL (ICCV 2025)"
     summary = "any N via `dgl_loss`"
     checked = "`test_dgl.py::test_one_backward_equals_algorithm_1`"

@@ -56,6 +56,7 @@ class DGLMH(Strategy):
     checked = "its own two-pass form: `test_mixing_head_form_matches_its_two_pass_reference`"
     Settings = DGLMHSettings
     dgl_weight = True
+    dense_ok = True  # per-pixel losses only: defined for segmentation
 
     def train_step(self, batch):
         out = dgl_loss(self.model.encode(batch), self.model.head, self.task.loss, batch.y, **asdict(self.settings))

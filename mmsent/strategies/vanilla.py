@@ -7,4 +7,5 @@ from mmsent.strategies.base import Joint
 
 class Vanilla(Joint):
     label = "Multimodal Baseline"  # its row in `cli.py table`
+    dense_ok = True  # per-pixel losses only: defined for segmentation
     method = "joint training on the fused loss"

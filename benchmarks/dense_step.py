@@ -1,0 +1,58 @@
+"""Step time of DGL (and DGL-MH) relative to vanilla on the dense RGB-D model (configs/rgbd_scenes.yaml:
+two stride-4 encoders, the dense head), measured in one run as a ratio, interleaved so machine load
+hits all three alike.
+
+    python benchmarks/dense_step.py [--steps 20] [--batch 16]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmsent.config import load_config  # noqa: E402
+from mmsent.data import build_dataset  # noqa: E402
+from mmsent.models import build_model  # noqa: E402
+from mmsent.tasks import Segmentation  # noqa: E402
+from mmsent.train import build_optimizer, build_strategy  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    names = ("vanilla", "dgl", "dgl_mh")
+    setups = {}
+    for name in names:
+        cfg = load_config(ROOT / "configs/rgbd_scenes.yaml", [("strategy", name), ("data.n_train", args.batch),
+                                                                ("data.n_val", 4), ("data.n_test", 4)])
+        ds = build_dataset(cfg.data)
+        task = Segmentation(ds.num_classes)
+        model = build_model(cfg.model, ds, task.out_dim)
+        setups[name] = (build_strategy(cfg, model, build_optimizer(model, cfg.train), task),
+                        ds.train.batch(torch.arange(args.batch)))
+    times = {n: [] for n in names}
+    for step in range(args.steps + 2):
+        for name in names:
+            strategy, batch = setups[name]
+            t0 = time.perf_counter()
+            strategy.train_step(batch)
+            if step >= 2:  # warm-up steps left out
+                times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["vanilla"])
+    for name in names:
+        print(f"{name:8s} median step {1000 * statistics.median(times[name]):7.1f} ms   ratio to vanilla "
+              f"{statistics.median(times[name]) / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
