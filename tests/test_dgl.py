@@ -131,12 +131,18 @@ def test_every_fusion_head_meets_the_contract(fusion):
     names = ["text", "audio", "vision"]
     # Sequence heads read (B, L=3, D=6); the MMTM head reads (B, C=4, 4, 4) maps and holds
     # train-mode BatchNorm, so dgl_loss maps its masked passes with vmap there.
-    shape = (4, 4, 4) if fusion == "mmtm" else (3, 6)
-    head = FUSIONS[fusion](names, shape[-1] if fusion != "mmtm" else 4, 3, 1, hidden=8)
+    # The dense head reads (B, C=4, 4, 4) maps too and predicts 3 classes per pixel of a 16 x 16 map.
+    maps = fusion in ("mmtm", "dense")
+    shape = (4, 4, 4) if maps else (3, 6)
+    head = FUSIONS[fusion](names, 4 if maps else shape[-1], 3, 3 if fusion == "dense" else 1, hidden=8)
     encoders = nn.ModuleDict({m: nn.Linear(4, int(torch.tensor(shape).prod())) for m in names})
     x = {m: torch.randn(5, 4) for m in names}
-    y = torch.randn(5)
-    crit = lambda p, t: nn.functional.l1_loss(p.reshape(-1), t)  # noqa: E731
+    if fusion == "dense":
+        y = torch.randint(-1, 3, (5, 16, 16))
+        crit = lambda p, t: nn.functional.cross_entropy(p, t, ignore_index=-1)  # noqa: E731
+    else:
+        y = torch.randn(5)
+        crit = lambda p, t: nn.functional.l1_loss(p.reshape(-1), t)  # noqa: E731
     feats = {m: encoders[m](x[m]).view(5, *shape) for m in names}
     want_enc = torch.autograd.grad(
         3.0 * sum(crit(head(zero_others(feats, m)), y) for m in names), list(encoders.parameters()), retain_graph=True)
