@@ -132,10 +132,9 @@ def cmd_table(args) -> int:
         print(md.read_text())
         return 0
     try:
-        for label in args.reference or []:  # before any training: a reference is a row here or has finished runs
+        if args.reference:  # before any training: a reference is a row here or has finished runs
             rows = choose_rows(dataset, args.data, args.methods, args.overrides, args.config)
-            if label not in rows:
-                reference_runs([label], {}, runs_dir, args.seeds)
+            reference_runs([label for label in args.reference if label not in rows], {}, runs_dir, args.seeds)
         dirs = run_table(dataset=dataset, data=args.data, seeds=args.seeds, runs_dir=runs_dir, jobs=args.jobs,
                          methods=args.methods, overrides=args.overrides, config=args.config, dry_run=args.dry_run)
     except (ValueError, RuntimeError) as e:
@@ -226,6 +225,9 @@ def cmd_data(args) -> int:
     return 0
 
 
+DRY_RUN = "check everything (config, data, model, rows or trials) and print the plan; write nothing"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmsent.data import DATASETS
     from mmsent.models.fusions import FUSIONS
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<dataset>-<strategy>-<fusion>-s<seed>-<time>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--quiet", action="store_true", help="no progress output")
-    t.add_argument("--dry-run", action="store_true", help="check everything (config, data, model, rows or trials) and print the plan; write nothing")
+    t.add_argument("--dry-run", action="store_true", help=DRY_RUN)
     t.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=3e-4")
     s = sub.add_parser("sweep", help="Optuna sweep from sweeps/NAME.yaml; resumes from its storage")
     s.add_argument("name", help="sweep spec: a name in sweeps/ (alpha) or a YAML path")
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="PNG path for objective vs parameter (default runs/sweeps/<study>.png)")
     s.add_argument("--apply", metavar="CONFIG", help="write the best values into this YAML config")
     s.add_argument("--report", metavar="MD", help="write a markdown record (command, trials, best) here")
-    s.add_argument("--dry-run", action="store_true", help="check everything (config, data, model, rows or trials) and print the plan; write nothing")
+    s.add_argument("--dry-run", action="store_true", help=DRY_RUN)
     s.add_argument("overrides", nargs="*", help="key=value overrides of the base training config")
     r = sub.add_parser("report", help="mean ± std of finished runs' metrics (e.g. one method over seeds)")
     r.add_argument("runs", nargs="+", help="run directories holding results.json")
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     # str, not int: nargs="+" also swallows key=value overrides written after the seeds (cmd_table splits them)
     tb.add_argument("--seeds", nargs="+", default=["0", "1", "2", "3", "4"])
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    tb.add_argument("--dry-run", action="store_true", help="check everything (config, data, model, rows or trials) and print the plan; write nothing")
+    tb.add_argument("--dry-run", action="store_true", help=DRY_RUN)
     tb.add_argument("--methods", nargs="+", help="rows by label (default: all, every row defined on the "
                     "table's head); 'LABEL:key=value,...' adds a row of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
     tb.add_argument("--reference", action="append", metavar="LABEL", help="also compare every row with this row "

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mmsent.checks import first_line
 from mmsent.data import DataError, Dataset, Split, build_dataset
 from mmsent.files import read_json
 from mmsent.predictions import check_data
@@ -70,6 +71,6 @@ def load_run(run_dir, data: str | None = None, device: str = "cpu") -> Run:
         model.load_state_dict(load_checkpoint(run / "best.pt", dev)["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise DataError(f"{data or run}: the run's weights do not fit a model built on this data ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:160]}); give data with the run's modalities and widths") from None
+                        f"{first_line(e)[:160]}); give data with the run's modalities and widths") from None
     model.eval()
     return Run(run, cfg, dataset, task, model, strategy, results)

@@ -10,8 +10,9 @@ baseline), two ways.
 * **Over test samples** (what one seed's noise cannot fake): the selected models' per-sample
   predictions (``test_predictions.csv`` of each run). For an accuracy-type metric, McNemar's exact
   test: the samples one model gets right and the other wrong, pooled over the paired seeds, are
-  binomial(b + c, 1/2) under "no difference", p = min(1, 2 · P(X <= min(b, c))). For any other metric
-  (MAE), the paired t-test on the per-sample absolute errors averaged over seeds.
+  binomial(b + c, 1/2) under "no difference", p = min(1, 2 · P(X <= min(b, c))). For MAE, the
+  paired t-test on the per-sample absolute errors averaged over seeds. A metric that is a ratio over
+  the whole split (mIoU) has no per-sample test.
 
 p-values are per row and not corrected for the number of rows: among 20 rows of equal methods about
 one would be marked at 0.05 by chance.
@@ -93,13 +94,16 @@ def correct(metric: str, label: float, pred: float) -> bool:
 
 
 ACCURACY = ("acc", "acc2_has0")  # the headline metrics scored per sample by correctness
+# The test over samples each metric has; a metric not named (mIoU, a ratio over the whole split) has none.
+SAMPLE_TESTS = {**{m: "McNemar exact, predictions pooled over seeds" for m in ACCURACY},
+                "mae": "paired t on per-sample errors"}
 
 
 def sample_test(metric: str, rows: list[dict], refs: list[dict]) -> tuple[float, int] | None:
     """p over test samples and the number of samples, pooling the paired seeds' predictions (``rows[s]``
-    against ``refs[s]``, id -> (label, prediction)); None when a run lacks predictions or the runs
-    were not scored on the same samples."""
-    if not rows or any(r is None for r in rows + refs):
+    against ``refs[s]``, id -> (label, prediction)); None when the metric has no such test
+    (``SAMPLE_TESTS``), a run lacks predictions or the runs were not scored on the same samples."""
+    if metric not in SAMPLE_TESTS or not rows or any(r is None for r in rows + refs):
         return None
     ids = set(rows[0])
     if any(set(r) != ids for r in rows + refs):

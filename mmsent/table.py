@@ -38,14 +38,15 @@ def _row(name: str) -> list[str]:
     return [f"strategy={name}", *(f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items())]
 
 
-def strategy_rows(fusion: str | None = None) -> dict[str, list[str]]:
+def strategy_rows(fusion: str | None = None, dense: bool = False) -> dict[str, list[str]]:
     """Row label -> strategy overrides, for every registered strategy with a ``label``, in the
     registry's (the paper's) order; unimodal-only rows come first, per dataset. Per-method
     hyper-parameters live in the dataset's config (strategy.presets), so a single
     `cli.py train --strategy X` run is the same run as the table's row. With ``fusion`` (a table
-    over one head, ``model.fusion=X`` for every row), only the methods defined on that head."""
+    over one head, ``model.fusion=X`` for every row), only the methods defined on that head; with
+    ``dense`` (a segmentation dataset), only those defined for dense prediction."""
     return {cls.label: _row(name) for name, cls in STRATEGIES.items()
-            if cls.label and (fusion is None or cls.defined_on(fusion))}
+            if cls.label and (fusion is None or cls.defined_on(fusion)) and (cls.dense_ok or not dense)}
 
 
 def table_fusion(overrides) -> str | None:
@@ -74,11 +75,11 @@ def unimodal_only(columns: dict[str, str]) -> dict[str, str]:
     return {f"{label}-only": m for m, label in columns.items()}
 
 
-def table_rows(columns: dict[str, str], fusion: str | None = None) -> dict[str, list[str]]:
+def table_rows(columns: dict[str, str], fusion: str | None = None, dense: bool = False) -> dict[str, list[str]]:
     """Every row of a table: one unimodal-only model per modality, then the strategies (those
-    defined on ``fusion`` when the table fixes the head)."""
+    defined on ``fusion`` when the table fixes the head, and for dense prediction when ``dense``)."""
     uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(columns).items()}
-    return {**uni, **strategy_rows(fusion)}
+    return {**uni, **strategy_rows(fusion, dense)}
 
 
 def slug(method: str) -> str:
@@ -167,20 +168,21 @@ def choose_rows(dataset: str, data: str | None, methods: list[str] | None, overr
                 config: str | None = None) -> dict[str, list[str]]:
     """The table's rows, label -> overrides, in order: ``methods`` names rows by label, ``all`` (the
     default) every row defined on the table's head, 'LABEL:key=value,...' a row of its own."""
-    fusion = table_fusion(overrides)
-    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config), fusion)
-    if DATASETS[dataset].dense:  # segmentation: the methods defined for dense prediction
-        rows = {k: v for k, v in rows.items() if v[0] == "strategy=unimodal" or STRATEGIES[v[0].split("=")[1]].dense_ok}
+    fusion, dense = table_fusion(overrides), DATASETS[dataset].dense
+    rows = table_rows(modality_columns(dataset, data, [o for o in overrides if o.startswith("data.")], config), fusion,
+                      dense)
     every = list(rows)  # what `all` (and no --methods) stands for
     for text in [m for m in methods or [] if ":" in m]:
         label, extra = custom_row(text)
         rows[label] = extra
     named = [m.partition(":")[0].strip() for m in methods] if methods else ["all"]
     methods = list(dict.fromkeys(r for m in named for r in (every if m == "all" else [m])))
-    elsewhere = {cls.label: cls.needs_model["fusion"] for cls in STRATEGIES.values() if cls.label in methods
-                 and cls.label not in rows}
-    if elsewhere:
-        raise ValueError(f"not defined on model.fusion={fusion}: " + ", ".join(f"{m} (its head: {h})" for m, h in elsewhere.items()))
+    left_out = [cls for cls in STRATEGIES.values() if cls.label in methods and cls.label not in rows]
+    if dense and any(not cls.dense_ok for cls in left_out):
+        raise ValueError("not defined for dense prediction: " + ", ".join(c.label for c in left_out if not c.dense_ok))
+    if left_out:
+        raise ValueError(f"not defined on model.fusion={fusion}: "
+                         + ", ".join(f"{c.label} (its head: {c.needs_model['fusion']})" for c in left_out))
     unknown = [m for m in methods if m not in rows]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from all, {', '.join(rows)} or give 'LABEL:key=value,...'")
@@ -214,9 +216,10 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
             raise ValueError(f"{out} holds a finished run made with another config ({why})"
                              + (f", and {more} more run(s) like it" if more else "")
                              + "; move them away or pass another --runs-dir")
-    if dry_run:  # every row's config is built (a bad override or a stale run is refused above)
+    if dry_run:  # every row's config is built: the finished ones above, the others here
         for out, run in runs:
-            train_config(**run, notes=False)
+            if not (out / "results.json").is_file():
+                train_config(**run, notes=False)
         state = lambda out: "done" if (out / "results.json").is_file() else "resumes" if (out / "last.pt").is_file() else "new"  # noqa: E731
         todo = sum(state(out) != "done" for out, _ in runs)
         progress(f"dry run (nothing written): {len(dirs)} rows x {len(seeds)} seeds in {runs_dir}, {todo} to train: "
@@ -327,14 +330,12 @@ def significance_section(dirs, results, ref: str, ref_dirs: list[Path], metric: 
                          skip: set) -> tuple[list[str], list[dict]]:
     """The Markdown lines and CSV rows comparing every row's fused model with ``ref``'s, seed by seed
     and over test samples (``mmsent.significance``)."""
-    from mmsent.significance import paired_t, read_predictions, sample_test, stars, t_quantile
+    from mmsent.significance import SAMPLE_TESTS, paired_t, read_predictions, sample_test, stars, t_quantile
 
     ref_results = dict(zip(map(_seed_of, ref_dirs), load_results(ref_dirs)))
     ref_preds = {_seed_of(d): read_predictions(d) for d in ref_dirs}
     scale = 100 if percent(metric) else 1
-    # the test over samples: per-sample correctness or errors; none for mIoU (a ratio over the whole split)
-    how = ("McNemar exact, predictions pooled over seeds" if metric in ("acc", "acc2_has0")
-           else "paired t on per-sample errors" if metric == "mae" else f"none for {metric}, a ratio over the whole split")
+    how = SAMPLE_TESTS.get(metric, f"none for {metric}, a ratio over the whole split")
     unit = ", in percentage points" if scale == 100 else ""
     n = max(len(v) for v in dirs.values())
     width = t_quantile(0.975, n - 1) / n ** 0.5 if n > 1 else float("nan")
@@ -356,8 +357,8 @@ def significance_section(dirs, results, ref: str, ref_dirs: list[Path], metric: 
         p_samples, n_samples = samples if samples else (float("nan"), 0)
         ci = f" [{fmt(seeds.low)}, {fmt(seeds.high)}]" if seeds.n > 1 else " (1 seed)"
         p_seed = f"{seeds.p:.3f}{stars(seeds.p)}" if seeds.n > 1 else "-"
-        p_sample = (f"{p_samples:.3g}{stars(p_samples)}" if samples else "-" if how.startswith("none")
-                    else "- (no predictions)")
+        p_sample = (f"{p_samples:.3g}{stars(p_samples)}" if samples else "- (no predictions)" if metric in SAMPLE_TESTS
+                    else "-")
         lines.append(f"| {method} | {fmt(seeds.mean)}{ci} | {p_seed} | {p_sample} |")
         rows.append({"method": method, "branch": f"diff:{ref}", "seeds": seeds.n, "delta": seeds.mean,
                      "delta_low": seeds.low, "delta_high": seeds.high, "p_seeds": seeds.p, "p_samples": p_samples,

@@ -110,3 +110,8 @@ def test_a_segmentation_table_has_the_methods_defined_for_it():
 
     rows = choose_rows("rgbd_scenes", None, None)
     assert list(rows) == ["RGB-only", "Depth-only", "Multimodal Baseline", "DGL"]
+
+
+def test_a_method_not_defined_for_segmentation_is_named_when_asked_for_in_a_table(capsys):
+    assert cli.main(["table", "--dataset", "rgbd_scenes", "--methods", "DGL", "OGM_GE", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == "error: not defined for dense prediction: OGM_GE"

@@ -52,6 +52,7 @@ def test_sample_test_pools_seeds_for_accuracy_and_tests_errors_for_mae():
     assert n == 4 and p == pytest.approx(stats.ttest_rel([0.1, 0.4, 0.2, 0.3], [0.5, 0.6, 0.2, 0.9]).pvalue)
     assert sample_test("acc", [None], [base]) is None  # a run without predictions
     assert sample_test("acc", [row], [{"x": (0.0, 0.0)}]) is None  # not the same samples
+    assert sample_test("miou", [e_row], [e_base]) is None  # a ratio over the whole split: no per-sample test
 
 
 def _run(path: Path, right: int, n: int = 40) -> Path:

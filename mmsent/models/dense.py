@@ -14,11 +14,10 @@ inputs only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmsent.checks import NoSettings
 from mmsent.models.resnet import BasicBlock, _kaiming
 
 
@@ -38,16 +37,11 @@ class DenseEncoder(nn.Module):
         return self.layer2(self.layer1(self.stem(x)))
 
 
-@dataclass(frozen=True)
-class DenseHeadSettings:
-    """``model.*`` keys of the dense head (none beyond ``model.hidden``, its channel count)."""
-
-
 class DenseHead(nn.Module):
     """Per-modality 1x1 projections added (the fusion point), a 3x3 context block, x4 bilinear
     upsampling, a 3x3 classifier: (B, K, H, W) logits."""
 
-    Settings = DenseHeadSettings
+    Settings = NoSettings  # no model.* keys beyond model.hidden (its channel count) and model.dropout
     needs_maps = False
     dense = True  # reads feature maps and predicts per pixel (a dense dataset needs such a head)
 
