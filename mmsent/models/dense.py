@@ -10,7 +10,8 @@ ESANet's per-stage fusion and skip connections are not built here.
 Zero-masking for DGL's unimodal passes happens at that fusion point: the map of every other modality
 is replaced by zeros before the head, which adds nothing for it. The head has no BatchNorm, so the
 masked passes cannot move running statistics; the encoders' BatchNorm runs once per batch, on real
-inputs only.
+inputs only (``tests/test_dense.py::test_masked_passes_leave_batchnorm_statistics_alone``; DGL's
+gradients through a dense head: ``tests/test_dgl.py::test_dense_prediction_one_backward_equals_algorithm_1``).
 """
 from __future__ import annotations
 
