@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mmsent.checks import command
+from mmsent.checks import ConfigError, command
 
 def cmd_train(args) -> int:
     from mmsent.distributed import Dist
@@ -185,6 +185,9 @@ def cmd_predict(args) -> int:
     from mmsent.predictions import write_predictions
 
     run = load_run(args.run, args.data, args.device)  # bad run or data: one line
+    if run.dataset.task == "segmentation":  # per-pixel maps are not rows of a CSV
+        raise ConfigError(f"{args.run}: a segmentation run's predictions are label maps, not a per-sample table; "
+                          "use mmsent.load_run(RUN).predict(batch) for a batch's (B, K, H, W) logits")
     split = getattr(run.dataset, args.split)
     preds = run.predictions(split)
     out = write_predictions(Path(args.out), split, preds, run.dataset.task)

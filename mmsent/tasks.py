@@ -212,6 +212,25 @@ class Segmentation:
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
         return segmentation_metrics(confusion(pred.argmax(1), y, self.num_classes))
 
+    def summary(self, pred: Tensor, y: Tensor) -> Tensor:
+        """What a split's loss and metrics are sums of, for one batch, as one float64 row: the
+        (weighted) cross-entropy summed over labelled pixels, the sum of their weights, and the
+        confusion counts. Summed over batches these give the split's exact loss and metrics
+        (``from_summary``) without holding its logits (NYUv2's 654 test frames at 480 x 640 x 40
+        classes would be 32 GB of them)."""
+        w = self._weights(pred)
+        total = F.cross_entropy(pred.float(), y.long(), weight=None if w is None else w.float(), ignore_index=VOID,
+                                reduction="sum")
+        labelled = y[y != VOID].long()
+        weight = w.float()[labelled].sum() if w is not None else torch.tensor(float(labelled.numel()))
+        cm = confusion(pred.argmax(1), y, self.num_classes)
+        return torch.cat([torch.stack([total.double().cpu(), weight.double().cpu()]), cm.double().flatten().cpu()])
+
+    def from_summary(self, summary: Tensor) -> dict[str, float]:
+        """The loss and metrics of a split from its batches' ``summary`` rows, summed."""
+        total, weight, cm = summary[0], summary[1], summary[2:].view(self.num_classes, self.num_classes)
+        return {"loss": float(total / weight) if weight > 0 else float("nan"), **segmentation_metrics(cm)}
+
 
 def build_task(task: str, num_classes: int = 1):
     if task == "regression":

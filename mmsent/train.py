@@ -103,7 +103,12 @@ def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = 
 
 
 def evaluate_with_predictions(strategy, split: Split, task, batch_size: int, device, amp: bool = False):
-    """``evaluate``'s metrics and the branch predictions they were computed from."""
+    """``evaluate``'s metrics and the branch predictions they were computed from (none for a
+    task scored from per-batch sums, ``task.summary``: segmentation)."""
+    if hasattr(task, "summary"):
+        with autocast(device, amp):
+            sums = strategy.branch_summaries(split, batch_size)
+        return {k: task.from_summary(s) for k, s in sums.items()}, None
     with autocast(device, amp):
         preds = strategy.branch_predictions(split, batch_size)
     return {k: {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)} for k, p in preds.items()}, preds

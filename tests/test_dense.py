@@ -70,6 +70,24 @@ def test_dgl_trains_the_rgbd_model_from_the_cli(tmp_path, capsys):
     assert cli.main(["train", "--quiet", "--out", str(out), "--resume", "--epochs", "3"]) == 0
     a, b = (json.loads((d / "results.json").read_text()) for d in (straight, out))
     assert a["test"] == b["test"] and a["best_epoch"] == b["best_epoch"]
+    # per-pixel predictions are not a per-sample CSV: one line, nothing written
+    capsys.readouterr()
+    assert cli.main(["predict", "--run", str(out), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "label maps, not a per-sample table" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+
+
+def test_a_split_is_scored_from_batch_sums_exactly():
+    """Segmentation is evaluated from per-batch sums (weighted CE, weights, confusion counts):
+    any batching gives the loss and metrics of the whole split at once."""
+    g = torch.Generator().manual_seed(0)
+    pred, y = torch.randn(10, 4, 6, 5, generator=g), torch.randint(-1, 4, (10, 6, 5), generator=g)
+    y[:, 0, 0] = 3  # class 3 present in every image
+    task = Segmentation(4, class_weights=torch.tensor([0.5, 1.0, 2.0, 0.25]))
+    whole = {"loss": float(task.loss(pred, y)), **task.metrics(pred, y)}
+    for size in (1, 3, 10):
+        sums = sum(task.summary(pred[i:i + size], y[i:i + size]) for i in range(0, 10, size))
+        got = task.from_summary(sums)
+        assert got.keys() == whole.keys() and all(abs(got[k] - whole[k]) < 1e-6 for k in whole), (size, got, whole)
 
 
 def test_what_is_not_defined_for_segmentation_is_one_line(tmp_path, capsys):

@@ -133,6 +133,22 @@ class Strategy:
         empty = torch.zeros((0, self.task.out_dim), device=self.device)
         return {k: self.dist.gather(torch.cat(v) if v else empty).cpu() for k, v in preds.items()}
 
+    @torch.no_grad()
+    def branch_summaries(self, split, batch_size: int = EVAL_BATCH) -> dict[str, Tensor]:
+        """For a task that scores a split from per-batch sums (``task.summary``: segmentation's
+        loss sums and confusion counts), each branch's summary of the whole split, summed over
+        batches and ranks; the predictions themselves are never held."""
+        keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
+        rows = {k: [] for k in keeps}
+        with evaluating(self.model):
+            for batch in self.my_batches(split, batch_size):
+                for k, keep in keeps.items():
+                    rows[k].append(self.task.summary(self.predict(batch, keep), batch.y))
+        width = len(self.task.summary(torch.zeros(1, self.task.out_dim, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long)))
+        empty = torch.zeros((0, width), dtype=torch.float64)
+        return {k: self.dist.gather((torch.stack(v) if v else empty).to(self.device)).cpu().sum(0)
+                for k, v in rows.items()}
+
     def my_batches(self, split, batch_size: int):
         """In order, the batches of this rank's contiguous slice of ``split`` (one process: all of
         it), on the device: under torchrun each rank scores its slice once and ``dist.gather``
