@@ -132,13 +132,17 @@ def test_every_fusion_head_meets_the_contract(fusion):
     # Sequence heads read (B, L=3, D=6); the MMTM head reads (B, C=4, 4, 4) maps and holds
     # train-mode BatchNorm, so dgl_loss maps its masked passes with vmap there.
     # The dense head reads (B, C=4, 4, 4) maps too and predicts 3 classes per pixel of a 16 x 16 map.
+    # The ESANet head reads 3 ResNet stages of width 1 packed into (B, 1*16 + 2*4 + 4, 2, 2) and holds
+    # BatchNorm; it predicts at 4 x 16 = 32 x 32.
     maps = fusion in ("mmtm", "dense")
-    shape = (4, 4, 4) if maps else (3, 6)
-    head = FUSIONS[fusion](names, 4 if maps else shape[-1], 3, 3 if fusion == "dense" else 1, hidden=8)
+    shape = (4, 4, 4) if maps else ((28, 2, 2) if fusion == "esanet" else (3, 6))
+    dense = fusion in ("dense", "esanet")
+    head = FUSIONS[fusion](names, shape[0] if maps or fusion == "esanet" else shape[-1], 3, 3 if dense else 1, hidden=8,
+                           **({"blocks": [1, 1, 1]} if fusion == "esanet" else {}))
     encoders = nn.ModuleDict({m: nn.Linear(4, int(torch.tensor(shape).prod())) for m in names})
     x = {m: torch.randn(5, 4) for m in names}
-    if fusion == "dense":
-        y = torch.randint(-1, 3, (5, 16, 16))
+    if dense:
+        y = torch.randint(-1, 3, (5, 16, 16) if fusion == "dense" else (5, 32, 32))
         crit = lambda p, t: nn.functional.cross_entropy(p, t, ignore_index=-1)  # noqa: E731
     else:
         y = torch.randn(5)

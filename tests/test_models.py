@@ -12,11 +12,15 @@ from mmsent.models import FUSIONS, BertEncoder, LSTMEncoder, MLPEncoder, Multimo
 @pytest.mark.parametrize("n", [2, 3, 6])
 def test_fusion_shapes_and_informative_unimodal_passes(fusion, n):
     names = [f"m{i}" for i in range(n)]
-    head = FUSIONS[fusion](names, 8, 3, 2, hidden=16).eval()
-    maps = fusion in ("mmtm", "dense")  # MMTM fuses (B, C, H, W) maps; the dense head decodes them per pixel
-    feats = {m: torch.randn(5, *((8, 6, 6) if maps else (3, 8))) for m in names}
+    # MMTM fuses (B, C, H, W) maps; the dense head decodes them per pixel; ESANet's reads 3 ResNet
+    # stages of width 1 packed into 1*16 + 2*4 + 4 channels at stride 16
+    esanet = {"blocks": [1, 1, 1]} if fusion == "esanet" else {}
+    head = FUSIONS[fusion](names, 28 if esanet else 8, 3, 2, hidden=16, **esanet).eval()
+    maps = fusion in ("mmtm", "dense")
+    feats = {m: torch.randn(5, *((8, 6, 6) if maps else ((28, 2, 3) if esanet else (3, 8)))) for m in names}
     out = head(feats)
-    assert out.shape == ((5, 2, 24, 24) if fusion == "dense" else (5, 2)) and torch.isfinite(out).all()
+    want = {"dense": (5, 2, 24, 24), "esanet": (5, 2, 32, 48)}.get(fusion, (5, 2))
+    assert out.shape == want and torch.isfinite(out).all()
     zeros = {m: torch.zeros_like(f) for m, f in feats.items()}
     for m in names:  # each single-modality pass depends on that modality's input
         only = dict(zeros, **{m: feats[m]})

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import torch
 
 from mmsent.checks import ConfigError, choose, first_line, is_out_of_memory
-from mmsent.models.dense import DenseEncoder
+from mmsent.models.dense import DenseEncoder, StageEncoder, load_resnet_weights
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel, evaluating
@@ -17,10 +17,11 @@ from mmsent.pretrained import resolve_model_path
 
 ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder, "spectrogram": SpectrogramEncoder,
             "frames": FramesEncoder, "dense": DenseEncoder}
-IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder, DenseEncoder)
+IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder, DenseEncoder, StageEncoder)
+DENSE_ENCODERS = (DenseEncoder, StageEncoder)
 
 
-def _encoder(cfg, dataset, m: str, maps: bool):
+def _encoder(cfg, dataset, m: str, head_cls):
     name = cfg.encoders.get(m, cfg.encoder)
     if name == "auto":
         if m in dataset.kinds:
@@ -32,11 +33,16 @@ def _encoder(cfg, dataset, m: str, maps: bool):
     if (m in dataset.kinds) != (cls in IMAGE_ENCODERS) or (m in dataset.kinds and name != dataset.kinds[m]):
         raise ConfigError(f"encoder {name!r} cannot read modality {m!r} "
                           f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
+    if cls is DenseEncoder and getattr(head_cls, "stages", False):  # ESANet's head reads every stage
+        encoder = StageEncoder(dataset.dims[m], width=cfg.width, blocks=cfg.settings.blocks)
+        if cfg.settings.pretrained:
+            load_resnet_weights(encoder, cfg.settings.pretrained)
+        return encoder
     if cls is DenseEncoder:  # per-pixel maps of any channel count (RGB 3, depth 1, ...)
         return cls(dataset.dims[m], width=cfg.width)
     if cls in IMAGE_ENCODERS:
         # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
-        return cls(width=cfg.width, maps=maps)
+        return cls(width=cfg.width, maps=head_cls.needs_maps)
     common = dict(seq_len=cfg.seq_len, dropout=cfg.dropout)
     if cls is BertEncoder:
         if not cfg.bert_path:
@@ -63,14 +69,14 @@ def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> Multi
     ``record_shapes=False`` skips the shape-recording forward (a model built on the meta device only
     to count its parameters)."""
     head_cls = choose(FUSIONS, "fusion", cfg.fusion)
-    encoders = {m: _encoder(cfg, dataset, m, head_cls.needs_maps) for m in dataset.modalities}
+    encoders = {m: _encoder(cfg, dataset, m, head_cls) for m in dataset.modalities}
     image = [isinstance(e, IMAGE_ENCODERS) for e in encoders.values()]
     if head_cls.needs_maps and not all(image):
         raise ConfigError(f"fusion {cfg.fusion!r} needs spectrogram/frames encoders (an audio-visual dataset)")
-    dense = [isinstance(e, DenseEncoder) for e in encoders.values()]
+    dense = [isinstance(e, DENSE_ENCODERS) for e in encoders.values()]
     if any(dense) != getattr(head_cls, "dense", False):  # MMTMHead (resnet.py) is not a Head subclass
         raise ConfigError(f"fusion {cfg.fusion!r} " + ("does not predict per pixel; a dense (segmentation) dataset needs "
-                          "model.fusion=dense" if any(dense) else "predicts per pixel and needs a dense (segmentation) dataset"))
+                          "model.fusion=dense or esanet" if any(dense) else "predicts per pixel and needs a dense (segmentation) dataset"))
     dim, seq_len = cfg.dim, cfg.seq_len
     if any(image):  # ResNet outputs: 512 pooled features (or 128-channel layer2 maps), one step
         dims = {e.out_dim for e in encoders.values() if isinstance(e, IMAGE_ENCODERS)}
@@ -80,6 +86,11 @@ def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> Multi
     head = head_cls(dataset.modalities, dim, seq_len, out_dim, hidden=cfg.hidden, dropout=cfg.dropout,
                     **asdict(cfg.settings))
     model = MultimodalModel(encoders, head)
+    for m, e in encoders.items():  # ESANet's stages halve the map S + 1 times: the image must divide evenly
+        size = tuple(dataset.train.batch(torch.arange(1)).x[m].shape[-2:]) if isinstance(e, StageEncoder) else ()
+        if size and any(n % e.stride for n in size):
+            raise ConfigError(f"fusion 'esanet' with {e.stages} stages needs images whose height and width are "
+                              f"multiples of {e.stride}; {m!r} is {size[0]} x {size[1]} (set model.blocks or the data size)")
     # One tiny forward records every encoder's output shape (for zero-masking never-encoded
     # modalities); eval mode and no_grad leave weights, BN statistics and the RNG untouched.
     if record_shapes:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsent.checks import NoSettings, check
-from mmsent.models.dense import DenseHead
+from mmsent.models.dense import DenseHead, ESANetHead
 from mmsent.models.resnet import MMTM, MMTMHead, MMTMSettings
 
 
@@ -289,4 +289,5 @@ FUSIONS: dict[str, type[Head]] = {
     "late_mean": LateMeanHead,  # per-modality classifiers, mean prediction (LFM)
     "shared": SharedHead,  # one classifier applied to every modality, scaled sum (ReconBoost)
     "dense": DenseHead,  # segmentation: feature maps added, decoded to per-pixel logits
+    "esanet": ESANetHead,  # segmentation, ESANet's form: SE-add fusion at every stage, context, skip decoder
 }
