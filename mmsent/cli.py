@@ -308,17 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="figures", help="output folder")
-    da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound)")
+    da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound), "
+                        "NYUv2's labelled .mat (nyuv2)")
     da.add_argument("action", choices=["prepare", "download"])
     da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.prepare or d.download])
     da.add_argument("--src", help="audio-visual: the raw corpus folder (split file, WAVs or videos, frames)")
     da.add_argument("--sample-rate", type=int, help="audio-visual: audio rate to write (default: the config's)")
     da.add_argument("--fps", type=int, help="audio-visual: frames per second taken from videos (default: the config's)")
     da.add_argument("--csd-dir", help="folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])")
-    da.add_argument("--out", help="prepare: the MMSA-layout pickle to write; download: the folder (data/<dataset>_csd)")
+    da.add_argument("--out", help="prepare: the MMSA-layout pickle (mosi/mosei) or folder (audio-visual, nyuv2) to write; "
+                    "download: the folder (data/<dataset>_csd)")
     da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '
                     'FILE.json {"train": [video ids], "valid": [...], "test": [...]}')
     da.add_argument("--seq-len", type=int, help="words per segment (pad or cut; default: the config's, 50)")
+    da.add_argument("--mat", help="nyuv2: nyu_depth_v2_labeled.mat (the labelled frames, MATLAB v7.3)")
+    da.add_argument("--splits", help="nyuv2: splits.mat (trainNdxs / testNdxs)")
+    da.add_argument("--mapping", help="nyuv2: classMapping40.mat (the 894 raw classes -> 40)")
     return parser
 
 

@@ -109,7 +109,8 @@ def _vmapped_passes(head: nn.Module, stacked: dict[str, Tensor], param_grad: flo
     n = len(next(iter(stacked.values())))
     params = _params(head, param_grad)
     buffers = {k: b.unsqueeze(0).repeat(n, *[1] * b.dim()) for k, b in head.named_buffers()}
-    return torch.func.vmap(lambda x, b: functional_call(head, {**params, **b}, (x,)))(stacked, buffers)
+    # randomness="different": each pass draws its own dropout masks, as N separate calls would
+    return torch.func.vmap(lambda x, b: functional_call(head, {**params, **b}, (x,)), randomness="different")(stacked, buffers)
 
 
 def _unimodal_predictions(

@@ -61,7 +61,7 @@ def load_run(run_dir, data: str | None = None, device: str = "cpu") -> Run:
                if (run / "results.json").is_file() else None)
     dataset = build_dataset(dataclasses.replace(cfg.data, path=str(data)) if data else cfg.data, cfg.seed)
     check_data(str(data or cfg.data.path or cfg.data.dataset), dataset, (results or {}).get("data"))
-    task = build_task(dataset.task, dataset.num_classes)
+    task = build_task(dataset.task, dataset.num_classes, dataset.class_weights)
     dev = torch.device(device)
     model = build_model(cfg.model, dataset, task.out_dim).to(dev)
     strategy = build_strategy(cfg, model, build_optimizer(model, cfg.train), task, batch_size=cfg.data.batch_size)

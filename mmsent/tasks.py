@@ -232,13 +232,13 @@ class Segmentation:
         return {"loss": float(total / weight) if weight > 0 else float("nan"), **segmentation_metrics(cm)}
 
 
-def build_task(task: str, num_classes: int = 1):
+def build_task(task: str, num_classes: int = 1, class_weights: Tensor | None = None):
     if task == "regression":
         return Regression()
     if task == "classification":
         return Classification(num_classes)
     if task == "segmentation":
-        return Segmentation(num_classes)
+        return Segmentation(num_classes, class_weights)
     raise ValueError(f"unknown task {task!r}; choose from classification, regression, segmentation")
 
 

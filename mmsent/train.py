@@ -176,7 +176,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     if cfg.train.select != "loss" and cfg.train.select not in metric_names(dataset.task):
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this {dataset.task} task; "
                           f"choose from loss, {', '.join(metric_names(dataset.task))}")
-    task = build_task(dataset.task, dataset.num_classes)
+    task = build_task(dataset.task, dataset.num_classes, dataset.class_weights)
     seed_everything(cfg.seed)
     check_model_fits(cfg, dataset, task.out_dim, device)
     try:

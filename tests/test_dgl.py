@@ -181,6 +181,18 @@ class BNHead(nn.Module):
         return self.fc(self.bn(torch.cat([feats[m] for m in self.names], -1)))
 
 
+def test_a_batchnorm_head_with_dropout_runs_its_masked_passes():
+    """Dropout inside the vmapped passes of a BatchNorm head (the ESANet head has both): each pass
+    draws its own masks, as separate calls would, instead of vmap refusing the random op."""
+    names = ["a", "b"]
+    head = BNHead(names)
+    head.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(4 * len(names), 1))
+    feats = {m: torch.randn(8, 4, requires_grad=True) for m in names}
+    out = dgl_loss(feats, head, lambda p, t: (p.squeeze(1) - t).pow(2).mean(), torch.zeros(8))
+    out.total.backward()
+    assert torch.isfinite(out.total) and all(feats[m].grad.abs().sum() > 0 for m in names)
+
+
 def test_batchnorm_head_gradients_match_separate_passes():
     """With a train-mode BatchNorm head the passes must not be stacked as rows (their statistics would
     pool); the one vmapped call equals N separate passes: losses, every gradient, running statistics."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from mmsent.checks import choose
-from mmsent.data import features, media, sentiment
+from mmsent.data import features, media, nyuv2, sentiment
 from mmsent.data.av import load_av
 from mmsent.data.av_corpus import is_av_folder
 from mmsent.data.av_decode import AVSettings
@@ -68,6 +68,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
     "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.prepare),  # a user's own corpus
     "rgbd_scenes": DatasetSpec(load_rgbd_scenes, RGBDScenesSettings, {"rgb": "RGB", "depth": "Depth"}, dense=True),
+    "nyuv2": DatasetSpec(nyuv2.load_nyuv2, nyuv2.NYUv2Settings, {"rgb": "RGB", "depth": "Depth"}, dense=True,
+                         detect=nyuv2.is_prepared_folder, prepare=nyuv2.prepare),
 }
 
 

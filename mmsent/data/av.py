@@ -30,7 +30,7 @@ import torch
 from mmsent.checks import command
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import AVSettings, check_wav, fit_length, frame_files, load_frames, log_spectrogram, read_wav
-from mmsent.data.batch import Batch, DataError, Dataset, batch_bounds
+from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit
 
 
 class ClipSet(torch.utils.data.Dataset):
@@ -54,9 +54,8 @@ class ClipSet(torch.utils.data.Dataset):
         return torch.stack(audio), torch.stack(frames), [i for i, _ in items]
 
 
-class AVSplit:
-    """A split decoded on demand; the same interface as ``Split`` (``y``, ``ids``, ``batch``,
-    ``batches``) so the one training loop and every strategy run unchanged."""
+class AVSplit(DecodedSplit):
+    """An audio-visual split decoded on demand (``DecodedSplit``)."""
 
     def __init__(self, clips: list[Clip], spec: AVSettings, *, train: bool, num_workers: int = 0):
         self.clips, self.spec, self.train, self.num_workers = clips, spec, train, num_workers
@@ -64,37 +63,10 @@ class AVSplit:
         self.y = torch.tensor([c.label for c in clips], dtype=torch.long)
         self.ids = [c.id for c in clips]
 
-    def __len__(self) -> int:
-        return len(self.clips)
-
     def _to_batch(self, audio, frames, index) -> Batch:
         ones = torch.ones(len(index), 1, dtype=torch.bool)
         return Batch({"audio": audio, "visual": frames}, {"audio": ones, "visual": ones.clone()},
                      self.y[index], [self.ids[i] for i in index], torch.as_tensor(index))
-
-    def batch(self, index: torch.Tensor, seed: int = 0) -> Batch:
-        return self._to_batch(*self.set[[(i, seed + i) for i in index.tolist()]])
-
-    def _min_size(self, min_size: int) -> int:
-        # BatchNorm cannot train on one clip (its pooled maps have one value per channel), so a
-        # trailing single training clip joins the previous batch rather than being dropped
-        return max(min_size, 2) if self.train else min_size
-
-    def n_batches(self, batch_size: int, min_size: int = 1) -> int:
-        return len(batch_bounds(len(self), batch_size, self._min_size(min_size)))
-
-    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                min_size: int = 1):
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        # One seed per epoch from the caller's generator: augmentation is reproducible and resumes
-        # with the generator state saved in last.pt.
-        base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if self.train and generator is not None else 0
-        chunks = [[(i, base + i) for i in order[s:e].tolist()]
-                  for s, e in batch_bounds(len(self), batch_size, self._min_size(min_size))]
-        loader = torch.utils.data.DataLoader(self.set, batch_size=None, sampler=chunks, num_workers=self.num_workers,
-                                             persistent_workers=False, pin_memory=torch.cuda.is_available())
-        for audio, frames, index in loader:
-            yield self._to_batch(audio, frames, index)
 
 
 def load_av(cfg, seed: int = 0) -> Dataset:

@@ -168,5 +168,6 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
 def is_av_folder(path: Path) -> bool:
     """A folder holding a split file at its top, or media in <split>/<class>/ folders."""
     names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    # train/ + test/ with train.txt + test.txt beside them is NYUv2's prepared layout, not media
     return bool(names & {"splits.csv", "vggsound.csv"}) or {"train.csv", "test.csv"} <= names or (
-        "train" in names and "test" in names)
+        "train" in names and "test" in names and not {"train.txt", "test.txt"} <= names)

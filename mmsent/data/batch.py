@@ -98,8 +98,52 @@ class Dataset:
     num_classes: int  # 1 for regression
     dims: dict[str, int]  # m -> feature size (or vocabulary size for token ids)
     token_modalities: tuple[str, ...] = ()  # modalities given as token ids (BERT input)
-    kinds: dict[str, str] = field(default_factory=dict)  # m -> "spectrogram" | "frames" (audio-visual corpora)
+    kinds: dict[str, str] = field(default_factory=dict)  # m -> "spectrogram" | "frames" | "dense" (image modalities)
+    class_weights: Tensor | None = None  # per-class loss weights the data prescribes (NYUv2: median frequency)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.dims)
+
+
+class DecodedSplit:
+    """A split decoded on demand, with ``Split``'s interface (``ids``, ``batch``, ``batches``,
+    ``n_batches``) so the one training loop and every strategy run unchanged. ``self.set`` is a
+    map-style dataset whose item is a whole batch ``[(index, seed)]`` (DataLoader workers decode
+    batches in parallel while order and augmentation stay fixed by the caller's seeds);
+    ``_to_batch(*item)`` turns what it returns into a ``Batch``."""
+
+    set: torch.utils.data.Dataset
+    ids: list[str]
+    train: bool
+    num_workers: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _to_batch(self, *item) -> Batch:
+        raise NotImplementedError
+
+    def batch(self, index: Tensor, seed: int = 0) -> Batch:
+        return self._to_batch(*self.set[[(i, seed + i) for i in index.tolist()]])
+
+    def _min_size(self, min_size: int) -> int:
+        # BatchNorm cannot train on one sample (its pooled maps have one value per channel), so a
+        # trailing single training sample joins the previous batch rather than being dropped
+        return max(min_size, 2) if self.train else min_size
+
+    def n_batches(self, batch_size: int, min_size: int = 1) -> int:
+        return len(batch_bounds(len(self), batch_size, self._min_size(min_size)))
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                min_size: int = 1) -> Iterator[Batch]:
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        # One seed per epoch from the caller's generator: augmentation is reproducible and resumes
+        # with the generator state saved in last.pt.
+        base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if self.train and generator is not None else 0
+        chunks = [[(i, base + i) for i in order[s:e].tolist()]
+                  for s, e in batch_bounds(len(self), batch_size, self._min_size(min_size))]
+        loader = torch.utils.data.DataLoader(self.set, batch_size=None, sampler=chunks, num_workers=self.num_workers,
+                                             persistent_workers=False, pin_memory=torch.cuda.is_available())
+        for item in loader:
+            yield self._to_batch(*item)
