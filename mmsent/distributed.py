@@ -8,7 +8,8 @@ at exactly the points where a one-process run would have the whole batch:
 
 * every rank holds the whole model and data and iterates the same global batches (same seed, same
   generator); ``shard`` gives each rank a contiguous slice and its weight ``w_r = n_r / N``;
-* a strategy's losses are means over its shard, so ``sum_r w_r * (shard mean)`` is the global mean:
+* a strategy's losses are means over its shard (over samples; over labelled pixels for segmentation,
+  where ``w_r`` is the shard's share of them), so ``sum_r w_r * (shard mean)`` is the global mean:
   ``grads`` / ``sync_grads`` scale every gradient by ``w_r`` and all-reduce the sum; ``mean`` does the
   same for a statistic (a mean over samples), ``sum`` adds one (a sum over samples);
 * evaluation shards each split and gathers the predictions in order, so every sample is scored
@@ -48,15 +49,20 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, batch: Batch) -> Batch:
-        """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+    def shard(self, batch: Batch, weigh=None) -> Batch:
+        """This rank's contiguous slice of a global batch (sizes differ by at most one). Its weight
+        is its share of what the task's mean loss divides by (``weigh(y)``: the task's
+        ``batch_weight``; samples by default, labelled pixels for segmentation, whose shards hold
+        different numbers of them), so ``sum_r w_r * (shard mean)`` is the global mean."""
         if not self.active:
             return batch
         n = self.global_size = len(batch.y)
         if n < self.world:
             raise RuntimeError(f"a batch of {n} sample(s) cannot be split over {self.world} ranks")
         idx = torch.tensor_split(torch.arange(n), self.world)[self.rank]
-        self.weight, self.index = len(idx) / n, idx
+        total = float(weigh(batch.y)) if weigh is not None else float(n)
+        mine = float(weigh(batch.y[idx])) if weigh is not None else float(len(idx))
+        self.weight, self.index = (mine / total if total > 0 else len(idx) / n), idx
         return batch.select(idx)
 
     def rand(self, n: int, *shape: int) -> Tensor:

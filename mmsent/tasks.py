@@ -78,6 +78,11 @@ class Regression:
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         return F.l1_loss(pred.reshape(-1), y.to(pred.dtype))
 
+    @staticmethod
+    def batch_weight(y: Tensor) -> float:
+        """What ``loss`` divides by: the number of samples (torchrun weighs shards by it)."""
+        return float(len(y))
+
     def per_sample(self, pred: Tensor, y: Tensor) -> Tensor:
         """The loss of each sample, (B,): ``loss`` is its mean."""
         return (pred.reshape(-1) - y.to(pred.dtype)).abs()
@@ -110,6 +115,8 @@ class Classification:
 
     name = "classification"
     headline = "acc"
+
+    batch_weight = Regression.batch_weight
 
     def __init__(self, num_classes: int):
         if num_classes < 2:
@@ -203,6 +210,12 @@ class Segmentation:
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(pred, y.long(), weight=self._weights(pred), ignore_index=VOID)
 
+    def batch_weight(self, y: Tensor) -> float:
+        """What ``loss`` divides by: the labelled pixels, each counted with its class weight
+        (torchrun weighs a shard by its share, so that K shard means add up to the batch's)."""
+        labelled = y[y != VOID].long()
+        return float(self.class_weights.double()[labelled.cpu()].sum()) if self.class_weights is not None else float(labelled.numel())
+
     def per_sample(self, pred: Tensor, y: Tensor) -> Tensor:
         """Each image's mean cross-entropy over its labelled pixels, (B,)."""
         pixel = F.cross_entropy(pred, y.long(), weight=self._weights(pred), ignore_index=VOID, reduction="none")
@@ -219,10 +232,11 @@ class Segmentation:
         (``from_summary``) without holding its logits (NYUv2's 654 test frames at 480 x 640 x 40
         classes would be 32 GB of them)."""
         w = self._weights(pred)
-        total = F.cross_entropy(pred.float(), y.long(), weight=None if w is None else w.float(), ignore_index=VOID,
-                                reduction="sum")
+        pred = pred if pred.dtype == torch.float64 else pred.float()  # bfloat16 under autocast: sum in float32
+        w = None if w is None else w.to(pred.dtype)
+        total = F.cross_entropy(pred, y.long(), weight=w, ignore_index=VOID, reduction="sum")
         labelled = y[y != VOID].long()
-        weight = w.float()[labelled].sum() if w is not None else torch.tensor(float(labelled.numel()))
+        weight = w[labelled].sum() if w is not None else torch.tensor(float(labelled.numel()))
         cm = confusion(pred.argmax(1), y, self.num_classes)
         return torch.cat([torch.stack([total.double().cpu(), weight.double().cpu()]), cm.double().flatten().cpu()])
 

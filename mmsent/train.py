@@ -337,7 +337,7 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
                 if not ddp.active:  # under torchrun the ranks must agree: they stop at the epoch's end
                     stop_here()
                 with autocast(device, cfg.train.amp):  # torchrun: this rank's shard, logs of the whole batch
-                    logs = ddp.average_logs(strategy.train_step(ddp.shard(batch).to(device, non_blocking=True)))
+                    logs = ddp.average_logs(strategy.train_step(ddp.shard(batch, task.batch_weight).to(device, non_blocking=True)))
                 if not math.isfinite(logs["loss"]):
                     raise RunError(f"non-finite training loss at epoch {epoch} step {step}; lower train.lr or set train.grad_clip")
                 for k, v in logs.items():

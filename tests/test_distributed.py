@@ -114,6 +114,70 @@ def test_two_ranks_equal_one_process(two_ranks, name, task_name):
             torch.testing.assert_close(got["val"][k], v, rtol=1e-6, atol=1e-6, msg=f"{name}: val predictions {k}")
 
 
+# Dense prediction: both dense heads under vanilla, DGL and DGL-MH, GroupNorm (per-sample statistics;
+# BatchNorm's are per shard) and class-weighted per-pixel CE with void pixels, so shards hold different
+# numbers of (weighted) labelled pixels and are weighed by them (Dist.shard's `weigh`).
+DENSE_CASES = [(fusion, name) for fusion in ("dense", "esanet") for name in ("vanilla", "dgl", "dgl_mh")]
+
+
+def run_dense_steps(fusion: str, name: str) -> dict:
+    """Two epochs of 8-image global batches (the last one 6) of rgbd_scenes, SGD + momentum, float64."""
+    from mmsent.config import load_config
+    from mmsent.data import build_dataset
+    from mmsent.tasks import Segmentation
+
+    over = [f"strategy={name}", f"model.fusion={fusion}", "model.norm=group", "model.dropout=0", "data.n_train=22",
+            "data.n_val=6", "data.n_test=2", "data.height=16", "data.width=32", "model.width=4", "model.hidden=8",
+            *(["model.blocks=[1,1]"] if fusion == "esanet" else [])]
+    cfg = load_config(ROOT / "configs/rgbd_scenes.yaml", over)
+    ds = build_dataset(cfg.data)
+    task = Segmentation(6, class_weights=torch.tensor([0.5, 1.0, 3.0, 2.0, 1.5, 0.7]))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ds, task.out_dim).double()
+    s = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), task,
+                         **{**dict(vars(cfg.strategy.settings)), **STRATEGIES[name].dist_test})
+    s.batch_size, s.steps_per_epoch = 8, 3
+    ds = _double(ds)
+    gen = torch.Generator().manual_seed(1)
+    for epoch in range(2):
+        s.on_epoch_start(epoch, ds)
+        for batch in ds.train.batches(8, shuffle=True, generator=gen):
+            s.train_step(s.dist.shard(batch, task.batch_weight))
+    return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "val": s.branch_summaries(ds.val, batch_size=4)}
+
+
+def _dense_worker(rank, world, store, out):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        got = {case: run_dense_steps(*case) for case in DENSE_CASES}
+        if rank == 0:
+            torch.save(got, out)
+        dist.barrier()  # no rank tears gloo down while another still talks to it
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_dense_ranks(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp_dense")
+    mp.spawn(_dense_worker, args=(2, str(tmp / "store"), str(tmp / "out.pt")), nprocs=2, join=True)
+    return torch.load(tmp / "out.pt", weights_only=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion,name", DENSE_CASES)
+def test_two_ranks_equal_one_process_for_dense_prediction(two_dense_ranks, fusion, name):
+    """The segmentation models on 2 ranks: parameters after two epochs equal one process's to 1e-9,
+    and the validation confusion counts and loss sums, gathered from both ranks, are the same."""
+    want, got = run_dense_steps(fusion, name), two_dense_ranks[(fusion, name)]
+    for k, v in want["params"].items():
+        torch.testing.assert_close(got["params"][k], v, **TOL, msg=lambda m: f"{fusion}/{name}: parameter {k}: {m}")
+    for k, v in want["val"].items():
+        torch.testing.assert_close(got["val"][k], v, rtol=1e-9, atol=1e-9, msg=f"{fusion}/{name}: val summary {k}")
+
+
 def test_one_process_dist_is_the_identity():
     d = Dist()
     assert not d.active and d.world == 1 and d.is_main

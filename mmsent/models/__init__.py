@@ -34,12 +34,12 @@ def _encoder(cfg, dataset, m: str, head_cls):
         raise ConfigError(f"encoder {name!r} cannot read modality {m!r} "
                           f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
     if cls is DenseEncoder and getattr(head_cls, "stages", False):  # ESANet's head reads every stage
-        encoder = StageEncoder(dataset.dims[m], width=cfg.width, blocks=cfg.settings.blocks)
+        encoder = StageEncoder(dataset.dims[m], width=cfg.width, blocks=cfg.settings.blocks, norm=cfg.settings.norm)
         if cfg.settings.pretrained:
             load_resnet_weights(encoder, cfg.settings.pretrained)
         return encoder
     if cls is DenseEncoder:  # per-pixel maps of any channel count (RGB 3, depth 1, ...)
-        return cls(dataset.dims[m], width=cfg.width)
+        return cls(dataset.dims[m], width=cfg.width, norm=getattr(cfg.settings, "norm", "batch"))  # a non-dense head is refused below
     if cls in IMAGE_ENCODERS:
         # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
         return cls(width=cfg.width, maps=head_cls.needs_maps)

@@ -21,6 +21,7 @@ and ``test_every_fusion_head_meets_the_contract``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,19 +29,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmsent.checks import ConfigError, NoSettings, check, first_line
+from mmsent.checks import ConfigError, check, first_line
 from mmsent.models.resnet import BasicBlock, _kaiming
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups: statistics per sample, so a data-parallel run computes exactly
+    what one process does (BatchNorm's batch statistics are per shard under torchrun)."""
+    return nn.GroupNorm(math.gcd(channels, 8), channels)
+
+
+NORMS = {"batch": nn.BatchNorm2d, "group": group_norm}
+
+
+@dataclass(frozen=True)
+class DenseSettings:
+    """The ``model.*`` key of the ``dense`` fusion."""
+
+    norm: str = "batch"  # the encoders' normalisation: batch | group (per sample; exact under torchrun)
+
+    def __post_init__(self):
+        check("norm", self.norm in NORMS, self.norm, " or ".join(NORMS))
 
 
 class DenseEncoder(nn.Module):
     """(B, C_in, H, W) -> (B, 4 * width, H / 4, W / 4)."""
 
-    def __init__(self, in_channels: int, width: int = 8):
+    def __init__(self, in_channels: int, width: int = 8, norm: str = "batch"):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), NORMS[norm](width),
                                   nn.ReLU(inplace=True))
-        self.layer1 = BasicBlock(width, 2 * width, stride=2)
-        self.layer2 = BasicBlock(2 * width, 4 * width, stride=2)
+        self.layer1 = BasicBlock(width, 2 * width, stride=2, norm=NORMS[norm])
+        self.layer2 = BasicBlock(2 * width, 4 * width, stride=2, norm=NORMS[norm])
         self.out_dim = 4 * width
         _kaiming(self)
 
@@ -52,11 +72,12 @@ class DenseHead(nn.Module):
     """Per-modality 1x1 projections added (the fusion point), a 3x3 context block, x4 bilinear
     upsampling, a 3x3 classifier: (B, K, H, W) logits."""
 
-    Settings = NoSettings  # no model.* keys beyond model.hidden (its channel count) and model.dropout
+    Settings = DenseSettings  # model.norm shapes the encoders; the head's width is model.hidden
     needs_maps = False
     dense = True  # reads feature maps and predicts per pixel (a dense dataset needs such a head)
 
-    def __init__(self, modalities, dim, seq_len, out_dim, *, hidden: int = 32, dropout: float = 0.0):
+    def __init__(self, modalities, dim, seq_len, out_dim, *, hidden: int = 32, dropout: float = 0.0,
+                 norm: str = "batch"):
         super().__init__()
         self.modalities, channels = list(modalities), hidden or 32
         self.project = nn.ModuleDict({m: nn.Conv2d(dim, channels, 1) for m in self.modalities})
@@ -103,14 +124,14 @@ class StageEncoder(nn.Module):
     ``packed_channels`` channels at stride ``4 * 2**(stages - 1)``. Module names follow
     torchvision's ResNet, so ImageNet weights load from a local file (``load_resnet_weights``)."""
 
-    def __init__(self, in_channels: int, width: int = 64, blocks=(2, 2, 2, 2)):
+    def __init__(self, in_channels: int, width: int = 64, blocks=(2, 2, 2, 2), norm: str = "batch"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = NORMS[norm](width)
         self.layout = stage_layout(width, len(blocks))
-        c_in = width
+        c_in, norm = width, NORMS[norm]
         for s, (n, (c, _)) in enumerate(zip(blocks, self.layout)):
-            layer = [BasicBlock(c_in, c, stride=1 if s == 0 else 2)] + [BasicBlock(c, c) for _ in range(n - 1)]
+            layer = [BasicBlock(c_in, c, 1 if s == 0 else 2, norm)] + [BasicBlock(c, c, norm=norm) for _ in range(n - 1)]
             setattr(self, f"layer{s + 1}", nn.Sequential(*layer))
             c_in = c
         self.stages = len(blocks)
@@ -161,8 +182,8 @@ def load_resnet_weights(encoder: StageEncoder, path: str) -> None:
     encoder.load_state_dict(state)
 
 
-def _conv_bn(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def _conv_bn(c_in: int, c_out: int, k: int = 3, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), NORMS[norm](c_out), nn.ReLU(inplace=True))
 
 
 class SqueezeExcite(nn.Module):
@@ -183,12 +204,16 @@ class PyramidContext(nn.Module):
     """ESANet's context module (PSPNet's pyramid pooling, light): the deepest fused map average-
     pooled to each of ``bins`` grids, projected, upsampled back and concatenated with it."""
 
-    def __init__(self, c_in: int, c_out: int, bins=(1, 2, 4)):
+    def __init__(self, c_in: int, c_out: int, bins=(1, 2, 4), norm: str = "batch"):
         super().__init__()
         branch = max(1, c_in // len(bins))
         self.bins = tuple(bins)
-        self.branches = nn.ModuleList([_conv_bn(c_in, branch, 1) for _ in self.bins])
-        self.out = _conv_bn(c_in + branch * len(self.bins), c_out, 1)
+        # a 1 x 1 pooled map has one value per channel: GroupNorm over it would zero it, so the
+        # branches' projections are plain convolutions (ReLU kept)
+        self.branches = nn.ModuleList([_conv_bn(c_in, branch, 1, norm) if norm == "batch" else
+                                       nn.Sequential(nn.Conv2d(c_in, branch, 1), nn.ReLU(inplace=True))
+                                       for _ in self.bins])
+        self.out = _conv_bn(c_in + branch * len(self.bins), c_out, 1, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -204,8 +229,12 @@ class ESANetSettings:
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # BasicBlocks per stage: ResNet18
     pretrained: str = ""  # a local torchvision ResNet state dict loaded into every encoder ("" = from scratch)
     se_ratio: int = 16  # squeeze-excitation reduction at each fusion point (ESANet's)
+    norm: str = "batch"  # batch (ESANet's) | group (per sample: exact under torchrun; no ImageNet weights)
 
     def __post_init__(self):
+        check("norm", self.norm in NORMS, self.norm, " or ".join(NORMS))
+        check("pretrained", not (self.pretrained and self.norm != "batch"), self.pretrained,
+              "empty with model.norm=group (ImageNet ResNets are BatchNorm networks)")
         check("blocks", 2 <= len(self.blocks) <= 5 and all(n >= 1 for n in self.blocks), self.blocks,
               "2 to 5 stages of at least one block each")
         check("se_ratio", self.se_ratio >= 1, self.se_ratio, ">= 1")
@@ -233,7 +262,7 @@ class ESANetHead(nn.Module):
     stages = True  # its encoders are StageEncoders (models/__init__.py builds them)
 
     def __init__(self, modalities, dim, seq_len, out_dim, *, hidden: int = 128, dropout: float = 0.0,
-                 blocks=(2, 2, 2, 2), pretrained: str = "", se_ratio: int = 16):
+                 blocks=(2, 2, 2, 2), pretrained: str = "", se_ratio: int = 16, norm: str = "batch"):
         super().__init__()
         self.modalities, S = list(modalities), len(blocks)
         width = dim // packed_channels(1, S)
@@ -244,9 +273,9 @@ class ESANetHead(nn.Module):
         chans = [max(8, hidden // 2 ** (S - 1 - s)) for s in range(S)]  # decoder width per stage (ESANet halves it)
         self.se = nn.ModuleList([nn.ModuleDict({m: SqueezeExcite(c, se_ratio) for m in self.modalities})
                                  for c, _ in self.layout])
-        self.context = PyramidContext(self.layout[-1][0], chans[-1])
-        self.up = nn.ModuleList([_conv_bn(chans[s + 1], chans[s]) for s in range(S - 1)])
-        self.skip = nn.ModuleList([_conv_bn(self.layout[s][0], chans[s], 1) for s in range(S - 1)])
+        self.context = PyramidContext(self.layout[-1][0], chans[-1], norm=norm)
+        self.up = nn.ModuleList([_conv_bn(chans[s + 1], chans[s], 3, norm) for s in range(S - 1)])
+        self.skip = nn.ModuleList([_conv_bn(self.layout[s][0], chans[s], 1, norm) for s in range(S - 1)])
         self.drop = nn.Dropout2d(dropout)
         self.classify = nn.Conv2d(chans[0], out_dim, 3, padding=1)
         _kaiming(self)

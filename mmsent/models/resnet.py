@@ -14,13 +14,16 @@ from mmsent.checks import check
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+    """He et al.'s basic residual block; ``norm(channels)`` makes its normalisation layers
+    (BatchNorm by default; the dense models can take GroupNorm, see models/dense.py)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, norm=nn.BatchNorm2d):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        self.bn1 = norm(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.bn2 = norm(c_out)
+        self.down = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm(c_out))
                      if stride != 1 or c_in != c_out else nn.Identity())
 
     def forward(self, x: Tensor) -> Tensor:

@@ -194,7 +194,7 @@ class Strategy:
             trainer.model.train()
             trainer.on_epoch_start(i, data)
             for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen, min_size=self.min_batch):
-                trainer.train_step(self.dist.shard(batch).to(self.device))
+                trainer.train_step(self.dist.shard(batch, self.task.batch_weight).to(self.device))
             if after_epoch is not None:
                 after_epoch(i)
 
