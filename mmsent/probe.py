@@ -9,6 +9,8 @@ regression tasks, multinomial logistic regression for classes, its regularisatio
 on the validation split (MAE / accuracy). The chosen probe is scored on test with the task's own
 metrics. Unimodal-only models get the same probe, so "DGL encoder vs unimodal encoder" compares
 like with like; the encoders a unimodal-only model never trains give a random-features baseline.
+Segmentation encoders get a per-pixel probe instead (``probe_pixels``): one logistic regression on
+the feature vector at each location of the encoder's map, scored on every labelled location.
 """
 from __future__ import annotations
 
@@ -83,8 +85,8 @@ def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = EVAL
     """A linear probe per modality: ``{m: {"reg": ..., "val": metrics, "test": metrics}}``, or
     ``{m: {"skipped": why}}`` for a probe that cannot be fitted (the run's results are kept: a probe
     is an extra measurement, never a reason to lose a trained model)."""
-    if task.name == "segmentation":  # per-pixel probes are not built: recorded as skipped, quietly
-        return {m: {"skipped": "no linear probe for per-pixel features"} for m in model.modalities}
+    if task.name == "segmentation":
+        return probe_pixels(model, dataset, task, batch_size)
     splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
     feats = {name: encoder_features(model, s, batch_size) for name, s in splits.items()}
     ys = {name: s.y.numpy() for name, s in splits.items()}
@@ -104,4 +106,106 @@ def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = EVAL
             out[m] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
         if "skipped" in out[m]:
             warnings.warn(f"linear probe of {m!r} skipped: {out[m]['skipped']}", stacklevel=2)
+    return out
+
+
+# --- per-pixel probes (segmentation) ------------------------------------------------------------------
+
+PIXEL_SAMPLE = 20000  # labelled feature locations a pixel probe is fitted on (and its strength chosen on)
+
+
+@torch.no_grad()
+def _pixel_batches(model: MultimodalModel, split, batch_size: int):
+    """Per batch: ``{m: (features (B, C, h, w), labels (B, h, w))}``, each encoder's map with the
+    labels taken at its resolution by nearest neighbour (void stays void)."""
+    device = next(model.parameters()).device
+    with evaluating(model):
+        for batch in split.batches(batch_size):
+            out = {}
+            for m, z in model.encode(batch.to(device)).items():
+                y = torch.nn.functional.interpolate(batch.y[:, None].float(), size=z.shape[-2:], mode="nearest")
+                out[m] = (z.float().cpu(), y[:, 0].long().cpu())
+            yield out
+
+
+def _pixel_sample(model, split, batch_size: int, n: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """About ``n`` labelled locations per modality, drawn uniformly within each batch in proportion
+    to its images (a fixed generator: the same locations for every run of a table)."""
+    g = torch.Generator().manual_seed(seed)
+    rows: dict[str, list] = {}
+    for part in _pixel_batches(model, split, batch_size):
+        for m, (z, y) in part.items():
+            x = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            labels = y.reshape(-1)
+            keep = (labels >= 0).nonzero().flatten()
+            k = min(len(keep), -(-n * len(y) // len(split)))
+            pick = keep[torch.randperm(len(keep), generator=g)[:k]]
+            rows.setdefault(m, []).append((x[pick].double().numpy(), labels[pick].numpy()))
+    return {m: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for m, v in rows.items()}
+
+
+def _linear(probe, mean: np.ndarray, std: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fitted logistic probe as one linear map on raw features: logits = x W^T + b over all k
+    classes (a class absent from the training sample gets -1e9)."""
+    coef, icpt = probe.coef_, probe.intercept_
+    if coef.shape[0] == 1:  # two classes seen: one score, for classes_[1]
+        coef, icpt = np.concatenate([-coef, coef]) / 2, np.concatenate([-icpt, icpt]) / 2
+    w = np.zeros((k, coef.shape[1]))
+    b = np.full(k, -1e9)
+    w[probe.classes_.astype(int)], b[probe.classes_.astype(int)] = coef / std, icpt - (coef / std) @ mean
+    return torch.from_numpy(w), torch.from_numpy(b)
+
+
+def _pixel_confusion(model, split, batch_size: int, m: str, w: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    """The probe's confusion counts over every labelled location of ``split``."""
+    from mmsent.tasks import confusion
+
+    cm = torch.zeros(k, k, dtype=torch.long)
+    for part in _pixel_batches(model, split, batch_size):
+        z, y = part[m]
+        logits = torch.einsum("bchw,kc->bkhw", z.double(), w) + b[:, None, None]
+        cm += confusion(logits.argmax(1), y, k)
+    return cm
+
+
+def probe_pixels(model: MultimodalModel, dataset, task, batch_size: int = EVAL_BATCH,
+                 sample: int = PIXEL_SAMPLE) -> dict[str, dict]:
+    """A per-pixel linear probe per modality: multinomial logistic regression on each frozen
+    encoder's feature vector at every location of its map (labels taken at that resolution),
+    fitted on ``sample`` labelled train locations, its strength chosen by the mIoU of ``sample``
+    validation locations, then scored on every labelled location of validation and test (one
+    confusion matrix each, the task's metrics). For a multi-scale encoder (ESANet's) the vector at
+    a location is every stage's features there (the packed map)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mmsent.tasks import confusion, segmentation_metrics
+
+    k = task.num_classes
+    train = _pixel_sample(model, dataset.train, batch_size, sample, seed=0)
+    val = _pixel_sample(model, dataset.val, batch_size, sample, seed=1)
+    out = {}
+    for m in model.modalities:
+        (xt, yt), (xv, yv) = train[m], val[m]
+        if not (np.isfinite(xt).all() and np.isfinite(xv).all()):
+            out[m] = {"skipped": "its features hold non-finite values"}
+        elif len(np.unique(yt)) < 2:
+            out[m] = {"skipped": "the sampled train pixels hold a single class; a classifier needs two"}
+        if m in out:
+            warnings.warn(f"pixel probe of {m!r} skipped: {out[m]['skipped']}", stacklevel=2)
+            continue
+        mean, std = xt.mean(0), np.where(xt.std(0) > 1e-8, xt.std(0), 1.0)
+        best = None
+        for c in LOGISTIC_CS:
+            with warnings.catch_warnings():  # a probe that stops at max_iter is still a valid probe
+                warnings.simplefilter("ignore")
+                probe = LogisticRegression(C=c, max_iter=300).fit((xt - mean) / std, yt)
+            w, b = _linear(probe, mean, std, k)
+            pred = (torch.from_numpy(xv) @ w.T + b).argmax(1)
+            score = segmentation_metrics(confusion(pred, torch.from_numpy(yv), k))["miou"]
+            if best is None or score > best[0]:
+                best = (score, c, w, b)
+        _, c, w, b = best
+        out[m] = {"reg": c, "pixels": len(yt),
+                  **{name: segmentation_metrics(_pixel_confusion(model, split, batch_size, m, w, b, k))
+                     for name, split in (("val", dataset.val), ("test", dataset.test))}}
     return out

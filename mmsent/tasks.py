@@ -116,7 +116,7 @@ class Classification:
     name = "classification"
     headline = "acc"
 
-    batch_weight = Regression.batch_weight
+    batch_weight = staticmethod(Regression.batch_weight)
 
     def __init__(self, num_classes: int):
         if num_classes < 2:

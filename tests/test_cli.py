@@ -86,7 +86,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path, capsys):
         (["--dataset", "mosi", "--data", str(tmp_path / "missing.pkl")], "missing.pkl: file not found"),
         (["--dataset", "mosi", "--data", str(bad_pickle)], "bad.pkl"),
         (["--dataset", "mosi", "--data", str(wrong)], "wrong.pkl: no modality among text, audio, vision in split 'train'"),
-        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, concat_mix, dense, film, gated, late_mean, mlpmixer, mmtm, mmtm_seq, shared, sum"),
+        (["--fusion", "transformer"], "unknown fusion 'transformer'; choose from concat, concat_mix, dense, esanet, film, gated, late_mean, mlpmixer, mmtm, mmtm_seq, shared, sum"),
         (["--strategy", "magic"], "unknown strategy 'magic'"),
         (["train.nope=1"], "unknown config key 'train.nope'"),
         (["train.epochs=many"], "'train.epochs' must be int"),
