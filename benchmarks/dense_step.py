@@ -1,8 +1,9 @@
-"""Step time of DGL (and DGL-MH) relative to vanilla on the dense RGB-D model (configs/rgbd_scenes.yaml:
-two stride-4 encoders, the dense head), measured in one run as a ratio, interleaved so machine load
-hits all three alike.
+"""Step time of DGL (and DGL-MH) relative to vanilla on the dense RGB-D models (configs/rgbd_scenes.yaml:
+two stride-4 encoders and the dense head; with --fusion esanet, ESANet's form on 32 x 48 scenes,
+three stages of one block), measured in one run as a ratio, interleaved so machine load hits all
+three alike.
 
-    python benchmarks/dense_step.py [--steps 20] [--batch 16]
+    python benchmarks/dense_step.py [--steps 20] [--batch 16] [--fusion esanet]
 """
 from __future__ import annotations
 
@@ -28,13 +29,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--fusion", choices=["dense", "esanet"], default="dense")
     args = ap.parse_args()
     torch.manual_seed(0)
     names = ("vanilla", "dgl", "dgl_mh")
     setups = {}
     for name in names:
+        esanet = [("model.fusion", "esanet"), ("data.width", 48), ("model.blocks", [1, 1, 1])]
         cfg = load_config(ROOT / "configs/rgbd_scenes.yaml", [("strategy", name), ("data.n_train", args.batch),
-                                                                ("data.n_val", 4), ("data.n_test", 4)])
+                                                                ("data.n_val", 4), ("data.n_test", 4),
+                                                                *(esanet if args.fusion == "esanet" else [])])
         ds = build_dataset(cfg.data)
         task = Segmentation(ds.num_classes)
         model = build_model(cfg.model, ds, task.out_dim)
