@@ -259,3 +259,18 @@ def test_prepare_on_the_real_split_mapping_and_test_labels(tmp_path):
     ds = build_dataset(_config(out).data)  # the recipe's validation: every 10th of the 795 train frames
     assert (len(ds.train), len(ds.val), len(ds.test)) == (716, 79, 654)
     assert not set(ds.val.ids) & set(ds.test.ids) and not set(ds.train.ids) & set(ds.val.ids)
+
+
+def test_worker_processes_read_the_same_frames(corpus):
+    """data.num_workers > 0: each worker opens the labelled file itself (an h5py handle does not
+    cross processes) and the batches, augmentation included, are the ones one process makes."""
+    d, _ = corpus
+    mat = d / "nyu_depth_v2_labeled.mat"
+    one, two = (build_dataset(_config(mat, "data.valid_fraction=0.25", f"data.num_workers={w}").data) for w in (0, 2))
+    for split in ("train", "test"):
+        a = list(getattr(one, split).batches(3, shuffle=True, generator=torch.Generator().manual_seed(4)))
+        b = list(getattr(two, split).batches(3, shuffle=True, generator=torch.Generator().manual_seed(4)))
+        assert len(a) == len(b) > 1
+        for x, y in zip(a, b):
+            assert x.ids == y.ids and torch.equal(x.y, y.y) and torch.equal(x.x["rgb"], y.x["rgb"])
+            assert torch.equal(x.x["depth"], y.x["depth"])

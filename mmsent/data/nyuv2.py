@@ -25,6 +25,7 @@ a smaller size scores labels resized by nearest neighbour).
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,14 +108,14 @@ def read_mapping(path: Path) -> np.ndarray:
 
 class LabelledMat:
     """Frames of ``nyu_depth_v2_labeled.mat`` (HDF5). The file is opened in each process that reads
-    it (DataLoader workers cannot share an h5py handle)."""
+    it (HDF5 handles must not cross a fork or a pickle: DataLoader workers open their own)."""
 
     ARRAYS = {"images": 4, "depths": 3, "rawDepths": 3, "labels": 3}
 
     def __init__(self, path: Path, lut: np.ndarray):
         import h5py
 
-        self.path, self.lut, self._file = Path(path), lut, None
+        self.path, self.lut, self._file, self._pid = Path(path), lut, None, None
         if not self.path.is_file():
             raise DataError(f"{self.path}: labelled NYUv2 file not found")
         try:
@@ -139,8 +140,8 @@ class LabelledMat:
         """The arrays ``names`` of a 1-based ``frame``, in image layout (the file stores them transposed)."""
         import h5py
 
-        if self._file is None:
-            self._file = h5py.File(self.path, "r")
+        if self._file is None or self._pid != os.getpid():  # a forked worker opens its own handle
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         out = {k: np.ascontiguousarray(self._file[k][frame - 1].T) for k in names}
         if "labels" in out:
             raw = out["labels"]
