@@ -81,23 +81,32 @@ def run_steps(name: str, task_name: str, resume: bool = False) -> dict:
 CASES = [(name, task) for name in sorted(STRATEGIES) for task in ("regression", "classification")]
 
 
-def _worker(rank, world, store, out):
+def _all_cases():
+    return {case: (run_steps(*case), run_steps(*case, resume=True)) for case in CASES}
+
+
+def _worker(rank, world, store, out, job):
+    """One rank of a gloo group: ``job()`` (a module-level function), rank 0 saving what it returns."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        got = {case: (run_steps(*case), run_steps(*case, resume=True)) for case in CASES}
+        got = job()
         assert Dist().active and Dist().world == world
         if rank == 0:
             torch.save(got, out)
+        dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         dist.destroy_process_group()
 
 
+def _on_two_ranks(tmp, job):
+    mp.spawn(_worker, args=(2, str(tmp / "store"), str(tmp / "out.pt"), job), nprocs=2, join=True)
+    return torch.load(tmp / "out.pt", weights_only=False)
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, str(tmp / "store"), str(tmp / "out.pt")), nprocs=2, join=True)
-    return torch.load(tmp / "out.pt", weights_only=False)
+    return _on_two_ranks(tmp_path_factory.mktemp("ddp"), _all_cases)
 
 
 @pytest.mark.slow
@@ -147,23 +156,13 @@ def run_dense_steps(fusion: str, name: str) -> dict:
             "val": s.branch_summaries(ds.val, batch_size=4)}
 
 
-def _dense_worker(rank, world, store, out):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        got = {case: run_dense_steps(*case) for case in DENSE_CASES}
-        if rank == 0:
-            torch.save(got, out)
-        dist.barrier()  # no rank tears gloo down while another still talks to it
-    finally:
-        dist.destroy_process_group()
+def _all_dense_cases():
+    return {case: run_dense_steps(*case) for case in DENSE_CASES}
 
 
 @pytest.fixture(scope="module")
 def two_dense_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp_dense")
-    mp.spawn(_dense_worker, args=(2, str(tmp / "store"), str(tmp / "out.pt")), nprocs=2, join=True)
-    return torch.load(tmp / "out.pt", weights_only=False)
+    return _on_two_ranks(tmp_path_factory.mktemp("ddp_dense"), _all_dense_cases)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ import torch
 from mmsent.checks import command
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import AVSettings, check_wav, fit_length, frame_files, load_frames, log_spectrogram, read_wav
-from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit
+from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
 
 
 class ClipSet(torch.utils.data.Dataset):
@@ -90,13 +90,7 @@ def load_av(cfg, seed: int = 0) -> Dataset:
     test = [c for c in clips if c.split == "test"]
     if not train or not test:
         raise DataError(f"{root}: the split file needs train and test clips (got {len(train)} train, {len(test)} test)")
-    k = max(2, round(1 / spec.valid_fraction))
-    if len(train) < k:
-        raise DataError(f"{root}: data.valid_fraction={spec.valid_fraction} leaves no validation clip "
-                        f"among {len(train)} train clips")
-    val = train[k - 1::k]
-    held = {c.id for c in val}
-    train = [c for c in train if c.id not in held]
+    train, val = carve_validation(train, spec.valid_fraction, root, "clip")
     w = spec.num_workers
     return Dataset(
         train=AVSplit(train, spec, train=True, num_workers=w),

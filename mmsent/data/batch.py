@@ -78,6 +78,17 @@ class Split:
         return len(batch_bounds(len(self), batch_size, min_size))
 
 
+def carve_validation(train: list, fraction: float, where, what: str) -> tuple[list, list]:
+    """Every k-th of ``train`` (k = round(1 / fraction), at least 2) held out for validation, the
+    standard protocols having none: ``(train, val)``; one line when none would be left."""
+    k = max(2, round(1 / fraction))
+    if len(train) < k:
+        raise DataError(f"{where}: data.valid_fraction={fraction} leaves no validation {what} among "
+                        f"{len(train)} train {what}s")
+    val = train[k - 1::k]
+    return [x for i, x in enumerate(train) if (i + 1) % k], val
+
+
 def batch_bounds(n: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
     """``(start, stop)`` of each batch of ``n`` samples; a last batch smaller than ``min_size`` joins
     the one before it (when there is one)."""

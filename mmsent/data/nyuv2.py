@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from mmsent.checks import check, command, finite
 from mmsent.data.av_decode import IMAGENET_MEAN, IMAGENET_STD
-from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit
+from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
 from mmsent.files import make_dir, write_atomic, write_text
 from mmsent.tasks import VOID, median_frequency_weights
 
@@ -381,12 +381,7 @@ def load_nyuv2(cfg, seed: int = 0) -> Dataset:
             raise DataError(f"{splits}: frame {max(train + test)} is beyond the {source.frames} frames of {path}")
     else:
         raise DataError(f"{path}: not found")
-    k = max(2, round(1 / spec.valid_fraction))
-    if len(train) < k:
-        raise DataError(f"{path}: data.valid_fraction={spec.valid_fraction} leaves no validation frame among "
-                        f"{len(train)} train frames")
-    val = train[k - 1::k]
-    train = [f for f in train if f not in set(val)]
+    train, val = carve_validation(train, spec.valid_fraction, path, "frame")
     stats, weights = _train_statistics(source, train, spec)
     return Dataset(
         train=FrameSplit(source, train, spec, stats, train=True),
