@@ -212,7 +212,7 @@ def cmd_data(args) -> int:
     from mmsent.recipes import recipe
 
     spec = DATASETS[args.dataset]
-    job = spec.prepare if args.action == "prepare" else spec.download
+    job = {"prepare": spec.prepare, "download": spec.download, "cache": spec.cache}[args.action]
     if job is None:
         raise DataError(f"{args.dataset}: no {args.action}; get the raw files and run: {command()} data prepare "
                         f"{args.dataset} (see {command()} data --help)")
@@ -221,8 +221,8 @@ def cmd_data(args) -> int:
         tick = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
         if args.action == "download":
             message = job(args.dataset, args, tick)
-        else:  # the recipe's settings (sample rate, words per segment, ...) unless an option says otherwise
-            settings = load_config(recipe(args.dataset), [("data.dataset", args.dataset)]).data.settings
+        else:  # the recipe's settings (sample rate, words per segment, ...) unless an option or override says otherwise
+            settings = load_config(recipe(args.dataset), [("data.dataset", args.dataset), *args.overrides]).data.settings
             message = job(args.dataset, args, settings, tick)
     print(message)
     return 0
@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="figures", help="output folder")
     da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound), "
                         "NYUv2's labelled .mat (nyuv2)")
-    da.add_argument("action", choices=["prepare", "download"])
-    da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.prepare or d.download])
+    da.add_argument("action", choices=["prepare", "download", "cache"])
+    da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.prepare or d.download or d.cache])
+    da.add_argument("--data", help="cache: the audio-visual corpus folder, as training reads it")
     da.add_argument("--src", help="audio-visual: the raw corpus folder (split file, WAVs or videos, frames)")
     da.add_argument("--sample-rate", type=int, help="audio-visual: audio rate to write (default: the config's)")
     da.add_argument("--fps", type=int, help="audio-visual: frames per second taken from videos (default: the config's)")

@@ -38,6 +38,7 @@ class DatasetSpec:
     # `cli.py data prepare NAME`: (name, CLI options, the recipe's Settings, progress(done, total)) -> message
     prepare: Optional[Callable] = None
     download: Optional[Callable] = None  # `cli.py data download NAME`: (name, CLI options, progress) -> message
+    cache: Optional[Callable] = None  # `cli.py data cache NAME`: like prepare (decoded inputs for fast batches)
     dense: bool = False  # per-pixel labels (segmentation): its tables hold the strategies defined for dense prediction
 
 
@@ -62,11 +63,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "mosei": DatasetSpec(sentiment.load_sentiment, sentiment.SentimentSettings, MOSI_COLUMNS,
                          prepare=sentiment.prepare, download=sentiment.download),
     "features": DatasetSpec(features.load_features, features.FeaturesSettings, detect=features.is_feature_file),
-    "cremad": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
-    "ks": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
-    "vggsound": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
-    "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare),
-    "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.prepare),  # a user's own corpus
+    "cremad": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
+    "ks": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
+    "vggsound": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
+    "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
+    "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.prepare, cache=media.cache),  # a user's own corpus
     "rgbd_scenes": DatasetSpec(load_rgbd_scenes, RGBDScenesSettings, {"rgb": "RGB", "depth": "Depth"}, dense=True),
     "nyuv2": DatasetSpec(nyuv2.load_nyuv2, nyuv2.NYUv2Settings, {"rgb": "RGB", "depth": "Depth"}, dense=True,
                          detect=nyuv2.is_prepared_folder, prepare=nyuv2.prepare),

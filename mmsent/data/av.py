@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from mmsent.checks import command
+from mmsent.data import av_cache
+from mmsent.data.av_cache import cached_batch
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import AVSettings, check_wav, fit_length, frame_files, load_frames, log_spectrogram, read_wav
 from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
@@ -37,13 +39,15 @@ class ClipSet(torch.utils.data.Dataset):
     """Map-style dataset whose item is a whole batch ``[(index, seed)]``, so DataLoader workers
     decode batches in parallel while the order and augmentation stay fixed by the caller's seeds."""
 
-    def __init__(self, clips: list[Clip], spec: AVSettings, train: bool):
-        self.clips, self.spec, self.train = clips, spec, train
+    def __init__(self, clips: list[Clip], spec: AVSettings, train: bool, cache=None):
+        self.clips, self.spec, self.train, self.cache = clips, spec, train, cache
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, items: list[tuple[int, int]]):
+        if self.cache is not None:  # the same batch from decoded arrays (av_cache.py)
+            return cached_batch(self.cache, self.clips, self.spec, items, self.train)
         audio, frames = [], []
         for i, seed in items:
             clip = self.clips[i]
@@ -57,9 +61,9 @@ class ClipSet(torch.utils.data.Dataset):
 class AVSplit(DecodedSplit):
     """An audio-visual split decoded on demand (``DecodedSplit``)."""
 
-    def __init__(self, clips: list[Clip], spec: AVSettings, *, train: bool, num_workers: int = 0):
+    def __init__(self, clips: list[Clip], spec: AVSettings, *, train: bool, num_workers: int = 0, cache=None):
         self.clips, self.spec, self.train, self.num_workers = clips, spec, train, num_workers
-        self.set = ClipSet(clips, spec, train)
+        self.set = ClipSet(clips, spec, train, cache)
         self.y = torch.tensor([c.label for c in clips], dtype=torch.long)
         self.ids = [c.id for c in clips]
 
@@ -69,22 +73,29 @@ class AVSplit(DecodedSplit):
                      self.y[index], [self.ids[i] for i in index], torch.as_tensor(index))
 
 
+def checked_clips(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
+    """The corpus's clips and classes, every clip with a readable WAV header and frames (checked
+    now, so a bad file fails before training or caching starts, naming it)."""
+    clips, classes = scan(dataset, root)
+    for c in clips:
+        if c.wav is None or c.frames is None:
+            what = "WAV" if c.wav is None else "frames folder"
+            hint = (f"; it has a video: run {command()} data prepare {dataset} --src {root} --out DIR"
+                    if c.video is not None else "")
+            raise DataError(f"{root}: clip {c.id!r} has no {what}{hint}")
+        check_wav(c.wav)
+        if not frame_files(c.frames):
+            raise DataError(f"{c.frames}: clip {c.id!r} has no .jpg frames")
+    return clips, classes
+
+
 def load_av(cfg, seed: int = 0) -> Dataset:
     """A ``Dataset`` of ``AVSplit``s for a prepared corpus folder (``cfg`` is a ``DataConfig``)."""
     if not cfg.path:
         raise DataError(f"{cfg.dataset}: pass --data DIR (a corpus folder in its usual layout, or the output of "
                         f"`{command()} data prepare {cfg.dataset} --src RAW --out DIR`)")
     root = Path(cfg.path)
-    clips, classes = scan(cfg.dataset, root)
-    for c in clips:
-        if c.wav is None or c.frames is None:
-            what = "WAV" if c.wav is None else "frames folder"
-            hint = (f"; it has a video: run {command()} data prepare {cfg.dataset} --src {root} --out DIR"
-                    if c.video is not None else "")
-            raise DataError(f"{root}: clip {c.id!r} has no {what}{hint}")
-        check_wav(c.wav)
-        if not frame_files(c.frames):
-            raise DataError(f"{c.frames}: clip {c.id!r} has no .jpg frames")
+    clips, classes = checked_clips(cfg.dataset, root)
     spec = cfg.settings
     train = sorted((c for c in clips if c.split == "train"), key=lambda c: c.id)
     test = [c for c in clips if c.split == "test"]
@@ -92,10 +103,11 @@ def load_av(cfg, seed: int = 0) -> Dataset:
         raise DataError(f"{root}: the split file needs train and test clips (got {len(train)} train, {len(test)} test)")
     train, val = carve_validation(train, spec.valid_fraction, root, "clip")
     w = spec.num_workers
+    cache = av_cache.check(cfg.dataset, clips, spec) if spec.cache else None
     return Dataset(
-        train=AVSplit(train, spec, train=True, num_workers=w),
-        val=AVSplit(val, spec, train=False, num_workers=w),
-        test=AVSplit(test, spec, train=False, num_workers=w),
+        train=AVSplit(train, spec, train=True, num_workers=w, cache=cache),
+        val=AVSplit(val, spec, train=False, num_workers=w, cache=cache),
+        test=AVSplit(test, spec, train=False, num_workers=w, cache=cache),
         task="classification", num_classes=len(classes), dims={"audio": 1, "visual": 3},
         kinds={"audio": "spectrogram", "visual": "frames"},
     )

@@ -31,8 +31,11 @@ class AVSettings:
     image_size: int = 224
     valid_fraction: float = 0.1  # validation carved from train (every k-th clip by id)
     num_workers: int = 0  # DataLoader workers decoding clips
+    cache: str = ""  # a folder of decoded inputs (mmsent/data/av_cache.py), built there on first use; "" = decode per batch
+    cache_size: int = 0  # side of the cached frames (0: image_size); larger keeps training crops sharp
 
     def __post_init__(self):
+        check("cache_size", self.cache_size >= 0, self.cache_size, ">= 0")
         for key in ("sample_rate", "audio_frames", "n_fft", "hop", "frames", "fps", "image_size"):
             check(key, getattr(self, key) >= 1, getattr(self, key), ">= 1")
         check("valid_fraction", finite(self.valid_fraction) and 0 < self.valid_fraction < 1, self.valid_fraction,

@@ -125,3 +125,24 @@ def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int
     write_text(out / "classes.txt", "\n".join(classes) + "\n")
     write_text(out / "splits.csv", rows.getvalue())
     return len(clips)
+
+
+def cache(dataset: str, opts, settings, progress=None) -> str:
+    """``cli.py data cache``: decode a corpus (``--data``) into a cache folder (``--out``) at the
+    recipe's settings and the command's key=value overrides (``data.sample_rate``, ``data.cache_size``)."""
+    import dataclasses
+
+    from mmsent.data import av_cache
+    from mmsent.data.av import checked_clips
+
+    if not opts.data or not opts.out:
+        raise DataError(f"data cache {dataset} needs --data DIR (the corpus, as training reads it) and --out DIR (the cache)")
+    out = Path(opts.out)
+    if out.exists() and not (out / "index.json").is_file() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not a cache; pass a new or empty folder")
+    spec = dataclasses.replace(settings, cache="")
+    clips, _ = checked_clips(dataset, Path(opts.data))
+    av_cache.build(dataset, clips, spec, out, progress)
+    fp = av_cache.fingerprint(dataset, clips, spec)
+    return (f"cached {fp['clips']} clips in {out} (sample rate {fp['sample_rate']}, frames {fp['cache_size']} px); "
+            f"train with: {command()} train --dataset {dataset} --data {opts.data} data.cache={out}")

@@ -1,0 +1,217 @@
+"""A cache of decoded audio-visual inputs: each clip's waveform resampled to ``data.sample_rate``
+and each of its frames decoded and resized to ``data.cache_size`` (0: ``data.image_size``), held in
+two memory-mapped arrays, so a batch costs a slice, an STFT and a crop instead of a WAV decode, a
+resampling and JPG decodes per clip (``benchmarks/input_pipeline.py`` measures the difference).
+
+Layout of a cache folder: ``audio.npy`` (float32, every clip's samples end to end), ``frames.npy``
+(uint8, (frames, S, S, 3)), and ``index.json`` (the fingerprint, and per clip its id and where its
+samples and frames are). The fingerprint holds the decoding settings and a digest of the corpus
+(clip ids, splits, labels, file names and sizes): a cache made with other settings or for other
+files is never read, and the run says why (``check``). What is random per epoch when training
+stays random: the waveform's window (``fit_length``), the frame chosen in each segment, the random
+resized crop and the flip, all drawn from the batch's seeds as the decoding path draws them; the
+crop is taken on the cached S x S image (the original squashed to a square, as the decoding path's
+evaluation resize does), so ``data.cache_size`` above ``data.image_size`` keeps crops sharp.
+Evaluation batches equal the decoding path's when S = ``data.image_size``
+(``tests/test_av_cache.py``).
+
+Building is atomic and resumable: everything is written under ``<folder>.part``, clip by clip,
+with a record of the clips done; an interrupted build continues there, and the folder appears
+under its name only when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmsent.data.av_decode import (IMAGENET_MEAN, IMAGENET_STD, AVSettings, fit_length, frame_files, log_spectrogram,
+                                   random_resized_crop, read_wav)
+from mmsent.data.batch import DataError
+from mmsent.files import make_dir, write_failed, write_text
+
+VERSION = 1
+
+
+def cache_size(spec: AVSettings) -> int:
+    return spec.cache_size or spec.image_size
+
+
+def _resampled_length(path: Path, sample_rate: int) -> int:
+    from scipy.io import wavfile
+
+    try:
+        rate, data = wavfile.read(path, mmap=True)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable WAV file ({e})") from None
+    if rate == sample_rate:
+        return len(data)
+    r = Fraction(sample_rate, rate)
+    return -(-len(data) * r.numerator // r.denominator)  # scipy's resample_poly: ceil(n * up / down)
+
+
+def fingerprint(dataset: str, clips, spec: AVSettings) -> dict:
+    """What a cache's contents depend on: the decoding settings and the corpus's files."""
+    h = hashlib.sha256()
+    for c in sorted(clips, key=lambda c: c.id):
+        files = frame_files(c.frames)
+        h.update(f"{c.id}|{c.split}|{c.label}|{c.wav.stat().st_size}|".encode())
+        h.update("|".join(f"{f.name}:{f.stat().st_size}" for f in files).encode())
+    return {"version": VERSION, "dataset": dataset, "sample_rate": spec.sample_rate, "cache_size": cache_size(spec),
+            "clips": len(clips), "corpus": h.hexdigest()[:16]}
+
+
+def _differences(have: dict, want: dict) -> str:
+    names = {"sample_rate": "data.sample_rate", "cache_size": "data.cache_size (or data.image_size)",
+             "corpus": "the corpus's files", "clips": "the number of clips", "version": "the cache format",
+             "dataset": "the dataset"}
+    diff = [k for k in want if have.get(k) != want[k]]
+    return "; ".join(f"{names.get(k, k)}: {have.get(k)!r} there, {want[k]!r} here" for k in diff)
+
+
+def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None) -> Path:
+    """Decode every clip into a cache at ``out`` (see the module's doc); returns ``out``."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = Path(out)
+    want = fingerprint(dataset, clips, spec)
+    part = out.with_name(out.name + ".part")
+    started = part / "started.json"
+    if part.is_dir() and (not started.is_file() or json.loads(started.read_text()) != want):
+        shutil.rmtree(part)  # our own unfinished build, for other settings: start again
+    make_dir(part)
+    if not started.is_file():
+        write_text(started, json.dumps(want))
+    order = sorted(clips, key=lambda c: c.id)
+    lengths = [_resampled_length(c.wav, spec.sample_rate) for c in order]
+    counts = [len(frame_files(c.frames)) for c in order]
+    s = cache_size(spec)
+    try:
+        mode = "r+" if (part / "audio.npy").is_file() else "w+"
+        audio = np.lib.format.open_memmap(part / "audio.npy", mode=mode, dtype=np.float32, shape=(sum(lengths),))
+        frames = np.lib.format.open_memmap(part / "frames.npy", mode=mode, dtype=np.uint8, shape=(sum(counts), s, s, 3))
+        done = np.lib.format.open_memmap(part / "done.npy", mode=mode, dtype=np.bool_, shape=(len(order),))
+    except OSError as e:
+        raise write_failed(part, e) from None
+    a_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    f_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    for i, c in enumerate(order):
+        if not done[i]:
+            wave = read_wav(c.wav, spec.sample_rate)
+            if len(wave) != lengths[i]:
+                raise DataError(f"{c.wav}: {len(wave)} samples after resampling, {lengths[i]} expected")
+            audio[a_off[i]:a_off[i + 1]] = wave
+            for k, path in enumerate(frame_files(c.frames)):
+                try:
+                    with Image.open(path) as im:
+                        frames[f_off[i] + k] = np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR))
+                except (OSError, UnidentifiedImageError) as e:
+                    raise DataError(f"{path}: not a readable image ({e})") from None
+            if i % 64 == 63 or i == len(order) - 1:
+                audio.flush()
+                frames.flush()
+            done[i] = True
+            if i % 64 == 63:
+                done.flush()
+        if progress:
+            progress(i + 1, len(order))
+    for array in (audio, frames, done):
+        array.flush()
+    index = {"fingerprint": want, "ids": [c.id for c in order], "audio": a_off.tolist(), "frames": f_off.tolist()}
+    write_text(part / "index.json", json.dumps(index))
+    del audio, frames, done
+    try:
+        if out.exists():
+            shutil.rmtree(out)  # a stale cache the caller chose to replace
+        os.replace(part, out)
+    except OSError as e:
+        raise write_failed(out, e) from None
+    return out
+
+
+class Cache:
+    """An opened cache: clip id -> its samples and frames (memory-mapped, read on demand)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index = json.loads((self.folder / "index.json").read_text())
+        self.fingerprint = index["fingerprint"]
+        self.row = {cid: i for i, cid in enumerate(index["ids"])}
+        self.a_off, self.f_off = index["audio"], index["frames"]
+        self._audio = self._frames = None
+
+    def __getstate__(self):  # worker processes map the files themselves
+        return {**self.__dict__, "_audio": None, "_frames": None}
+
+    def _open(self) -> None:
+        if self._audio is None:
+            self._audio = np.load(self.folder / "audio.npy", mmap_mode="r")
+            self._frames = np.load(self.folder / "frames.npy", mmap_mode="r")
+
+    def wave(self, cid: str) -> np.ndarray:
+        self._open()
+        i = self.row[cid]
+        return np.array(self._audio[self.a_off[i]:self.a_off[i + 1]])
+
+    def frames(self, cid: str) -> np.ndarray:
+        self._open()
+        i = self.row[cid]
+        return self._frames[self.f_off[i]:self.f_off[i + 1]]
+
+
+def check(dataset: str, clips, spec: AVSettings, progress=None) -> Cache | None:
+    """The cache ``data.cache`` names, built there first if the folder does not exist; None (and a
+    note saying why, on stderr) when the folder holds a cache for other settings or files."""
+    folder = Path(spec.cache)
+    want = fingerprint(dataset, clips, spec)
+    if not (folder / "index.json").is_file():
+        if folder.exists() and any(folder.iterdir()):
+            raise DataError(f"{folder}: data.cache names a folder that is not a cache (no index.json); pass an empty "
+                            "or new folder")
+        build(dataset, clips, spec, folder, progress)
+    cache = Cache(folder)
+    if cache.fingerprint != want:
+        print(f"note: data.cache {folder} was made for other inputs ({_differences(cache.fingerprint, want)}); "
+              "decoding from the files instead (remove the folder, or name another, to cache these)", file=sys.stderr)
+        return None
+    return cache
+
+
+def cached_batch(cache: Cache, clips, spec: AVSettings, items, train: bool):
+    """The decoding path's batch (``ClipSet.__getitem__``) made from the cache."""
+    from PIL import Image
+
+    waves, frames = [], []
+    for i, seed in items:
+        clip = clips[i]
+        rng = np.random.default_rng(seed) if train else None
+        waves.append(fit_length(cache.wave(clip.id), spec.samples, rng))
+        stored = cache.frames(clip.id)
+        bounds = np.linspace(0, len(stored), spec.frames + 1)
+        out = []
+        for t in range(spec.frames):
+            lo, hi = int(bounds[t]), max(int(bounds[t]) + 1, int(math.ceil(bounds[t + 1])))
+            k = int(rng.integers(lo, hi)) if rng else (lo + hi - 1) // 2
+            img = np.asarray(stored[min(k, len(stored) - 1)])
+            if rng is not None:
+                s = img.shape[0]
+                im = Image.fromarray(img).resize((spec.image_size, spec.image_size), Image.BILINEAR,
+                                                 box=random_resized_crop(s, s, rng))
+                if rng.random() < 0.5:
+                    im = im.transpose(Image.FLIP_LEFT_RIGHT)
+                img = np.asarray(im)
+            elif img.shape[0] != spec.image_size:
+                img = np.asarray(Image.fromarray(img).resize((spec.image_size, spec.image_size), Image.BILINEAR))
+            x = img.astype(np.float32) / 255.0
+            out.append(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+        frames.append(np.ascontiguousarray(np.stack(out)))
+    audio = log_spectrogram(torch.from_numpy(np.stack(waves)), n_fft=spec.n_fft, hop=spec.hop)
+    return audio, torch.from_numpy(np.stack(frames)), [i for i, _ in items]

@@ -1,0 +1,115 @@
+"""The cache of decoded audio-visual inputs: its evaluation batches are the decoding path's, its
+training batches stay random per epoch and reproducible, a changed setting or corpus is never read
+(and the run says why), an interrupted build resumes to the same arrays, and the CLI builds and
+trains from it."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402
+from mmsent.data import av_cache, build_dataset  # noqa: E402
+from mmsent.data.av import checked_clips  # noqa: E402
+from test_av_data import cremad_cfg, make_cremad  # noqa: E402
+
+
+def _batches(split, seed=None):
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return list(split.batches(4, shuffle=seed is not None, generator=gen))
+
+
+def test_cached_evaluation_batches_are_the_decoded_ones(tmp_path):
+    root = make_cremad(tmp_path / "CREMA-D")
+    plain = build_dataset(cremad_cfg(root).data)
+    cached = build_dataset(cremad_cfg(root, f"data.cache={tmp_path / 'cache'}").data)
+    assert cached.test.set.cache is not None and plain.test.set.cache is None
+    for split in ("val", "test"):
+        for a, b in zip(_batches(getattr(plain, split)), _batches(getattr(cached, split)), strict=True):
+            assert a.ids == b.ids and torch.equal(a.y, b.y)
+            assert torch.equal(a.x["visual"], b.x["visual"])
+            torch.testing.assert_close(b.x["audio"], a.x["audio"], rtol=1e-5, atol=1e-5)
+
+
+def test_cached_training_batches_are_random_per_epoch_and_reproducible(tmp_path):
+    root = make_cremad(tmp_path / "CREMA-D")
+    ds = build_dataset(cremad_cfg(root, f"data.cache={tmp_path / 'cache'}", "data.frames=2").data)
+    one, again, other = _batches(ds.train, 3), _batches(ds.train, 3), _batches(ds.train, 4)
+    for a, b in zip(one, again, strict=True):
+        assert a.ids == b.ids and torch.equal(a.x["visual"], b.x["visual"]) and torch.equal(a.x["audio"], b.x["audio"])
+    assert not torch.equal(torch.cat([b.x["visual"] for b in one]), torch.cat([b.x["visual"] for b in other]))
+    # clips longer than the window (8 STFT frames): the window's start is drawn per epoch too
+    short = build_dataset(cremad_cfg(root, f"data.cache={tmp_path / 'cache'}", "data.audio_frames=8").data)
+    def by_clip(seed):
+        return {i: x for b in _batches(short.train, seed) for i, x in zip(b.ids, b.x["audio"])}
+
+    a, b, again = by_clip(3), by_clip(4), by_clip(3)
+    assert all(torch.equal(a[i], again[i]) for i in a)
+    assert sum(not torch.equal(a[i], b[i]) for i in a) > len(a) // 2
+    plain = build_dataset(cremad_cfg(root, "data.frames=2").data)
+    assert one[0].x["visual"].shape == _batches(plain.train, 3)[0].x["visual"].shape
+    # two worker processes read the memory-mapped files themselves: the same batches
+    two = build_dataset(cremad_cfg(root, f"data.cache={tmp_path / 'cache'}", "data.frames=2", "data.num_workers=2").data)
+    for a, b in zip(one, _batches(two.train, 3), strict=True):
+        assert torch.equal(a.x["visual"], b.x["visual"]) and torch.equal(a.x["audio"], b.x["audio"])
+
+
+def test_a_changed_setting_or_corpus_is_never_read_from_the_cache(tmp_path, capsys):
+    root = make_cremad(tmp_path / "CREMA-D")
+    cache = tmp_path / "cache"
+    build_dataset(cremad_cfg(root, f"data.cache={cache}").data)
+    capsys.readouterr()
+    ds = build_dataset(cremad_cfg(root, f"data.cache={cache}", "data.sample_rate=16000").data)
+    err = capsys.readouterr().err
+    assert ds.train.set.cache is None and "data.sample_rate: 22050 there, 16000 here" in err and "decoding from the files" in err
+    first = sorted((root / "Image-01-FPS").iterdir())[0]
+    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(first / "00009.jpg")  # one more frame in one clip
+    ds = build_dataset(cremad_cfg(root, f"data.cache={cache}").data)
+    assert ds.train.set.cache is None and "the corpus's files" in capsys.readouterr().err
+
+
+def test_an_interrupted_build_resumes_to_the_same_arrays(tmp_path):
+    root = make_cremad(tmp_path / "CREMA-D", n_train=70, n_test=5)
+    clips, _ = checked_clips("cremad", root)
+    spec = cremad_cfg(root).data.settings
+    av_cache.build("cremad", clips, spec, tmp_path / "whole")
+
+    def stop(done, total):
+        if done == 66:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        av_cache.build("cremad", clips, spec, tmp_path / "cut", stop)
+    assert not (tmp_path / "cut").exists() and (tmp_path / "cut.part").is_dir()
+    assert np.load(tmp_path / "cut.part" / "done.npy")[:64].all()  # the first 64 clips are recorded as done
+    av_cache.build("cremad", clips, spec, tmp_path / "cut")
+    assert not (tmp_path / "cut.part").exists()
+    for name in ("audio.npy", "frames.npy"):
+        assert np.array_equal(np.load(tmp_path / "whole" / name), np.load(tmp_path / "cut" / name)), name
+    assert json.loads((tmp_path / "whole/index.json").read_text()) == json.loads((tmp_path / "cut/index.json").read_text())
+
+
+def test_the_cli_caches_a_corpus_and_trains_from_it(tmp_path, capsys):
+    root = make_cremad(tmp_path / "CREMA-D")
+    cache = tmp_path / "cache"
+    assert cli.main(["data", "cache", "cremad", "--data", str(root), "--out", str(cache), "data.image_size=48"]) == 0
+    assert "cached 17 clips" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--epochs", "1", "--out", str(run),
+                     f"data.cache={cache}", "data.audio_frames=64", "data.image_size=48", "data.batch_size=4",
+                     "model.width=4", "data.valid_fraction=0.25", "train.probe=false"]) == 0
+    assert "decoding from the files" not in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    assert cli.main(["train", "--dataset", "cremad", "--data", str(root), "--out", str(tmp_path / "r2"),
+                     f"data.cache={tmp_path / 'junk'}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a cache (no index.json)" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine" and not (tmp_path / "r2").exists()
+    assert cli.main(["data", "cache", "cremad", "--out", str(cache)]) == 2
+    assert "needs --data DIR" in capsys.readouterr().err
