@@ -35,7 +35,9 @@ class Dist:
     """The process group as the training loop and strategies see it (one process: all identities)."""
 
     def __init__(self):
-        self.active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        # under torchrun the collectives run whatever the world size (one rank: each is an exact
+        # identity, and `torchrun --nproc_per_node 1` exercises nccl on a single GPU); without it, none
+        self.active = dist.is_available() and dist.is_initialized()
         self.world = dist.get_world_size() if self.active else 1
         self.rank = dist.get_rank() if self.active else 0
         self.weight = 1.0  # this rank's share of the current global batch
@@ -151,9 +153,9 @@ class Dist:
 
 
 def init_from_env(device: str) -> str:
-    """Join the process group ``torchrun`` describes (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA.
-    Returns the device this rank uses (``cuda:LOCAL_RANK`` on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Join the process group ``torchrun`` describes (it sets WORLD_SIZE and LOCAL_RANK; one rank
+    too): gloo on CPU, nccl on CUDA. Returns the device this rank uses (``cuda:LOCAL_RANK`` on GPU)."""
+    if "WORLD_SIZE" not in os.environ or "LOCAL_RANK" not in os.environ or dist.is_initialized():
         return device
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     dist.init_process_group(backend="nccl" if cuda else "gloo")

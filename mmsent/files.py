@@ -75,7 +75,9 @@ def _unlink(path: Path) -> None:
 def write_atomic(path: Path, write) -> Path:
     """``write(tmp_path)`` then rename onto ``path``; on any failure the temporary file is removed."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # the writer's own temporary name: two processes writing one file (two sweep workers' plot)
+    # must not rename each other's half-written file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a truncated file under ``path``

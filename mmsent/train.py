@@ -188,7 +188,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                           "model sizes (model.dim, model.hidden, model.width)") from None
     optimizer = build_optimizer(model, cfg.train)
     batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if ddp.active and batch_norm:
+    if ddp.world > 1 and batch_norm:
         # SyncBatchNorm is CUDA-only and the masked passes use functional (vmap) BatchNorm, so the
         # training statistics stay per shard: equivalent in distribution, not bitwise, to one process.
         console.print(f"note: BatchNorm statistics are per rank ({ddp.world} shards of each batch), not synchronised")

@@ -241,7 +241,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         train.fit(cfg("b", 4), quiet=True)
     monkeypatch.setattr(train, "save_torch", real_save)
-    assert not (tmp_path / "b/last.pt.tmp").exists(), "the half-written file was left behind"
+    assert not list((tmp_path / "b").glob("last.pt*.tmp")), "the half-written file was left behind"
     ckpt = torch.load(tmp_path / "b/last.pt", weights_only=True)  # whole, not the half-written file
     assert ckpt["state"]["epoch"] == 0
     resumed = train.fit(cfg("b", 4), quiet=True, resume=True)
@@ -461,3 +461,28 @@ def test_a_failed_write_says_what_would_fix_it(tmp_path):
     denied = str(write_failed(tmp_path / "x", OSError(errno.EACCES, "Permission denied")))
     assert full.startswith(f"{tmp_path / 'x'}: cannot write (No space left on device; ") and "free some space" in full
     assert "(Permission denied; " in denied and "free some space" not in denied and "pass another folder" in denied
+
+
+def test_two_processes_writing_one_file_do_not_take_each_others_temporary_file(tmp_path):
+    """Two sweep workers wrote the same plot at the end: with one shared temporary name, one renamed
+    the other's half-written file away and the other failed ("No such file or directory")."""
+    import multiprocessing
+
+    from mmsent.files import write_atomic
+
+    target = tmp_path / "plot.png"
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+
+    def write(tmp, barrier=barrier):
+        tmp.write_bytes(b"a")
+        barrier.wait()  # both temporary files exist before either is renamed
+        tmp.write_bytes(b"ab")
+
+    procs = [ctx.Process(target=write_atomic, args=(target, write)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0] and target.read_bytes() == b"ab"
+    assert not list(tmp_path.glob("*.tmp"))

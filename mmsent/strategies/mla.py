@@ -102,10 +102,13 @@ class MLA(Strategy):
                 loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [m])), batch.y)
                 self.backward(loss, retain_graph=True)
                 if self.settings.projection and self.steps > 0 and self.last.weight.grad is not None:
-                    r = self.dist.mean(captured["x"].detach().reshape(-1, self.last.in_features).mean(0))
-                    a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
-                    self.P = project(self.P, r, a)
-                    self.last.weight.grad = self.last.weight.grad @ self.P.T
+                    # the projector lives in float32 with the gradients, also under bfloat16 autocast
+                    with torch.autocast(self.last.weight.device.type, enabled=False):
+                        x = captured["x"].detach().float()
+                        r = self.dist.mean(x.reshape(-1, self.last.in_features).mean(0))
+                        a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
+                        self.P = project(self.P, r, a)
+                        self.last.weight.grad = self.last.weight.grad @ self.P.T
                 self.clip_and_step()
                 self.steps += 1
                 logs[f"loss_{m}"] = loss.item()
