@@ -177,6 +177,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this {dataset.task} task; "
                           f"choose from loss, {', '.join(metric_names(dataset.task))}")
     task = build_task(dataset.task, dataset.num_classes, dataset.class_weights)
+    if device.type == "cuda" and dataset.kinds:  # image inputs of one size: let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
     check_model_fits(cfg, dataset, task.out_dim, device)
     try:
