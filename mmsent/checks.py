@@ -4,6 +4,8 @@ the memory sizes are checked against. A leaf module: it imports nothing of mmsen
 fusion or strategy module can use it without importing the config (which imports their registries)."""
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import math
 import os
 import sys
@@ -74,3 +76,8 @@ def host_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+# True inside a dry run (``--dry-run``, ``fit(dry_run=True)``): whatever would write (a data cache
+# built on first use) only says what it would do.
+PLANNING: ContextVar[bool] = ContextVar("planning", default=False)

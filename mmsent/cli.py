@@ -376,6 +376,9 @@ def _main(argv) -> int:
         from mmsent.checks import first_line, is_out_of_memory
         from mmsent.train import RunError
 
+        from mmsent.checks import PLANNING
+
+        planning = PLANNING.set(bool(getattr(args, "dry_run", False)))
         try:
             return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
                     "plot": cmd_plot, "data": cmd_data, "predict": cmd_predict}[args.command](args)
@@ -387,6 +390,8 @@ def _main(argv) -> int:
                 raise
             print(f"error: out of memory ({first_line(e)}); choose smaller data or model sizes", file=sys.stderr)
             return 2
+        finally:
+            PLANNING.reset(planning)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return e.exit_code

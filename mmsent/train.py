@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mmsent.checks import command, first_line, host_memory, is_out_of_memory
+from mmsent.checks import PLANNING, command, first_line, host_memory, is_out_of_memory
 from mmsent.config import Config, ConfigError, choose
 from mmsent.data import Dataset, DataError, Split, build_dataset
 from mmsent.distributed import Dist, init_from_env
@@ -172,7 +172,11 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     console = Console(quiet=quiet or not ddp.is_main, stderr=True)  # rank 0 alone speaks and writes
     if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.amp=true uses bfloat16 autocast, which this GPU does not support; set train.amp=false")
-    dataset = dataset or build_dataset(cfg.data)
+    planning = PLANNING.set(PLANNING.get() or dry_run)
+    try:
+        dataset = dataset or build_dataset(cfg.data)
+    finally:
+        PLANNING.reset(planning)
     if cfg.train.select != "loss" and cfg.train.select not in metric_names(dataset.task):
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this {dataset.task} task; "
                           f"choose from loss, {', '.join(metric_names(dataset.task))}")

@@ -130,3 +130,12 @@ def test_persistent_workers_give_each_epoch_the_batches_of_fresh_ones(tmp_path):
             if epoch == 1 and k == 0:
                 break  # an epoch left unfinished: the next one still starts from its own first batch
     assert kept._loader is not None and kept._loader.persistent_workers
+
+
+def test_a_dry_run_does_not_build_the_cache(tmp_path, capsys):
+    root = make_cremad(tmp_path / "CREMA-D")
+    cache = tmp_path / "cache"
+    assert cli.main(["train", "--dataset", "cremad", "--data", str(root), "--out", str(tmp_path / "run"), "--dry-run",
+                     f"data.cache={cache}", "data.audio_frames=64", "data.image_size=48", "model.width=4"]) == 0
+    assert f"would build the cache data.cache={cache}" in capsys.readouterr().err
+    assert not cache.exists() and not (tmp_path / "cache.part").exists() and not (tmp_path / "run").exists()

@@ -170,12 +170,17 @@ class Cache:
 def check(dataset: str, clips, spec: AVSettings, progress=None) -> Cache | None:
     """The cache ``data.cache`` names, built there first if the folder does not exist; None (and a
     note saying why, on stderr) when the folder holds a cache for other settings or files."""
+    from mmsent.checks import PLANNING
+
     folder = Path(spec.cache)
     want = fingerprint(dataset, clips, spec)
     if not (folder / "index.json").is_file():
         if folder.exists() and any(folder.iterdir()):
             raise DataError(f"{folder}: data.cache names a folder that is not a cache (no index.json); pass an empty "
                             "or new folder")
+        if PLANNING.get():  # a dry run writes nothing: it decodes, and says what the run would build
+            print(f"note: the run would build the cache data.cache={folder} ({len(clips)} clips) first", file=sys.stderr)
+            return None
         build(dataset, clips, spec, folder, progress)
     cache = Cache(folder)
     if cache.fingerprint != want:
@@ -186,7 +191,8 @@ def check(dataset: str, clips, spec: AVSettings, progress=None) -> Cache | None:
 
 
 def cached_batch(cache: Cache, clips, spec: AVSettings, items, train: bool):
-    """The decoding path's batch (``ClipSet.__getitem__``) made from the cache."""
+    """The decoding path's batch (``ClipSet.__getitem__``) made from the cache: the same random draws
+    from each clip's seed, the frames normalised as one uint8 batch."""
     from PIL import Image
 
     waves, frames = [], []
@@ -196,22 +202,23 @@ def cached_batch(cache: Cache, clips, spec: AVSettings, items, train: bool):
         waves.append(fit_length(cache.wave(clip.id), spec.samples, rng))
         stored = cache.frames(clip.id)
         bounds = np.linspace(0, len(stored), spec.frames + 1)
-        out = []
         for t in range(spec.frames):
             lo, hi = int(bounds[t]), max(int(bounds[t]) + 1, int(math.ceil(bounds[t + 1])))
             k = int(rng.integers(lo, hi)) if rng else (lo + hi - 1) // 2
-            img = np.asarray(stored[min(k, len(stored) - 1)])
+            img = stored[min(k, len(stored) - 1)]
             if rng is not None:
                 s = img.shape[0]
-                im = Image.fromarray(img).resize((spec.image_size, spec.image_size), Image.BILINEAR,
-                                                 box=random_resized_crop(s, s, rng))
+                im = Image.fromarray(np.asarray(img)).resize((spec.image_size, spec.image_size), Image.BILINEAR,
+                                                             box=random_resized_crop(s, s, rng))
                 if rng.random() < 0.5:
                     im = im.transpose(Image.FLIP_LEFT_RIGHT)
                 img = np.asarray(im)
             elif img.shape[0] != spec.image_size:
-                img = np.asarray(Image.fromarray(img).resize((spec.image_size, spec.image_size), Image.BILINEAR))
-            x = img.astype(np.float32) / 255.0
-            out.append(((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
-        frames.append(np.ascontiguousarray(np.stack(out)))
+                img = np.asarray(Image.fromarray(np.asarray(img)).resize((spec.image_size, spec.image_size), Image.BILINEAR))
+            frames.append(img)
     audio = log_spectrogram(torch.from_numpy(np.stack(waves)), n_fft=spec.n_fft, hop=spec.hop)
-    return audio, torch.from_numpy(np.stack(frames)), [i for i, _ in items]
+    x = torch.from_numpy(np.stack(frames)).float().div_(255.0)  # (B * T, S, S, 3)
+    x = x.sub_(torch.from_numpy(IMAGENET_MEAN)).div_(torch.from_numpy(IMAGENET_STD))
+    # (B, T, 3, S, S), C-contiguous (see av_decode.load_frames on channels-last tensors)
+    x = x.view(len(items), spec.frames, *x.shape[1:]).permute(0, 1, 4, 2, 3).contiguous()
+    return audio, x, [i for i, _ in items]
