@@ -139,3 +139,45 @@ def test_a_dry_run_does_not_build_the_cache(tmp_path, capsys):
                      f"data.cache={cache}", "data.audio_frames=64", "data.image_size=48", "model.width=4"]) == 0
     assert f"would build the cache data.cache={cache}" in capsys.readouterr().err
     assert not cache.exists() and not (tmp_path / "cache.part").exists() and not (tmp_path / "run").exists()
+
+
+def _ks_layout(root: Path) -> Path:
+    """The authors' Kinetics-Sounds class-folder layout (no CSV), 3 frames a clip, 16 kHz audio."""
+    from scipy.io import wavfile
+
+    for i in range(10):
+        split, label = ("test" if i >= 8 else "train"), ["playing_drums", "singing"][i % 2]
+        (root / "audio" / split / label).mkdir(parents=True, exist_ok=True)
+        t = np.arange(8000) / 16000
+        wavfile.write(root / "audio" / split / label / f"c{i}.wav", 16000,
+                      (0.3 * np.sin(2 * np.pi * (300 + 37 * i) * t) * 32767).astype(np.int16))
+        frames = root / "visual" / f"{split}_img" / "Image-01-FPS" / label / f"c{i}"
+        frames.mkdir(parents=True)
+        for k in range(5):
+            img = np.full((36, 44, 3), 40 * k + i, np.uint8)
+            img[:10, :12] = 255 - 30 * k
+            Image.fromarray(img).save(frames / f"{k:05d}.jpg")
+    return root
+
+
+SHARED_AVDIGITS = ROOT.parent / "shared" / "data" / "avdigits"
+
+
+@pytest.mark.parametrize("dataset", ["ks", "avdigits"])
+def test_every_layout_caches_to_the_decoded_batches(tmp_path, dataset):
+    """Kinetics-Sounds' class folders (3 frames from 5 per clip) and the real avdigits corpus."""
+    from mmsent.config import load_config
+
+    if dataset == "avdigits":
+        if not SHARED_AVDIGITS.is_dir():
+            pytest.skip("needs ../shared/data/avdigits")
+        over = [f"data.path={SHARED_AVDIGITS}"]
+    else:
+        over = [f"data.path={_ks_layout(tmp_path / 'ks')}", "data.valid_fraction=0.25", "data.audio_frames=64",
+                "data.image_size=32"]
+    plain = build_dataset(load_config(ROOT / f"configs/{dataset}.yaml", over).data)
+    cached = build_dataset(load_config(ROOT / f"configs/{dataset}.yaml", [*over, f"data.cache={tmp_path / 'c'}"]).data)
+    assert cached.test.set.cache is not None
+    for a, b in zip(_batches(plain.test)[:3], _batches(cached.test)[:3], strict=True):
+        assert a.ids == b.ids and torch.equal(a.x["visual"], b.x["visual"])
+        torch.testing.assert_close(b.x["audio"], a.x["audio"], rtol=1e-5, atol=1e-5)

@@ -104,7 +104,7 @@ class MLA(Strategy):
                 if self.settings.projection and self.steps > 0 and self.last.weight.grad is not None:
                     # the projector lives in float32 with the gradients, also under bfloat16 autocast
                     with torch.autocast(self.last.weight.device.type, enabled=False):
-                        x = captured["x"].detach().float()
+                        x = captured["x"].detach().to(self.P.dtype)
                         r = self.dist.mean(x.reshape(-1, self.last.in_features).mean(0))
                         a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
                         self.P = project(self.P, r, a)
