@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from dgl_overhead import TwoBackwardDGL, time_steps  # noqa: E402
 
 from mmsent.config import load_config  # noqa: E402
-from mmsent.data import Batch, Dataset, Split  # noqa: E402
+from mmsent.data import Dataset, Split  # noqa: E402
 from mmsent.models import build_model  # noqa: E402
 from mmsent.strategies import STRATEGIES  # noqa: E402
 from mmsent.tasks import Classification  # noqa: E402

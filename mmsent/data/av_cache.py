@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -33,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsent.data.av_decode import (IMAGENET_MEAN, IMAGENET_STD, AVSettings, fit_length, frame_files, log_spectrogram,
-                                   random_resized_crop, read_wav)
+from mmsent.data.av_decode import (IMAGENET_MEAN, IMAGENET_STD, AVSettings, chosen_frames, fit_length, frame_files,
+                                   log_spectrogram, random_resized_crop, read_wav)
 from mmsent.data.batch import DataError
 from mmsent.files import make_dir, write_failed, write_text
 
@@ -201,11 +200,8 @@ def cached_batch(cache: Cache, clips, spec: AVSettings, items, train: bool):
         rng = np.random.default_rng(seed) if train else None
         waves.append(fit_length(cache.wave(clip.id), spec.samples, rng))
         stored = cache.frames(clip.id)
-        bounds = np.linspace(0, len(stored), spec.frames + 1)
-        for t in range(spec.frames):
-            lo, hi = int(bounds[t]), max(int(bounds[t]) + 1, int(math.ceil(bounds[t + 1])))
-            k = int(rng.integers(lo, hi)) if rng else (lo + hi - 1) // 2
-            img = stored[min(k, len(stored) - 1)]
+        for k in chosen_frames(len(stored), spec.frames, rng):
+            img = stored[k]
             if rng is not None:
                 s = img.shape[0]
                 im = Image.fromarray(np.asarray(img)).resize((spec.image_size, spec.image_size), Image.BILINEAR,

@@ -122,6 +122,17 @@ def frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
 
 
+def chosen_frames(n: int, frames: int, rng: np.random.Generator | None) -> list[int]:
+    """Which of a clip's ``n`` sorted frames to use: one per equal segment, at random within it
+    when training (``rng``), its centre otherwise."""
+    bounds = np.linspace(0, n, frames + 1)
+    out = []
+    for t in range(frames):
+        lo, hi = int(bounds[t]), max(int(bounds[t]) + 1, int(math.ceil(bounds[t + 1])))
+        out.append(min(int(rng.integers(lo, hi)) if rng else (lo + hi - 1) // 2, n - 1))
+    return out
+
+
 def load_frames(folder: Path, spec: AVSettings, rng: np.random.Generator | None) -> np.ndarray:
     """(T, 3, S, S) float32: one frame per equal segment of the clip's sorted frames."""
     from PIL import Image, UnidentifiedImageError
@@ -129,12 +140,9 @@ def load_frames(folder: Path, spec: AVSettings, rng: np.random.Generator | None)
     files = frame_files(folder)
     if not files:
         raise DataError(f"{folder}: no .jpg frames")
-    bounds = np.linspace(0, len(files), spec.frames + 1)
     out = []
-    for t in range(spec.frames):
-        lo, hi = int(bounds[t]), max(int(bounds[t]) + 1, int(math.ceil(bounds[t + 1])))
-        i = int(rng.integers(lo, hi)) if rng else (lo + hi - 1) // 2
-        path = files[min(i, len(files) - 1)]
+    for i in chosen_frames(len(files), spec.frames, rng):
+        path = files[i]
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB")
