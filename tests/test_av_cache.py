@@ -111,6 +111,10 @@ def test_the_cli_caches_a_corpus_and_trains_from_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a cache (no index.json)" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "junk" / "notes.txt").read_text() == "mine" and not (tmp_path / "r2").exists()
+    assert cli.main(["data", "cache", "cremad", "--data", str(root), "--out", str(tmp_path / "junk")]) == 2
+    err = capsys.readouterr().err
+    assert "--out names a folder that is not a cache" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "junk").iterdir()) == ["notes.txt"] and not (tmp_path / "junk.part").exists()
     assert cli.main(["data", "cache", "cremad", "--out", str(cache)]) == 2
     assert "needs --data DIR" in capsys.readouterr().err
 

@@ -76,12 +76,21 @@ def _differences(have: dict, want: dict) -> str:
     return "; ".join(f"{names.get(k, k)}: {have.get(k)!r} there, {want[k]!r} here" for k in diff)
 
 
-def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None) -> Path:
-    """Decode every clip into a cache at ``out`` (see the module's doc); returns ``out``."""
+def refuse_foreign(folder: Path, named_by: str) -> None:
+    """One line when ``folder`` holds files but no cache: building there would mix the cache with
+    (or, replacing a stale cache, delete) a user's files."""
+    if folder.exists() and not (folder / "index.json").is_file() and any(folder.iterdir()):
+        raise DataError(f"{folder}: {named_by} names a folder that is not a cache (no index.json); pass an empty "
+                        "or new folder")
+
+
+def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None, want: dict | None = None) -> Path:
+    """Decode every clip into a cache at ``out`` (see the module's doc); returns ``out``. ``want``:
+    the corpus's ``fingerprint`` when the caller has it (it stats every file)."""
     from PIL import Image, UnidentifiedImageError
 
     out = Path(out)
-    want = fingerprint(dataset, clips, spec)
+    want = want or fingerprint(dataset, clips, spec)
     part = out.with_name(out.name + ".part")
     started = part / "started.json"
     if part.is_dir() and (not started.is_file() or json.loads(started.read_text()) != want):
@@ -91,7 +100,8 @@ def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None) -> Pa
         write_text(started, json.dumps(want))
     order = sorted(clips, key=lambda c: c.id)
     lengths = [_resampled_length(c.wav, spec.sample_rate) for c in order]
-    counts = [len(frame_files(c.frames)) for c in order]
+    files = [frame_files(c.frames) for c in order]
+    counts = [len(f) for f in files]
     s = cache_size(spec)
     try:
         mode = "r+" if (part / "audio.npy").is_file() else "w+"
@@ -108,7 +118,7 @@ def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None) -> Pa
             if len(wave) != lengths[i]:
                 raise DataError(f"{c.wav}: {len(wave)} samples after resampling, {lengths[i]} expected")
             audio[a_off[i]:a_off[i + 1]] = wave
-            for k, path in enumerate(frame_files(c.frames)):
+            for k, path in enumerate(files[i]):
                 try:
                     with Image.open(path) as im:
                         frames[f_off[i] + k] = np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR))
@@ -172,15 +182,13 @@ def check(dataset: str, clips, spec: AVSettings, progress=None) -> Cache | None:
     from mmsent.checks import PLANNING
 
     folder = Path(spec.cache)
+    refuse_foreign(folder, "data.cache")
     want = fingerprint(dataset, clips, spec)
     if not (folder / "index.json").is_file():
-        if folder.exists() and any(folder.iterdir()):
-            raise DataError(f"{folder}: data.cache names a folder that is not a cache (no index.json); pass an empty "
-                            "or new folder")
         if PLANNING.get():  # a dry run writes nothing: it decodes, and says what the run would build
             print(f"note: the run would build the cache data.cache={folder} ({len(clips)} clips) first", file=sys.stderr)
             return None
-        build(dataset, clips, spec, folder, progress)
+        build(dataset, clips, spec, folder, progress, want)
     cache = Cache(folder)
     if cache.fingerprint != want:
         print(f"note: data.cache {folder} was made for other inputs ({_differences(cache.fingerprint, want)}); "

@@ -138,11 +138,9 @@ def cache(dataset: str, opts, settings, progress=None) -> str:
     if not opts.data or not opts.out:
         raise DataError(f"data cache {dataset} needs --data DIR (the corpus, as training reads it) and --out DIR (the cache)")
     out = Path(opts.out)
-    if out.exists() and not (out / "index.json").is_file() and any(out.iterdir()):
-        raise DataError(f"{out}: exists and is not a cache; pass a new or empty folder")
+    av_cache.refuse_foreign(out, "--out")
     spec = dataclasses.replace(settings, cache="")
     clips, _ = checked_clips(dataset, Path(opts.data))
     av_cache.build(dataset, clips, spec, out, progress)
-    fp = av_cache.fingerprint(dataset, clips, spec)
-    return (f"cached {fp['clips']} clips in {out} (sample rate {fp['sample_rate']}, frames {fp['cache_size']} px); "
+    return (f"cached {len(clips)} clips in {out} (sample rate {spec.sample_rate}, frames {av_cache.cache_size(spec)} px); "
             f"train with: {command()} train --dataset {dataset} --data {opts.data} data.cache={out}")
