@@ -231,14 +231,11 @@ class Segmentation:
         confusion counts. Summed over batches these give the split's exact loss and metrics
         (``from_summary``) without holding its logits (NYUv2's 654 test frames at 480 x 640 x 40
         classes would be 32 GB of them)."""
-        w = self._weights(pred)
         pred = pred if pred.dtype == torch.float64 else pred.float()  # bfloat16 under autocast: sum in float32
-        w = None if w is None else w.to(pred.dtype)
-        total = F.cross_entropy(pred, y.long(), weight=w, ignore_index=VOID, reduction="sum")
-        labelled = y[y != VOID].long()
-        weight = w[labelled].sum() if w is not None else torch.tensor(float(labelled.numel()))
+        total = F.cross_entropy(pred, y.long(), weight=self._weights(pred), ignore_index=VOID, reduction="sum")
+        weight = torch.tensor([self.batch_weight(y)], dtype=torch.float64)
         cm = confusion(pred.argmax(1), y, self.num_classes)
-        return torch.cat([torch.stack([total.double().cpu(), weight.double().cpu()]), cm.double().flatten().cpu()])
+        return torch.cat([total.double().cpu()[None], weight, cm.double().flatten().cpu()])
 
     def from_summary(self, summary: Tensor) -> dict[str, float]:
         """The loss and metrics of a split from its batches' ``summary`` rows, summed."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from mmsent.checks import check, command, finite
 from mmsent.data.av_decode import IMAGENET_MEAN, IMAGENET_STD
 from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
-from mmsent.files import make_dir, write_atomic, write_text
+from mmsent.files import make_dir, write_bytes, write_text
 from mmsent.tasks import VOID, median_frequency_weights
 
 NUM_CLASSES = 40
@@ -157,6 +157,21 @@ class LabelledMat:
         return a["images"], a[depth].astype(np.float32), a["labels"]
 
 
+def open_labelled(mat: Path, splits: Path, mapping: Path) -> tuple[list[int], list[int], LabelledMat]:
+    """The split's train and test frames and the labelled file, checked against each other."""
+    train, test = read_splits(splits)
+    source = LabelledMat(mat, read_mapping(mapping))
+    if max(train + test) > source.frames:
+        raise DataError(f"{splits}: frame {max(train + test)} is beyond the {source.frames} frames of {mat}")
+    return train, test, source
+
+
+def class_ids(labels_40: torch.Tensor) -> torch.Tensor:
+    """labels_40's values (0 = void, 1..40) -> the task's class ids (``VOID``, 0..39)."""
+    y = labels_40.long() - 1
+    return torch.where(y < 0, torch.full_like(y, VOID), y)
+
+
 def _png(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -212,12 +227,9 @@ class PreparedFolder:
 def _save_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
-    def write(tmp: Path) -> None:
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG")
-        tmp.write_bytes(buf.getvalue())
-
-    write_atomic(path, write)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
 
 
 def to_millimetres(depth: np.ndarray) -> np.ndarray:
@@ -230,10 +242,7 @@ def prepare_nyuv2(mat: Path, splits: Path, mapping: Path, out: Path, progress=No
     Every input is checked before anything is written; each PNG is written atomically and a frame
     whose four PNGs exist is skipped, so an interrupted run continues where it stopped; the id
     lists come last, so a folder without them is visibly unfinished."""
-    train, test = read_splits(Path(splits))
-    source = LabelledMat(Path(mat), read_mapping(Path(mapping)))
-    if max(train + test) > source.frames:
-        raise DataError(f"{splits}: frame {max(train + test)} is beyond the {source.frames} frames of {mat}")
+    train, test, source = open_labelled(Path(mat), Path(splits), Path(mapping))
     jobs = [("train", i) for i in train] + [("test", i) for i in test]
     for split in ("train", "test"):
         for kind in KINDS:
@@ -313,8 +322,7 @@ class FrameSet(torch.utils.data.Dataset):
         x = (x[0] - torch.from_numpy(IMAGENET_MEAN)[:, None, None]) / torch.from_numpy(IMAGENET_STD)[:, None, None]
         mean, std = self.depth_stats
         d = torch.where(d[0] > 0, (d[0] - mean) / std, torch.zeros_like(d[0]))
-        y = y[0, 0].long() - 1  # 0 (void) -> VOID, classes 1..40 -> 0..39
-        return x.contiguous(), d.contiguous(), torch.where(y < 0, torch.full_like(y, VOID), y)
+        return x.contiguous(), d.contiguous(), class_ids(y[0, 0])
 
     def __getitem__(self, items: list[tuple[int, int]]):
         loaded = [self.load(i, np.random.default_rng(seed) if self.train else None) for i, seed in items]
@@ -328,14 +336,6 @@ class FrameSplit(DecodedSplit):
         self.frames, self.train, self.num_workers = frames, train, spec.num_workers
         self.set = FrameSet(source, frames, spec, depth_stats, train)
         self.ids = [f"{i:04d}" for i in frames]
-        self._y = None
-
-    @property
-    def y(self) -> torch.Tensor:
-        """Every frame's labels at the training size (read once, when something asks)."""
-        if self._y is None:
-            self._y = torch.stack([self.set.load(i, None)[2] for i in range(len(self))])
-        return self._y
 
     def _to_batch(self, rgb, depth, labels, index) -> Batch:
         ones = torch.ones(len(index), 1, dtype=torch.bool)
@@ -351,14 +351,14 @@ def _train_statistics(source, frames: list[int], spec: NYUv2Settings):
         _, depth, lab = source.read(f, spec.raw_depth)
         valid = depth[depth > 0].astype(np.float64)
         total, total_sq, count = total + valid.sum(), total_sq + (valid**2).sum(), count + valid.size
-        labels.append(torch.from_numpy(lab.astype(np.int64)) - 1)
+        labels.append(class_ids(torch.from_numpy(lab.astype(np.int64))))
     if count < 2:
         raise DataError("nyuv2: the training frames have no valid depth readings")
     mean = total / count
     std = max((total_sq / count - mean**2) ** 0.5, 1e-6)
     weights = None
     if spec.class_weighting == "median_frequency":
-        weights = median_frequency_weights([torch.where(y < 0, torch.full_like(y, VOID), y) for y in labels], NUM_CLASSES)
+        weights = median_frequency_weights(labels, NUM_CLASSES)
     return (float(mean), float(std)), weights
 
 
@@ -375,10 +375,7 @@ def load_nyuv2(cfg, seed: int = 0) -> Dataset:
     elif path.is_file():
         splits = Path(spec.splits) if spec.splits else path.with_name("splits.mat")
         mapping = Path(spec.mapping) if spec.mapping else path.with_name("classMapping40.mat")
-        train, test = read_splits(splits)
-        source = LabelledMat(path, read_mapping(mapping))
-        if max(train + test) > source.frames:
-            raise DataError(f"{splits}: frame {max(train + test)} is beyond the {source.frames} frames of {path}")
+        train, test, source = open_labelled(path, splits, mapping)
     else:
         raise DataError(f"{path}: not found")
     train, val = carve_validation(train, spec.valid_fraction, path, "frame")
