@@ -373,10 +373,8 @@ def _main(argv) -> int:
         from mmsent.data import DataError
         from mmsent.files import FileError
         from mmsent.sweep import SweepError
-        from mmsent.checks import first_line, is_out_of_memory
+        from mmsent.checks import PLANNING, first_line, is_out_of_memory
         from mmsent.train import RunError
-
-        from mmsent.checks import PLANNING
 
         planning = PLANNING.set(bool(getattr(args, "dry_run", False)))
         try:

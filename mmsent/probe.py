@@ -73,12 +73,9 @@ def fit_probe(task, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict:
 
 
 def _logits(probe, a: np.ndarray, k: int) -> torch.Tensor:
-    d = probe.decision_function(a)
-    if d.ndim == 1:  # two classes seen in train: one score, for classes_[1]
-        d = np.stack([-d, d], 1) / 2
-    out = np.full((len(a), k), -1e9)
-    out[:, probe.classes_.astype(int)] = d
-    return torch.from_numpy(out).float()
+    """Logits over every class id of the fitted logistic probe on (standardised) features ``a``."""
+    w, b = _linear(probe, np.zeros(a.shape[1]), np.ones(a.shape[1]), k)
+    return (torch.from_numpy(a) @ w.T + b).float()
 
 
 def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = EVAL_BATCH) -> dict[str, dict]:
@@ -145,8 +142,9 @@ def _pixel_sample(model, split, batch_size: int, n: int, seed: int) -> dict[str,
 
 
 def _linear(probe, mean: np.ndarray, std: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fitted logistic probe as one linear map on raw features: logits = x W^T + b over all k
-    classes (a class absent from the training sample gets -1e9)."""
+    """The fitted logistic probe (on features standardised by ``mean`` / ``std``) as one linear map
+    on raw features: logits = x W^T + b over all k classes, scikit-learn's decision function (a
+    class absent from the training sample gets -1e9; with two classes seen, +-half the one score)."""
     coef, icpt = probe.coef_, probe.intercept_
     if coef.shape[0] == 1:  # two classes seen: one score, for classes_[1]
         coef, icpt = np.concatenate([-coef, coef]) / 2, np.concatenate([-icpt, icpt]) / 2
@@ -156,16 +154,18 @@ def _linear(probe, mean: np.ndarray, std: np.ndarray, k: int) -> tuple[torch.Ten
     return torch.from_numpy(w), torch.from_numpy(b)
 
 
-def _pixel_confusion(model, split, batch_size: int, m: str, w: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-    """The probe's confusion counts over every labelled location of ``split``."""
+def _pixel_confusions(model, split, batch_size: int, probes: dict, k: int) -> dict[str, torch.Tensor]:
+    """Each modality's probe's confusion counts over every labelled location of ``split``, from one
+    pass of the encoders (``probes``: modality -> (W, b) of ``_linear``)."""
     from mmsent.tasks import confusion
 
-    cm = torch.zeros(k, k, dtype=torch.long)
+    cms = {m: torch.zeros(k, k, dtype=torch.long) for m in probes}
     for part in _pixel_batches(model, split, batch_size):
-        z, y = part[m]
-        logits = torch.einsum("bchw,kc->bkhw", z.double(), w) + b[:, None, None]
-        cm += confusion(logits.argmax(1), y, k)
-    return cm
+        for m, (w, b) in probes.items():
+            z, y = part[m]
+            logits = torch.einsum("bchw,kc->bkhw", z.double(), w) + b[:, None, None]
+            cms[m] += confusion(logits.argmax(1), y, k)
+    return cms
 
 
 def probe_pixels(model: MultimodalModel, dataset, task, batch_size: int = EVAL_BATCH,
@@ -183,7 +183,7 @@ def probe_pixels(model: MultimodalModel, dataset, task, batch_size: int = EVAL_B
     k = task.num_classes
     train = _pixel_sample(model, dataset.train, batch_size, sample, seed=0)
     val = _pixel_sample(model, dataset.val, batch_size, sample, seed=1)
-    out = {}
+    out, fitted = {}, {}
     for m in model.modalities:
         (xt, yt), (xv, yv) = train[m], val[m]
         if not (np.isfinite(xt).all() and np.isfinite(xv).all()):
@@ -205,7 +205,8 @@ def probe_pixels(model: MultimodalModel, dataset, task, batch_size: int = EVAL_B
             if best is None or score > best[0]:
                 best = (score, c, w, b)
         _, c, w, b = best
-        out[m] = {"reg": c, "pixels": len(yt),
-                  **{name: segmentation_metrics(_pixel_confusion(model, split, batch_size, m, w, b, k))
-                     for name, split in (("val", dataset.val), ("test", dataset.test))}}
+        out[m], fitted[m] = {"reg": c, "pixels": len(yt)}, (w, b)
+    for name, split in (("val", dataset.val), ("test", dataset.test)):  # one pass of the encoders per split
+        for m, cm in _pixel_confusions(model, split, batch_size, fitted, k).items():
+            out[m][name] = segmentation_metrics(cm)
     return out

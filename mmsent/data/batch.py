@@ -130,7 +130,8 @@ class DecodedSplit:
     num_workers: int
     # On CUDA the workers outlive an epoch and keep 4 batches in flight each (no fork per epoch,
     # no idle GPU while the first batches decode); on CPU they are made per epoch, as before.
-    persistent: bool = torch.cuda.is_available()
+    # None: decided at the first epoch (not at import), True / False: forced.
+    persistent: bool | None = None
     _loader = None
 
     def __len__(self) -> int:
@@ -158,17 +159,18 @@ class DecodedSplit:
         base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if self.train and generator is not None else 0
         chunks = [[(i, base + i) for i in order[s:e].tolist()]
                   for s, e in batch_bounds(len(self), batch_size, self._min_size(min_size))]
-        if self.num_workers and self.persistent:
+        cuda = torch.cuda.is_available()
+        if self.num_workers and (cuda if self.persistent is None else self.persistent):
             if self._loader is None:  # one loader whose sampler is refilled each epoch
                 self._sampler = _Chunks()
                 self._loader = torch.utils.data.DataLoader(
                     self.set, batch_size=None, sampler=self._sampler, num_workers=self.num_workers,
-                    persistent_workers=True, prefetch_factor=4, pin_memory=torch.cuda.is_available())
+                    persistent_workers=True, prefetch_factor=4, pin_memory=cuda)
             self._sampler.chunks = chunks
             loader = self._loader
         else:
             loader = torch.utils.data.DataLoader(self.set, batch_size=None, sampler=chunks, num_workers=self.num_workers,
-                                                 persistent_workers=False, pin_memory=torch.cuda.is_available())
+                                                 persistent_workers=False, pin_memory=cuda)
         for item in loader:
             yield self._to_batch(*item)
 

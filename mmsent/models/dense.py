@@ -44,9 +44,9 @@ NORMS = {"batch": nn.BatchNorm2d, "group": group_norm}
 
 @dataclass(frozen=True)
 class DenseSettings:
-    """The ``model.*`` key of the ``dense`` fusion."""
+    """The ``model.*`` key of the ``dense`` fusion (``esanet``'s settings extend it)."""
 
-    norm: str = "batch"  # the encoders' normalisation: batch | group (per sample; exact under torchrun)
+    norm: str = "batch"  # the encoders' (and ESANet's head's) normalisation: batch | group (per sample; exact under torchrun)
 
     def __post_init__(self):
         check("norm", self.norm in NORMS, self.norm, " or ".join(NORMS))
@@ -223,16 +223,16 @@ class PyramidContext(nn.Module):
 
 
 @dataclass(frozen=True)
-class ESANetSettings:
-    """The ``model.*`` keys of the ``esanet`` fusion (they shape its encoders too)."""
+class ESANetSettings(DenseSettings):
+    """The ``model.*`` keys of the ``esanet`` fusion (they shape its encoders too): ``norm`` (batch is
+    ESANet's; group has no ImageNet weights) and these."""
 
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # BasicBlocks per stage: ResNet18
     pretrained: str = ""  # a local torchvision ResNet state dict loaded into every encoder ("" = from scratch)
     se_ratio: int = 16  # squeeze-excitation reduction at each fusion point (ESANet's)
-    norm: str = "batch"  # batch (ESANet's) | group (per sample: exact under torchrun; no ImageNet weights)
 
     def __post_init__(self):
-        check("norm", self.norm in NORMS, self.norm, " or ".join(NORMS))
+        super().__post_init__()
         check("pretrained", not (self.pretrained and self.norm != "batch"), self.pretrained,
               "empty with model.norm=group (ImageNet ResNets are BatchNorm networks)")
         check("blocks", 2 <= len(self.blocks) <= 5 and all(n >= 1 for n in self.blocks), self.blocks,
