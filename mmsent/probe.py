@@ -34,7 +34,7 @@ def encoder_features(model: MultimodalModel, split, batch_size: int = EVAL_BATCH
     device = next(model.parameters()).device
     out: dict[str, list] = {m: [] for m in model.modalities}
     with evaluating(model):
-        for batch in split.batches(batch_size):
+        for batch in split.batches(batch_size, deferred=True):
             for m, z in model.encode(batch.to(device)).items():
                 out[m].append(feature_vectors(z.float()).double().cpu().numpy())
     return {m: np.concatenate(v) for m, v in out.items()}
@@ -117,7 +117,7 @@ def _pixel_batches(model: MultimodalModel, split, batch_size: int):
     labels taken at its resolution by nearest neighbour (void stays void)."""
     device = next(model.parameters()).device
     with evaluating(model):
-        for batch in split.batches(batch_size):
+        for batch in split.batches(batch_size, deferred=True):
             out = {}
             for m, z in model.encode(batch.to(device)).items():
                 y = torch.nn.functional.interpolate(batch.y[:, None].float(), size=z.shape[-2:], mode="nearest")

@@ -318,7 +318,7 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         append_line(run / "metrics.jsonl", json.dumps({"provenance": here}))
     sign = 1.0 if lower_is_better(cfg.train.select) else -1.0
     # a fixed training batch for the per-epoch gradient and diagnostics logs
-    log_batch = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size))).to(device)
+    log_batch = dataset.train.batch(torch.arange(min(len(dataset.train), cfg.data.batch_size)), deferred=True).to(device)
     steps_per_epoch = strategy.steps_per_epoch
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, transient=True, disable=quiet)
@@ -339,7 +339,7 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             sums: dict[str, float] = {}
             batch_bar = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
             for step, batch in enumerate(dataset.train.batches(cfg.data.batch_size, shuffle=True, generator=generator,
-                                                               min_size=min_batch)):
+                                                               min_size=min_batch, deferred=True)):
                 if not ddp.active:  # under torchrun the ranks must agree: they stop at the epoch's end
                     stop_here()
                 with autocast(device, cfg.train.amp):  # torchrun: this rank's shard, logs of the whole batch

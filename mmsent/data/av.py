@@ -18,7 +18,8 @@ Each clip is decoded when a batch asks for it (the corpora do not fit in memory 
 resampled to ``sample_rate``, tiled or cut to ``(audio_frames - 1) * hop`` samples and turned into a
 ``log_spectrogram`` (the paper's 257 x 299 for CREMA-D); ``frames`` JPGs chosen one per equal
 segment (random within it when training, its centre otherwise), random-resized-crop + flip when
-training, resize otherwise, ImageNet normalisation.
+training, resize otherwise, ImageNet normalisation. The STFT (and a cache's crop and normalisation)
+can be left for the device the batch moves to (``data.finish``, ``Batch.finish``).
 """
 from __future__ import annotations
 
@@ -31,31 +32,43 @@ from mmsent.checks import command
 from mmsent.data import av_cache
 from mmsent.data.av_cache import cached_batch
 from mmsent.data.av_corpus import Clip, scan
-from mmsent.data.av_decode import AVSettings, check_wav, fit_length, frame_files, load_frames, log_spectrogram, read_wav
+from mmsent.data.av_decode import AVFinish, AVSettings, check_wav, fit_length, frame_files, load_frames, read_wav
 from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
 
 
 class ClipSet(torch.utils.data.Dataset):
-    """Map-style dataset whose item is a whole batch ``[(index, seed)]``, so DataLoader workers
-    decode batches in parallel while the order and augmentation stay fixed by the caller's seeds."""
+    """Map-style dataset whose item ``(leave, [(index, seed)])`` is a whole ``Batch``, so DataLoader
+    workers decode batches in parallel while the order and augmentation stay fixed by the caller's
+    seeds. The audio is handed over as waveforms (and cached frames as uint8 with their crop boxes)
+    with ``AVFinish`` as the work left: done here unless ``leave``, then on the device."""
 
     def __init__(self, clips: list[Clip], spec: AVSettings, train: bool, cache=None):
         self.clips, self.spec, self.train, self.cache = clips, spec, train, cache
+        self.y = torch.tensor([c.label for c in clips], dtype=torch.long)
+        self.finish = AVFinish(spec.n_fft, spec.hop, spec.image_size)
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, items: list[tuple[int, int]]):
+    def __getitem__(self, key: tuple[bool, list[tuple[int, int]]]) -> Batch:
+        leave, items = key
+        later = {}
         if self.cache is not None:  # the same batch from decoded arrays (av_cache.py)
-            return cached_batch(self.cache, self.clips, self.spec, items, self.train)
-        audio, frames = [], []
-        for i, seed in items:
-            clip = self.clips[i]
-            rng = np.random.default_rng(seed) if self.train else None
-            wave = fit_length(read_wav(clip.wav, self.spec.sample_rate), self.spec.samples, rng)
-            audio.append(log_spectrogram(torch.from_numpy(wave), n_fft=self.spec.n_fft, hop=self.spec.hop))
-            frames.append(torch.from_numpy(load_frames(clip.frames, self.spec, rng)))
-        return torch.stack(audio), torch.stack(frames), [i for i, _ in items]
+            audio, frames, box, flip = cached_batch(self.cache, self.clips, self.spec, items, self.train)
+            later = {"box": box, "flip": flip} if box is not None else {}
+        else:
+            waves, decoded = [], []
+            for i, seed in items:
+                clip = self.clips[i]
+                rng = np.random.default_rng(seed) if self.train else None
+                waves.append(fit_length(read_wav(clip.wav, self.spec.sample_rate), self.spec.samples, rng))
+                decoded.append(torch.from_numpy(load_frames(clip.frames, self.spec, rng)))
+            audio, frames = torch.from_numpy(np.stack(waves)), torch.stack(decoded)
+        index = [i for i, _ in items]
+        ones = torch.ones(len(index), 1, dtype=torch.bool)
+        batch = Batch({"audio": audio, "visual": frames}, {"audio": ones, "visual": ones.clone()}, self.y[index],
+                      [self.clips[i].id for i in index], torch.as_tensor(index), later, self.finish)
+        return batch if leave else batch.ready()
 
 
 class AVSplit(DecodedSplit):
@@ -64,13 +77,9 @@ class AVSplit(DecodedSplit):
     def __init__(self, clips: list[Clip], spec: AVSettings, *, train: bool, num_workers: int = 0, cache=None):
         self.clips, self.spec, self.train, self.num_workers = clips, spec, train, num_workers
         self.set = ClipSet(clips, spec, train, cache)
-        self.y = torch.tensor([c.label for c in clips], dtype=torch.long)
+        self.y = self.set.y
         self.ids = [c.id for c in clips]
-
-    def _to_batch(self, audio, frames, index) -> Batch:
-        ones = torch.ones(len(index), 1, dtype=torch.bool)
-        return Batch({"audio": audio, "visual": frames}, {"audio": ones, "visual": ones.clone()},
-                     self.y[index], [self.ids[i] for i in index], torch.as_tensor(index))
+        self.defer = {"auto": None, "device": True, "loader": False}[spec.finish]
 
 
 def checked_clips(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:

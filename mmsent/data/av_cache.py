@@ -1,7 +1,9 @@
 """A cache of decoded audio-visual inputs: each clip's waveform resampled to ``data.sample_rate``
 and each of its frames decoded and resized to ``data.cache_size`` (0: ``data.image_size``), held in
 two memory-mapped arrays, so a batch costs a slice, an STFT and a crop instead of a WAV decode, a
-resampling and JPG decodes per clip (``benchmarks/input_pipeline.py`` measures the difference).
+resampling and JPG decodes per clip; with ``data.finish=device`` the batch reaches the device as
+waveforms and uint8 frames whose STFT, crop and normalisation run there (``AVFinish``;
+``benchmarks/input_pipeline.py`` measures the difference).
 
 Layout of a cache folder: ``audio.npy`` (float32, every clip's samples end to end), ``frames.npy``
 (uint8, (frames, S, S, 3)), and ``index.json`` (the fingerprint, and per clip its id and where its
@@ -11,7 +13,8 @@ files is never read, and the run says why (``check``). What is random per epoch 
 stays random: the waveform's window (``fit_length``), the frame chosen in each segment, the random
 resized crop and the flip, all drawn from the batch's seeds as the decoding path draws them; the
 crop is taken on the cached S x S image (the original squashed to a square, as the decoding path's
-evaluation resize does), so ``data.cache_size`` above ``data.image_size`` keeps crops sharp.
+evaluation resize does) with PIL's bilinear weights (``crop_frames``), so ``data.cache_size`` above
+``data.image_size`` keeps crops sharp.
 Evaluation batches equal the decoding path's when S = ``data.image_size``
 (``tests/test_av_cache.py``).
 
@@ -32,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsent.data.av_decode import (IMAGENET_MEAN, IMAGENET_STD, AVSettings, chosen_frames, fit_length, frame_files,
-                                   log_spectrogram, random_resized_crop, read_wav)
+from mmsent.data.av_decode import AVSettings, chosen_frames, fit_length, frame_files, random_resized_crop, read_wav
 from mmsent.data.batch import DataError
 from mmsent.files import make_dir, write_failed, write_text
 
@@ -198,31 +200,24 @@ def check(dataset: str, clips, spec: AVSettings, progress=None) -> Cache | None:
 
 
 def cached_batch(cache: Cache, clips, spec: AVSettings, items, train: bool):
-    """The decoding path's batch (``ClipSet.__getitem__``) made from the cache: the same random draws
-    from each clip's seed, the frames normalised as one uint8 batch."""
-    from PIL import Image
-
-    waves, frames = [], []
+    """The loader's part of a batch from the cache: each clip's waveform window (B, samples), its
+    chosen frames as stored (B, T, S, S, 3) uint8, and when training each frame's crop box (B, T, 4)
+    and flip (B, T), all drawn from the clip's seed as the decoding path draws them; the STFT, the
+    crop and the normalisation are ``AVFinish``'s (on the device, or here)."""
+    waves, frames, boxes, flips = [], [], [], []
     for i, seed in items:
         clip = clips[i]
         rng = np.random.default_rng(seed) if train else None
         waves.append(fit_length(cache.wave(clip.id), spec.samples, rng))
         stored = cache.frames(clip.id)
+        s = stored.shape[1]
         for k in chosen_frames(len(stored), spec.frames, rng):
-            img = stored[k]
+            frames.append(stored[k])
             if rng is not None:
-                s = img.shape[0]
-                im = Image.fromarray(np.asarray(img)).resize((spec.image_size, spec.image_size), Image.BILINEAR,
-                                                             box=random_resized_crop(s, s, rng))
-                if rng.random() < 0.5:
-                    im = im.transpose(Image.FLIP_LEFT_RIGHT)
-                img = np.asarray(im)
-            elif img.shape[0] != spec.image_size:
-                img = np.asarray(Image.fromarray(np.asarray(img)).resize((spec.image_size, spec.image_size), Image.BILINEAR))
-            frames.append(img)
-    audio = log_spectrogram(torch.from_numpy(np.stack(waves)), n_fft=spec.n_fft, hop=spec.hop)
-    x = torch.from_numpy(np.stack(frames)).float().div_(255.0)  # (B * T, S, S, 3)
-    x = x.sub_(torch.from_numpy(IMAGENET_MEAN)).div_(torch.from_numpy(IMAGENET_STD))
-    # (B, T, 3, S, S), C-contiguous (see av_decode.load_frames on channels-last tensors)
-    x = x.view(len(items), spec.frames, *x.shape[1:]).permute(0, 1, 4, 2, 3).contiguous()
-    return audio, x, [i for i, _ in items]
+                boxes.append(random_resized_crop(s, s, rng))
+                flips.append(rng.random() < 0.5)
+    shape = (len(items), spec.frames)
+    x = torch.from_numpy(np.stack(frames)).view(*shape, *frames[0].shape)
+    box = torch.tensor(boxes, dtype=torch.int64).view(*shape, 4) if train else None
+    flip = torch.tensor(flips, dtype=torch.bool).view(shape) if train else None
+    return torch.from_numpy(np.stack(waves)), x, box, flip

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mmsent.checks import check, finite
-from mmsent.data.batch import DataError
+from mmsent.data.batch import Batch, DataError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -33,6 +33,9 @@ class AVSettings:
     num_workers: int = 0  # DataLoader workers decoding clips
     cache: str = ""  # a folder of decoded inputs (mmsent/data/av_cache.py), built there on first use; "" = decode per batch
     cache_size: int = 0  # side of the cached frames (0: image_size); larger keeps training crops sharp
+    # where the STFT (and, from a cache, the crop and normalisation) runs: "device" after the batch
+    # moves there, "loader" in the loader's workers, "auto" on the device when CUDA is available
+    finish: str = "auto"
 
     def __post_init__(self):
         check("cache_size", self.cache_size >= 0, self.cache_size, ">= 0")
@@ -41,6 +44,7 @@ class AVSettings:
         check("valid_fraction", finite(self.valid_fraction) and 0 < self.valid_fraction < 1, self.valid_fraction,
               "in (0, 1)")
         check("num_workers", self.num_workers >= 0, self.num_workers, ">= 0")
+        check("finish", self.finish in ("auto", "device", "loader"), self.finish, "auto, device or loader")
 
     @property
     def samples(self) -> int:
@@ -53,7 +57,67 @@ def log_spectrogram(wave: Tensor, *, n_fft: int = 512, hop: int = 353, eps: floa
     window = torch.hann_window(n_fft, dtype=wave.dtype, device=wave.device)
     spec = torch.stft(wave, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window, center=True,
                       pad_mode="reflect", return_complex=True)
-    return torch.log(spec.abs() + eps)
+    return torch.log(spec.abs() + eps).contiguous()  # stft's (freq, frame) strides are time-major
+
+
+def resize_weights(lo: Tensor, hi: Tensor, n_in: int, n_out: int) -> Tensor:
+    """(N, n_out, n_in): row i averages the input pixels PIL's bilinear resize of the span
+    [lo, hi) to ``n_out`` pixels reads for output pixel i (``Image.resize(box=...)``): a triangle
+    of half-width max(1, scale) around ``lo + (i + 0.5) * scale``, cut to the image and normalised.
+    Resizing is then two batched matrix products, on whatever device the frames are."""
+    scale = (hi - lo) / n_out
+    width = scale.clamp(min=1.0)[:, None, None]
+    centre = lo[:, None] + (torch.arange(n_out, dtype=lo.dtype, device=lo.device) + 0.5) * scale[:, None]
+    pixel = torch.arange(n_in, dtype=lo.dtype, device=lo.device) + 0.5
+    w = (1 - ((pixel - centre[..., None]) / width).abs()).clamp(min=0)
+    return w / w.sum(-1, keepdim=True)
+
+
+def crop_frames(frames: Tensor, box: Tensor | None, flip: Tensor | None, size: int) -> Tensor:
+    """uint8 frames (N, S, S, 3) -> normalised (N, 3, size, size) float: each cut to its ``box``
+    (left, top, right, bottom) and resized as PIL's bilinear resize does (``resize_weights``; within
+    one grey level of PIL, which rounds to uint8 between its passes), mirrored where ``flip``, then
+    ImageNet's normalisation. ``box`` None: the whole frame, no flip (evaluation); at S == size the
+    frames are only normalised, exactly as the decoding path normalises its resized JPGs."""
+    x = frames.permute(0, 3, 1, 2).float()  # (N, 3, S, S)
+    s = frames.shape[1]
+    if box is not None or s != size:
+        n = len(frames)
+        box = box.to(x.dtype) if box is not None else x.new_tensor([0, 0, s, s]).expand(n, 4)
+        wx = resize_weights(box[:, 0], box[:, 2], s, size)
+        wy = resize_weights(box[:, 1], box[:, 3], s, size)
+        if flip is not None:
+            wx = torch.where(flip[:, None, None], wx.flip(1), wx)
+        x = wy[:, None] @ x @ wx[:, None].transpose(-1, -2)
+    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
+    std = torch.as_tensor(IMAGENET_STD, device=x.device)[:, None, None]
+    return x.div_(255.0).sub_(mean).div_(std).contiguous()
+
+
+@dataclass(frozen=True)
+class AVFinish:
+    """What a loader may leave for the device (``Batch.finish``): the waveforms' log-spectrogram
+    and, for uint8 frames from the cache, their crop, flip and normalisation (``later``: ``box``
+    and ``flip`` per frame, drawn in the loader from the clips' seeds)."""
+
+    n_fft: int
+    hop: int
+    image_size: int
+
+    def __call__(self, batch: Batch) -> Batch:
+        x = dict(batch.x)
+        # float32 whatever the caller's autocast says: the training loop moves batches inside its
+        # bfloat16 region, which would run the resize's matrix products with 8-bit mantissas
+        with torch.autocast(x["audio"].device.type, enabled=False):
+            x["audio"] = log_spectrogram(x["audio"], n_fft=self.n_fft, hop=self.hop)
+            if x["visual"].dtype == torch.uint8:  # (B, T, S, S, 3) -> (B, T, 3, size, size)
+                v = x["visual"]
+                b, t = v.shape[:2]
+                box, flip = batch.later.get("box"), batch.later.get("flip")
+                x["visual"] = crop_frames(v.flatten(0, 1), box.flatten(0, 1) if box is not None else None,
+                                          flip.flatten(0, 1) if flip is not None else None,
+                                          self.image_size).view(b, t, 3, self.image_size, self.image_size)
+        return Batch(x, batch.mask, batch.y, batch.ids, batch.index)
 
 
 # ----------------------------------------------------------------------------------- split files

@@ -5,7 +5,7 @@ modality carries a boolean mask, True = real step, so padded steps never reach a
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -30,20 +30,36 @@ class Batch:
     # the samples' positions in their split (what per-sample state, e.g. valuation's re-sampling
     # plan, is keyed by: ids may repeat in a user's data); None for batches made outside a split
     index: Tensor | None = None
+    # Work a loader left for the device the batch is moved to (``to`` runs it there): the
+    # audio-visual loader can hand over waveforms and uint8 frames, whose STFT, crop and
+    # normalisation cost a GPU next to nothing and a loader core most of its time. ``later``
+    # holds the per-sample tensors that work needs (moved and sliced with the batch); ``finish``
+    # (picklable: it crosses from worker processes) returns the batch the model reads.
+    later: dict[str, Tensor] = field(default_factory=dict)
+    finish: Callable[[Batch], Batch] | None = None
 
     def map(self, fn) -> Batch:
         """The same samples with ``fn`` applied to every tensor (features, masks, labels)."""
         return Batch({m: fn(v) for m, v in self.x.items()}, {m: fn(v) for m, v in self.mask.items()}, fn(self.y),
-                     self.ids, self.index)
+                     self.ids, self.index, {k: fn(v) for k, v in self.later.items()}, self.finish)
 
     def select(self, rows: Tensor) -> Batch:
         """The samples at positions ``rows`` (a 1-D index tensor), ids and split positions with them."""
         return Batch({m: v[rows] for m, v in self.x.items()}, {m: v[rows] for m, v in self.mask.items()},
                      self.y[rows], [self.ids[i] for i in rows.tolist()],
-                     self.index[rows] if self.index is not None else None)
+                     self.index[rows] if self.index is not None else None,
+                     {k: v[rows] for k, v in self.later.items()}, self.finish)
 
     def to(self, device, non_blocking: bool = False) -> Batch:
-        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+        """On ``device``, with the work left for it done there."""
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking)).ready()
+
+    def ready(self) -> Batch:
+        """The batch the model reads, the work left for the device (if any) done where it is."""
+        return self.finish(self) if self.finish is not None else self
+
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) pins a batch through this
+        return self.map(lambda t: t.pin_memory())
 
     def __len__(self) -> int:
         return len(self.y)
@@ -62,14 +78,16 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def batch(self, index: Tensor) -> Batch:
+    def batch(self, index: Tensor, *, deferred: bool = False) -> Batch:
         # the whole split as one batch whose samples know their positions, then the rows asked for
         return Batch(self.x, self.mask, self.y, self.ids, torch.arange(len(self))).select(index)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                min_size: int = 1) -> Iterator[Batch]:
+                min_size: int = 1, deferred: bool = False) -> Iterator[Batch]:
         """All samples, the last batch possibly short (every test sample is scored). A last batch
-        smaller than ``min_size`` joins the one before it (training BatchNorm needs two samples)."""
+        smaller than ``min_size`` joins the one before it (training BatchNorm needs two samples).
+        ``deferred``: the caller moves each batch with ``Batch.to``, so a split may leave work for
+        the device (``DecodedSplit``; in-memory batches have none)."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         for start, stop in batch_bounds(len(self), batch_size, min_size):
             yield self.batch(order[start:stop])
@@ -120,9 +138,9 @@ class Dataset:
 class DecodedSplit:
     """A split decoded on demand, with ``Split``'s interface (``ids``, ``batch``, ``batches``,
     ``n_batches``) so the one training loop and every strategy run unchanged. ``self.set`` is a
-    map-style dataset whose item is a whole batch ``[(index, seed)]`` (DataLoader workers decode
-    batches in parallel while order and augmentation stay fixed by the caller's seeds);
-    ``_to_batch(*item)`` turns what it returns into a ``Batch``."""
+    map-style dataset whose item ``(leave, [(index, seed)])`` is a whole ``Batch`` (DataLoader
+    workers decode batches in parallel while order and augmentation stay fixed by the caller's
+    seeds); with ``leave`` true it may leave work for the device (``Batch.finish``)."""
 
     set: torch.utils.data.Dataset
     ids: list[str]
@@ -132,16 +150,20 @@ class DecodedSplit:
     # no idle GPU while the first batches decode); on CPU they are made per epoch, as before.
     # None: decided at the first epoch (not at import), True / False: forced.
     persistent: bool | None = None
+    # Whether batches a caller moves itself (``deferred=True``) leave their finishing work for the
+    # device; None: when CUDA is available (on a CPU the loader's workers do it, in parallel with
+    # the model). Either way the batch the model reads is the same (tests/test_av_cache.py).
+    defer: bool | None = None
     _loader = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _to_batch(self, *item) -> Batch:
-        raise NotImplementedError
+    def _leaves(self, deferred: bool) -> bool:
+        return deferred and (torch.cuda.is_available() if self.defer is None else self.defer)
 
-    def batch(self, index: Tensor, seed: int = 0) -> Batch:
-        return self._to_batch(*self.set[[(i, seed + i) for i in index.tolist()]])
+    def batch(self, index: Tensor, seed: int = 0, *, deferred: bool = False) -> Batch:
+        return self.set[(self._leaves(deferred), [(i, seed + i) for i in index.tolist()])]
 
     def _min_size(self, min_size: int) -> int:
         # BatchNorm cannot train on one sample (its pooled maps have one value per channel), so a
@@ -152,12 +174,13 @@ class DecodedSplit:
         return len(batch_bounds(len(self), batch_size, self._min_size(min_size)))
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                min_size: int = 1) -> Iterator[Batch]:
+                min_size: int = 1, deferred: bool = False) -> Iterator[Batch]:
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
         # One seed per epoch from the caller's generator: augmentation is reproducible and resumes
         # with the generator state saved in last.pt.
         base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if self.train and generator is not None else 0
-        chunks = [[(i, base + i) for i in order[s:e].tolist()]
+        leave = self._leaves(deferred)
+        chunks = [(leave, [(i, base + i) for i in order[s:e].tolist()])
                   for s, e in batch_bounds(len(self), batch_size, self._min_size(min_size))]
         cuda = torch.cuda.is_available()
         if self.num_workers and (cuda if self.persistent is None else self.persistent):
@@ -171,8 +194,7 @@ class DecodedSplit:
         else:
             loader = torch.utils.data.DataLoader(self.set, batch_size=None, sampler=chunks, num_workers=self.num_workers,
                                                  persistent_workers=False, pin_memory=cuda)
-        for item in loader:
-            yield self._to_batch(*item)
+        yield from loader
 
 
 class _Chunks(torch.utils.data.Sampler):

@@ -291,7 +291,8 @@ def _hsv_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class FrameSet(torch.utils.data.Dataset):
-    """Item: a whole batch ``[(index, seed)]`` -> (rgb (B,3,H,W), depth (B,1,H,W), labels (B,H,W), index)."""
+    """Item: a whole batch ``(leave, [(index, seed)])`` -> a ``Batch`` of rgb (B,3,H,W), depth
+    (B,1,H,W) and labels (B,H,W), finished in the loader whatever ``leave`` says."""
 
     def __init__(self, source, frames: list[int], spec: NYUv2Settings, depth_stats: tuple[float, float], train: bool):
         self.source, self.frames, self.spec, self.depth_stats, self.train = source, frames, spec, depth_stats, train
@@ -324,9 +325,14 @@ class FrameSet(torch.utils.data.Dataset):
         d = torch.where(d[0] > 0, (d[0] - mean) / std, torch.zeros_like(d[0]))
         return x.contiguous(), d.contiguous(), class_ids(y[0, 0])
 
-    def __getitem__(self, items: list[tuple[int, int]]):
+    def __getitem__(self, key: tuple[bool, list[tuple[int, int]]]) -> Batch:
+        items = key[1]
         loaded = [self.load(i, np.random.default_rng(seed) if self.train else None) for i, seed in items]
-        return (*(torch.stack(t) for t in zip(*loaded)), [i for i, _ in items])
+        rgb, depth, labels = (torch.stack(t) for t in zip(*loaded))
+        index = [i for i, _ in items]
+        ones = torch.ones(len(index), 1, dtype=torch.bool)
+        return Batch({"rgb": rgb, "depth": depth}, {"rgb": ones, "depth": ones.clone()}, labels,
+                     [f"{self.frames[i]:04d}" for i in index], torch.as_tensor(index))
 
 
 class FrameSplit(DecodedSplit):
@@ -336,11 +342,6 @@ class FrameSplit(DecodedSplit):
         self.frames, self.train, self.num_workers = frames, train, spec.num_workers
         self.set = FrameSet(source, frames, spec, depth_stats, train)
         self.ids = [f"{i:04d}" for i in frames]
-
-    def _to_batch(self, rgb, depth, labels, index) -> Batch:
-        ones = torch.ones(len(index), 1, dtype=torch.bool)
-        return Batch({"rgb": rgb, "depth": depth}, {"rgb": ones, "depth": ones.clone()}, labels,
-                     [self.ids[i] for i in index], torch.as_tensor(index))
 
 
 def _train_statistics(source, frames: list[int], spec: NYUv2Settings):

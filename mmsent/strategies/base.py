@@ -155,7 +155,7 @@ class Strategy:
         puts the pieces back in order."""
         mine = self.dist.split_range(len(split))
         for start in range(mine.start, mine.stop, batch_size):
-            yield split.batch(torch.arange(start, min(mine.stop, start + batch_size))).to(self.device)
+            yield split.batch(torch.arange(start, min(mine.stop, start + batch_size)), deferred=True).to(self.device)
 
     def branches(self, feats: dict[str, Tensor], names=None) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL
@@ -193,7 +193,8 @@ class Strategy:
         for i in range(epochs):
             trainer.model.train()
             trainer.on_epoch_start(i, data)
-            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen, min_size=self.min_batch):
+            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen, min_size=self.min_batch,
+                                            deferred=True):
                 trainer.train_step(self.dist.shard(batch, self.task.batch_weight).to(self.device))
             if after_epoch is not None:
                 after_epoch(i)

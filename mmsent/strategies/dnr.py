@@ -72,7 +72,7 @@ class DnR(Strategy):
 
         feats = {m: [] for m in self.model.modalities}
         with evaluating(self.model):
-            for batch in split.batches(EVAL_BATCH):
+            for batch in split.batches(EVAL_BATCH, deferred=True):
                 for m, z in self.model.encode(batch.to(self.device)).items():
                     feats[m].append(feature_vectors(z).cpu())
         labels = self.task.classes(split.y).numpy()

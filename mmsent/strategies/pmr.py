@@ -84,7 +84,7 @@ class PMR(Strategy):
         counts = torch.zeros(K, device=self.device)
         with evaluating(self.model):
             for start in range(0, len(rows), EVAL_BATCH):  # an audio-visual subset does not fit at once
-                batch = split.batch(rows[start:start + EVAL_BATCH]).to(self.device)
+                batch = split.batch(rows[start:start + EVAL_BATCH], deferred=True).to(self.device)
                 labels = self.task.classes(batch.y)
                 counts += torch.bincount(labels, minlength=K)
                 for m, z in self.model.encode(batch).items():

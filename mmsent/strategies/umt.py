@@ -84,7 +84,7 @@ class UMT(Strategy):
 
         def keep_if_best(_):
             with evaluating(uni):  # the teacher's own prediction is its modality alone
-                preds = [trainer.predict(b.to(self.device)) for b in data.val.batches(self.batch_size)]
+                preds = [trainer.predict(b.to(self.device)) for b in data.val.batches(self.batch_size, deferred=True)]
                 val_loss = float(self.task.loss(torch.cat(preds), data.val.y.to(self.device)))
             if val_loss < best["loss"]:
                 best.update(loss=val_loss, weights=copy.deepcopy(uni.encoders[m].state_dict()))
