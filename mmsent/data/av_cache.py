@@ -163,9 +163,9 @@ class Cache:
         return {**self.__dict__, "_audio": None, "_frames": None}
 
     def _open(self) -> None:
-        if self._audio is None:
-            self._audio = np.load(self.folder / "audio.npy", mmap_mode="r")
-            self._frames = np.load(self.folder / "frames.npy", mmap_mode="r")
+        if self._audio is None:  # plain views of the maps: slicing np.memmap itself costs a Python call per slice
+            self._audio = np.load(self.folder / "audio.npy", mmap_mode="r").view(np.ndarray)
+            self._frames = np.load(self.folder / "frames.npy", mmap_mode="r").view(np.ndarray)
 
     def wave(self, cid: str) -> np.ndarray:
         self._open()
