@@ -152,7 +152,7 @@ class DecodedSplit:
     persistent: bool | None = None
     # Whether batches a caller moves itself (``deferred=True``) leave their finishing work for the
     # device; None: when CUDA is available (on a CPU the loader's workers do it, in parallel with
-    # the model). Either way the batch the model reads is the same (tests/test_av_cache.py).
+    # the model). Either way the batch the model reads is the same (tests/test_device_finish.py).
     defer: bool | None = None
     _loader = None
 
