@@ -162,7 +162,7 @@ def pipeline(device: torch.device, size: dict, tmp: Path, model_clips_per_s: flo
     """Check 4: clips/s of the cached pipeline (2 persistent workers, the STFT, crop and
     normalisation left for the device: ``data.finish=device``), counted once each batch is ready
     on the device, against the model's; the second of two epochs."""
-    from input_pipeline import make_cremad_shaped
+    from input_pipeline import clips_per_second, make_cremad_shaped
 
     from mmsent.data import build_dataset
 
@@ -170,15 +170,7 @@ def pipeline(device: torch.device, size: dict, tmp: Path, model_clips_per_s: flo
     over = [f"data.path={corpus}", f"data.audio_frames={size['frames']}", f"data.image_size={size['image']}",
             f"data.cache={tmp / 'cache'}", "data.num_workers=2", "data.finish=device"]
     split = build_dataset(load_config(ROOT / "configs/cremad.yaml", over).data).train
-    split.persistent = True
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        t0, n = time.perf_counter(), 0
-        for b in split.batches(size["batch"], shuffle=True, generator=gen, deferred=True):
-            n += len(b.to(device, non_blocking=True))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rate = n / (time.perf_counter() - t0)
+    rate = clips_per_second(split, size["batch"], deferred=True, device=device)
     return {"cache_clips_per_s": rate, "model_clips_per_s": model_clips_per_s, "loader_keeps_up": rate >= model_clips_per_s}
 
 
