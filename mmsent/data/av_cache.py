@@ -168,9 +168,10 @@ class Cache:
             self._frames = np.load(self.folder / "frames.npy", mmap_mode="r").view(np.ndarray)
 
     def wave(self, cid: str) -> np.ndarray:
+        """A read-only view of the clip's samples (the batch's ``np.stack`` copies the window it takes)."""
         self._open()
         i = self.row[cid]
-        return np.array(self._audio[self.a_off[i]:self.a_off[i + 1]])
+        return self._audio[self.a_off[i]:self.a_off[i + 1]]
 
     def frames(self, cid: str) -> np.ndarray:
         self._open()
