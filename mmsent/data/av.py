@@ -45,6 +45,7 @@ class ClipSet(torch.utils.data.Dataset):
     def __init__(self, clips: list[Clip], spec: AVSettings, train: bool, cache=None):
         self.clips, self.spec, self.train, self.cache = clips, spec, train, cache
         self.y = torch.tensor([c.label for c in clips], dtype=torch.long)
+        self.ids = [c.id for c in clips]
         self.finish = AVFinish(spec.n_fft, spec.hop, spec.image_size)
 
     def __len__(self) -> int:
@@ -65,9 +66,8 @@ class ClipSet(torch.utils.data.Dataset):
                 decoded.append(torch.from_numpy(load_frames(clip.frames, self.spec, rng)))
             audio, frames = torch.from_numpy(np.stack(waves)), torch.stack(decoded)
         index = [i for i, _ in items]
-        ones = torch.ones(len(index), 1, dtype=torch.bool)
-        batch = Batch({"audio": audio, "visual": frames}, {"audio": ones, "visual": ones.clone()}, self.y[index],
-                      [self.clips[i].id for i in index], torch.as_tensor(index), later, self.finish)
+        batch = Batch.whole({"audio": audio, "visual": frames}, self.y[index], [self.ids[i] for i in index], index,
+                            later, self.finish)
         return batch if leave else batch.ready()
 
 
@@ -77,8 +77,7 @@ class AVSplit(DecodedSplit):
     def __init__(self, clips: list[Clip], spec: AVSettings, *, train: bool, num_workers: int = 0, cache=None):
         self.clips, self.spec, self.train, self.num_workers = clips, spec, train, num_workers
         self.set = ClipSet(clips, spec, train, cache)
-        self.y = self.set.y
-        self.ids = [c.id for c in clips]
+        self.y, self.ids = self.set.y, self.set.ids
         self.defer = {"auto": None, "device": True, "loader": False}[spec.finish]
 
 

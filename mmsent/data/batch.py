@@ -38,6 +38,12 @@ class Batch:
     later: dict[str, Tensor] = field(default_factory=dict)
     finish: Callable[[Batch], Batch] | None = None
 
+    @classmethod
+    def whole(cls, x: dict[str, Tensor], y: Tensor, ids: list[str], index: list[int], later=None, finish=None) -> Batch:
+        """A batch whose every modality is one real step per sample (decoded spectrograms, frames, images)."""
+        ones = torch.ones(len(ids), 1, dtype=torch.bool)
+        return cls(x, {m: ones.clone() for m in x}, y, ids, torch.as_tensor(index), later or {}, finish)
+
     def map(self, fn) -> Batch:
         """The same samples with ``fn`` applied to every tensor (features, masks, labels)."""
         return Batch({m: fn(v) for m, v in self.x.items()}, {m: fn(v) for m, v in self.mask.items()}, fn(self.y),

@@ -296,6 +296,7 @@ class FrameSet(torch.utils.data.Dataset):
 
     def __init__(self, source, frames: list[int], spec: NYUv2Settings, depth_stats: tuple[float, float], train: bool):
         self.source, self.frames, self.spec, self.depth_stats, self.train = source, frames, spec, depth_stats, train
+        self.ids = [f"{i:04d}" for i in frames]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -330,9 +331,7 @@ class FrameSet(torch.utils.data.Dataset):
         loaded = [self.load(i, np.random.default_rng(seed) if self.train else None) for i, seed in items]
         rgb, depth, labels = (torch.stack(t) for t in zip(*loaded))
         index = [i for i, _ in items]
-        ones = torch.ones(len(index), 1, dtype=torch.bool)
-        return Batch({"rgb": rgb, "depth": depth}, {"rgb": ones, "depth": ones.clone()}, labels,
-                     [f"{self.frames[i]:04d}" for i in index], torch.as_tensor(index))
+        return Batch.whole({"rgb": rgb, "depth": depth}, labels, [self.ids[i] for i in index], index)
 
 
 class FrameSplit(DecodedSplit):
@@ -341,7 +340,7 @@ class FrameSplit(DecodedSplit):
     def __init__(self, source, frames: list[int], spec: NYUv2Settings, depth_stats, *, train: bool):
         self.frames, self.train, self.num_workers = frames, train, spec.num_workers
         self.set = FrameSet(source, frames, spec, depth_stats, train)
-        self.ids = [f"{i:04d}" for i in frames]
+        self.ids = self.set.ids
 
 
 def _train_statistics(source, frames: list[int], spec: NYUv2Settings):
