@@ -15,6 +15,7 @@ never parameter-name matching. Zero-masking goes through ``model.mask_modalities
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,14 @@ class Strategy:
     # True for the methods whose `alpha` is DGL's weight on the unimodal losses: the only ones the
     # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.args.alpha=)
     dgl_weight: bool = False
+    # What the method does that plain training does not, counted per run (``act``): re-
+    # initialisations, modulated or curated steps, estimates. A method with counts that stayed 0
+    # up to the selected epoch never acted: the run says so, and a table marks its row. Methods
+    # that change every step's loss (DGL, LFM, CML...) have none.
+    counts: tuple[str, ...] = ()
+    # The run length (epochs) of the reference recipe its epoch-valued defaults belong to: a
+    # schedule setting left at None is that default scaled to the run's budget (``scheduled``).
+    reference_epochs: int | None = None
 
     @classmethod
     def defined_on(cls, fusion: str) -> bool:
@@ -89,7 +98,7 @@ class Strategy:
 
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0,
                  dist: Dist | None = None, batch_size: int = 64, steps_per_epoch: int = 1, min_batch: int = 1,
-                 **settings):
+                 epochs: int | None = None, **settings):
         self.settings = self.Settings(**settings)  # TypeError on an unknown setting, SettingError out of range
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
         self.epoch = 0
@@ -97,6 +106,9 @@ class Strategy:
         self.steps_per_epoch = steps_per_epoch  # schedules inside an epoch use it
         self.batch_size = batch_size  # data.batch_size: stages of a method's own use it
         self.min_batch = min_batch  # 2 for a model with BatchNorm (a last batch of one merges)
+        self.epochs = epochs  # the run's epoch budget (train.epochs); None outside the training loop
+        self.actions = dict.fromkeys(self.counts, 0)
+        self.schedule: dict[str, int] = {}  # the epochs its schedule settings resolved to (results.json)
         # The process group (torchrun). Every gradient a strategy consumes passes ``dist.grads`` /
         # ``sync_grads`` first, and every per-batch statistic ``dist.mean`` / ``dist.sum``, so K ranks
         # on shards compute what one process computes on the whole batch (identities for one process).
@@ -105,7 +117,23 @@ class Strategy:
     def loop(self) -> dict:
         """This strategy's loop context, for a strategy it builds over a copy of the model."""
         return {"dist": self.dist, "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch,
-                "min_batch": self.min_batch}
+                "min_batch": self.min_batch, "epochs": self.epochs}
+
+    def scheduled(self, key: str, default: int) -> int:
+        """The epoch that schedule setting ``key`` means in this run: a number as set; None (its
+        default) is the reference's ``default`` epoch of a ``reference_epochs``-epoch run, scaled to
+        this run's budget, ``floor(default * epochs / reference_epochs + 1/2)`` (unscaled outside
+        the training loop). Recorded in ``self.schedule``."""
+        value = getattr(self.settings, key)
+        if value is None:
+            value = default if not (self.epochs and self.reference_epochs) else \
+                math.floor(default * self.epochs / self.reference_epochs + 0.5)
+        self.schedule[key] = value
+        return value
+
+    def act(self, name: str, n: int = 1) -> None:
+        """Count ``n`` of the method's actions ``name`` (one of ``counts``)."""
+        self.actions[name] += n
 
     def on_epoch_start(self, epoch: int, data: Dataset) -> None:
         self.epoch = epoch
@@ -228,12 +256,14 @@ class Strategy:
     state: tuple[str, ...] = ()
 
     def state_dict(self) -> dict:
-        """``{"epoch": ..., name: value for name in state}``, tensors and plain containers only
-        (checkpoints are read with ``torch.load(weights_only=True)``)."""
-        return {"epoch": self.epoch, **{name: _save(getattr(self, name)) for name in self.state}}
+        """``{"epoch": ..., "actions": ..., name: value for name in state}``, tensors and plain
+        containers only (checkpoints are read with ``torch.load(weights_only=True)``)."""
+        return {"epoch": self.epoch, "actions": dict(self.actions),
+                **{name: _save(getattr(self, name)) for name in self.state}}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
+        self.actions.update(state.get("actions", {}))
         for name in self.state:
             if name in state:
                 setattr(self, name, _load(getattr(self, name, None), state[name], self.device))

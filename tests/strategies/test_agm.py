@@ -52,28 +52,48 @@ def test_agm_output_equals_full_model_and_scales_additive_gradients():
         torch.testing.assert_close(g, coeff[m] * p)
 
 
-def test_agm_conditional_clip_bounds_the_step_when_a_head_gradient_exceeds_one():
-    """The reference: when any entry of the head's last weight gradient exceeds 1 in magnitude, all
-    gradients are clipped to total norm 1; otherwise they are left alone."""
+def test_agm_cap_is_the_references_for_the_number_of_modalities():
+    """10 for two modalities (run/CREMAD_main.py), 7 for three (run/URFunny_main.py), unless set."""
+    for n, cap in ((2, 10.0), (3, 7.0), (4, 7.0)):
+        ds = make_synthetic(n_modalities=n, n_train=8, n_val=4, n_test=4, task="classification", num_classes=3)
+        model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, fusion="concat"), ds, 3)
+        assert STRATEGIES["agm"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3)).cap == cap
+        assert STRATEGIES["agm"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3), cap=3.0).cap == 3.0
+    # the cap binds: opt - ratio = 9 is cut to 7 at N = 3
+    k = agm_coefficients({"a": 0.0, "v": 0.0, "t": 0.0}, {"a": -10.0, "v": 0.0, "t": 0.0}, alpha=1.0, cap=7.0)
+    assert k["a"] == pytest.approx(math.exp(7.0))
+
+
+def _clip_case(encoder_scale: float, head_scale: float, **settings):
+    """The gradients the optimizer sees after one AGM step, and the largest head-weight entry."""
     ds = make_synthetic(n_modalities=2, n_train=16, n_val=4, n_test=4, task="classification", num_classes=3)
     torch.manual_seed(0)
-    for scale, clipped in [(1000.0, True), (1e-3, False)]:
-        model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, dropout=0.0, fusion="concat"), ds, 3)
-        with torch.no_grad():  # large inputs to the classifier: large weight gradients (or tiny ones)
-            for e in model.encoders.values():
-                for p in e.parameters():
-                    p.mul_(scale ** 0.5)
-        captured = {}
-        opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        opt.step = lambda: captured.update(g=[p.grad.clone() for p in model.parameters() if p.grad is not None])
-        s = STRATEGIES["agm"](model, opt, Classification(3))
-        s.train_step(ds.train.batch(torch.arange(16)))
-        norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in captured["g"]])))
-        off = STRATEGIES["agm"](model, opt, Classification(3), conditional_clip=False)
-        off.running, off.iteration = {m: 0.0 for m in model.modalities}, 0
-        off.train_step(ds.train.batch(torch.arange(16)))
-        raw = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in captured["g"]])))
-        if clipped:
-            assert raw > 1 and norm == pytest.approx(1.0, rel=1e-5)
-        else:
-            assert norm == pytest.approx(raw, rel=1e-6) and norm < 1
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, dropout=0.0, fusion="concat"), ds, 3)
+    with torch.no_grad():
+        for e in model.encoders.values():
+            for p in e.parameters():
+                p.mul_(encoder_scale)
+        model.head.net.weight.mul_(head_scale)
+    captured = {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt.step = lambda: captured.update(g=[p.grad.clone() for p in model.parameters() if p.grad is not None],
+                                       head=float(model.head.net.weight.grad.abs().max()))
+    s = STRATEGIES["agm"](model, opt, Classification(3), **settings)
+    s.train_step(ds.train.batch(torch.arange(16)))
+    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in captured["g"]])))
+    return norm, captured["head"], s
+
+
+def test_agm_conditional_clip_bounds_the_step_when_a_head_gradient_exceeds_one():
+    """The reference: when any entry of the head's last weight gradient exceeds 1 in magnitude, all
+    gradients are clipped to total norm 1; otherwise they are left alone -- also when their total
+    norm is above 1, which tells the conditional clip from an unconditional one."""
+    raw, head, _ = _clip_case(30.0, 1.0, conditional_clip=False)
+    assert head > 1 and raw > 1
+    norm, _, s = _clip_case(30.0, 1.0)
+    assert norm == pytest.approx(1.0, rel=1e-5) and s.actions["clipped_steps"] == 1
+    # tiny features (small head-weight gradients), a large head (large encoder gradients)
+    raw, head, _ = _clip_case(0.05, 200.0, conditional_clip=False)
+    assert head <= 1 and raw > 1
+    norm, _, s = _clip_case(0.05, 200.0)
+    assert norm == pytest.approx(raw, rel=1e-6) and norm > 1 and s.actions["clipped_steps"] == 0

@@ -52,7 +52,7 @@ def test_pmr_window_binary_coefficients_and_fresh_subsets():
                           modulation_end=1, per_epochs=0)
     seen = []
     real = s.compute_prototypes
-    s.compute_prototypes = lambda split, rows=None: seen.append(rows.tolist()) or real(split, rows)
+    s.compute_prototypes = lambda split, rows=None, smooth=True: seen.append(rows.tolist()) or real(split, rows, smooth)
     batch = ds.train.batch(torch.arange(16))
     for epoch in range(3):
         s.on_epoch_start(epoch, ds)
