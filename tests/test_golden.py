@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from golden.harness import Conv1x1, assert_params, batches, close, dataset, golden, model
-from mmsent.models.fusions import ConcatHead
+from mmsent.models.fusions import ConcatHead, SharedHead
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification
 
@@ -110,3 +110,41 @@ def test_agm_equals_the_reference():
         close([agm.running["audio"], agm.running["visual"]], want_epoch["train_scores"], what=f"epoch {epoch} running scores")
     assert clipped == [True, True, True, False]
     assert agm.actions["clipped_steps"] == 3
+
+
+@pytest.mark.parametrize("run", ["released_n2", "projecting_n2", "released_n3", "projecting_n3"])
+def test_mla_equals_the_reference(run):
+    """Multimodal-Learning-with-Alternating-Unimodal-Adaptation ``main.py::train_epoch`` with its
+    ``GSPlugin``, N = 2 and 3, two epochs of two batches (N optimizer steps per batch, a shared
+    classifier applied to each modality): every modality's loss, every parameter after each of its
+    steps and the projector after each epoch. ``released``: its own model, whose parameter names
+    keep the projection from ever firing (mmsent ``projection: false``); ``projecting``: the
+    projector made to fire, with its element-wise division (mmsent ``projector: code``), so ``r``
+    must be each modality's own features. The scale ``beta`` of mmsent's shared head is fixed at 1
+    by MLA and has no counterpart in the reference."""
+    rec = golden("mla")
+    r = rec["runs"][run]
+    inputs = r["inputs"]
+    data = dataset(inputs)
+    mods = r["order"]
+    net = model(inputs, SharedHead(mods, 6, 1, 3, hidden=0), r["init"], skip=("head.beta",))
+    settings = {"projection": False} if run.startswith("released") else {"projector": "code"}
+    mla = STRATEGIES["mla"](net, sgd(net, rec["settings"]["optimizer"]), Classification(3), steps_per_epoch=2, **settings)
+    snapshots = []  # every parameter after each optimizer step (N per batch)
+    step = mla.optimizer.step
+    mla.optimizer.step = lambda: (step(), snapshots.append({k: p.detach().clone() for k, p in net.named_parameters()}))
+    steps = batches(data, inputs["batches"])
+    for epoch, want_epoch in enumerate(r["epochs"]):
+        mla.on_epoch_start(epoch, data)
+        want = iter(want_epoch["steps"])
+        for b, batch in enumerate(steps):
+            snapshots.clear()
+            logs = mla.train_step(batch)
+            for m, got in zip(mods, snapshots):
+                w = next(want)
+                key = {"audio": "loss_a", "visual": "loss_v", "text": "loss_t"}[m]
+                close(logs[f"loss_{m}"], w["values"][key], what=f"{run} epoch {epoch} batch {b} loss_{m}")
+                for k, v in w["params"].items():
+                    close(got[k], v, what=f"{run} epoch {epoch} batch {b} after {m}'s step: {k}")
+        close(mla.P, want_epoch["P"], what=f"{run} epoch {epoch} projector")
+    assert mla.actions["projected_steps"] == (0 if run.startswith("released") else 4 * len(mods) - 1)

@@ -16,11 +16,18 @@ the gradient of the head's final linear layer is projected to protect what earli
 taught it (gradient modification, "HGM", an OWM/RLS projector): with ``r`` the mean input of that
 layer in this pass and ``a = 0.1 ** (batch / batches_per_epoch + 1)``,
 ``k = P r;  P <- (P - k k^T / (a + r^T k)) / ||.||_F;  W.grad <- W.grad P^T`` (P starts at the
-identity and is never reset; no projection on the very first step). Departures from the
-released code, stated: (1) its parameter-name check makes the projection never fire -- here it is
-applied; (2) it divides element-wise by the d x d matrix ``a + k r^T``, which is not a projector
-(with P = I, r = (1, 2, 0, 0), a = 0.1 it maps r to about (-1.81, -0.90, 0, 0)); the textbook
-OWM/RLS form above, with the scalar ``a + r^T k``, is used.
+identity and is never reset; no projection on the very first step). ``r`` is modality m's own
+input to that layer, averaged over the batch, as the official ``GSPlugin.before_update`` is called
+with modality m's features (a head that applies its classifier once per modality, ``SharedHead``,
+calls it N times per pass: modality m's call is the one read). Departures from the released code,
+stated: (1) its parameter-name check (``module.weight``) makes the projection never fire on its own
+model -- here it is applied (``projection: false`` is the released behaviour); (2) it divides
+element-wise by the d x d matrix ``a + k r^T``, which is not a projector (with P = I,
+r = (1, 2, 0, 0), a = 0.1 it maps r to about (-1.81, -0.90, 0, 0)); the textbook OWM/RLS form above,
+with the scalar ``a + r^T k``, is used (``projector: code`` gives the released element-wise form).
+``tests/test_golden.py::test_mla_equals_the_reference`` runs both released behaviours (no
+projection, and its projector made to fire) against numbers recorded from its ``train_epoch`` at
+N = 2 and 3. Counted: ``projected_steps``.
 
 Test-time fusion (``predict``) weights the branches per sample by ``softmax_m(-H_m)`` with H the
 prediction entropy, over probabilities (the paper's dynamic fusion); the released code's entropy
@@ -36,6 +43,7 @@ from torch import nn
 
 from mmsent.models.fusions import ConcatHead, ConcatMixHead, LateMeanHead, MMTMSeqHead, SharedHead
 from mmsent.models.resnet import MMTMHead
+from mmsent.checks import check
 from mmsent.strategies.base import Strategy
 
 
@@ -54,25 +62,32 @@ def entropy_weights(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {m: w[:, i] for i, m in enumerate(names)}
 
 
-def project(P: torch.Tensor, r: torch.Tensor, a: float) -> torch.Tensor:
-    """One RLS update of the projector with input ``r`` (d,)."""
+def project(P: torch.Tensor, r: torch.Tensor, a: float, form: str = "textbook") -> torch.Tensor:
+    """One RLS update of the projector with input ``r`` (d,): the textbook form divides by the
+    scalar ``a + r^T P r``; ``form="code"`` by the matrix ``a + (P r) r^T`` element-wise, as the
+    released ``GSPlugin`` does."""
     k = P @ r
-    P = P - torch.outer(k, k) / (a + r @ k)
+    P = P - torch.outer(k, k) / (a + (r @ k if form == "textbook" else torch.outer(k, r)))
     return P / P.norm()
 
 
 @dataclass(frozen=True)
 class MLASettings:
-    projection: bool = True  # HGM: project the shared classifier's gradient
+    projection: bool = True  # HGM: project the shared classifier's gradient (false: the released code's behaviour)
+    projector: str = "textbook"  # textbook (the OWM/RLS projector) | code (the released element-wise division)
+
+    def __post_init__(self):
+        check("projector", self.projector in ("textbook", "code"), self.projector, "'textbook' or 'code'")
 
 
 class MLA(Strategy):
     label = "MLA"  # its row in `cli.py table`
     method = "MLA (CVPR 2024); needs `model.fusion=shared model.hidden=0` (one classifier applied to every modality); heads with a weight block per modality are refused"
     summary = "N alternating steps per batch, OWM projector on the shared classifier (textbook form; the released code's is not a projector), per-sample entropy fusion"
-    checked = "`test_mla_first_step_is_not_projected_and_encoders_see_only_their_loss`, `test_mla_projector_identity`"
+    checked = "`test_golden.py::test_mla_equals_the_reference`, `test_mla_each_modality_projects_with_its_own_features`, `test_mla_projector_identity`"
     Settings = MLASettings
     state = ("P", "steps")  # saved in last.pt, restored on --resume
+    counts = ("projected_steps",)
     needs_model = {"fusion": "shared", "hidden": 0}
 
     def __init__(self, model, optimizer, task, **kw):
@@ -92,23 +107,36 @@ class MLA(Strategy):
         super().on_epoch_start(epoch, data)
         self.batch_index = 0
 
+    def classifier_input(self, calls: list[torch.Tensor], m: str) -> torch.Tensor:
+        """Modality m's input to the shared classifier in its own pass: the one call of a head that
+        mixes the modalities first, or m's call of a head that applies it once per modality."""
+        if len(calls) == 1:
+            return calls[0]
+        order = getattr(self.model.head, "modalities", None)
+        if order is None or len(calls) != len(order):
+            raise RuntimeError(f"mla: the head called its classifier {len(calls)} times in one pass; "
+                               f"cannot tell which call is modality {m!r}'s")
+        return calls[order.index(m)]
+
     def train_step(self, batch):
         feats = self.model.encode(batch)
-        captured = {}
-        hook = self.last.register_forward_hook(lambda mod, inp, out: captured.__setitem__("x", inp[0]))
+        calls: list[torch.Tensor] = []
+        hook = self.last.register_forward_hook(lambda mod, inp, out: calls.append(inp[0]))
         logs = {}
         try:
             for m in feats:
+                calls.clear()
                 loss = self.task.loss(self.model.head(self.model.mask_modalities(feats, [m])), batch.y)
                 self.backward(loss, retain_graph=True)
                 if self.settings.projection and self.steps > 0 and self.last.weight.grad is not None:
                     # the projector lives in float32 with the gradients, also under bfloat16 autocast
                     with torch.autocast(self.last.weight.device.type, enabled=False):
-                        x = captured["x"].detach().to(self.P.dtype)
+                        x = self.classifier_input(calls, m).detach().to(self.P.dtype)
                         r = self.dist.mean(x.reshape(-1, self.last.in_features).mean(0))
                         a = 0.1 ** (self.batch_index / self.steps_per_epoch + 1)
-                        self.P = project(self.P, r, a)
+                        self.P = project(self.P, r, a, self.settings.projector)
                         self.last.weight.grad = self.last.weight.grad @ self.P.T
+                    self.act("projected_steps")
                 self.clip_and_step()
                 self.steps += 1
                 logs[f"loss_{m}"] = loss.item()

@@ -90,3 +90,42 @@ def test_mla_refuses_heads_without_a_shared_classifier():
             STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression())
     model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, fusion="mlpmixer"), ds, 1)  # mixes first: shared
     STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression())
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_mla_each_modality_projects_with_its_own_features(n):
+    """Two batches, N = 2 and 3, on the reference's model (one Linear applied to every modality):
+    each modality's step updates the projector with r = the batch mean of THAT modality's features
+    (the official GSPlugin is called with them), every step but the very first. With lr = 0 the
+    features stay put, so P after both batches is the textbook RLS fold over those r's, worked here
+    independently; it differs from a fold that reads any single modality's features (the bug that
+    read the last modality's for every step)."""
+    ds = make_synthetic(n_modalities=n, n_train=16, n_val=4, n_test=4, task="classification", num_classes=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, dropout=0.0, fusion="shared"), ds, 3).double()
+    ds.train.x = {m: v.double() for m, v in ds.train.x.items()}
+    s = STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.0), Classification(3), steps_per_epoch=2)
+    s.on_epoch_start(0, ds)
+    chunks = [ds.train.batch(torch.arange(0, 8)), ds.train.batch(torch.arange(8, 16))]
+    with torch.no_grad():
+        r = [{m: f.flatten(1).mean(0) for m, f in model.encode(b).items()} for b in chunks]
+
+    def fold(pick):
+        P, first = torch.eye(4, dtype=torch.float64), True
+        for i, rb in enumerate(r):
+            a = 0.1 ** (i / 2 + 1)
+            for m in model.modalities:
+                if not first:
+                    k = P @ pick(rb, m)
+                    P = P - torch.outer(k, k) / (a + pick(rb, m) @ k)
+                    P = P / P.norm()
+                first = False
+        return P
+
+    for b in chunks:
+        s.train_step(b)
+    want = fold(lambda rb, m: rb[m])
+    torch.testing.assert_close(s.P, want)
+    assert s.actions["projected_steps"] == 2 * n - 1
+    for wrong in model.modalities:  # one modality's features for every step: another projector
+        assert not torch.allclose(fold(lambda rb, m, w=wrong: rb[w]), want, atol=1e-6)
