@@ -148,3 +148,33 @@ def test_mla_equals_the_reference(run):
                     close(got[k], v, what=f"{run} epoch {epoch} batch {b} after {m}'s step: {k}")
         close(mla.P, want_epoch["P"], what=f"{run} epoch {epoch} projector")
     assert mla.actions["projected_steps"] == (0 if run.startswith("released") else 4 * len(mods) - 1)
+
+
+@pytest.mark.parametrize("run", ["init1", "init2"])
+def test_mmpareto_equals_the_reference(run):
+    """MMPareto_ICML2024 ``code/MMPareto.py::train_epoch`` on its model (a head over the
+    concatenation, separate ``head_audio`` / ``head_video``: mmsent ``unimodal_heads: true``, the
+    default): the three losses and every parameter after each of two steps; each run has one step
+    where a modality's multimodal and unimodal gradients conflict (the min-norm weights) and one
+    without (1/2, 1/2), the per-tensor rescaling by gamma = 1.5 in both."""
+    rec = golden("mmpareto")
+    r, inputs = rec["runs"][run], rec["inputs"]
+    data = dataset(inputs)
+    init = {k: v for k, v in r["init"].items() if not k.startswith("heads.")}
+    net = model(inputs, ConcatHead(["audio", "visual"], 6, 1, 3, hidden=0), init)
+    pareto = STRATEGIES["mmpareto"](net, sgd(net, rec["settings"]["optimizer"]), Classification(3))
+    assert pareto.settings.unimodal_heads
+    with torch.no_grad():
+        for k, p in pareto.heads.named_parameters():
+            p.copy_(torch.tensor(r["init"][f"heads.{k}"], dtype=torch.float64))
+    conflicts = []
+    for i, (batch, want) in enumerate(zip(batches(data, inputs["batches"]), r["steps"])):
+        v = want["values"]
+        logs = pareto.train_step(batch)
+        close([logs["loss"], logs["loss_audio"], logs["loss_visual"]], [v["loss_mm"], v["loss_a"], v["loss_v"]],
+              what=f"step {i} losses")
+        conflicts.append(min(v["this_cos_audio"], v["this_cos_visual"]) <= 0)
+        got = {**dict(net.named_parameters()), **{f"heads.{k}": p for k, p in pareto.heads.named_parameters()}}
+        for k, w in want["params"].items():
+            close(got[k], w, what=f"step {i}: {k}")
+    assert sum(conflicts) == 1 and pareto.actions["conflicts"] == 1

@@ -8,12 +8,16 @@ clipped to [0.001, 0.999]. Per tensor, ``d = 2 (c g_mm + (1 - c) g_m)`` is resca
 ``max(|g_mm + g_m| / |d|, 1) * gamma * d`` (gamma = 1.5, the official constant). The head keeps the
 plain gradient of ``L_mm + sum_m L_m``.
 
-Reference followed: GeWu-Lab/MMPareto_ICML2024 (shared docs/research/baselines.md §8). Departure,
-stated: by default L_m is modality m's branch through the SHARED head with the others zeroed (the
-DGL paper's protocol for every baseline's unimodal output), where the official model has a separate
-linear classifier per modality. ``unimodal_heads: true`` gives the official form: one
-``Linear(d_m, C)`` per modality on its pooled feature, owned by the strategy (an extra optimizer
-group, saved with the strategy's state), trained by L_m alone; the fusion head then gets L_mm only.
+Reference followed: GeWu-Lab/MMPareto_ICML2024@a339db3 ``code/MMPareto.py::train_epoch`` and its
+``MinNormSolver`` (shared docs/research/baselines.md §8); ``tests/test_golden.py::test_mmpareto_equals_the_reference``
+runs the official form against numbers recorded from that code. The official form is the default
+(``unimodal_heads: true``): L_m comes from a separate ``Linear(d_m, C)`` per modality on its pooled
+feature, owned by the strategy (an extra optimizer group, saved with the strategy's state) and
+trained by L_m alone; the fusion head gets L_mm only. ``unimodal_heads: false`` is mmsent's variant
+"MMPareto-SH" (its own row in tables): L_m is modality m's branch through the SHARED head with the
+others zeroed (the DGL paper's protocol for the baselines' unimodal outputs), so the unimodal losses
+also train the fusion head. Counted: ``conflicts``, the encoder-steps whose two gradients conflict
+(cos <= 0: the min-norm weights instead of 1/2, 1/2).
 """
 from __future__ import annotations
 
@@ -24,6 +28,12 @@ from torch import nn
 
 from mmsent.checks import check, finite
 from mmsent.strategies.base import Strategy, feature_vectors
+
+
+def conflict(g_mm: list[torch.Tensor], g_m: list[torch.Tensor]) -> bool:
+    a = torch.cat([g.flatten() for g in g_mm])
+    b = torch.cat([g.flatten() for g in g_m])
+    return bool(torch.nn.functional.cosine_similarity(a, b, dim=0) <= 0)
 
 
 def pareto_weights(g_mm: list[torch.Tensor], g_m: list[torch.Tensor]) -> float:
@@ -49,7 +59,7 @@ def pareto_combine(g_mm: list[torch.Tensor], g_m: list[torch.Tensor], gamma: flo
 @dataclass(frozen=True)
 class MMParetoSettings:
     gamma: float = 1.5  # the official rescaling constant
-    unimodal_heads: bool = False  # the official separate per-modality classifiers for L_m
+    unimodal_heads: bool = True  # the official separate per-modality classifiers for L_m (false: MMPareto-SH)
 
     def __post_init__(self):
         check("gamma", finite(self.gamma) and self.gamma > 0, self.gamma, "a finite number > 0")
@@ -57,12 +67,13 @@ class MMParetoSettings:
 
 class MMPareto(Strategy):
     label = "MMPareto"  # its row in `cli.py table`
-    method = "MMPareto (ICML 2024); L_m through the shared head (the DGL protocol), or the official separate classifiers with `unimodal_heads: true`"
+    method = "MMPareto (ICML 2024), official separate unimodal classifiers (`unimodal_heads: false`: MMPareto-SH, L_m through the shared head)"
     summary = "per encoder, 2 objectives (L_mm, L_m) from `torch.autograd.grad`"
-    checked = "`test_mmpareto_conflict_oracle`, `test_mmpareto_separate_unimodal_heads_are_the_official_form`"
+    checked = "`test_golden.py::test_mmpareto_equals_the_reference`, `test_mmpareto_conflict_oracle`"
     resume_test = {"unimodal_heads": True}  # its state matters within a few epochs
     Settings = MMParetoSettings
     state = ("heads",)  # saved in last.pt, restored on --resume
+    counts = ("conflicts",)
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -94,6 +105,8 @@ class MMPareto(Strategy):
             self.dist.grads(g_mm)  # the Pareto combination needs the global gradients (torchrun)
             self.dist.grads(g_m)
             pairs = [(p, a, b) for p, a, b in zip(params, g_mm, g_m) if a is not None and b is not None]
+            if pairs and conflict([a for _, a, _ in pairs], [b for _, _, b in pairs]):
+                self.act("conflicts")
             combined = pareto_combine([a for _, a, _ in pairs], [b for _, _, b in pairs], self.settings.gamma)
             grads.update({p: g for (p, _, _), g in zip(pairs, combined)})
         head_grads = torch.autograd.grad(loss_mm + sum(loss_uni.values()), head, allow_unused=True)

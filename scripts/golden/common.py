@@ -165,8 +165,8 @@ def tensors(obj):
         return {str(k): tensors(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [tensors(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return obj.tolist()
     return obj
 
 

@@ -26,7 +26,9 @@ def test_mmpareto_no_conflict_oracle():
     assert out[0].tolist() == pytest.approx([2.25, 1.5])
 
 
-def test_mmpareto_step_uses_separate_per_loss_gradients():
+def test_mmpareto_shared_head_variant_uses_separate_per_loss_gradients():
+    """MMPareto-SH (unimodal_heads: false): L_m through the shared head, the head gets the plain
+    gradient of L_mm + sum_m L_m, every encoder the Pareto combination of its two gradients."""
     ds = make_synthetic(n_modalities=3, n_train=16, n_val=4, n_test=4)
     model = build_model(ModelConfig(dim=8, seq_len=2, hidden=16, dropout=0.0, fusion="concat"), ds, 1)
     batch = ds.train.batch(torch.arange(16))
@@ -46,7 +48,7 @@ def test_mmpareto_step_uses_separate_per_loss_gradients():
     captured = {}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     opt.step = lambda: captured.update({p: p.grad.clone() for p in model.parameters()})
-    MMPareto(model, opt, task).train_step(batch)
+    MMPareto(model, opt, task, unimodal_heads=False).train_step(batch)
     for p, g in want.items():
         torch.testing.assert_close(captured[p], g)
 
