@@ -178,3 +178,32 @@ def test_mmpareto_equals_the_reference(run):
         for k, w in want["params"].items():
             close(got[k], w, what=f"step {i}: {k}")
     assert sum(conflicts) == 1 and pareto.actions["conflicts"] == 1
+
+
+def test_lfm_equals_the_reference():
+    """NeurIPS24-LFM ``Crema_epoch.py``: ``getAlpha_Learnable_Fitted`` at six epochs, and
+    ``train_audio_video`` for epochs 0 and 1 of two steps on its model (per-modality classifiers,
+    mmsent's ``late_mean`` head): its classification and alignment losses, the total, and every
+    parameter after each step. The alignment is the reference's ½[KL(r‖p_a) + KL(r‖p_v)]; the
+    textbook JS (``alignment: js``) would differ. The run's clock is the reference's (``span: 200``)."""
+    from mmsent.models.fusions import LateMeanHead
+    from mmsent.strategies.lfm import alpha_cls
+
+    rec = golden("lfm")
+    for t, (a1, a2) in rec["alpha_at"].items():
+        close(alpha_cls(int(t)), a1, what=f"alpha_1({t})")
+        close(1 - alpha_cls(int(t)), a2, rtol=1e-12, atol=1e-15, what=f"alpha_2({t})")
+    inputs = rec["inputs"]
+    data = dataset(inputs)
+    net = model(inputs, LateMeanHead(["audio", "visual"], 6, 1, 3), rec["init"])
+    lfm = STRATEGIES["lfm"](net, sgd(net, rec["settings"]["optimizer"]), Classification(3), span=200)
+    steps = batches(data, inputs["batches"])
+    for epoch, want_epoch in enumerate(rec["epochs"]):
+        lfm.on_epoch_start(epoch, data)
+        for i, (batch, want) in enumerate(zip(steps, want_epoch["steps"])):
+            v = want["values"]
+            logs = lfm.train_step(batch)
+            close(logs["loss"], v["loss_cls"], what=f"epoch {epoch} step {i} L_cls")
+            close(logs["align"], v["loss_alignment"], what=f"epoch {epoch} step {i} L_align")
+            close(logs["alpha_cls"], want_epoch["cls_k"][0], what=f"epoch {epoch} alpha_1")
+            assert_params(net, want["params"], what=f"epoch {epoch} step {i}: ")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsent.strategies import STRATEGIES
-from mmsent.strategies.lfm import alpha_cls, js_divergence
+from mmsent.strategies.lfm import alpha_cls, js_divergence, reference_alignment
 from mmsent.tasks import Classification
 
 from helpers import model64 as _model, step_matches as _step_matches, sgd as _opt
@@ -32,11 +32,36 @@ def test_lfm_js_oracle():
     assert float(got) == pytest.approx(want, rel=1e-6) and want == pytest.approx(0.033822, abs=1e-6)
 
 
+def test_lfm_reference_alignment_oracle():
+    """The reference's term, by hand: p_a = (0.5, 0.5), p_v = (0.75, 0.25), r = (0.625, 0.375);
+    (KL(r||p_a) + KL(r||p_v)) / 2 -- r on the left, unlike the textbook JS above."""
+    pa, pv, r = [0.5, 0.5], [0.75, 0.25], [0.625, 0.375]
+    kl = lambda p: sum(x * math.log(x / y) for x, y in zip(r, p))  # noqa: E731
+    want = (kl(pa) + kl(pv)) / 2
+    got = reference_alignment(torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]))
+    assert float(got) == pytest.approx(want, rel=1e-6) and want == pytest.approx(0.034841, abs=1e-6)
+
+
+def test_lfm_schedule_spans_the_run():
+    """The polynomial's 200 epochs stretched over the run's budget: a 40-epoch run's epoch 20 reads
+    alpha_1(100), its last epoch alpha_1(195); span: 200 keeps the reference's clock."""
+    ds, model = _model(n=2, fusion="late_mean")
+    s = STRATEGIES["lfm"](model, _opt(model), Classification(3), epochs=40)
+    batch = ds.train.batch(torch.arange(12))
+    for epoch, t in ((0, 0), (20, 100), (39, 195)):
+        s.on_epoch_start(epoch, ds)
+        assert s.train_step(batch)["alpha_cls"] == pytest.approx(alpha_cls(t))
+    s = STRATEGIES["lfm"](model, _opt(model), Classification(3), epochs=40, span=200)
+    s.on_epoch_start(20, ds)
+    assert s.train_step(batch)["alpha_cls"] == pytest.approx(alpha_cls(20))
+
+
 def test_lfm_step_is_twice_the_weighted_sum_on_per_modality_classifiers():
     """Model: per-modality linear classifiers, prediction their mean; at epoch 10 the loss is
-    2 (alpha_1 CE(mean_m o_m) + (1 - alpha_1) JS(p_a, p_v)), alpha_1 = 0.248."""
+    2 (alpha_1 CE(mean_m o_m) + (1 - alpha_1) JS(p_a, p_v)), alpha_1 = 0.248 (alignment: js, the
+    textbook option)."""
     ds, model = _model(n=2, fusion="late_mean")
-    s = STRATEGIES["lfm"](model, _opt(model), Classification(3))
+    s = STRATEGIES["lfm"](model, _opt(model), Classification(3), alignment="js")
     s.on_epoch_start(10, ds)
     batch = ds.train.batch(torch.arange(12))
     f = model.encode(batch)
