@@ -207,3 +207,35 @@ def test_lfm_equals_the_reference():
             close(logs["align"], v["loss_alignment"], what=f"epoch {epoch} step {i} L_align")
             close(logs["alpha_cls"], want_epoch["cls_k"][0], what=f"epoch {epoch} alpha_1")
             assert_params(net, want["params"], what=f"epoch {epoch} step {i}: ")
+
+
+def test_amco_equals_the_reference(monkeypatch):
+    """BalanceBenchmark ``AMCoTrainer.train_loop`` on ``BaseClassifierAMCoModel`` (mmsent's
+    ``concat_mix`` head), epochs 0 and 1 of four 2-sample steps: the loss (fused + the masked
+    unimodal terms), the dependence flags after every step and every parameter. Epoch 0 never masks
+    (its progress does not grow); in epoch 1 the mask takes 0, 1, 2 and 3 of the 3 classes.
+    Switched to the reference's behaviour: its class masks come from numpy's RNG; here mmsent's draw
+    (``torch.randperm``) returns the recorded positions first."""
+    from mmsent.models.fusions import ConcatMixHead
+
+    rec = golden("amco")
+    s, inputs = rec["settings"], rec["inputs"]
+    data = dataset(inputs)
+    net = model(inputs, ConcatMixHead(["audio", "visual"], 6, 1, 3), rec["init"])
+    amco = STRATEGIES["amco"](net, sgd(net, s["optimizer"]), Classification(3), sigma=s["sigma"], eps=s["eps"],
+                              modulation_end=s["modulation_ends"])
+    zeros = []
+    real = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda n, *a, **k: torch.tensor(zeros + [i for i in range(n) if i not in zeros])
+                        if n == 3 else real(n, *a, **k))
+    steps = batches(data, inputs["batches"])
+    for epoch, want_steps in enumerate(rec["epochs"]):
+        amco.on_epoch_start(epoch, data)
+        for i, (batch, want) in enumerate(zip(steps, want_steps)):
+            v = want["values"]
+            zeros[:] = [c for c, keep in enumerate(v["mask_t"][0]) if keep == 0]
+            logs = amco.train_step(batch)
+            assert logs["mask_k"] == v["N"]
+            assert set(amco.dependent) == {m for m, d in v["dependent_modality"].items() if d}, (epoch, i)
+            assert_params(net, want["params"], what=f"epoch {epoch} step {i}: ")
+    assert amco.actions["masked_steps"] == 3

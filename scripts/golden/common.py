@@ -221,6 +221,8 @@ def caller():
 def _number(v):
     if isinstance(v, torch.Tensor):
         return v.detach().clone()
+    if isinstance(v, dict):  # a reference may mutate it after the step (AMCo's dependence flags)
+        return {k: _number(x) for k, x in v.items()}
     return v
 
 
@@ -296,3 +298,22 @@ def cpu_only() -> None:
     identity (device placement only; nothing the method computes changes)."""
     torch.Tensor.cuda = lambda self, *a, **k: self
     nn.Module.cuda = lambda self, *a, **k: self
+
+
+BB_STUBS = ("librosa", "cv2", "torchvision", "transformers", "timm", "PIL", "einops", "pandas", "matplotlib",
+            "seaborn", "torchaudio", "h5py", "inquirer", "memory_profiler", "fvcore", "ptflops")
+
+
+def bb_module(root: Path, dotted: str):
+    """A module of BalanceBenchmark's ``balancemm`` package, imported without running the package
+    ``__init__`` files (``balancemm.trainer``'s imports every trainer, some of which do not import at
+    this commit): each package on the way is registered empty, with its folder as its path."""
+    stub_modules(*BB_STUBS)
+    parts = dotted.split(".")
+    for i in range(1, len(parts)):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(root.joinpath(*parts[:i]))]
+            sys.modules[name] = pkg
+    return importlib.import_module(dotted)

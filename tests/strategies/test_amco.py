@@ -29,35 +29,57 @@ def test_amco_dependence_share_oracle():
     assert sh["a"] == pytest.approx(math.e / (math.e + 1)) and sh["v"] == pytest.approx(1 / (math.e + 1))
 
 
-def test_amco_step_masks_the_dependent_modalitys_classes_and_keeps_unimodal_terms():
-    """Epoch 1, third batch (l = 0.2 -> K = floor(3 sin(pi/3)) = 2 of C = 3): the modality found
-    dependent after the previous step has 2 class logits zeroed in the fused sum (same positions for
-    every sample), and the loss is CE(L*(sum mu z)) + sum_m CE(z_m) with z_m = W_m f_m + b/2."""
+def test_amco_step_masks_the_dependent_modalitys_classes_in_its_unimodal_term():
+    """Epoch 1, second batch (l = 0.1 -> K = floor(3 sin(pi/6)) = 1 of C = 3): the modality found
+    dependent after the first step (unmasked logits there, K = 0) has one class logit zeroed, the
+    same position for every sample, in the fused sum AND in its unimodal term (BalanceBenchmark
+    overwrites its unimodal result with the masked one): the loss is
+    CE(L*(sum mu z)) + sum_m CE(mu_m z_m) with z_m = W_m f_m + b/2, and the next dependence test
+    reads the masked logits too."""
     ds, model = _model(n=2, fusion="concat_mix")
     s = STRATEGIES["amco"](model, _opt(model), Classification(3))
     batch = ds.train.batch(torch.arange(12))
     s.on_epoch_start(1, ds)
-    s.train_step(batch)
-    s.train_step(batch)
-    assert s.progress == pytest.approx(0.2)
     head, mods = model.head, model.modalities
-    with torch.no_grad():
+
+    def logits():
         f = model.encode(batch)
-        z = {m: f[m].mean(1) @ w.T + head.net.bias / 2 for m, w in zip(mods, head.net.weight.chunk(2, 1))}
+        return {m: f[m].mean(1) @ w.T + head.net.bias / 2 for m, w in zip(mods, head.net.weight.chunk(2, 1))}
+
+    def shares(z):
         p = torch.cat([z[m] for m in mods], -1).softmax(-1)
-        share = {mods[0]: float(p[:, :3].sum(-1).mean()), mods[1]: float(p[:, 3:].sum(-1).mean())}
-    dependent = [m for m in mods if share[m] > 0.5]
+        return {mods[0]: float(p[:, :3].sum(-1).mean()), mods[1]: float(p[:, 3:].sum(-1).mean())}
+
+    with torch.no_grad():
+        dependent = [m for m, v in shares(logits()).items() if v > 0.5]
+    assert s.train_step(batch)["mask_k"] == 0.0 and s.progress == pytest.approx(0.1)
     assert s.dependent == dependent and dependent
     torch.manual_seed(5)
-    zeroed = torch.randperm(3)[:2]
+    zeroed = torch.randperm(3)[:1]
     mu = torch.ones(3, dtype=torch.float64)
     mu[zeroed] = 0
-    f = model.encode(batch)
-    z = {m: f[m].mean(1) @ w.T + head.net.bias / 2 for m, w in zip(mods, head.net.weight.chunk(2, 1))}
-    fused = head.mix(sum(z[m] * mu if m in dependent else z[m] for m in mods))
-    ref = F.cross_entropy(fused, batch.y.long()) + sum(F.cross_entropy(z[m], batch.y.long()) for m in mods)
+    z = logits()
+    masked = {m: z[m] * mu if m in dependent else z[m] for m in mods}
+    ref = F.cross_entropy(head.mix(sum(masked.values())), batch.y.long()) \
+        + sum(F.cross_entropy(masked[m], batch.y.long()) for m in mods)
     torch.manual_seed(5)
     logs = _step_matches(model, s, batch, ref)
-    assert logs["mask_k"] == 2.0
+    assert logs["mask_k"] == 1.0 and s.actions["masked_steps"] == 1
+    with torch.no_grad():
+        assert s.dependent == [m for m, v in shares({m: v.detach() for m, v in masked.items()}).items() if v > 0.5]
     s.on_epoch_start(2, ds)
     assert s.dependent == [] and s.progress == 0.0
+
+
+def test_amco_after_its_window_trains_the_fused_loss_alone():
+    """Past modulation_end (the reference's epoch 80 of 100, scaled: 8 of a 10-epoch run): no mask,
+    no unimodal terms, the dependence flags left as they were."""
+    ds, model = _model(n=2, fusion="concat_mix")
+    s = STRATEGIES["amco"](model, _opt(model), Classification(3), epochs=10)
+    assert s.modulation_end == 8 and s.schedule == {"modulation_end": 8}
+    batch = ds.train.batch(torch.arange(12))
+    s.on_epoch_start(9, ds)
+    s.dependent = [model.modalities[0]]
+    ref = F.cross_entropy(model.head(model.encode(batch)), batch.y.long())
+    logs = _step_matches(model, s, batch, ref)
+    assert logs["mask_k"] == 0.0 and s.dependent == [model.modalities[0]]
