@@ -108,10 +108,12 @@ class MMTM(nn.Module):
     and a sigmoid gate per stream that rescales its channels; shapes are kept. A zeroed stream
     squeezes to zeros, so a masked pass is defined (shared docs/method.md: zero at the MMTM input).
 
-    For Greedy (Wu et al., ICML 2022) each gate also has a running mean over training steps
-    (buffers ``gate_mean_<m>`` and ``gate_count_<m>``, moved only by ``update_gate_means``), and a
-    gate named in ``frozen`` is replaced by its running mean, broadcast over the batch: the
-    reference's "curation" steps. ``last_gates`` holds the batch-mean gates of the latest forward."""
+    For Greedy (Wu et al., ICML 2022) each gate also has a running mean (buffers ``gate_mean_<m>``
+    and ``gate_count_<m>``): while ``track`` is set (a function giving the global batch mean of a
+    gate, Greedy sets it for its training forwards), every forward moves each mean with its live
+    batch-mean gate, BEFORE a gate named in ``frozen`` is replaced by its running mean, broadcast
+    over the batch (the reference's "curation": its ``MMTM_mitigate.forward`` updates the mean on
+    every forward, then uses it). ``last_gates`` holds the live batch-mean gates of the latest forward."""
 
     def __init__(self, channels: dict[str, int], ratio: int = 4):
         super().__init__()
@@ -123,6 +125,7 @@ class MMTM(nn.Module):
             self.register_buffer(f"gate_mean_{m}", torch.zeros(c))
             self.register_buffer(f"gate_count_{m}", torch.zeros((), dtype=torch.long))
         self.frozen: frozenset[str] = frozenset()
+        self.track = None  # None, or gate batch mean -> the mean to move the running mean with
         self.last_gates: dict[str, Tensor] = {}
 
     def forward(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -131,10 +134,11 @@ class MMTM(nn.Module):
         out, self.last_gates = {}, {}
         for m, gate in self.gates.items():
             g = torch.sigmoid(gate(z))
-            if m in self.frozen:
-                g = getattr(self, f"gate_mean_{m}").expand_as(g)
-            else:
-                self.last_gates[m] = g.detach().mean(0)
+            self.last_gates[m] = g.detach().mean(0)
+            if self.track is not None:
+                self.update_gate_means({m: self.track(self.last_gates[m])})
+            if m in self.frozen:  # a copy: the next forward moves the buffer in place
+                g = getattr(self, f"gate_mean_{m}").clone().expand_as(g)
             out[m] = maps[m] * g.view(*g.shape, *([1] * (maps[m].dim() - 2)))
         return out
 
@@ -187,6 +191,17 @@ class MMTMHead(nn.Module):
         x = self.mmtm[2]({m: per_frame(self.layer4[m], x[m]) for m in self.modalities})
         pooled = [x[m].flatten(2).mean(-1) for m in self.modalities]
         return self.fc(self.drop(torch.cat(pooled, -1)))
+
+    def stream_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each stream's own logits, ``W_m f_m + b/N`` of the classifier's column blocks (they sum
+        to the prediction): Greedy's per-branch outputs on this head (not ``branch_logits``, so the
+        other methods keep the zero-masked branches on it)."""
+        x = self.mmtm[0]({m: feats[m] for m in self.modalities})
+        x = self.mmtm[1]({m: per_frame(self.layer3[m], x[m]) for m in self.modalities})
+        x = self.mmtm[2]({m: per_frame(self.layer4[m], x[m]) for m in self.modalities})
+        blocks = self.fc.weight.chunk(len(self.modalities), dim=1)
+        bias = self.fc.bias / len(self.modalities)
+        return {m: self.drop(x[m].flatten(2).mean(-1)) @ w.T + bias for m, w in zip(self.modalities, blocks)}
 
     def branch_parameters(self, m: str) -> list[tuple[nn.Parameter, tuple | None]]:
         """Stream m's parameters outside the MMTM blocks (Greedy's "main" group; the encoder's are

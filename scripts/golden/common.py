@@ -103,7 +103,9 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def stub_modules(*names: str) -> None:
     """Missing third-party imports become stubs (installed ones are left alone)."""
-    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    for name in [n for n in names if "." in n]:  # a module of a package that does import: that one alone
+        sys.modules.setdefault(name, _Stub(name))
+    missing = [n for n in names if "." not in n and importlib.util.find_spec(n) is None]
     if missing:
         sys.meta_path.insert(0, _StubFinder(missing))
 

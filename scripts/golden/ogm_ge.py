@@ -11,7 +11,7 @@ REPO = "OGM-GE_CVPR2022"
 
 def record(refs):
     root, ref = reference(refs, REPO)
-    stub_modules("librosa", "cv2", "torchvision", "tensorboard", "torch.utils.tensorboard")
+    stub_modules("librosa", "cv2", "torchvision", "tensorboard")
     main = load(root, "main.py", "ogm_main")
     fusion = load(root, "models/fusion_modules.py", "ogm_fusion")
     x, y = data()

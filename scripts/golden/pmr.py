@@ -16,7 +16,7 @@ CLASSES = 6  # the reference's CREMA-D class count (calculate_prototype fixes it
 
 def record(refs):
     root, ref = reference(refs, REPO)
-    stub_modules("librosa", "cv2", "torchvision", "tensorboard", "torch.utils.tensorboard")
+    stub_modules("librosa", "cv2", "torchvision", "tensorboard")
     main = load(root, "main_Prototype_grad.py", "pmr_main")
     fusion = load(root, "models/fusion_modules.py", "pmr_fusion")
     x, y = data(n=24, classes=CLASSES, batch=12)  # two of each class per batch: no sample is its own prototype

@@ -57,7 +57,8 @@ def test_greedy_curates_the_caring_modality_with_its_running_mean_gate():
     """On an MMTM model: epoch < E_0 never curates; a regular step accumulates both speeds and
     updates the running gates; with eps = 0 the next Q steps curate the larger-BDR modality: its
     gates' parameters get no gradient (the running mean replaced them) while every main group
-    still learns, and speeds are not accumulated during curation."""
+    still learns, and speeds are not accumulated during curation. Every training forward moves the
+    running means (curation steps too, as the reference's MMTM_mitigate); evaluation passes do not."""
     ds, model = _model(n=2, fusion="mmtm_seq")
     s = STRATEGIES["greedy"](model, _opt(model, 0.05), Classification(3), eps=0.0, curation_steps=2, start_epoch=1)
     batch = ds.train.batch(torch.arange(12))
@@ -72,7 +73,11 @@ def test_greedy_curates_the_caring_modality_with_its_running_mean_gate():
     speeds = dict(s.speed_main)
     count = int(getattr(model.head.mmtm[0], f"gate_count_{model.modalities[0]}"))
     logs = s.train_step(batch)
-    assert logs["curation"] == 1.0 and s.speed_main == speeds and int(getattr(model.head.mmtm[0], f"gate_count_{model.modalities[0]}")) == count
+    assert logs["curation"] == 1.0 and s.speed_main == speeds and int(getattr(model.head.mmtm[0], f"gate_count_{model.modalities[0]}")) == count + 1
+    with torch.no_grad():
+        s.predict(batch)
+        s.predict(batch, [model.modalities[0]])
+    assert int(getattr(model.head.mmtm[0], f"gate_count_{model.modalities[0]}")) == count + 1
     for block in model.head.mmtm:
         assert all(p.grad is None or p.grad.abs().max() == 0 for p in block.gates[s.care].parameters())
         other = next(m for m in model.modalities if m != s.care)
