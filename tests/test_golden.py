@@ -277,3 +277,41 @@ def test_greedy_equals_the_reference():
                 close(block.gate_mean_audio, v["values"]["running"][f"mmtm{j + 1}"][0], what=f"{what} mmtm{j + 1} running mean")
             assert_params(net, v["params"], what=f"{what}: ")
     assert greedy.actions["curated_steps"] == 5
+
+
+def test_reconboost_equals_the_reference():
+    """ReconBoost ``train.py::main`` (CREMA-D's path) for two stages of one learner epoch and one
+    rectification epoch, on its common-space head (Linear -> ReLU -> Linear(256) -> C) and
+    ensemble scale: after every step the phase's loss, the learner's per-sample weights
+    w1 - w2 q[y] (all w1 - w2 at stage 0, whose ensemble is empty), beta and every parameter. The
+    batches follow the reference's shuffled loader (its order recorded). The reference casts the
+    ensemble output to float32, so its weights carry float32 rounding: tolerance 1e-6."""
+    rec = golden("reconboost")
+    s, inputs = rec["settings"], rec["inputs"]
+    tol = {"rtol": s["rtol"], "atol": 1e-9}
+    data = dataset(inputs)
+    net = model(inputs, SharedHead(["audio", "visual"], 6, 1, 3, hidden=s["hidden"]), rec["init"], skip=("head.beta",))
+    boost = STRATEGIES["reconboost"](net, sgd(net, s["optimizer"]), Classification(3), w1=s["w1"], w2=s["w2"],
+                                     learner_epochs=s["learner_epochs"], rectify_epochs=s["rectify_epochs"])
+    want = iter(rec["steps"])
+    for epoch, order in enumerate(inputs["epoch_orders"]):
+        boost.on_epoch_start(epoch, data)
+        for b in range(2):
+            w = next(want)
+            batch = data.train.batch(torch.tensor(order[4 * b:4 * b + 4]))
+            assert w["phase"] == ("rectify" if boost.rectifying else "learner") and (boost.rectifying or w["learner"] == boost.learner)
+            if w["weights"] is not None:  # the learner's per-sample weights, from mmsent's own rule
+                others = [k for k in boost.added if k != boost.learner]
+                if others:
+                    with torch.no_grad():
+                        ens = net.head.beta * sum(net.head.branch_logits(net.mask_modalities(net.encode(batch), others))[k]
+                                                  for k in others)
+                    got = s["w1"] - s["w2"] * ens.softmax(-1).gather(1, batch.y[:, None]).squeeze(1)
+                    close(got, [s["w1"] - s["w2"] * q for q in w["weights"]], **tol, what=f"epoch {epoch} weights")
+                else:
+                    assert w["weights"] == [1.0] * 4
+            logs = boost.train_step(batch)
+            close(logs["loss"], w["loss"], **tol, what=f"epoch {epoch} batch {b} loss")
+            close(net.head.beta, w["beta"], **tol, what=f"epoch {epoch} batch {b} beta")
+            assert_params(net, w["params"], **tol, what=f"epoch {epoch} batch {b}: ")
+    assert boost.actions["stages"] == 2

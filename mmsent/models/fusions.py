@@ -114,7 +114,9 @@ class SharedHead(Head):
                  ensemble_scale: bool = True):
         super().__init__()
         self.modalities = list(modalities)
-        self.shared = _mlp(dim, hidden, out_dim, dropout)
+        # ReconBoost's "common space" head: Linear -> ReLU -> Linear (models/dynamic_net.py::Head)
+        self.shared = nn.Linear(dim, out_dim) if hidden == 0 else nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
         self.beta = nn.Parameter(torch.ones(()), requires_grad=ensemble_scale)
 
     def branch_logits(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -88,7 +88,7 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.names = set(names)
 
     def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] in self.names:
+        if any(fullname == n or fullname.startswith(n + ".") for n in self.names):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None
 
@@ -103,9 +103,8 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def stub_modules(*names: str) -> None:
     """Missing third-party imports become stubs (installed ones are left alone)."""
-    for name in [n for n in names if "." in n]:  # a module of a package that does import: that one alone
-        sys.modules.setdefault(name, _Stub(name))
-    missing = [n for n in names if "." not in n and importlib.util.find_spec(n) is None]
+    # a dotted name (a module of a package that does import) is stubbed whatever is installed
+    missing = [n for n in names if "." in n or importlib.util.find_spec(n) is None]
     if missing:
         sys.meta_path.insert(0, _StubFinder(missing))
 

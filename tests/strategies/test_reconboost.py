@@ -30,19 +30,21 @@ def test_reconboost_per_sample_weight_and_loss_oracle():
 
 @pytest.mark.parametrize("task_name", ["classification", "regression"])
 def test_reconboost_learner_phase_trains_one_learner_on_the_reweighted_loss(task_name):
-    """Phase 1 of stage 0 (learner = the first modality): the gradient equals autograd of
-    mean_i (w1 - w2 q_i[y]) l(H(f_m), y_i) / C with q from beta * sum of the other learners
-    (no gradient); the other encoders and beta get none."""
+    """Phase 1 of stage 1 (E1 = E2 = 1, learner = the second modality; the ensemble holds the first
+    modality's learner only, the third has had no stage): the gradient equals autograd of
+    mean_i (w1 - w2 q_i[y]) l(H(f_m), y_i) / C with q from beta * H(f_first) (no gradient); the
+    other encoders and beta get none."""
     ds, model = _model(n=3, task_name=task_name, fusion="shared")
     task = Classification(3) if task_name == "classification" else Regression()
-    s = STRATEGIES["reconboost"](model, _opt(model), task, w1=5.0, w2=1.0)
-    s.on_epoch_start(0, ds)
+    s = STRATEGIES["reconboost"](model, _opt(model), task, w1=5.0, w2=1.0, learner_epochs=1, rectify_epochs=1)
+    s.on_epoch_start(2, ds)
     batch = ds.train.batch(torch.arange(12))
-    m, others = model.modalities[0], model.modalities[1:]
+    first, m, third = model.modalities
+    assert s.learner == m and s.added == [first]
     f = model.encode(batch)
     H, beta = model.head.shared, model.head.beta
     with torch.no_grad():
-        ens = beta * sum(H(f[k].mean(1)) for k in others)
+        ens = beta * H(f[first].mean(1))
     fm = H(f[m].mean(1))
     if task_name == "classification":
         q = ens.softmax(-1).gather(1, batch.y.long()[:, None]).squeeze(1)
@@ -51,7 +53,30 @@ def test_reconboost_learner_phase_trains_one_learner_on_the_reweighted_loss(task
         c = torch.exp(-(ens.reshape(-1) - batch.y).abs())
         ref = ((5 - c) * (fm.reshape(-1) - batch.y).abs()).mean()
     _step_matches(model, s, batch, ref)
-    assert beta.grad is None and all(p.grad is None for k in others for p in model.encoders[k].parameters())
+    assert beta.grad is None and all(p.grad is None for k in (first, third) for p in model.encoders[k].parameters())
+
+
+def test_reconboost_stage_zero_has_no_ensemble_yet():
+    """Stage 0, before any learner is trained (the reference's placeholder ensemble gives q[y] = 1):
+    the first learner's loss is the uniformly weighted (w1 - w2) CE / C; the rectification that
+    follows trains only that learner, H and beta on CE(beta H(f_first)); until the second stage adds
+    its learner, the model predicts from the first learner alone."""
+    ds, model = _model(n=2, fusion="shared")
+    s = STRATEGIES["reconboost"](model, _opt(model), Classification(3), w1=5.0, w2=1.0, learner_epochs=1,
+                                 rectify_epochs=1)
+    batch = ds.train.batch(torch.arange(8))
+    first, second = model.modalities
+    H, beta = model.head.shared, model.head.beta
+    s.on_epoch_start(0, ds)
+    assert s.added == [] and s.learner == first
+    ref = 4.0 * F.cross_entropy(H(model.encode(batch)[first].mean(1)), batch.y.long()) / 3
+    _step_matches(model, s, batch, ref)
+    s.on_epoch_start(1, ds)
+    assert s.added == [first]
+    ref = F.cross_entropy(beta * H(model.encode(batch)[first].mean(1)), batch.y.long())
+    _step_matches(model, s, batch, ref)
+    assert beta.grad is not None and all(p.grad is None for p in model.encoders[second].parameters())
+    torch.testing.assert_close(s.predict(batch), beta.detach() * H(model.encode(batch)[first].mean(1)).detach())
 
 
 def test_reconboost_stage_schedule_and_fresh_optimizer_per_phase():
@@ -74,10 +99,11 @@ def test_reconboost_stage_schedule_and_fresh_optimizer_per_phase():
 
 
 def test_reconboost_rectification_trains_everything_on_the_ensemble():
-    """Phase 2: CE(y, beta * sum_m H(f_m)) over every encoder, H and beta."""
+    """Phase 2 once every modality has had a stage: CE(y, beta * sum_m H(f_m)) over every encoder,
+    H and beta."""
     ds, model = _model(n=2, fusion="shared")
     s = STRATEGIES["reconboost"](model, _opt(model), Classification(3), learner_epochs=1, rectify_epochs=1)
-    s.on_epoch_start(1, ds)
+    s.on_epoch_start(3, ds)
     batch = ds.train.batch(torch.arange(8))
     f = model.encode(batch)
     H = model.head.shared
