@@ -315,3 +315,33 @@ def test_reconboost_equals_the_reference():
             close(net.head.beta, w["beta"], **tol, what=f"epoch {epoch} batch {b} beta")
             assert_params(net, w["params"], **tol, what=f"epoch {epoch} batch {b}: ")
     assert boost.actions["stages"] == 2
+
+
+def test_gblending_estimate_equals_the_reference():
+    """MultiBench ``gb_estimate`` (``delta = True``: w = |dG / dO^2|) from one checkpoint: every
+    branch's per-sample mean train and validation losses before and after its temporary copy
+    trained two epochs, and the normalised weights. MultiBench's unimodal copies are an encoder and
+    its own classifier started at the concat head's block and full bias, which is mmsent's
+    zero-masked branch; every branch generalises here, where MultiBench's abs() and mmsent's
+    max(dG, 0) agree. mmsent holds a split's predictions in float32 (``branch_predictions``), so
+    the losses agree to float32 precision: tolerance 1e-6."""
+    from mmsent.strategies.gblending import MULTI
+
+    rec = golden("gblending")
+    s, inputs = rec["settings"], rec["inputs"]
+    data = dataset(inputs, train=torch.arange(*inputs["train"]), val=torch.arange(*inputs["val"]))
+    net = model(inputs, ConcatHead(["audio", "visual"], 6, 1, 3, hidden=0), rec["init"])
+    gb = STRATEGIES["gblending"](net, sgd(net, s["optimizer"]), Classification(3), super_epoch=s["gb_epoch"],
+                                 batch_size=len(data.train))
+    measured = []
+    real = gb.branch_losses
+    gb.branch_losses = lambda split, strategy=None: measured.append(real(split, strategy)) or measured[-1]
+    gb.on_epoch_start(0, data)
+    before_train, before_val, *after = measured  # then each branch's copy, in mmsent's order
+    for i, key in enumerate(gb.weights):
+        k = "multi" if key == MULTI else key
+        want = rec["losses"][k]
+        close([before_train[key], before_val[key]], want["before"], rtol=1e-6, what=f"{k} losses before")
+        close([after[2 * i][key], after[2 * i + 1][key]], want["after"], rtol=1e-6, what=f"{k} losses after its copy trained")
+        close(gb.weights[key], rec["weights"][k], rtol=1e-4, what=f"{k} weight")
+    assert gb.actions["estimates"] == 1

@@ -211,6 +211,21 @@ class Strategy:
             branches = self.branches({m: f.detach() for m, f in feats.items()})
         return {m: self.dist.sum(float(self.task.score(p, y).sum())) for m, p in branches.items()}
 
+    def copy_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """An optimizer for ``model``, a copy of this strategy's model, built from the run's
+        parameter groups AS THEY STAND (each copied parameter in its original's group, with that
+        group's current learning rate, weight decay and momentum): after a step schedule, or with
+        BERT's own learning rate, a copy trains at the rate the model trains at now, not at the
+        optimizer's construction defaults. Its state (momentum) starts empty."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        theirs = dict(model.named_parameters())
+        groups = []
+        for g in self.optimizer.param_groups:
+            params = [theirs[names[id(p)]] for p in g["params"] if id(p) in names]
+            if params:
+                groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": params})
+        return type(self.optimizer)(groups, **self.optimizer.defaults)
+
     def train_copy(self, trainer: "Strategy", data: Dataset, epochs: int, after_epoch=None) -> None:
         """Train ``trainer`` (a strategy over a COPY of the model, built with ``self.loop()``: UMT's
         teachers, G-Blending's estimates) for ``epochs`` epochs on the training split in the run's batch size. Its shuffling

@@ -78,7 +78,7 @@ class UMT(Strategy):
         """Stage 1 for modality m: its unimodal model, the lowest-validation-loss epoch kept."""
         uni = copy.deepcopy(self.model)
         # the unimodal-only strategy's own step (and its all-reduce under torchrun) trains the teacher
-        trainer = OneModality(uni, type(self.optimizer)(uni.parameters(), **self.optimizer.defaults), self.task,
+        trainer = OneModality(uni, self.copy_optimizer(uni), self.task,
                               grad_clip=self.grad_clip, modality=m, **self.loop())
         best: dict = {"loss": math.inf, "weights": None}
 

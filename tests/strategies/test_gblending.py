@@ -76,3 +76,31 @@ def test_gblending_estimates_weights_on_temporary_copies():
     for epoch in range(5):
         off.on_epoch_start(epoch, ds)
     assert calls[2:] == [("offline", 0)]
+
+
+def test_gblending_copies_train_at_the_live_learning_rate():
+    """The copies' optimizer mirrors the run's parameter groups as they stand at the estimate: after
+    a step schedule (lr x 0.1) and with a second group at its own rate (BERT's), each copied
+    parameter sits in its original's group with that group's current lr, momentum and weight decay
+    (it was one group at the constructor's lr); its momentum starts empty."""
+    ds = make_synthetic(n_modalities=2, n_train=16, n_val=8, n_test=4, task="classification", num_classes=3)
+    model = build_model(ModelConfig(dim=4, seq_len=1, hidden=8, dropout=0.0), ds, 3)
+    enc = [p for e in model.encoders.values() for p in e.parameters()]
+    head = list(model.head.parameters())
+    opt = torch.optim.SGD([{"params": head, "lr": 0.1}, {"params": enc, "lr": 0.01}], lr=0.1, momentum=0.9,
+                          weight_decay=1e-4)
+    s = STRATEGIES["gblending"](model, opt, Classification(3), super_epoch=1, batch_size=8)
+    s.train_step(ds.train.batch(torch.arange(8)))  # some momentum in the run's optimizer
+    for g in opt.param_groups:  # what set_epoch_lr does at a step of the schedule
+        g["lr"] *= 0.1
+    seen = []
+    s.train_copy = lambda trainer, data, epochs, after_epoch=None: seen.append(trainer)
+    s.on_epoch_start(0, ds)
+    assert len(seen) == 3
+    for trainer in seen:
+        groups = trainer.optimizer.param_groups
+        assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.001])
+        assert all(g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in groups)
+        copy_names = {id(p): n for n, p in trainer.model.named_parameters()}
+        assert [copy_names[id(p)] for p in groups[1]["params"]] == [n for n, _ in model.encoders.named_parameters(prefix="encoders")]
+        assert not trainer.optimizer.state
