@@ -345,3 +345,87 @@ def test_gblending_estimate_equals_the_reference():
         close([after[2 * i][key], after[2 * i + 1][key]], want["after"], rtol=1e-6, what=f"{k} losses after its copy trained")
         close(gb.weights[key], rec["weights"][k], rtol=1e-4, what=f"{k} weight")
     assert gb.actions["estimates"] == 1
+
+
+def _opm_reference_bug(net, batch, q_base, lam):
+    """The gradient the reference's ``custom_autograd`` leaks: its backward returns ``theta`` itself
+    as theta's gradient, and theta = sum_m d_m q_m / sum_m d_m is built from scores whose features
+    are not detached, so every encoder also receives theta * d theta / d params (a bug: the scaling
+    should carry no gradient to theta). mmsent does not reproduce it; the test adds it to compare
+    everything else."""
+    f = net.encode(batch)
+    W, b = net.head.net.weight.detach(), net.head.net.bias.detach()
+    t = {m: f[m].mean(1) @ w.T + b / 2 for m, w in zip(("audio", "visual"), W.chunk(2, 1))}
+    perf = {m: v.softmax(-1).gather(1, batch.y[:, None]).sum() for m, v in t.items()}
+    ratio = [torch.tanh(torch.relu(perf["audio"] / perf["visual"] - 1)), torch.tanh(torch.relu(perf["visual"] / perf["audio"] - 1))]
+    q = torch.stack([q_base * (1 + lam * r) if r > 0 else r.new_zeros(()) for r in ratio]).clamp(0, 1)
+    theta = q.mean()  # equal widths: sum d_m q_m / sum d_m
+    params = [p for e in net.encoders.values() for p in e.parameters()]
+    grads = torch.autograd.grad(theta, params, allow_unused=True)
+    return {p: theta.detach() * g for p, g in zip(params, grads) if g is not None}
+
+
+def test_opm_equals_the_reference():
+    """BML_TPAMI2024 ``code/main.py::train`` with ``Classifier`` (``--use_adam_drop --q_base 0.5
+    --lam 0.5 --p_exe 0.7``): epoch 5 is plain (the warm-up, epochs 0-5), epoch 6 modulates. Every
+    step's loss, scores (from ``W_m f_m + b/2``), drop probabilities, and every parameter after
+    each epoch. Switched to the reference's behaviour: its draws (numpy's gate, torch's Bernoulli
+    keep masks) are replayed through mmsent's (``torch.rand`` for the gate, ``dist.rand`` per
+    modality), and the gradient its ``custom_autograd`` leaks into the encoders (a bug mmsent does
+    not reproduce, ``_opm_reference_bug``) is added before each modulated step; without it the
+    encoders differ after the first modulated step, with it every parameter agrees."""
+    rec = golden("opm")
+    s, inputs = rec["settings"], rec["inputs"]
+    data = dataset(inputs)
+    for add_bug in (True, False):
+        net = model(inputs, ConcatHead(["audio", "visual"], 512, 1, 3, hidden=0), rec["init"],
+                    encoder=lambda d: Conv1x1(d, 512))
+        net.feature_shapes = {m: (1, 512) for m in net.encoders}
+        opm = STRATEGIES["opm"](net, sgd(net, s["optimizer"]), Classification(3), q_base=s["q_base"], lam=s["lam"],
+                                p_exe=s["p_exe"])
+        assert opm.warmup == s["warmup"]  # outside a run's loop the reference's 5, unscaled
+        gates = iter(g[0] for g in rec["draws"]["gate"])
+        masks = iter(rec["draws"]["mask"])
+        replay, leak = {}, {}
+        opm.dist.rand = lambda n, *shape: torch.tensor(replay["mask"].pop(0), dtype=torch.float64)
+        step = opm.optimizer.step
+
+        def stepped(step=step, leak=leak):
+            for p, g in leak.items():
+                p.grad = p.grad + g
+            step()
+
+        opm.optimizer.step = stepped
+        steps = batches(data, inputs["batches"])
+        want = iter(rec["steps"])
+        real_rand = torch.rand
+        try:
+            for epoch_rec in rec["epochs"]:
+                epoch = epoch_rec["epoch"]
+                opm.on_epoch_start(epoch, data)
+                for i, batch in enumerate(steps):
+                    w = next(want)
+                    leak.clear()
+                    if epoch > s["warmup"]:  # the reference executes when its draw >= 1 - p_exe; mmsent when rand < p_exe
+                        execute = next(gates) >= 1 - s["p_exe"]
+                        torch.rand = lambda *a, execute=execute, **k: torch.tensor(0.0 if execute else 1.0)
+                        replay["mask"] = list(next(masks)) if execute else [[1.0] * len(batch)] * 2
+                        if add_bug:
+                            leak.update(_opm_reference_bug(net, batch, s["q_base"], s["lam"]))
+                    logs = opm.train_step(batch)
+                    torch.rand = real_rand
+                    if not add_bug and epoch > s["warmup"]:
+                        continue
+                    close(logs["loss"], w["loss"], what=f"epoch {epoch} step {i} loss")
+                    if w["q"] is not None:
+                        close([logs["drop_p_audio"], logs["drop_p_visual"]], w["q"], what=f"epoch {epoch} step {i} q")
+                if add_bug or epoch <= s["warmup"]:
+                    assert_params(net, epoch_rec["params"], what=f"after epoch {epoch}: ")
+                else:
+                    named = dict(net.named_parameters())
+                    assert not torch.allclose(named["encoders.audio.conv.weight"].detach(),
+                                              torch.tensor(epoch_rec["params"]["encoders.audio.conv.weight"], dtype=torch.float64),
+                                              rtol=1e-9, atol=1e-12)
+        finally:
+            torch.rand = real_rand
+        assert opm.actions["modulated_steps"] == 2 and opm.actions["dropped"] == 8

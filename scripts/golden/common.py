@@ -288,10 +288,16 @@ class Conv1x1Maps(Conv1x1):
 
 
 class Quiet:
-    """A logger / summary writer that records nothing."""
+    """A logger / summary writer / progress bar that records nothing."""
 
     def __getattr__(self, key):
         return lambda *a, **k: None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def cpu_only() -> None:
@@ -318,3 +324,18 @@ def bb_module(root: Path, dotted: str):
             pkg.__path__ = [str(root.joinpath(*parts[:i]))]
             sys.modules[name] = pkg
     return importlib.import_module(dotted)
+
+
+def load_fixed(root: Path, relpath: str, name: str, line: int, bad: str, good: str):
+    """``load`` for a file that does not compile at its commit: line ``line`` must read ``bad``
+    exactly and becomes ``good`` -- a syntax slip, never the method's logic. The recording says so."""
+    file = root / relpath
+    lines = file.read_text().splitlines(keepends=True)
+    if lines[line - 1].rstrip("\n") != bad:
+        raise SystemExit(f"{file}:{line} is not the expected line {bad!r}; the recording needs the pinned commit")
+    lines[line - 1] = good + "\n"
+    module = types.ModuleType(name)
+    module.__file__ = str(file)
+    sys.modules[name] = module
+    exec(compile("".join(lines), str(file), "exec"), module.__dict__)
+    return module
