@@ -380,7 +380,6 @@ def test_opm_equals_the_reference():
     for add_bug in (True, False):
         net = model(inputs, ConcatHead(["audio", "visual"], 512, 1, 3, hidden=0), rec["init"],
                     encoder=lambda d: Conv1x1(d, 512))
-        net.feature_shapes = {m: (1, 512) for m in net.encoders}
         opm = STRATEGIES["opm"](net, sgd(net, s["optimizer"]), Classification(3), q_base=s["q_base"], lam=s["lam"],
                                 p_exe=s["p_exe"])
         assert opm.warmup == s["warmup"]  # outside a run's loop the reference's 5, unscaled
@@ -429,3 +428,21 @@ def test_opm_equals_the_reference():
         finally:
             torch.rand = real_rand
         assert opm.actions["modulated_steps"] == 2 and opm.actions["dropped"] == 8
+
+
+def test_mmcosine_equals_the_reference():
+    """MMCosine_ICASSP23 ``main_CD.py::train_epoch`` (``--mmcosine``, scaling 10, the InfoNCE term
+    at weight 0): the loss, the unimodal cosine losses, and every parameter after each of two
+    steps (the unused bias of the fusion layer stays put in both)."""
+    rec = golden("mmcosine")
+    s, inputs = rec["settings"], rec["inputs"]
+    data = dataset(inputs)
+    net = model(inputs, ConcatHead(["audio", "visual"], 512, 1, 3, hidden=0), rec["init"], encoder=lambda d: Conv1x1(d, 512))
+    cos = STRATEGIES["mmcosine"](net, sgd(net, s["optimizer"]), Classification(3), scaling=s["scaling"])
+    for i, (batch, want) in enumerate(zip(batches(data, inputs["batches"]), rec["steps"])):
+        with torch.no_grad():  # the branches' losses before the step, as the reference logs them
+            branch = {m: torch.nn.functional.cross_entropy(cos.predict(batch, [m]), batch.y) for m in ("audio", "visual")}
+        logs = cos.train_step(batch)
+        close(logs["loss"], want["values"]["loss"], what=f"step {i} loss")
+        close([branch["audio"], branch["visual"]], [want["values"]["loss_a"], want["values"]["loss_v"]], what=f"step {i} branch losses")
+        assert_params(net, want["params"], what=f"step {i}: ")

@@ -52,7 +52,9 @@ def model(rec_inputs: dict, head: nn.Module, init: dict, encoder=Conv1x1, skip=(
     with torch.no_grad():
         for k, v in init.items():
             named[k].copy_(tensor(v))
-    built.feature_shapes = {m: (1, WIDTH) for m in dims}
+    with torch.no_grad():  # each encoder's output shape (zero-filling a modality a pass leaves out)
+        built.feature_shapes = {m: tuple(e(torch.zeros(1, dims[m], dtype=torch.float64)).shape[1:])
+                                for m, e in built.encoders.items()}
     return built
 
 
