@@ -446,3 +446,25 @@ def test_mmcosine_equals_the_reference():
         close(logs["loss"], want["values"]["loss"], what=f"step {i} loss")
         close([branch["audio"], branch["visual"]], [want["values"]["loss_a"], want["values"]["loss_v"]], what=f"step {i} branch losses")
         assert_params(net, want["params"], what=f"step {i}: ")
+
+
+def test_cml_equals_the_reference():
+    """CML ``miwae/train.py``'s stage-2 batch loop (run from the file as written): per sample a
+    random chain (full, then one modality removed), the chain's mean CE, the two hinge terms summed
+    over samples at beta / 100, and every parameter after each of two steps. Switched to the
+    reference's behaviour: its chains (Python's ``random.shuffle`` per sample) are replayed through
+    mmsent's draws (``dist.rand``: the modality removed first gets the smaller draw); its mean
+    imputation is at a zero mean with bias-free encoders, i.e. mmsent's zeroed features."""
+    rec = golden("cml")
+    s, inputs = rec["settings"], rec["inputs"]
+    data = dataset(inputs)
+    net = model(inputs, ConcatHead(["audio", "visual"], 6, 1, 3, hidden=0), rec["init"],
+                encoder=lambda d: Conv1x1(d, bias=False))
+    cml = STRATEGIES["cml"](net, sgd(net, s["optimizer"]), Classification(3), beta=float(s["beta"]), eps=s["epsilon"])
+    for i, (batch, chain, want) in enumerate(zip(batches(data, inputs["batches"]), rec["audio_removed_first"], rec["steps"])):
+        first = torch.tensor(chain[0], dtype=torch.float64)
+        cml.dist.rand = lambda n, k, first=first: torch.stack([1 - first, first], 1)
+        logs = cml.train_step(batch)
+        close(logs["loss"], want["values"]["cls_loss"], what=f"step {i} chain CE")
+        close(logs["cml"], want["values"]["rank_loss"], what=f"step {i} ranking term")
+        assert_params(net, want["params"], what=f"step {i}: ")
