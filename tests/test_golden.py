@@ -515,3 +515,19 @@ def test_dnr_equals_the_reference():
           what="strengths")
     assert_params(net, rec["after"], what="after the re-initialisation: ")
     assert dnr.actions["reinits"] == 1
+
+
+def test_mbsd_equals_the_reference():
+    """BalanceBenchmark ``MBSDTrainer.train_loop`` on its ``BaseClassifierModel`` (concat head,
+    unimodal logits ``W_m f_m + b/2``), two steps: the total loss (fused CE + both unimodal CEs +
+    the confidence-gap-weighted RS and KL terms, gradients through the weights) and every parameter
+    after each step, with mmsent's ``kl: code`` (BalanceBenchmark's ``F.kl_div`` on probabilities)."""
+    rec = golden("mbsd")
+    s, inputs = rec["settings"], rec["inputs"]
+    data = dataset(inputs)
+    net = model(inputs, ConcatHead(["audio", "visual"], 6, 1, 3, hidden=0), rec["init"])
+    mbsd = STRATEGIES["mbsd"](net, sgd(net, s["optimizer"]), Classification(3), kl="code")
+    for i, (batch, want) in enumerate(zip(batches(data, inputs["batches"]), rec["steps"])):
+        logs = mbsd.train_step(batch)
+        close(logs["loss"] + logs["unimodal"] + logs["rs"] + logs["kl"], want["loss"], what=f"step {i} total loss")
+        assert_params(net, want["params"], what=f"step {i}: ")

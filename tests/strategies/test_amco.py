@@ -72,10 +72,11 @@ def test_amco_step_masks_the_dependent_modalitys_classes_in_its_unimodal_term():
 
 
 def test_amco_after_its_window_trains_the_fused_loss_alone():
-    """Past modulation_end (the reference's epoch 80 of 100, scaled: 8 of a 10-epoch run): no mask,
-    no unimodal terms, the dependence flags left as they were."""
+    """Past modulation_end (set: 8): no mask, no unimodal terms, the dependence flags left as they
+    were. Left at None the window is BalanceBenchmark's 80 of its 30 epochs scaled, past any run's end."""
     ds, model = _model(n=2, fusion="concat_mix")
-    s = STRATEGIES["amco"](model, _opt(model), Classification(3), epochs=10)
+    assert STRATEGIES["amco"](model, _opt(model), Classification(3), epochs=10).modulation_end == 27
+    s = STRATEGIES["amco"](model, _opt(model), Classification(3), epochs=10, modulation_end=8)
     assert s.modulation_end == 8 and s.schedule == {"modulation_end": 8}
     batch = ds.train.batch(torch.arange(12))
     s.on_epoch_start(9, ds)
