@@ -60,9 +60,10 @@ class UMT(Strategy):
     label = "UMT"  # its row in `cli.py table`
     method = "UMT (ICML 2023), BalanceBenchmark's"
     summary = "N unimodal teachers (validation-selected), L + 10 Σ_m MSE(φ_m, φ_m^T)"
-    checked = "`test_umt_teachers_are_trained_frozen_and_pull_the_encoders`"
+    checked = "`test_golden.py::test_umt_equals_the_reference`, `test_umt_teachers_are_trained_frozen_and_pull_the_encoders`"
     dist_test = {"teacher_epochs": 2}  # its between-epoch machinery acts within two epochs
     Settings = UMTSettings
+    counts = ("teachers",)
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
@@ -73,6 +74,7 @@ class UMT(Strategy):
         super().on_epoch_start(epoch, data)
         if not self.teachers:
             self.teachers = {m: self._train_teacher(m, data) for m in self.model.modalities}
+            self.act("teachers", len(self.teachers))
 
     def _train_teacher(self, m: str, data) -> torch.nn.Module:
         """Stage 1 for modality m: its unimodal model, the lowest-validation-loss epoch kept."""
