@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-METHODS = ["ogm_ge", "pmr", "agm", "mla", "mmpareto", "lfm", "amco", "greedy", "reconboost", "gblending", "opm", "mmcosine", "cml", "valuation", "dnr", "mbsd", "umt"]
+METHODS = ["ogm_ge", "pmr", "agm", "mla", "mmpareto", "lfm", "amco", "greedy", "reconboost", "gblending", "opm", "mmcosine", "cml", "valuation", "dnr", "mbsd", "umt", "dgl"]
 
 
 def one(method: str, refs: Path, out: Path) -> None:
