@@ -285,10 +285,14 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
                 continue
             cells.append(cell(metric, *summary[branch][metric]))
         cells.append(cell(metric, *summarize(results[method], "val")["multi"][metric]))  # what selection sees
+        idle = sum(bool(r.get("never_acted")) for r in results[method])
+        if idle:  # the method never acted before the selected epoch in these seeds: the row is vanilla there
+            cells[list(columns).index("multi")] += f" (never acted: {idle}/{len(run_dirs)} seeds)"
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
         probes = summarize_probes(results[method])
         for branch, metrics in [*summary.items(), *((f"probe:{m}", v) for m, v in probes.items())]:
             rows.append({"method": method, "branch": branch, "seeds": len(run_dirs),
+                         **({"never_acted_seeds": idle} if branch == "multi" else {}),
                          **{f"{k}_{s}": v for k, (mean, std) in metrics.items() for s, v in (("mean", mean), ("std", std))}})
     refs = {**({BASELINE: dirs[BASELINE]} if BASELINE in dirs else {}), **(references or {})}
     for ref, ref_dirs in refs.items():

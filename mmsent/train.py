@@ -215,7 +215,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         print(f"note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins "
                       f"the batch before it ({cfg.data.batch_size + 1} samples)", file=sys.stderr)
     strategy = build_strategy(cfg, model, optimizer, task, dist=ddp, batch_size=cfg.data.batch_size, min_batch=min_batch,
-                              steps_per_epoch=dataset.train.n_batches(cfg.data.batch_size, min_batch))
+                              steps_per_epoch=dataset.train.n_batches(cfg.data.batch_size, min_batch),
+                              epochs=cfg.train.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
 
     trackers = [n.strip() for n in cfg.train.log.split(",")]
@@ -226,7 +227,8 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         RunFolder.check(run, resume)
         return {"dry_run": True, "run_dir": str(run), "config": cfg.to_dict(), "data": data_signature(dataset),
                 "sizes": {s: len(getattr(dataset, s)) for s in ("train", "val", "test")},
-                "parameters": sum(p.numel() for p in model.parameters()), "steps_per_epoch": strategy.steps_per_epoch}
+                "parameters": sum(p.numel() for p in model.parameters()), "steps_per_epoch": strategy.steps_per_epoch,
+                "schedule": strategy.schedule}
     state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
     folder: list[RunFolder] = []  # rank 0's handle (the lock); other ranks never write
     track: list[Trackers] = []
@@ -353,6 +355,8 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             val = evaluate(strategy, dataset.val, task, cfg.data.batch_size, device, cfg.train.amp)
             record = {"epoch": epoch, "train": {k: v / len(dataset.train) for k, v in sums.items()}, "val": val,
                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            if strategy.counts:  # what the method has done so far (cumulative): a method that never acts is seen
+                record["actions"] = dict(strategy.actions)
             if cfg.train.grad_probe:
                 record["grad_norm"] = gradient_probe(model, log_batch, task)
                 record["diag"] = diagnostics(model, log_batch, task)
@@ -361,7 +365,7 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             # the log line, last.pt -- a failure between leaves last.pt of the epoch before, which
             # --resume continues from (it cuts the log back and redoes this epoch, best.pt included).
             if score < state["best_score"]:
-                state.update(best_epoch=epoch, best_score=score, best_val=val)
+                state.update(best_epoch=epoch, best_score=score, best_val=val, best_actions=dict(strategy.actions))
                 if ddp.is_main:
                     save_torch(run / "best.pt", {"model": model.state_dict(), "epoch": epoch})
             state["epoch"] = epoch
@@ -397,7 +401,16 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
                "epochs_run": state["epoch"] + 1, "config": cfg.to_dict(),
                # every setting the strategy ran with, its code defaults included (config.json holds
                # only what was given): `cli.py table` tells from it that a default has changed since
-               "strategy_settings": asdict(cfg.strategy.settings)}
+               "strategy_settings": asdict(cfg.strategy.settings), "schedule": strategy.schedule}
+    if strategy.counts:  # the method's actions up to the selected epoch's end, and over the whole run
+        acted = state.get("best_actions") or dict.fromkeys(strategy.counts, 0)
+        results["actions"] = {"selected_epoch": acted, "run": dict(strategy.actions)}
+        results["never_acted"] = not any(acted.values())
+        if results["never_acted"] and ddp.is_main:
+            print(f"note: {cfg.strategy.name} never acted before the selected epoch {state['best_epoch']} "
+                  f"({', '.join(acted)}: 0), so the selected model is plain joint training"
+                  + (f"; its schedule here: {', '.join(f'{k} {v}' for k, v in strategy.schedule.items())}"
+                     if strategy.schedule else ""), file=sys.stderr)
     if cfg.train.probe and ddp.is_main:  # the selected epoch's encoders, frozen, each with a linear probe
         t0 = time.perf_counter()
         results["probe"] = probe_encoders(model, dataset, task, cfg.data.batch_size)

@@ -32,14 +32,28 @@ def _cfg(tmp_path, name, epochs, out):
                               "model.seq_len=2", f"out={tmp_path / out}", *args])
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(last: int):
+    def on_epoch(epoch, val):
+        if epoch == last:
+            raise _Stop
+    return on_epoch
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_resume_equals_an_uninterrupted_run(tmp_path, name):
-    """3 + 2 epochs == 5 epochs, bit for bit on CPU: emptying a strategy's load_state_dict (G-Blending's
-    weights, PMR's prototypes, AGM's running means, MLA's projector, D&R's count) breaks it."""
+    """A 5-epoch run stopped after epoch 2 and resumed == 5 epochs straight, bit for bit on CPU:
+    emptying a strategy's load_state_dict (G-Blending's weights, PMR's prototypes, AGM's running
+    means, MLA's projector, D&R's count, the counted actions) breaks it."""
     ds = make_synthetic(n_modalities=3, n_train=48, n_val=16, n_test=16)
     straight = fit(_cfg(tmp_path, name, 5, "a"), quiet=True, dataset=ds)
-    fit(_cfg(tmp_path, name, 3, "b"), quiet=True, dataset=ds)
+    with pytest.raises(_Stop):
+        fit(_cfg(tmp_path, name, 5, "b"), quiet=True, dataset=ds, on_epoch=_stop_after(2))
     resumed = fit(_cfg(tmp_path, name, 5, "b"), quiet=True, dataset=ds, resume=True)
+    assert resumed.get("actions") == straight.get("actions") and resumed.get("schedule") == straight.get("schedule")
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
     last = [torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("a", "b")]
     for k, v in last[0]["model"].items():
@@ -64,9 +78,12 @@ def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
         for m in feats:
             masked = {k: f if k == m else torch.zeros_like(f) for k, f in feats.items()}
             torch.testing.assert_close(preds[m], head(masked), rtol=1e-6, atol=1e-6)
-        # MLA averages the branches (ReconBoost's shared head is itself the ensemble beta * sum_m H(f_m))
+        # MLA averages the branches; ReconBoost's shared head is itself the ensemble beta * sum_m H(f_m)
+        # over the learners added so far (before the first stage ends: the first learner alone)
+        added = (strategy.added or [strategy.learner]) if name == "reconboost" else list(feats)
         multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
-                 else head(zero_others(feats, "audio")) if name == "unimodal" else head(feats))
+                 else head(zero_others(feats, "audio")) if name == "unimodal"
+                 else head({k: f if k in added else torch.zeros_like(f) for k, f in feats.items()}))
         torch.testing.assert_close(preds["multi"], multi, rtol=1e-6, atol=1e-6)
 
 

@@ -127,17 +127,22 @@ class SharedHead(Head):
         return self.beta * sum(self.branch_logits(feats).values())
 
 
+@dataclass(frozen=True)
+class MMTMSeqSettings(MMTMSettings):
+    ratio: int = 4  # MMTM squeeze ratio: Greedy's model (greedy_multimodal_learning src/model.py: MMTM(C, C, 4))
+
+
 class MMTMSeqHead(Head):
     """The MMTM network's shape (Joze et al., CVPR 2020; Greedy's model, Wu et al., ICML 2022) for
     feature sequences: per modality two residual stages ``x + GELU(Linear(x))`` over its tokens,
-    an MMTM block after each (channels = the feature width, squeezed over the sequence), then each
-    branch's own classifier on its pooled output; the prediction is the mean of the branch logits,
-    as in the reference. Zero-masking enters at the first stage, as for ``mmtm``."""
+    an MMTM block after each (channels = the feature width, squeezed over the sequence; ratio 4 as
+    Greedy's), then each branch's own classifier on its pooled output; the prediction is the mean of
+    the branch logits, as in the reference. Zero-masking enters at the first stage, as for ``mmtm``."""
 
-    Settings = MMTMSettings
+    Settings = MMTMSeqSettings
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
-                 ratio: int = 2):
+                 ratio: int = 4):
         super().__init__()
         self.modalities = list(modalities)
         self.stages = nn.ModuleList([nn.ModuleDict({m: nn.Linear(dim, dim) for m in self.modalities})

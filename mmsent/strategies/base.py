@@ -123,7 +123,8 @@ class Strategy:
         """The epoch that schedule setting ``key`` means in this run: a number as set; None (its
         default) is the reference's ``default`` epoch of a ``reference_epochs``-epoch run, scaled to
         this run's budget, ``floor(default * epochs / reference_epochs + 1/2)`` (unscaled outside
-        the training loop). Recorded in ``self.schedule``."""
+        the training loop). Recorded in ``self.schedule`` (and kept by ``--resume``: the attribute
+        named ``key`` holds it)."""
         value = getattr(self.settings, key)
         if value is None:
             value = default if not (self.epochs and self.reference_epochs) else \
@@ -273,12 +274,16 @@ class Strategy:
     def state_dict(self) -> dict:
         """``{"epoch": ..., "actions": ..., name: value for name in state}``, tensors and plain
         containers only (checkpoints are read with ``torch.load(weights_only=True)``)."""
-        return {"epoch": self.epoch, "actions": dict(self.actions),
+        return {"epoch": self.epoch, "actions": dict(self.actions), "schedule": dict(self.schedule),
                 **{name: _save(getattr(self, name)) for name in self.state}}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.actions.update(state.get("actions", {}))
+        # a resumed run keeps the schedule it started with, also when its epoch budget grows
+        for key, value in state.get("schedule", {}).items():
+            self.schedule[key] = value
+            setattr(self, key, value)
         for name in self.state:
             if name in state:
                 setattr(self, name, _load(getattr(self, name, None), state[name], self.device))

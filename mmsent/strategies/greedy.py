@@ -7,9 +7,10 @@ Reference followed: nyukat/greedy_multimodal_learning@a190e03 ``src/balanced_mmt
 ``docs/research/balancemm-methods.md`` §3).
 
 Model [source]: unimodal branches joined by MMTM blocks, ratio 4 (``model.fusion=mmtm_seq`` for
-feature sequences: per-branch classifiers whose mean is the prediction; ``model.fusion=mmtm`` for
-the audio-visual ResNets, whose one linear classifier over the concatenation splits into per-branch
-column blocks ``W_m f_m + b/N``). The loss is the SUM of the branches' cross-entropies, the
+feature sequences: per-branch classifiers whose mean is the prediction, ratio 4 by default;
+``model.fusion=mmtm`` for the audio-visual ResNets -- the DGL authors' MMTM network, ratio 2, shared
+by every row of an MMTM table -- whose one linear classifier over the concatenation splits into
+per-branch column blocks ``W_m f_m + b/N``). The loss is the SUM of the branches' cross-entropies, the
 reference's ``train.py::blend_loss`` (the prediction, their mean, is only what is scored). Each
 MMTM gate keeps a running mean that every training forward moves with the live gate, curation
 steps included, before the gate is used (``MMTM_mitigate.forward``).
@@ -95,7 +96,7 @@ class Greedy(Strategy):
     dist_test = {"eps": 0.0, "curation_steps": 1, "start_epoch": 0}  # its between-epoch machinery acts within two epochs
     Settings = GreedySettings
     state = ("speed_main", "speed_bypass", "care", "left")  # saved in last.pt, restored on --resume
-    needs_model = {"fusion": "mmtm_seq", "ratio": 4}
+    needs_model = {"fusion": "mmtm_seq"}  # ratio 4, the head's default (its model's)
     counts = ("curated_steps",)
     also_on = ("mmtm",)  # its model is MMTM itself: the image form of its MMTM blocks
 
