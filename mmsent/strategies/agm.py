@@ -26,6 +26,13 @@ method uses (the two agree for encoders that map a zero input to a zero feature,
 test's do). The reference's window (``modulation_ends`` 20 of its script) is not used: its
 maintainer describes AGM as "a continuous process of modulation" (lihongcs/AGM issues #3, #5).
 Counted: ``modulated_steps`` (a coefficient other than 1) and ``clipped_steps``.
+
+What comes from where: [source] (AGM_ICCV2023 ``GradMod`` and ``train``) the Shapley contributions
+with f(empty)/N, the loss of their sum with per-contribution gradient scaling, the CE scores and
+running means, ``exp(alpha * min(opt - ratio, cap))``, the caps 10 (two modalities) and 7 (three),
+the conditional clip; the 3-modality ratio ``exp((mean - s_m) 3/2)``. [extension] N > 3 (the same
+general ratio ``exp(mean_{j != m} s_j - s_m)`` and cap 7), zeroing features instead of inputs,
+regression's scores (the task loss of each contribution), no modulation window.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class CML(Strategy):
     label = "CML"  # its row in `cli.py table`
     method = "CML (ICML 2023), official MIWAE form"
     summary = "per sample a random nested chain S_0 = M ⊃ … ⊃ S_{N−1}; mean CE over the chain + β/100 · summed hinge (g- and u-masked, stop-gradient in the second)"
-    checked = "`test_cml_rank_penalty_oracle_is_a_sum_with_both_masks`, `test_cml_step_is_chain_ce_plus_beta_over_100_summed_hinge`"
+    checked = "`test_golden.py::test_cml_equals_the_reference`, `test_cml_rank_penalty_oracle_is_a_sum_with_both_masks`, `test_cml_step_is_chain_ce_plus_beta_over_100_summed_hinge`"
     Settings = CMLSettings
 
     def train_step(self, batch):

@@ -29,7 +29,7 @@ class DGL(Strategy):
     dense_ok = True  # per-pixel losses only: defined for segmentation (test_dense_prediction_one_backward_...)
     method = "DGL (ICCV 2025)"
     summary = "any N via `dgl_loss`"
-    checked = "`test_dgl.py::test_one_backward_equals_algorithm_1`"
+    checked = "`test_golden.py::test_dgl_equals_the_authors_code`, `test_dgl.py::test_one_backward_equals_algorithm_1`"
     resume_test = {"alpha": 2.0}  # its state matters within a few epochs
     dist_test = {"alpha": 2.0}  # its between-epoch machinery acts within two epochs
     Settings = DGLSettings

@@ -18,6 +18,13 @@ mmsent fixes ``n_init`` (10) so a run does not depend on the installed version.
 Schedule: the reference diagnoses after epochs 20, 40 and 60 of its 90; left at None,
 ``reinit_epoch`` is that spacing scaled to the run's budget (``round(20 * epochs / 90)``, at least
 1). Counted: ``reinits``.
+
+What comes from where: [source] (``code/ours.py``) the diagnosis after every ``reinit_epoch`` epochs
+at most ``reinit_num`` times, MinMax scaling per split, KMeans with ``n_clusters`` classes and
+``random_state`` 0, purity, ``tanh(lambda * gap)``, the convex move of every encoder parameter
+(buffers, head and optimizer state kept). [extension] N > 2 (one diagnosis per encoder), the
+validation split as the held-out set, fixed ``n_init``, regression (binned labels), the spacing
+scaled to shorter runs.
 """
 from __future__ import annotations
 

@@ -37,6 +37,12 @@ stopped generalising (dG <= 0) gets weight 0 instead of MultiBench's and Balance
 and |dO| is clamped at 1e-4 (MultiBench's Delta-form has no clamp). The copies' shuffling is seeded
 from the run's RNG, so a resumed run equals an uninterrupted one; under torchrun the copies train on
 each rank's shards. Counted: ``estimates`` (weights estimated and applied).
+
+What comes from where: [source] (the paper, Sec. 3.3; MultiBench's ``gb_estimate``) one temporary
+copy per branch trained from the checkpoint on its own loss, the before/after train and held-out
+losses, w proportional to dG / dO^2 normalised, online re-estimates every super-epoch. [extension]
+N + 1 branches for N > 2 modalities, the zero-masked branch through the shared head as each
+unimodal model, the validation split as V, max(dG, 0) and the 1e-4 clamp, the ``inplace`` variant.
 """
 from __future__ import annotations
 

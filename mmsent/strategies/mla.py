@@ -33,6 +33,14 @@ Test-time fusion (``predict``) weights the branches per sample by ``softmax_m(-H
 prediction entropy, over probabilities (the paper's dynamic fusion); the released code's entropy
 takes a softmax over the batch axis and gives one batch-level weight per modality over logits (a
 bug, not reproduced). Regression, where no entropy exists, averages the branches.
+
+What comes from where: [source] (the official repository's ``main.py`` with ``--gs_flag``,
+``GSPlugin``) the shared classifier, one optimizer step per modality in a fixed order, each encoder
+trained by its own loss, the projector's recursion and its alpha schedule, no projection on the very
+first step, the 3-modality form; [source, paper] the per-sample entropy fusion at test time.
+[extension] the textbook projector (the released one divides element-wise; ``projector: code``),
+the projection applied (the released code's name check never applies it; ``projection: false``),
+heads that mix modalities before a shared last layer, N > 3, regression (mean of the branches).
 """
 from __future__ import annotations
 

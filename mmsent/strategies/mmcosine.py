@@ -52,7 +52,7 @@ class MMCosine(Strategy):
     label = "MMCosine"  # its row in `cli.py table`
     method = "MMCosine (ICASSP 2023); needs `model.fusion=concat model.hidden=0`"
     summary = "z_c = s Σ_m cos(W_{m,c}, f_m): one L2-normalised weight block per modality, no bias"
-    checked = "`test_mmcosine_two_modality_oracle`"
+    checked = "`test_golden.py::test_mmcosine_equals_the_reference`, `test_mmcosine_two_modality_oracle`"
     Settings = MMCosineSettings
     needs_model = {"fusion": "concat", "hidden": 0}
 

@@ -18,6 +18,11 @@ trained by L_m alone; the fusion head gets L_mm only. ``unimodal_heads: false`` 
 others zeroed (the DGL paper's protocol for the baselines' unimodal outputs), so the unimodal losses
 also train the fusion head. Counted: ``conflicts``, the encoder-steps whose two gradients conflict
 (cos <= 0: the min-norm weights instead of 1/2, 1/2).
+
+What comes from where: [source] (MMPareto_ICML2024 ``MMPareto.py``) the separate unimodal classifiers,
+the per-encoder cosine test, the 2-vector min-norm weights clipped to [0.001, 0.999], the per-tensor
+rescaling by gamma = 1.5, the head's plain summed gradient. [extension] N > 2 (each encoder still
+faces its two objectives), MMPareto-SH (the shared head's zero-masked branch), regression.
 """
 from __future__ import annotations
 

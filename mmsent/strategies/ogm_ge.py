@@ -17,6 +17,14 @@ tensor, also where k = 1.
 
 Parameters are selected by module (``model.encoders[m]``), never by name; all encoder tensors with
 more than one dimension are modulated (the maintainer's advice for non-conv encoders, GeWu-Lab/OGM-GE issue #22).
+
+What comes from where: [source] (OGM-GE_CVPR2022 ``main.py``) the multimodal loss alone, the score
+as a sum of true-class probabilities of ``W_m f_m + b/2``, ``1 - tanh(alpha * rho)`` for the leading
+modality, the GE noise with the unmodulated gradient's std, the modulation window (epochs 0-50).
+[extension] N > 2 (the pairwise-mean ratio, every modality with rho > 1 damped), heads without
+per-modality logits (the zero-masked branch), regression's score ``exp(-|err|)``, the tensors
+modulated (every encoder tensor of 2+ dimensions, not only 4-D kernels: the maintainer's advice for
+fc layers, issue #22).
 """
 from __future__ import annotations
 
@@ -50,7 +58,7 @@ class OGMGE(Strategy):
     label = "OGM_GE"  # its row in `cli.py table`
     method = "OGM-GE (CVPR 2022); scores from W_m f_m + b/N where the head has per-modality logits (`score: masked` for the zero-masked branch)"
     summary = "ρ_m = mean_{j≠m} s_m/s_j, every ρ_m > 1 damped by 1 − tanh(αρ_m), GE noise N(0, std(g)²)"
-    checked = "`test_ogm_two_modality_oracle`, `test_ogm_scores_use_the_references_bias_share_on_a_linear_head`, `test_ogm_ge_noise_has_zero_mean_and_the_unmodulated_gradients_std`"
+    checked = "`test_golden.py::test_ogm_ge_equals_the_reference_train_epoch`, `test_ogm_two_modality_oracle`, `test_ogm_ge_noise_has_zero_mean_and_the_unmodulated_gradients_std`"
     Settings = OGMGESettings
 
     def train_step(self, batch):

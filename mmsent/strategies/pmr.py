@@ -26,6 +26,12 @@ Schedule: the prototype losses act in epochs ``0 .. modulation_end``. The refere
 of its 150 epochs; left at None, ``modulation_end`` is that share of the run's budget,
 ``round(100 * epochs / 150)`` (27 of a 40-epoch run). Counted: ``modulated_steps``, the steps whose
 loss held a prototype term. Regression labels are binned with ``task.classes`` (MOSI: y >= 0).
+
+What comes from where: [source, paper Eqs. 8-13] the prototypes, their EMA, the prototype classifier,
+the batch scores, Eq. 11's coefficients, PER; [source, released code] the binary coefficients, no
+PER, a tenth of the batches for prototypes, the 0-100 window of 150 epochs. [extension] N > 2 (the
+dominant modality against each other one), regression (binned labels), a fresh random subset each
+epoch in the paper form, the window scaled to shorter runs.
 """
 from __future__ import annotations
 

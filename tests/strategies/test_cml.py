@@ -1,4 +1,5 @@
-"""CML (`mmsent/strategies/cml.py`) against numbers worked out by hand from its paper's equations, its N = 2
+"""CML (`mmsent/strategies/cml.py`) against numbers worked out by hand from the reference code as the research notes read it (CML miwae/train.py) (the
+papers' method sections were not read; tests/test_golden.py runs the reference itself), its N = 2
 reduction, and its gradient mechanics on a real model."""
 import math
 

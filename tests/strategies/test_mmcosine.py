@@ -1,4 +1,5 @@
-"""MMCosine (`mmsent/strategies/mmcosine.py`) against numbers worked out by hand from its paper's equations, its
+"""MMCosine (`mmsent/strategies/mmcosine.py`) against numbers worked out by hand from the reference code as the research notes read it (MMCosine_ICASSP23 main_CD.py) (the
+papers' method sections were not read; tests/test_golden.py runs the reference itself), its
 N = 2 reduction, and its gradient mechanics on a real model."""
 import math
 

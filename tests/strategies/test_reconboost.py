@@ -26,6 +26,12 @@ def test_reconboost_per_sample_weight_and_loss_oracle():
     big = torch.randn(200, 4) * 20
     wb = learner_weights(Classification(4), big, torch.randint(0, 4, (200,)), 5.0, 1.0)
     assert float(wb.min()) >= 4.0 and float(wb.max()) <= 5.0
+    # the docstring's loss, from the pieces the step multiplies (weight x the task's per-sample CE / C);
+    # tests/test_golden.py::test_reconboost_equals_the_reference checks the step's loss against the reference
+    p = torch.tensor([[math.log(3), 0.0]])
+    y0 = torch.tensor([0])
+    l = learner_weights(task, others[:1], y0, 5.0, 1.0) * task.per_sample(p, y0) / 2
+    assert float(l) == pytest.approx(-4.75 * math.log(0.75) / 2)
 
 
 @pytest.mark.parametrize("task_name", ["classification", "regression"])
