@@ -79,6 +79,8 @@ def write_atomic(path: Path, write) -> Path:
     # must not rename each other's half-written file
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
+        if tmp.is_symlink():  # never write through a link this process did not make
+            tmp.unlink()
         write(tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a truncated file under ``path``
     except OSError as e:
@@ -88,6 +90,31 @@ def write_atomic(path: Path, write) -> Path:
         _unlink(tmp)
         raise
     return path
+
+
+def claim_folder(folder: Path, kind: str, named_by: str, layout: frozenset = frozenset(),
+                 required: frozenset = frozenset()) -> Path:
+    """An output folder a command may write into: new, empty, or already its own kind -- marked by
+    the file ``.mmsent-<kind>`` written here, or (a folder made before the mark existed) holding
+    nothing but ``layout`` entries, ``required`` among them. Anything else is a user's folder: one
+    line, nothing written. A symlinked folder is refused too (a write must not follow a link it did
+    not make)."""
+    folder = Path(folder)
+    mark = folder / f".mmsent-{kind}"
+    if folder.is_symlink():
+        raise FileError(f"{folder}: {named_by} names a symbolic link; pass a real (new or empty) folder")
+    if folder.exists() and not folder.is_dir():
+        raise FileError(f"{folder}: {named_by} names a file, not a folder; pass a new or empty folder")
+    if folder.is_dir() and not mark.is_file():
+        names = {p.name for p in folder.iterdir()}
+        if names and not (layout and names <= layout and required <= names):
+            shown = ", ".join(sorted(names)[:3]) + (" ..." if len(names) > 3 else "")
+            raise FileError(f"{folder}: {named_by} names a folder holding other files ({shown}), not one this "
+                            f"command made; pass a new or empty folder")
+    make_dir(folder)
+    if not mark.is_file():
+        write_text(mark, f"made by mmsent ({kind}); this command may write here again\n")
+    return folder
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -235,9 +262,12 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
 
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a lock file that is a symlink (to a user's file) is never written through
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise FileError(f"{self.path}: is a symbolic link, not the run's lock file; mmsent does not write "
+                                "through links (remove it, or pass another --out)") from None
             raise write_failed(self.path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

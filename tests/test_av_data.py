@@ -408,18 +408,29 @@ def test_download_of_an_audio_visual_corpus_says_to_prepare_it(capsys):
     assert "cremad: no download; get the raw files and run: python cli.py data prepare cremad" in err and "CMU" not in err
 
 
-def test_the_corpus_walk_follows_linked_folders_and_survives_link_cycles(tmp_path):
-    from mmsent.data.av_corpus import walk
+def test_the_corpus_walk_follows_links_inside_it_survives_link_cycles_and_stops_at_links_out(tmp_path):
+    """A linked folder inside the corpus is listed; a link cycle does not hang nor list anything
+    twice; a link to a folder out of the corpus (to / it would walk the whole filesystem) is not
+    followed, and a clip whose media only it held is one line naming the link."""
+    from mmsent.data.av_corpus import scan, walk
 
     real = tmp_path / "elsewhere"
     (real / "clip1").mkdir(parents=True)
     (real / "clip1" / "0001.jpg").write_bytes(b"")
     root = tmp_path / "corpus"
-    root.mkdir()
-    (root / "frames").symlink_to(real)
+    (root / "store" / "clip2").mkdir(parents=True)
+    (root / "store" / "clip2" / "0001.jpg").write_bytes(b"")
+    (root / "frames").symlink_to(root / "store")
     (root / "loop").symlink_to(root)  # a cycle: must not hang, nothing listed twice
-    names = [p.relative_to(root).as_posix() for p in walk(root)]
-    assert "frames/clip1/0001.jpg" in names and len(names) == len(set(names))
+    (root / "away").symlink_to(real)
+    (root / "slash").symlink_to("/")
+    skipped = []
+    names = [p.relative_to(root).as_posix() for p in walk(root, skipped)]
+    assert "frames/clip2/0001.jpg" in names and len(names) == len(set(names))
+    assert not any(n.startswith(("away/", "slash/")) for n in names) and {p.name for p in skipped} == {"away", "slash"}
+    (root / "splits.csv").write_text("clip,label,split\nclip1,zero,train\nclip2,zero,test\n")
+    with pytest.raises(DataError, match="a link to a folder out of the corpus .* clip 'clip1' has no media"):
+        scan("avdigits", root)
 
 
 def test_valuation_resamples_a_single_copy_through_a_batchnorm_head(tmp_path):

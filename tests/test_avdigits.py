@@ -37,7 +37,7 @@ def test_real_clips_decode_to_the_configured_spectrogram_and_frames():
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    """60 real clips (6 per class) behind symlinks: the real files, a small split."""
+    """60 real clips (6 per class) behind symlinks to the real files, a small split."""
     root = tmp_path_factory.mktemp("avdigits")
     (root / "audio").mkdir()
     (root / "frames").mkdir()
@@ -52,9 +52,11 @@ def small_corpus(tmp_path_factory):
         w = csv.DictWriter(f, fieldnames=["clip", "label", "split"])
         w.writeheader()
         w.writerows(picked)
-    for r in picked:
+    for r in picked:  # linked files (a corpus scan does not follow a linked FOLDER out of the corpus)
         (root / "audio" / f"{r['clip']}.wav").symlink_to(AVDIGITS / "audio" / f"{r['clip']}.wav")
-        (root / "frames" / r["clip"]).symlink_to(AVDIGITS / "frames" / r["clip"])
+        (root / "frames" / r["clip"]).mkdir()
+        for jpg in (AVDIGITS / "frames" / r["clip"]).iterdir():
+            (root / "frames" / r["clip"] / jpg.name).symlink_to(jpg)
     return root
 
 

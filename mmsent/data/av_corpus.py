@@ -123,11 +123,23 @@ def index_media(files: list[Path]) -> dict[str, dict[str, Path]]:
     return found
 
 
-def walk(root: Path) -> list[Path]:
-    """Every path below ``root``, sorted, following symlinked folders (a corpus assembled from links
-    is common on shared machines) but never the same real folder twice (no link cycles)."""
+def plain_name(name: str) -> bool:
+    """A name that stays one entry of the folder it is joined to: no separators, not '.' or '..',
+    not empty, no NUL."""
     import os
 
+    return bool(name) and name not in (".", "..") and "\x00" not in name and "/" not in name \
+        and (os.altsep is None or os.altsep not in name) and os.sep not in name
+
+
+def walk(root: Path, skipped: list | None = None) -> list[Path]:
+    """Every path below ``root``, sorted, following symlinked folders that stay inside the corpus's
+    real folder (a corpus assembled from links is common on shared machines) but never a link that
+    leads out of it (a link to / would walk the whole filesystem) nor the same real folder twice
+    (no link cycles)."""
+    import os
+
+    top = os.path.realpath(root)
     out, seen = [], set()
     for here, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(here)
@@ -135,8 +147,18 @@ def walk(root: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        out += [Path(here) / n for n in dirs + names]
+        inside = [d for d in dirs if _within(os.path.realpath(os.path.join(here, d)), top)]
+        if skipped is not None:
+            skipped += [Path(here) / d for d in dirs if d not in inside]
+        dirs[:] = inside
+        out += [Path(here) / n for n in inside + names]
     return sorted(out)
+
+
+def _within(path: str, top: str) -> bool:
+    import os
+
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
@@ -144,7 +166,8 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     WAVs and empty frame folders are errors naming the clip and file."""
     if not root.is_dir():
         raise DataError(f"{root}: not a directory (expected a {dataset} corpus folder)")
-    files = walk(root)  # one walk serves the split file, classes.txt and the media index
+    outside: list[Path] = []
+    files = walk(root, outside)  # one walk serves the split file, classes.txt and the media index
     rows, split_file = read_split_file(root, files)
     if not rows:
         raise DataError(f"{split_file}: no clips listed")
@@ -153,6 +176,9 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     media = index_media(files)
     clips, seen = [], {}
     for clip, label, split in rows:
+        if not plain_name(clip):  # a clip id names files in the corpus and in every output folder
+            raise DataError(f"{split_file}: clip {clip!r} is not a plain file name (no folders, no '..', not "
+                            "absolute): clip ids name files inside the corpus and the output folder")
         if clip in seen:  # a clip twice (or in train and test) would leak or double-count
             raise DataError(f"{split_file}: clip {clip!r} is listed twice ({seen[clip]} and {split})")
         seen[clip] = split
@@ -162,6 +188,13 @@ def scan(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
                             f"classes: {', '.join(classes[:8])}{' ...' if len(classes) > 8 else ''}")
         clips.append(Clip(clip, ids[key], split, media["wav"].get(clip), media["frames"].get(clip),
                           media["video"].get(clip)))
+    lost = [c for c in clips if c.wav is None and c.frames is None and c.video is None]
+    if lost and outside:
+        import os
+
+        raise DataError(f"{outside[0]}: a link to a folder out of the corpus ({os.path.realpath(outside[0])}), which the "
+                        f"scan does not follow; clip {lost[0].id!r} has no media inside {root} (move or copy the media "
+                        "into the corpus folder)")
     return clips, classes
 
 

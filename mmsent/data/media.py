@@ -25,7 +25,7 @@ from mmsent.checks import command
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import read_wav
 from mmsent.data.batch import DataError
-from mmsent.files import make_dir, write_failed, write_text
+from mmsent.files import claim_folder, make_dir, write_failed, write_text
 
 
 def find_ffmpeg() -> str | None:
@@ -60,6 +60,10 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
 
 def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
     frames_dir, wav = out / "frames" / clip.id, out / "audio" / f"{clip.id}.wav"
+    # scan() admits plain names only; a path that resolves elsewhere is never created nor removed
+    for p in (frames_dir, wav):
+        if p.resolve().parent != (out / p.parent.name).resolve():
+            raise DataError(f"clip {clip.id!r}: its output {p} would lie outside {out}")
     if not frames_dir.is_dir():
         tmp = frames_dir.with_name(frames_dir.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -113,6 +117,9 @@ def prepare(dataset: str, opts, settings, progress=None) -> str:
 def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int = 1, progress=None) -> int:
     """Prepare every clip of ``src``'s split file into ``out``; returns the number of clips."""
     clips, classes = scan(dataset, src)
+    # a user's folder is never written into (its classes.txt would be replaced): new, empty or ours
+    claim_folder(out, "prepared", "--out", frozenset({"audio", "frames", "classes.txt", "splits.csv"}),
+                 frozenset({"audio", "frames"}))
     make_dir(out / "audio")
     make_dir(out / "frames")
     for k, clip in enumerate(clips):

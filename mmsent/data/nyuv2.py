@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from mmsent.checks import check, command, finite
 from mmsent.data.av_decode import IMAGENET_MEAN, IMAGENET_STD
 from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
-from mmsent.files import make_dir, write_bytes, write_text
+from mmsent.files import claim_folder, make_dir, write_bytes, write_text
 from mmsent.tasks import VOID, median_frequency_weights
 
 NUM_CLASSES = 40
@@ -243,6 +243,8 @@ def prepare_nyuv2(mat: Path, splits: Path, mapping: Path, out: Path, progress=No
     whose four PNGs exist is skipped, so an interrupted run continues where it stopped; the id
     lists come last, so a folder without them is visibly unfinished."""
     train, test, source = open_labelled(Path(mat), Path(splits), Path(mapping))
+    claim_folder(Path(out), "prepared-nyuv2", "--out", frozenset({"train", "test", "train.txt", "test.txt"}),
+                 frozenset({"train", "test"}))
     jobs = [("train", i) for i in train] + [("test", i) for i in test]
     for split in ("train", "test"):
         for kind in KINDS:
