@@ -297,12 +297,33 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config never needs them, and nested aliases (a "billion
+    laughs" document) make a few bytes expand to gigabytes wherever the tree is walked."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "uses an alias (*name): mmsent's YAML takes plain values "
+                                              "only", mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str):
+    """``yaml.safe_load`` without aliases; nesting so deep that Python's recursion gives out is a
+    ``yaml.YAMLError`` too (a 3000-line RecursionError otherwise)."""
+    try:
+        return yaml.load(text, Loader=_PlainLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text or text.startswith("="):
         raise ConfigError(f"override {text!r} must look like key=value (e.g. train.epochs=5)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = parse_yaml(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -313,7 +334,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError:

@@ -207,11 +207,24 @@ def read_json(path: Path, what: str = "file", fix: str = "") -> dict:
     text = _read_text(path, what, fix)
     try:
         tree = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FileError(f"{path}: damaged {what}, not valid JSON ({e}){fix}") from None
+    except ValueError as e:  # not JSON, or an integer longer than Python converts
+        raise FileError(f"{path}: damaged {what}, not valid JSON ({str(e)[:120]}){fix}") from None
+    except RecursionError:
+        raise FileError(f"{path}: damaged {what}, nested too deeply to be mmsent's{fix}") from None
     if not isinstance(tree, dict):
         raise FileError(f"{path}: damaged {what}, not a JSON object{fix}")
     return tree
+
+
+def bad_number(tree, where: str = "") -> str | None:
+    """The path of the first leaf of ``tree`` that is neither a number nor null (the metrics mmsent
+    writes), or None when they all are."""
+    if isinstance(tree, dict):
+        return next((b for k, v in tree.items() if (b := bad_number(v, f"{where}.{k}" if where else str(k)))), None)
+    if isinstance(tree, list):
+        return next((b for i, v in enumerate(tree) if (b := bad_number(v, f"{where}[{i}]"))), None)
+    ok = tree is None or (isinstance(tree, (int, float)) and not isinstance(tree, bool))
+    return None if ok else f"{where} = {tree!r:.40}"
 
 
 def read_log(path: Path, what: str = "metrics log", partial_tail: bool = True) -> list[dict]:
@@ -227,13 +240,16 @@ def read_log(path: Path, what: str = "metrics log", partial_tail: bool = True) -
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, a huge integer, nesting beyond recursion
             row = None
         epoch = isinstance(row, dict) and isinstance(row.get("epoch"), int) and isinstance(row.get("val"), dict)
         if not epoch and not (isinstance(row, dict) and isinstance(row.get("provenance"), dict)):
             if partial_tail and i == len(lines):
                 break  # an append that died half-way: that epoch is redone on resume
             raise FileError(f"{path}: line {i} is not an epoch record of mmsent's {what} ({line[:60]!r})")
+        wrong = bad_number({k: v for k, v in row.items() if k != "provenance"}) if epoch else None
+        if wrong:  # every value of an epoch record is a number (or null): plots and reports read them
+            raise FileError(f"{path}: line {i}: {wrong} is not a number; not mmsent's {what}")
         out.append(row)
     return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from mmsent.files import FileError, read_json
+from mmsent.files import FileError, bad_number, read_json
 
 
 def load_results(run_dirs) -> list[dict]:
@@ -17,6 +17,10 @@ def load_results(run_dirs) -> list[dict]:
         res = read_json(p, "results file", "; re-run the run with --resume to write it again")
         if not all(isinstance(res.get(k), dict) for k in ("test", "val")):
             raise FileError(f"{p}: not an mmsent results file (no 'test' and 'val' metrics)")
+        wrong = bad_number({k: res[k] for k in ("test", "val")})
+        if wrong or not all(isinstance(b, dict) for k in ("test", "val") for b in res[k].values()):
+            raise FileError(f"{p}: {wrong or 'a branch'} is not a number (or a branch is not a mapping of metrics); "
+                            "not an mmsent results file")
         out.append(res)
     return out
 

@@ -180,6 +180,9 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
     if cfg.train.select != "loss" and cfg.train.select not in metric_names(dataset.task):
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this {dataset.task} task; "
                           f"choose from loss, {', '.join(metric_names(dataset.task))}")
+    if len(dataset.modalities) < 2 and cfg.strategy.name != "unimodal":  # README: N >= 2 modalities
+        raise ConfigError(f"the data holds one modality ({', '.join(dataset.modalities)}); strategy "
+                          f"{cfg.strategy.name!r} needs two or more (strategy 'unimodal' trains one alone)")
     task = build_task(dataset.task, dataset.num_classes, dataset.class_weights)
     if device.type == "cuda" and dataset.kinds:  # image inputs of one size: let cuDNN pick its fastest kernels
         torch.backends.cudnn.benchmark = True

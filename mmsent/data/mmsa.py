@@ -63,7 +63,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_arrays(path: str | Path):
     """The split dict of a pickle (restricted unpickler) or of an ``.npz`` (no pickled objects)."""
     path = Path(path)
-    if path.suffix != ".npz":
+    if path.suffix.lower() != ".npz":
         return safe_load_pickle(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -103,6 +103,73 @@ def safe_load_pickle(path: str | Path):
         raise DataError(f"{path}: malformed pickle ({type(e).__name__}: {e})") from None
 
 
+# --- the schema of a feature file, checked where it enters (load_mmsa) --------------------------------
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_KNOWN_SPLITS = {name for names in SPLITS.values() for name in names}
+
+
+def _near(a: str, b: str) -> bool:
+    """``a`` is ``b`` up to case or one edit of a letter (a typo of a split name)."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1 or min(len(a), len(b)) < 4:
+        return False
+    # one substitution, insertion, deletion or transposition
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a[i + 1:] == b[i + 1:] or a[i:] == b[i + 1:] or a[i + 1:] == b[i:] or \
+        (a[i:i + 2] == b[i:i + 2][::-1] and a[i + 2:] == b[i + 2:])
+
+
+def check_layout(path, raw) -> None:
+    """What every feature file must be, whatever loads it: a mapping of splits with string keys,
+    each split a mapping with string keys; no split name misspelled or differing only in case (it
+    would be ignored without a word). One ``DataError`` naming the file, split and key."""
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a dict of splits, got {type(raw).__name__}")
+    for top in raw:
+        if not isinstance(top, str):
+            raise DataError(f"{path}: split key {top!r} is a {type(top).__name__}, not a string")
+    for top in raw:
+        if top in _KNOWN_SPLITS:
+            continue
+        near = next((k for k in sorted(_KNOWN_SPLITS) if _near(top, k)), None)
+        if near is not None:
+            raise DataError(f"{path}: top-level key {top!r} looks like the split {near!r} but is not its name "
+                            f"(splits: train, valid / val / validation, test); rename it")
+    for top, part in raw.items():
+        if top in _KNOWN_SPLITS and isinstance(part, dict):
+            for key in part:
+                if not isinstance(key, str):
+                    raise DataError(f"{path}: split {top!r} has a key {key!r} of type {type(key).__name__}; keys "
+                                    "must be strings")
+
+
+def modality_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot name a modality (it becomes a module name and a config key), or None."""
+    from torch import nn
+
+    if not key:
+        return "is empty"
+    if "." in key:
+        return "contains '.'"
+    if key.startswith("_") or hasattr(nn.Module, key) or key in ("multi",):
+        return "is a reserved name (an attribute of a torch module, or 'multi', the fused branch)"
+    return None
+
+
+def _in_float32(path, split: str, key: str, a: np.ndarray) -> None:
+    """Finite values beyond float32's range would become inf when cast: the file's, not NaN."""
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        big = np.abs(a) > _FLOAT32_MAX
+        big &= np.isfinite(a)
+        if big.any():
+            where = tuple(int(i) for i in np.argwhere(big)[0])
+            raise DataError(f"{path}: {split}[{key!r}]{list(where)} = {a[where]:.6g} exceeds float32's range "
+                            f"(|x| <= {_FLOAT32_MAX:.4g}); rescale the data")
+
+
 def _array(path, split: str, part: dict, key: str, n: int | None = None) -> np.ndarray:
     if key not in part:
         raise DataError(f"{path}: split {split!r} has no key {key!r} (found {sorted(part)})")
@@ -110,6 +177,8 @@ def _array(path, split: str, part: dict, key: str, n: int | None = None) -> np.n
         a = np.asarray(part[key])
     except Exception as e:  # ragged lists and the like
         raise DataError(f"{path}: {split}[{key!r}] is not an array ({e})") from None
+    if a.ndim == 0 or a.dtype == object:
+        raise DataError(f"{path}: {split}[{key!r}] is {_describe(part[key])}, not an array with one row per sample")
     if n is not None and len(a) != n:
         raise DataError(f"{path}: {split}[{key!r}] has {len(a)} rows but the split has {n} labels")
     return a
@@ -119,8 +188,12 @@ def _features(path, split: str, part: dict, m: str, n: int) -> tuple[np.ndarray,
     a = _array(path, split, part, m, n)
     if a.ndim == 2:  # (N, F): one vector per sample
         a = a[:, None, :]
-    if a.ndim != 3 or not np.issubdtype(a.dtype, np.number):
+    if a.ndim != 3 or not np.issubdtype(a.dtype, np.number) or a.dtype.kind == "c":
         raise DataError(f"{path}: {split}[{m!r}] must be a numeric (N, T, F) array, got shape {a.shape} dtype {a.dtype}")
+    if a.shape[1] == 0 or a.shape[2] == 0:
+        raise DataError(f"{path}: {split}[{m!r}] has shape {a.shape}: a modality needs at least one step and one "
+                        "feature (L >= 1, F >= 1)")
+    _in_float32(path, split, m, a)
     a = a.astype(np.float32)
     bad = ~np.isfinite(a)
     if bad.any():
@@ -175,6 +248,7 @@ def _labels(path, split: str, part: dict, key: str, sentiment: bool) -> np.ndarr
     y = _array(path, split, part, key)
     if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1) or not np.issubdtype(y.dtype, np.number):
         raise DataError(f"{path}: {split}[{key!r}] must be numeric with one value per row, got shape {y.shape} dtype {y.dtype}")
+    _in_float32(path, split, key, y)
     y = y.astype(np.float64).reshape(-1)
     if key == LABELS["classification"]:
         bad = np.flatnonzero(~np.isfinite(y) | (y < 0) | (y != np.round(y)))
@@ -188,6 +262,10 @@ def _labels(path, split: str, part: dict, key: str, sentiment: bool) -> np.ndarr
     if len(bad):
         raise DataError(f"{path}: {split}[{key!r}][{bad[0]}] = {y[bad[0]]} {what}")
     return y
+
+
+def parts_of(raw: dict, key: str) -> dict:
+    return raw.get(key) if isinstance(raw.get(key), dict) else {}
 
 
 def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = False, standardize: bool = True,
@@ -205,8 +283,11 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
     raw = path if isinstance(path, dict) else load_arrays(path)
     if isinstance(path, dict):
         path = "<prepared data>"
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a dict of splits, got {type(raw).__name__}")
+    check_layout(path, raw)
+    if modalities is not None:
+        twice = next((m for i, m in enumerate(modalities) if m in modalities[:i]), None)
+        if twice is not None:
+            raise DataError(f"{path}: data.modalities names {twice!r} twice; name each modality once")
     parts = {name: _split(path, raw, name) for name in SPLITS}
     train_key, train = parts["train"]
     if task == "auto":
@@ -235,7 +316,10 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
             if not modalities:
                 raise DataError(f"{path}: no modality in split {train_key!r}: expected arrays of shape (n, L, D) or "
                                 f"(n, D) with n = {n_train} rows (found keys {', '.join(sorted(map(str, train)))})")
-    splits, ys = {}, {}
+    bad_key = next(((m, why) for m in modalities if (why := modality_key_problem(m))), None)
+    if bad_key is not None:
+        raise DataError(f"{path}: modality key {bad_key[0]!r} {bad_key[1]}; rename it in the file")
+    splits, ys, all_ids = {}, {}, {}
     for name, (key, part) in parts.items():
         y = _labels(path, key, part, label_key, sentiment)
         n = len(y)
@@ -244,6 +328,11 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
         ids = [str(i) for i in part["id"]] if "id" in part else [f"{key}_{i}" for i in range(n)]
         if len(ids) != n:
             raise DataError(f"{path}: {key}['id'] has {len(ids)} entries but the split has {n} rows")
+        if len(set(ids)) != n:  # per-sample state, predictions and significance tests are keyed by id
+            first = next(i for k, i in enumerate(ids) if i in ids[:k])
+            raise DataError(f"{path}: {key}['id'] holds {first!r} more than once ({n - len(set(ids))} repeats); "
+                            "ids must be unique within a split")
+        all_ids[key] = set(ids)
         if inferred:  # a modality of another split that train lacks would be dropped without a word
             n_rows = len(part[label_key]) if label_key in part else n
             extra = sorted(k for k, v in part.items() if k not in modalities
@@ -275,6 +364,13 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
             x[m], mask[m] = torch.from_numpy(a), torch.from_numpy(mk)
         ys[name] = y
         splits[name] = Split(x, mask, torch.from_numpy(y.astype(np.float32)), ids)
+    keys = list(all_ids)
+    for i, a in enumerate(keys):  # the same id in two splits: a leak the user should see
+        for b in keys[i + 1:]:
+            shared = all_ids[a] & all_ids[b]
+            if shared and "id" in parts_of(raw, a) and "id" in parts_of(raw, b):
+                warnings.warn(f"{path}: {len(shared)} id(s) appear in both {a!r} and {b!r} (e.g. {sorted(shared)[0]!r}): "
+                              "the same sample in two splits leaks between them", stacklevel=2)
     num_classes = 1
     if task == "classification":
         num_classes = int(max(y.max() for y in ys.values())) + 1
@@ -294,9 +390,14 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
                 continue
             real = splits["train"].x[m][splits["train"].mask[m]]  # (steps, F)
             mean, std = real.mean(0), real.std(0)
+            wide = not (torch.isfinite(mean).all() and torch.isfinite(std).all())
+            if wide:  # values near float32's limit overflow its sums: the statistics in float64
+                real = real.double()
+                mean, std = real.mean(0), real.std(0)
             std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay put
             for s in splits.values():
-                s.x[m] = torch.where(s.mask[m][..., None], (s.x[m] - mean) / std, torch.zeros(()))
+                x = s.x[m].double() if wide else s.x[m]
+                s.x[m] = torch.where(s.mask[m][..., None], (x - mean) / std, torch.zeros((), dtype=x.dtype)).float()
     dims = {m: (vocab if (m == "text" and tokens) else splits["train"].x[m].shape[-1]) for m in modalities}
     return Dataset(
         splits["train"], splits["val"], splits["test"], task=task, num_classes=num_classes, dims=dims,
