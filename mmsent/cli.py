@@ -50,7 +50,7 @@ def cmd_sweep(args) -> int:
         spec.heartbeat = args.heartbeat
     sweep = Sweep(spec, config=config, overrides=overrides + list(args.overrides), storage=args.storage,
                   study=args.study, trials=args.trials, out_dir=args.out_dir)
-    console.print(f"study {sweep.study_name!r} in {sweep.storage_url}: {sweep.trials} trials x seeds {spec.seeds}, "
+    console.print(f"study {sweep.study_name!r} in {sweep.storage_shown}: {sweep.trials} trials x seeds {spec.seeds}, "
                   f"{spec.direction} validation {spec.metric}")
     if args.dry_run:  # the spec, its space, the base config and the data are checked: stop before the storage
         console.print("dry run (nothing written): would search " + "; ".join(

@@ -329,6 +329,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """``key: a -> b`` for every dotted key whose value differs between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k, "absent"), b.get(k, "absent")
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x} -> {y}")
+    return out
+
+
+# What a resumed run may change of its own config: the epoch budget, where it runs, what it logs to.
+RESUMABLE = ("train.epochs:", "device:", "train.log:")
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -21,6 +21,26 @@ def data_signature(dataset: Dataset) -> dict:
     return {"task": dataset.task, "num_classes": dataset.num_classes, "dims": dict(dataset.dims)}
 
 
+def data_fingerprint(dataset: Dataset) -> str:
+    """A digest of what the run trains and is scored on: task, widths, every split's ids and labels,
+    and the features of in-memory splits (a decoded corpus's media are named by its ids). A resumed
+    run must read the data it started with."""
+    import hashlib
+
+    h = hashlib.sha256(repr((dataset.task, dataset.num_classes, sorted(dataset.dims.items()))).encode())
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        h.update(name.encode())
+        h.update("\x00".join(map(str, split.ids)).encode())
+        y = getattr(split, "y", None)
+        if y is not None:
+            h.update(y.detach().cpu().contiguous().numpy().tobytes())
+        for m, x in sorted((getattr(split, "x", None) or {}).items()):
+            h.update(m.encode())
+            h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def check_data(source: str, dataset: Dataset, trained: dict | None) -> None:
     """One line when ``dataset`` lacks a modality of the run, has another width, or another task."""
     if not trained:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from mmsent.config import Config, ConfigError, choose, load_config
+from mmsent.config import Config, ConfigError, choose, differences, load_config
 from mmsent.data import DATASETS, build_dataset
 from mmsent.files import make_dir, write_text
 from mmsent.interrupt import PARENT_ENV, Interrupted
@@ -92,18 +92,6 @@ def effective(config: dict) -> dict:
     s = config.get("strategy", {})
     own = {s.get("name"): s.get("presets", {}).get(s.get("name"))}
     return {**config, "strategy": {**s, "presets": own}}
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """``key: a -> b`` for every dotted key whose value differs between two nested dicts."""
-    out = []
-    for k in sorted(set(a) | set(b), key=str):
-        x, y = a.get(k, "absent"), b.get(k, "absent")
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += differences(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(f"{prefix}{k}: {x} -> {y}")
-    return out
 
 
 def stale_reason(out: Path, want: Config) -> str | None:

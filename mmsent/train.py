@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mmsent.checks import PLANNING, command, first_line, host_memory, is_out_of_memory
-from mmsent.config import Config, ConfigError, choose
+from mmsent.config import RESUMABLE, Config, ConfigError, choose, differences
 from mmsent.data import Dataset, DataError, Split, build_dataset
 from mmsent.distributed import Dist, init_from_env
 from mmsent.files import FileError, append_line, jsonable, read_log, save_torch, write_json
-from mmsent.predictions import PREDICTIONS, data_signature, write_predictions
+from mmsent.predictions import PREDICTIONS, data_fingerprint, data_signature, write_predictions
 from mmsent.provenance import now, provenance
 from mmsent.tracking import Trackers, check_available
 from mmsent.interrupt import Interrupted, StopAtSafePoint
@@ -232,7 +232,15 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                 "sizes": {s: len(getattr(dataset, s)) for s in ("train", "val", "test")},
                 "parameters": sum(p.numel() for p in model.parameters()), "steps_per_epoch": strategy.steps_per_epoch,
                 "schedule": strategy.schedule}
-    state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None}
+    if resume:  # a run is one run: the resumed config must be the run's own, but for its budget
+        stored = load_run_config(run).to_dict() if (run / "config.json").is_file() else None
+        changed = [d for d in differences(stored, cfg.to_dict()) if not d.startswith(RESUMABLE)] if stored else []
+        if changed:
+            raise RunError(f"{run}: --resume continues the same run, but {changed[0]}"
+                           + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                           + "; only train.epochs (and device, train.log) may change: start a new run with another --out")
+    state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None,
+             "data": data_fingerprint(dataset)}
     folder: list[RunFolder] = []  # rank 0's handle (the lock); other ranks never write
     track: list[Trackers] = []
     ddp.on_main(lambda: folder.append(RunFolder.open(run, cfg, resume)), RunError)
@@ -309,10 +317,15 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
             strategy.load_state_dict(ckpt["strategy"])
             torch.set_rng_state(ckpt["rng"])
             generator.set_state(ckpt["generator"])
+            fingerprint = state["data"]
             state.update(ckpt["state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise RunError(f"{run / 'last.pt'}: does not fit this run's model and settings ({type(e).__name__}: "
                            f"{first_line(e)[:160]}); start a new run with another --out") from None
+        if state.get("data", fingerprint) != fingerprint:  # same settings, other contents: not the run's data
+            raise RunError(f"{run}: --resume reads other data than the run started with (the same settings, other "
+                           "contents); start a new run with another --out")
+        state["data"] = fingerprint
         if state["best_epoch"] >= 0 and not (run / "best.pt").is_file():
             raise RunError(f"{run / 'best.pt'}: missing (the selected epoch's weights); the run cannot be finished, "
                            "start a new one with another --out")

@@ -91,3 +91,79 @@ def test_a_corpus_scan_does_not_follow_links_out_of_its_root(tmp_path):
     found = walk(raw)
     assert not any("secret" in str(p) for p in found)
     assert raw / "inside" / "c0" / "00000.jpg" in found or raw / "frames" / "c0" / "00000.jpg" in found
+
+
+def _train(run, *extra):
+    return cli.main(["train", "--quiet", "--out", str(run), "data.n_train=32", "data.n_val=16", "data.n_test=16",
+                     "train.epochs=1", "train.probe=false", "model.dim=8", "model.hidden=8", "model.seq_len=2", *extra])
+
+
+def test_a_resumed_run_is_the_same_run(tmp_path, capsys):
+    """--resume refuses any change but the epoch budget (strategy, seed, a setting, the data), in one
+    line naming the key, and writes nothing; more epochs are fine and the results record the run's
+    own config."""
+    import json
+
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    capsys.readouterr()
+    for change in (["--strategy", "dgl"], ["--seed", "5"], ["train.lr=0.5"], ["data.n_train=40"]):
+        stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+        rc = cli.main(["train", "--quiet", "--out", str(run), "--resume", "--epochs", "2", *change])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--resume continues the same run" in err and err.count("\n") == 1, (change, err)
+        key = {"--strategy": "strategy.name", "--seed": "seed", "train.lr=0.5": "train.lr", "data.n_train=40": "data"}
+        assert key[change[0]] in err, err
+        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
+    assert cli.main(["train", "--quiet", "--out", str(run), "--resume", "--epochs", "2"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["strategy"]["name"] == "vanilla" and results["epochs_run"] == 2
+
+
+def test_a_resume_on_other_data_with_the_same_settings_is_refused(tmp_path, capsys):
+    """The same --data path holding other contents: the run's data fingerprint says so."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+
+    def views(shift):
+        return {s: {"a": rng.normal(size=(n, 3)).astype(np.float32) + shift, "b": rng.normal(size=(n, 2)).astype(np.float32),
+                    "classification_labels": np.arange(n) % 2} for s, n in (("train", 16), ("valid", 8), ("test", 8))}
+
+    data = tmp_path / "views.pkl"
+    data.write_bytes(pickle.dumps(views(0.0)))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--data", str(data), "--out", str(run), "train.epochs=1", "train.probe=false",
+                     "model.dim=4", "model.hidden=4", "model.seq_len=1", "data.batch_size=8"]) == 0
+    data.write_bytes(pickle.dumps(views(1.0)))
+    capsys.readouterr()
+    rc = cli.main(["train", "--quiet", "--out", str(run), "--resume", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "reads other data than the run started with" in err, err
+
+
+def test_a_storage_password_is_never_printed(tmp_path, capsys):
+    """A PostgreSQL URL with a password that cannot be reached: the one error line names the
+    storage with the password masked, and no output holds the password."""
+    from mmsent.sweep.storage import mask_secret, scrub
+
+    assert mask_secret("postgresql://bob:s3cr3t@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert mask_secret("postgresql://db/x?user=bob&password=s3cr3t") == "postgresql://db/x?user=bob&password=***"
+    assert scrub("auth failed for s3cr3t", "postgresql://bob:s3cr3t@db/x") == "auth failed for ***"
+    rc = cli.main(["sweep", "alpha", "--storage", "postgresql://bob:s3cr3t@127.0.0.1:1/nope", "--trials", "1",
+                   "data.dataset=synthetic", "data.n_train=16", "data.n_val=8", "data.n_test=8"])
+    out = capsys.readouterr()
+    assert rc == 2 and "s3cr3t" not in out.out + out.err and "bob:***@" in out.out + out.err, out
+
+
+def test_a_storage_that_never_answers_times_out(monkeypatch):
+    """The connection to an RDB storage carries a connect timeout (a server that accepts and never
+    answers held a sweep for minutes)."""
+    import optuna
+
+    from mmsent.sweep import storage
+
+    seen = {}
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, engine_kwargs=None, **k: seen.update(engine_kwargs) or "ok")
+    assert storage.make_storage("postgresql://u:p@h/db", 10) == "ok"
+    assert seen == {"connect_args": {"connect_timeout": storage.CONNECT_TIMEOUT}} and storage.CONNECT_TIMEOUT <= 30

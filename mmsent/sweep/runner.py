@@ -33,7 +33,7 @@ from mmsent.data import build_dataset
 from mmsent.interrupt import Interrupted
 from mmsent.recipes import resolve
 from mmsent.sweep.spec import SweepError, SweepSpec
-from mmsent.sweep.storage import fail_dead_local_trials, make_storage, worker_id
+from mmsent.sweep.storage import fail_dead_local_trials, make_storage, mask_secret, scrub, worker_id
 from mmsent.tasks import metric_names
 from mmsent.train import fit
 
@@ -82,6 +82,7 @@ class Sweep:
         self._validate()  # config, space and data: a bad one stops here, before any trial
         self.study_name = study or study_key(spec, self.base_cfg)
         self.storage_url = storage or f"sqlite:///{self.out_dir / self.study_name}.db"
+        self.storage_shown = mask_secret(self.storage_url)  # what is printed, logged and recorded
 
     def _cfg(self, values: dict, seed: int, out: str | None = None):
         return trial_config(self.config, self.overrides, values, seed, out)
@@ -104,9 +105,10 @@ class Sweep:
             existing = optuna.create_study(storage=storage, study_name=self.study_name, direction=self.spec.direction,
                                            load_if_exists=True)
         except Exception as e:
-            raise SweepError(f"storage {self.storage_url!r}: cannot open study {self.study_name!r}: {e}") from None
+            raise SweepError(f"storage {self.storage_shown!r}: cannot open study {self.study_name!r}: "
+                             f"{scrub(str(e), self.storage_url)}") from None
         if existing.direction.name.lower() != self.spec.direction:
-            raise SweepError(f"study {self.study_name!r} in {self.storage_url} was created to {existing.direction.name.lower()}, "
+            raise SweepError(f"study {self.study_name!r} in {self.storage_shown} was created to {existing.direction.name.lower()}, "
                              f"the spec says {self.spec.direction}; pass another --study")
         # The seed moves on with the study's length (and the worker index), so a resumed or second
         # worker does not replay the first worker's random start-up points.

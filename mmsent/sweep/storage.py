@@ -12,6 +12,27 @@ from pathlib import Path
 from mmsent.sweep.spec import SweepError
 
 
+CONNECT_TIMEOUT = 10  # seconds: a server that accepts the connection and never answers is an error, not a hang
+
+
+def mask_secret(url: str) -> str:
+    """``url`` with its password (``scheme://user:PASSWORD@host``, ``?password=...``) as ``***``:
+    what mmsent prints, logs and records of a storage URL."""
+    import re
+
+    url = re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(?i)((?:password|passwd|pwd)=)[^&;]*", r"\1***", url)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's error) with any secret of ``url`` replaced by ``***``."""
+    import re
+
+    for secret in re.findall(r"//[^/:@]*:([^@/]+)@", url) + re.findall(r"(?i)(?:password|passwd|pwd)=([^&;]+)", url):
+        text = text.replace(secret, "***")
+    return text
+
+
 def make_storage(url: str, heartbeat: int):
     import optuna
 
@@ -24,7 +45,12 @@ def make_storage(url: str, heartbeat: int):
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        if url.startswith("sqlite"):
+            kwargs = {"connect_args": {"timeout": 60}}
+        elif url.startswith(("postgresql", "postgres", "mysql")):  # libpq / MySQL drivers: seconds to connect
+            kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
+        else:
+            kwargs = {}
         for attempt in range(5):
             try:
                 with warnings.catch_warnings():  # the heartbeat is "experimental": said here, not left global
@@ -39,7 +65,9 @@ def make_storage(url: str, heartbeat: int):
                     raise
                 time.sleep(0.2 * (attempt + 1))
     except Exception as e:  # driver missing, host unreachable, bad URL...
-        raise SweepError(f"storage {url!r} is unreachable or invalid: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [""])[0]
+        raise SweepError(f"storage {mask_secret(url)!r} is unreachable or invalid: {type(e).__name__}: "
+                         f"{scrub(first, url)}") from None
 
 
 def worker_id() -> str:
