@@ -185,3 +185,30 @@ def test_every_layout_caches_to_the_decoded_batches(tmp_path, dataset):
     for a, b in zip(_batches(plain.test)[:3], _batches(cached.test)[:3], strict=True):
         assert a.ids == b.ids and torch.equal(a.x["visual"], b.x["visual"])
         torch.testing.assert_close(b.x["audio"], a.x["audio"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_damaged_cache_or_a_file_for_a_cache_is_one_line(tmp_path):
+    """data.cache naming a file; a cut index.json; a cache missing audio.npy; an index whose
+    offsets do not cut its arrays: each one DataError naming the file (not a NotADirectoryError,
+    JSONDecodeError or FileNotFoundError)."""
+    from mmsent.data import DataError
+
+    root = make_cremad(tmp_path / "c", n_train=4, n_test=2)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(DataError, match="names a file, not a cache folder"):
+        build_dataset(cremad_cfg(root, f"data.cache={afile}").data)
+    assert afile.read_text() == "mine"
+    cache = tmp_path / "cache"
+    build_dataset(cremad_cfg(root, f"data.cache={cache}").data)
+    index = (cache / "index.json").read_text()
+    (cache / "index.json").write_text(index[: len(index) // 2])
+    with pytest.raises(DataError, match="index.json: damaged cache index"):
+        build_dataset(cremad_cfg(root, f"data.cache={cache}").data)
+    (cache / "index.json").write_text(index.replace('"audio": [0', '"audio": [7'))
+    with pytest.raises(DataError, match="not the index of an mmsent cache"):
+        build_dataset(cremad_cfg(root, f"data.cache={cache}").data)
+    (cache / "index.json").write_text(index)
+    (cache / "audio.npy").unlink()
+    with pytest.raises(DataError, match="audio.npy: missing or damaged"):
+        build_dataset(cremad_cfg(root, f"data.cache={cache}").data)

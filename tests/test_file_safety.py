@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from scipy.io import wavfile
 
@@ -167,3 +168,35 @@ def test_a_storage_that_never_answers_times_out(monkeypatch):
     monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, engine_kwargs=None, **k: seen.update(engine_kwargs) or "ok")
     assert storage.make_storage("postgresql://u:p@h/db", 10) == "ok"
     assert seen == {"connect_args": {"connect_timeout": storage.CONNECT_TIMEOUT}} and storage.CONNECT_TIMEOUT <= 30
+
+
+def _wav_with_rate(path: Path, rate: int, bits: int = 16) -> Path:
+    """A WAV whose header claims ``rate`` (written by hand: scipy refuses to write such rates)."""
+    import struct
+
+    samples = (np.sin(np.arange(800) / 5) * 3000).astype(np.int16).tobytes()
+    if bits == 24:
+        ints = (np.sin(np.arange(800) / 5) * 2**22).astype(np.int32)
+        samples = b"".join(int(v).to_bytes(4, "little", signed=True)[:3] for v in ints)
+    block = bits // 8
+    header = b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, rate, rate * block % 2**32, block, bits) + b"data" + struct.pack("<I", len(samples))
+    path.write_bytes(header + samples)
+    return path
+
+
+def test_wav_headers_with_impossible_rates_are_one_line_and_24_bit_pcm_is_read(tmp_path):
+    """0 Hz divided by zero in the first batch; 2**31 - 1 Hz asked for a 320 GiB filter; a valid
+    24-bit PCM file was refused by the header check."""
+    from mmsent.data.av_decode import check_wav, read_wav
+    from mmsent.data.batch import DataError
+
+    for rate in (0, 2**31 - 1):
+        bad = _wav_with_rate(tmp_path / f"r{rate}.wav", rate)
+        for read in (check_wav, lambda p: read_wav(p, 8000)):
+            with pytest.raises(DataError, match=f"sample rate of {rate} Hz"):
+                read(bad)
+    good = _wav_with_rate(tmp_path / "24.wav", 16000, bits=24)
+    check_wav(good)
+    wave = read_wav(good, 8000)
+    assert len(wave) == 400 and 0.4 < np.abs(wave).max() <= 1.0

@@ -47,15 +47,13 @@ def cache_size(spec: AVSettings) -> int:
 
 
 def _resampled_length(path: Path, sample_rate: int) -> int:
-    from scipy.io import wavfile
+    from mmsent.data.av_decode import _check_rate, _wav
 
-    try:
-        rate, data = wavfile.read(path, mmap=True)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable WAV file ({e})") from None
+    rate, data = _wav(path, True)
+    _check_rate(path, rate)
     if rate == sample_rate:
         return len(data)
-    r = Fraction(sample_rate, rate)
+    r = Fraction(sample_rate, rate).limit_denominator(1000)  # read_wav's ratio
     return -(-len(data) * r.numerator // r.denominator)  # scipy's resample_poly: ceil(n * up / down)
 
 
@@ -80,7 +78,10 @@ def _differences(have: dict, want: dict) -> str:
 
 def refuse_foreign(folder: Path, named_by: str) -> None:
     """One line when ``folder`` holds files but no cache: building there would mix the cache with
-    (or, replacing a stale cache, delete) a user's files."""
+    (or, replacing a stale cache, delete) a user's files; or when it is a file or a link."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise DataError(f"{folder}: {named_by} names a {'link' if folder.is_symlink() else 'file'}, not a cache folder; "
+                        "pass an empty or new folder")
     if folder.exists() and not (folder / "index.json").is_file() and any(folder.iterdir()):
         raise DataError(f"{folder}: {named_by} names a folder that is not a cache (no index.json); pass an empty "
                         "or new folder")
@@ -152,8 +153,29 @@ class Cache:
     """An opened cache: clip id -> its samples and frames (memory-mapped, read on demand)."""
 
     def __init__(self, folder: Path):
+        from mmsent.files import FileError, read_json
+
         self.folder = Path(folder)
-        index = json.loads((self.folder / "index.json").read_text())
+        fix = "; remove the folder (or name another data.cache) to build it again"
+        try:  # the cache's schema: an index of ids and offsets, and the two arrays those offsets cut
+            index = read_json(self.folder / "index.json", "cache index", fix)
+        except FileError as e:
+            raise DataError(str(e)) from None
+        ok = (isinstance(index.get("fingerprint"), dict) and isinstance(index.get("ids"), list)
+              and all(isinstance(i, str) for i in index["ids"])
+              and all(isinstance(index.get(k), list) and len(index[k]) == len(index["ids"]) + 1
+                      and all(isinstance(o, int) and not isinstance(o, bool) for o in index[k])
+                      and index[k] == sorted(index[k]) and index[k][0] == 0 for k in ("audio", "frames")))
+        if not ok:
+            raise DataError(f"{self.folder / 'index.json'}: not the index of an mmsent cache (fingerprint, ids and "
+                            f"sorted offsets){fix}")
+        for name, key in (("audio.npy", "audio"), ("frames.npy", "frames")):
+            try:
+                rows = np.load(self.folder / name, mmap_mode="r").shape[0]
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"{self.folder / name}: missing or damaged ({type(e).__name__}){fix}") from None
+            if rows != index[key][-1]:
+                raise DataError(f"{self.folder / name}: holds {rows} rows, its index {index[key][-1]}{fix}")
         self.fingerprint = index["fingerprint"]
         self.row = {cid: i for i, cid in enumerate(index["ids"])}
         self.a_off, self.f_off = index["audio"], index["frames"]

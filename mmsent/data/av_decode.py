@@ -123,15 +123,37 @@ class AVFinish:
 # ----------------------------------------------------------------------------------- split files
 
 
-def read_wav(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 in [-1, 1] at ``sample_rate`` (polyphase resampling, scipy)."""
+# The sample rates a WAV header may claim: 1 kHz .. 768 kHz (a header of 0 Hz divided by zero; one of
+# 2**31 Hz asked for a 320 GiB resampling filter)
+RATES = (1000, 768000)
+
+
+def _check_rate(path: Path, rate: int) -> None:
+    if not RATES[0] <= rate <= RATES[1]:
+        raise DataError(f"{path}: WAV header claims a sample rate of {rate} Hz (expected {RATES[0]}..{RATES[1]}); "
+                        "the file is damaged")
+
+
+def _wav(path: Path, mmap: bool):
+    """``(rate, samples)`` of a WAV; a 24-bit file (which scipy cannot memory-map) is read whole."""
     from scipy.io import wavfile
-    from scipy.signal import resample_poly
 
     try:
-        rate, data = wavfile.read(path)
-    except (ValueError, OSError, EOFError) as e:
+        return wavfile.read(path, mmap=mmap)
+    except ValueError as e:
+        if mmap and ("24-bit" in str(e) or "3-byte" in str(e)):
+            return _wav(path, False)
         raise DataError(f"{path}: not a readable WAV file ({e})") from None
+    except (OSError, EOFError, MemoryError) as e:
+        raise DataError(f"{path}: not a readable WAV file ({type(e).__name__}: {e})") from None
+
+
+def read_wav(path: Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 in [-1, 1] at ``sample_rate`` (polyphase resampling, scipy)."""
+    from scipy.signal import resample_poly
+
+    rate, data = _wav(path, False)
+    _check_rate(path, rate)
     if data.size == 0:
         raise DataError(f"{path}: WAV file holds no samples")
     if data.dtype.kind in "iu":
@@ -140,20 +162,18 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
     data = data.astype(np.float32)
     if data.ndim == 2:
         data = data.mean(1)
-    if rate != sample_rate:
-        r = Fraction(sample_rate, rate)
+    if not np.isfinite(data).all():  # a float WAV holding NaN: the file's fault, said as such
+        raise DataError(f"{path}: WAV samples hold NaN or infinite values")
+    if rate != sample_rate:  # a bounded filter: a ratio of two coprime rates is kept within 1/1000
+        r = Fraction(sample_rate, rate).limit_denominator(1000)
         data = resample_poly(data, r.numerator, r.denominator).astype(np.float32)
     return np.clip(data, -1.0, 1.0)
 
 
 def check_wav(path: Path) -> None:
     """Header check at load time, so a corrupt file fails before training starts, naming it."""
-    from scipy.io import wavfile
-
-    try:
-        _, data = wavfile.read(path, mmap=True)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable WAV file ({e})") from None
+    rate, data = _wav(path, True)
+    _check_rate(path, rate)
     if data.size == 0:
         raise DataError(f"{path}: WAV file holds no samples")
 
