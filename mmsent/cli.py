@@ -42,6 +42,10 @@ def cmd_sweep(args) -> int:
     from mmsent.sweep import Sweep, apply_best, best_trial, fmt, load_spec, plot, trial_rows, write_report
 
     console = Console()
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials takes the number of finished trials the study should hold, >= 1, got {args.trials}")
+    if args.heartbeat is not None and args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat takes seconds >= 1, got {args.heartbeat}")
     spec = load_spec(args.name)
     overrides = [(k, v) for k, v in (("data.dataset", args.dataset), ("data.path", args.data)) if v is not None]
     shipped = recipe(args.dataset) if args.dataset else None
@@ -114,6 +118,16 @@ def cmd_table(args) -> int:
         args.overrides += [m for m in args.methods if override(m)]
         args.methods = [m for m in args.methods if not override(m)]
     runs_dir = Path(args.runs_dir or f"runs/table/{dataset}")
+    if args.jobs < 1:
+        print(f"error: --jobs takes a number of parallel runs >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    if args.update and not args.dry_run:  # before any training: an update needs the table it updates
+        stem = args.name or f"{dataset}_table"
+        md, csv_path = Path(args.out) / f"{stem}.md", Path(args.out) / f"{stem}.csv"
+        if not (md.is_file() and csv_path.is_file()):
+            print(f"error: --update needs the table to update: {md} and {csv_path} (make it without --update first)",
+                  file=sys.stderr)
+            return 2
     if args.drop and not args.update:
         print("error: --drop removes rows from an existing table: use it with --update", file=sys.stderr)
         return 2

@@ -56,6 +56,9 @@ def load_run(run_dir, data: str | None = None, device: str = "cpu") -> Run:
     run = Path(run_dir)
     cfg = load_run_config(run)  # RunError: not a run, damaged config
     if not (run / "best.pt").is_file():
+        if (run / "results.json").is_file() or (run / "last.pt").is_file():  # epochs finished; the file is gone
+            raise RunError(f"{run}: best.pt (the selected epoch's weights) is missing, though the run has finished "
+                           "epochs; it was removed or moved: restore it, or train the run again with another --out")
         raise RunError(f"{run}: no best.pt; no epoch of this run has finished (train it, or --resume it)")
     results = (read_json(run / "results.json", "results file", "; re-run the run with --resume to write it again")
                if (run / "results.json").is_file() else None)

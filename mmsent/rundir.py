@@ -89,6 +89,9 @@ class RunFolder:
         folder (``finished``) only once it holds the lock, so a live writer is named instead."""
         if run.is_symlink():
             raise RunError(f"{run}: is a symbolic link; pass the folder it points to, or another --out")
+        host = next((p for p in Path(run).absolute().parents if (p / MARKER).is_file()), None)
+        if host is not None:  # a run inside a run: its files would mix with the other run's
+            raise RunError(f"{run}: lies inside the run directory {host}; pass an --out outside it")
         if run.exists() and not run.is_dir():
             raise RunError(f"{run}: exists and is not a directory; pass another --out")
         if resume and not (run / MARKER).is_file():

@@ -204,10 +204,13 @@ def run_table(*, dataset: str, data: str | None, seeds: list[int], runs_dir: Pat
             raise ValueError(f"{out} holds a finished run made with another config ({why})"
                              + (f", and {more} more run(s) like it" if more else "")
                              + "; move them away or pass another --runs-dir")
-    if dry_run:  # every row's config is built: the finished ones above, the others here
-        for out, run in runs:
-            if not (out / "results.json").is_file():
+    for out, run in runs:  # every row's config is built before any run starts: a misspelled key is one line now
+        if not (out / "results.json").is_file():
+            try:
                 train_config(**run, notes=False)
+            except ConfigError as e:
+                raise ValueError(f"row {out.name.rsplit('-s', 1)[0]!r}: {e}") from None
+    if dry_run:
         state = lambda out: "done" if (out / "results.json").is_file() else "resumes" if (out / "last.pt").is_file() else "new"  # noqa: E731
         todo = sum(state(out) != "done" for out, _ in runs)
         progress(f"dry run (nothing written): {len(dirs)} rows x {len(seeds)} seeds in {runs_dir}, {todo} to train: "

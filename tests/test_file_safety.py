@@ -200,3 +200,32 @@ def test_wav_headers_with_impossible_rates_are_one_line_and_24_bit_pcm_is_read(t
     check_wav(good)
     wave = read_wav(good, 8000)
     assert len(wave) == 400 and 0.4 < np.abs(wave).max() <= 1.0
+
+
+def test_command_line_classes_are_one_line_before_any_work(tmp_path, capsys):
+    """table --jobs -3; table --update with no table (it trained first); a misspelled key in a
+    custom row (found only when its run started); sweep --trials 0 and -3; --out inside another run;
+    predict on a finished run whose best.pt was removed (it said no epoch had finished)."""
+    base = ["table", "--dataset", "synthetic", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "tables"), "data.n_train=16", "data.n_val=8", "data.n_test=8", "train.epochs=1"]
+    cases = [
+        ([*base, "--jobs", "-3"], "--jobs takes a number of parallel runs >= 1"),
+        ([*base, "--update", "--methods", "DGL"], "--update needs the table to update"),
+        ([*base, "--methods", "DGL", "Mine:strategy=dgl,strategy.args.alpah=2"], "row 'mine'"),
+        (["sweep", "alpha", "--trials", "0", "data.dataset=synthetic"], "--trials takes"),
+        (["sweep", "alpha", "--trials", "-3", "data.dataset=synthetic"], "--trials takes"),
+    ]
+    for argv, expect in cases:
+        rc = cli.main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and expect in err and err.count("\n") == 1, (argv, err)
+        assert not (tmp_path / "runs").exists(), argv  # nothing trained
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    capsys.readouterr()
+    assert _train(run / "inner") == 2 and "lies inside the run directory" in capsys.readouterr().err
+    assert not (run / "inner").exists()
+    (run / "best.pt").unlink()
+    rc = cli.main(["predict", "--run", str(run), "--out", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "best.pt (the selected epoch's weights) is missing" in err
