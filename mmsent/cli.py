@@ -369,6 +369,12 @@ def main(argv=None) -> int:
     raise_on_sigterm()  # `kill` stops like Ctrl-C: one line, not a silent death
     # warnings (data cleaned, arrays not used) as `warning: ...` lines, without source lines
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    for stream in (sys.stdout, sys.stderr):  # an ASCII-only terminal gets '\xb1' for '±', not a traceback
+        if getattr(stream, "errors", "strict") == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     try:
         return _main(argv)
     finally:

@@ -126,8 +126,9 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 class _Recorder:
-    """A file wrapper that keeps the ``OSError`` of a failed write: ``torch.save`` turns it into a
-    ``RuntimeError`` ("unexpected pos ...") that no longer says the disk is full."""
+    """A file wrapper that keeps what stopped a write -- an ``OSError`` (a full disk) or an interrupt
+    (a second SIGTERM raises in the signal handler mid-write): ``torch.save`` turns either into a
+    ``RuntimeError`` ("unexpected pos ...", an ``inline_container`` trace) that no longer says why."""
 
     def __init__(self, f):
         self.f, self.error = f, None
@@ -135,7 +136,7 @@ class _Recorder:
     def write(self, b):
         try:
             return self.f.write(b)
-        except OSError as e:
+        except BaseException as e:
             self.error = e
             raise
 
@@ -152,7 +153,7 @@ def save_torch(path: Path, obj) -> Path:
             rec = _Recorder(f)
             try:
                 torch.save(obj, rec)
-            except RuntimeError:
+            except BaseException:
                 if rec.error is not None:
                     raise rec.error from None
                 raise

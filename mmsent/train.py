@@ -248,8 +248,12 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         with StopAtSafePoint() as stop:
             here = provenance(device, cfg.train.amp, ddp, command_line)  # a resumed run adds a line of its own
             track.append(Trackers(trackers, run, cfg.to_dict(), active=ddp.is_main))
-            return _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator,
-                           device, ddp, console, quiet, on_epoch, stop, min_batch, here, track[0])
+            results = _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator,
+                              device, ddp, console, quiet, on_epoch, stop, min_batch, here, track[0])
+            if stop.requested and ddp.is_main:  # it came after the last safe point: nothing was cut short
+                print(f"note: {signal.Signals(stop.signum).name} arrived as the run ended; {run} is complete "
+                      "(results.json written)", file=sys.stderr)
+            return results
     except BaseException as e:
         unsaved = folder and folder[0].fresh and not (run / "last.pt").is_file()
         if unsaved:  # nothing to resume: leave no folder behind that would block the next run

@@ -229,3 +229,46 @@ def test_command_line_classes_are_one_line_before_any_work(tmp_path, capsys):
     rc = cli.main(["predict", "--run", str(run), "--out", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err
     assert rc == 2 and "best.pt (the selected epoch's weights) is missing" in err
+
+
+def test_report_under_an_ascii_only_interpreter(tmp_path):
+    """`report` printed '±' and died with UnicodeEncodeError where the locale is ASCII."""
+    import subprocess
+
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    env = dict(os.environ, PYTHONIOENCODING="ascii", LC_ALL="C", LANG="C")
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "report", str(run)], capture_output=True, text=True,
+                       env=env, encoding="ascii", errors="replace")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, monkeypatch):
+    """A second SIGTERM raises in the signal handler while torch.save is writing: torch wrapped it
+    into a RuntimeError with a 42-line inline_container trace. It must come out as the interrupt
+    (one line at the CLI), and leave no temporary file."""
+    import signal
+
+    import torch
+
+    from mmsent import files
+    from mmsent.interrupt import Interrupted
+
+    class Signalled:  # the file under torch.save: the second write is where the signal lands
+        def __init__(self, f):
+            self.f, self.calls = f, 0
+
+        def write(self, b):
+            self.calls += 1
+            if self.calls == 2:
+                raise Interrupted(signal.SIGTERM, "interrupted twice by SIGTERM; stopped at once")
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    real = files._Recorder.__init__
+    monkeypatch.setattr(files._Recorder, "__init__", lambda self, f: real(self, Signalled(f)))
+    with pytest.raises(Interrupted):
+        files.save_torch(tmp_path / "best.pt", {"w": torch.zeros(1000)})
+    assert not any(tmp_path.iterdir())
