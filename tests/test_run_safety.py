@@ -302,3 +302,16 @@ def test_ctrl_c_stops_a_sweep_in_one_line_and_the_same_command_goes_on(tmp_path)
     (db,) = (tmp_path / "sw").glob("tiny-*.db")
     states = [t.state.name for t in optuna.load_study(study_name=db.stem, storage=f"sqlite:///{db}").trials]
     assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1
+
+
+def test_a_sweep_on_a_full_disk_stops_in_one_line_without_a_traceback(tmp_path):
+    """A file-size limit fails the first trial's checkpoint (the full-disk path): Optuna logged the
+    failed trial's traceback and the sweep went on failing trials. It now stops with one error line
+    (Optuna's one-line failure record may precede it), no traceback."""
+    args = [sys.executable, str(ROOT / "cli.py"), "sweep", "alpha", "--trials", "3", "--out-dir", str(tmp_path / "sweeps"),
+            "--storage", f"journal:{tmp_path / 'study.log'}", "data.dataset=synthetic", *SMALL, "train.epochs=3"]
+    # above a best.pt (about 30 kB), below a last.pt (about 67 kB): the first trial's first last.pt fails
+    p = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, preexec_fn=limit_file_size(50_000))
+    assert p.returncode == 2 and "Traceback" not in p.stderr + p.stdout, p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped" in errors[0] and "cannot write" in errors[0], p.stderr

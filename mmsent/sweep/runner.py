@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mmsent.config import ConfigError, load_config, set_dotted
 from mmsent.data import build_dataset
+from mmsent.files import FileError
 from mmsent.interrupt import Interrupted
 from mmsent.recipes import resolve
 from mmsent.sweep.spec import SweepError, SweepSpec
@@ -148,6 +149,8 @@ class Sweep:
                 raise
             except Exception as e:
                 trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                if isinstance(e, FileError) or isinstance(e.__cause__, FileError) or "cannot write" in str(e):
+                    trial.set_user_attr("fatal", str(e))  # a full disk fails every trial alike: stop the sweep
                 raise
             per_seed.append(res["val"]["multi"][self.spec.metric])
             tests.append(res["test"])
@@ -169,7 +172,13 @@ class Sweep:
             progress(f"study {self.study_name!r} already holds {done} finished trials (of {self.trials}); nothing to run")
             return study
 
+        fatal = []
+
         def announce(study, trial):
+            if trial.user_attrs.get("fatal"):
+                fatal.append(trial.user_attrs["fatal"])
+                study.stop()
+                return
             n = sum(t.state.name in FINISHED for t in study.trials)
             value = "-" if trial.value is None else f"{trial.value:.4f}"
             progress(f"trial {trial.number:3d} {trial.state.name.lower():8s} {self.spec.metric}={value} "
@@ -188,12 +197,15 @@ class Sweep:
             raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}: study {self.study_name!r} holds "
                               f"{n} finished trials (of {self.trials}), the one running is marked failed; run the "
                               "same command again to go on") from None
+        if fatal:
+            raise SweepError(f"study {self.study_name!r} stopped: {fatal[0]}")
         return study
 
 
 class _QuietInterrupts(logging.Filter):
     """Optuna logs a trial stopped by Ctrl-C as a failure with its traceback (and then its value);
-    the sweep says it in one line instead, so both records are dropped."""
+    the sweep says it in one line instead, so both records are dropped. Any other failed trial is
+    logged as Optuna's one line naming the error, without the traceback."""
 
     def __init__(self):
         super().__init__()
@@ -206,4 +218,6 @@ class _QuietInterrupts(logging.Filter):
         if self.interrupted and "failed with value" in record.getMessage():
             self.interrupted = False
             return False
+        if record.exc_info:  # a failed trial: its one-line message (which names the error), not the traceback
+            record.exc_info, record.exc_text = None, None
         return True
