@@ -486,3 +486,55 @@ def test_two_processes_writing_one_file_do_not_take_each_others_temporary_file(t
         p.join()
     assert [p.exitcode for p in procs] == [0, 0] and target.read_bytes() == b"ab"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_step_whose_activations_cannot_fit_is_refused_before_any_allocation(tmp_path, inproc, monkeypatch):
+    """Bounds before work: the parameters fit, but an LSTM over 50,000 steps keeps per-step state for
+    the backward pass (B x L x 12 hidden floats, ~2.5 GiB here); on a 1 GiB device that is one line
+    naming the modality, its size and the file, exit 2, and no run folder."""
+    import mmsent.train as train_module
+
+    monkeypatch.setattr(train_module, "memory_bytes", lambda device: 2**30)
+    out = tmp_path / "out"
+    data = write_views(tmp_path, train__b=np.ones((8, 50_000, 4), np.float32))
+    rc, err = inproc(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *data, "model.hidden=128")
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "modality 'b' of " in err and "views.pkl has 50000 steps x 4 features" in err, err
+    assert "GiB, more than the 1.0 GiB" in err and "lower data.batch_size" in err, err
+    assert not out.exists()
+    # the same file with a batch of one fits the budget (about 0.3 GiB): the estimate scales with B
+    rc, err = inproc(tmp_path, "train", "--dry-run", "--out", str(out), *data, "model.hidden=128", "data.batch_size=1")
+    assert rc == 0, err
+
+
+def test_an_lstm_over_a_very_long_sequence_is_said_before_it_starts(tmp_path, inproc, monkeypatch):
+    """A modality longer than LONG_SEQUENCE read by an LSTM: one native call per pass that no signal
+    interrupts, so the run says so (naming the modality, the file and the way out) before the first
+    step; a short one says nothing, and the same long one read by an MLP says nothing either. (The
+    bound is lowered to 300 steps here so that the dry run's shape probe stays quick.)"""
+    import mmsent.train as train_module
+
+    monkeypatch.setattr(train_module, "LONG_SEQUENCE", 300)
+    data = write_views(tmp_path, train__b=np.ones((8, 400, 4), np.float32))
+    base = ["train", "--dry-run", "--out", str(tmp_path / "out"), *data]
+    rc, err = inproc(tmp_path, *base)
+    assert rc == 0, err
+    warn = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and "modality 'b' of " in warn[0] and "views.pkl has 400 steps" in warn[0], err
+    assert "model.encoders.b=mlp" in warn[0]
+    rc, err = inproc(tmp_path, *base, "model.encoders.b=mlp")
+    assert rc == 0 and "warning" not in err, err
+    rc, err = inproc(tmp_path, *base[:-4], *write_views(tmp_path))
+    assert rc == 0 and "warning" not in err, err
+
+
+def test_a_modality_that_is_zero_everywhere_is_said(tmp_path, inproc):
+    """Aligned pickles mark padding by all-zero steps; a modality that is zero in every train sample
+    is therefore all padding. It trains (the other modalities carry the task) but is said, once,
+    naming the file and key -- not torch's warning about a standard deviation of nothing."""
+    data = write_views(tmp_path, train__b=np.zeros((8, 2, 4), np.float32))
+    with pytest.warns(UserWarning) as caught:
+        rc, err = inproc(tmp_path, "train", "--dry-run", "--out", str(tmp_path / "out"), *data)
+    assert rc == 0, err
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and "views.pkl: train['b'] is zero everywhere" in said[0], said

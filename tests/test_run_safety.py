@@ -315,3 +315,31 @@ def test_a_sweep_on_a_full_disk_stops_in_one_line_without_a_traceback(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr + p.stdout, p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "stopped" in errors[0] and "cannot write" in errors[0], p.stderr
+
+
+def test_out_of_memory_on_a_files_data_names_the_file_and_its_largest_modality(tmp_path, monkeypatch):
+    """Sizes that come from a data file are not fixed by a smaller model: the one line names the
+    file, the modality that takes the most and its size, beside the usual advice."""
+    import pickle
+
+    import numpy as np
+
+    import mmsent.train as train
+    from mmsent.config import load_config
+
+    rng = np.random.default_rng(0)
+    data = {s: {"id": [f"{s}{i}" for i in range(n)], "a": rng.normal(size=(n, 3)).astype(np.float32),
+                "b": rng.normal(size=(n, 40, 4)).astype(np.float32), "classification_labels": np.arange(n) % 3}
+            for s, n in (("train", 8), ("valid", 4), ("test", 4))}
+    (tmp_path / "views.pkl").write_bytes(pickle.dumps(data))
+
+    def failing(*a, **kw):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(train, "evaluate", failing)
+    cfg = load_config(None, ["data.dataset=features", f"data.path={tmp_path / 'views.pkl'}", "model.dim=8",
+                             "model.hidden=16", "train.epochs=1", f"out={tmp_path / 'run'}"])
+    with pytest.raises(train.RunError) as e:
+        train.fit(cfg, quiet=True)
+    assert f"the largest input is modality 'b' of {tmp_path / 'views.pkl'}, 40 steps x 4 features a sample; lower " \
+           "data.batch_size" in str(e.value), str(e.value)

@@ -17,7 +17,6 @@ counts them; features are standardized with train statistics over real (unpadded
 """
 from __future__ import annotations
 
-import io
 import pickle
 import warnings
 import zipfile
@@ -96,7 +95,7 @@ def safe_load_pickle(path: str | Path):
         raise DataError(f"{path}: file not found")
     try:
         with path.open("rb") as f:
-            return _RestrictedUnpickler(io.BufferedReader(f)).load()
+            return _RestrictedUnpickler(f).load()
     except pickle.UnpicklingError as e:
         raise DataError(f"{path}: not a loadable MMSA pickle ({e}); only builtins and numpy arrays are allowed") from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as e:
@@ -389,6 +388,12 @@ def load_mmsa(path: str | Path | dict, *, modalities=None, text_tokens: bool = F
             if m == "text" and tokens:
                 continue
             real = splits["train"].x[m][splits["train"].mask[m]]  # (steps, F)
+            if len(real) == 0:  # all zeros: every step reads as padding (no length key says otherwise)
+                warnings.warn(f"{path}: train[{m!r}] is zero everywhere, so every step reads as padding and the "
+                              "modality carries nothing to learn from", stacklevel=2)
+                continue
+            if len(real) == 1:  # one real step: no spread to divide by
+                real = torch.cat([real, real])
             mean, std = real.mean(0), real.std(0)
             wide = not (torch.isfinite(mean).all() and torch.isfinite(std).all())
             if wide:  # values near float32's limit overflow its sums: the statistics in float64
