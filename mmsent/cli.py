@@ -404,6 +404,15 @@ def _main(argv) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except (MemoryError, RuntimeError) as e:
+            from mmsent.distributed import lost_peer
+
+            lost = lost_peer(e)  # a collective outside the training loop (a barrier, the first broadcast)
+            if lost:
+                from mmsent.interrupt import ignore_stop_signals
+
+                ignore_stop_signals()
+                print(f"error: {lost}", file=sys.stderr)
+                return 2
             if not is_out_of_memory(e):
                 raise
             print(f"error: out of memory ({first_line(e)}); choose smaller data or model sizes", file=sys.stderr)

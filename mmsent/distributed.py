@@ -164,3 +164,26 @@ def init_from_env(device: str) -> str:
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return "cpu" if device == "auto" else device
+
+
+# What gloo and NCCL raise on a surviving rank when a peer process died mid-collective: a plain
+# RuntimeError (or torch's DistError) whose text is a transport error and a hint to read the
+# other worker's logs -- 80 lines of traceback for "another rank is gone".
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+              "NCCL communicator was aborted", "NCCL error", "ProcessGroupGloo", "ProcessGroupNCCL", "gloo/transport")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """When ``e`` is a collective that failed because another rank of a running torchrun job
+    stopped, a sentence naming it ("rank 1 of 2 ... stopped"); otherwise None. A surviving rank cannot see
+    which peer died unless there are only two."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if not (isinstance(e, getattr(dist, "DistError", ())) or
+            (isinstance(e, RuntimeError) and any(s in str(e) for s in _LOST_PEER))):
+        return None
+    world, rank = dist.get_world_size(), dist.get_rank()
+    who = f"rank {1 - rank} of 2" if world == 2 else f"another of the {world} ranks"
+    why = next((s for s in _LOST_PEER if s in str(e)), type(e).__name__)
+    return f"{who} of this torchrun job stopped mid-step ({why}, seen by rank {rank})"
+

@@ -70,6 +70,14 @@ def raise_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def ignore_stop_signals() -> None:
+    """A process that is already ending with its one line (a torchrun rank whose peer died, which
+    the launcher now SIGTERMs) lets no signal cut that line off."""
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+
 PARENT_ENV = "MMSENT_PARENT_PID"
 
 

@@ -25,12 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mmsent.checks import PLANNING, command, first_line, host_memory, is_out_of_memory
 from mmsent.config import RESUMABLE, Config, ConfigError, choose, differences
 from mmsent.data import Dataset, DataError, Split, build_dataset
-from mmsent.distributed import Dist, init_from_env
+from mmsent.distributed import Dist, init_from_env, lost_peer
 from mmsent.files import FileError, append_line, jsonable, read_log, save_torch, write_json
 from mmsent.predictions import PREDICTIONS, data_fingerprint, data_signature, write_predictions
 from mmsent.provenance import now, provenance
 from mmsent.tracking import Trackers, check_available
-from mmsent.interrupt import Interrupted, StopAtSafePoint
+from mmsent.interrupt import ignore_stop_signals, Interrupted, StopAtSafePoint
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating
 from mmsent.probe import probe_encoders
 from mmsent.rundir import (RunError, RunFolder, default_run_dir, load_checkpoint, load_run_config,  # noqa: F401
@@ -263,6 +263,11 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
                               + (f"no epoch of {run} had finished, so nothing was kept; run the same command again"
                                  if unsaved else f"{run} holds epochs 0-{saved_epoch(run)}; continue with: "
                                  f"{command()} train --out {run} --resume")) from None
+        lost = lost_peer(e)
+        if lost:  # the job is over; torchrun's own summary follows and names the exit code
+            ignore_stop_signals()  # torchrun now SIGTERMs every rank: let this line out first
+            raise RunError(lost + ("" if unsaved else f"; {run} holds epochs 0-{saved_epoch(run)}, continue by "
+                              "launching the same job with --resume")) from None
         if isinstance(e, (MemoryError, RuntimeError)) and is_out_of_memory(e):
             raise RunError(f"out of memory while training ({first_line(e)[:120]}){largest_input(cfg, dataset)}; "
                            "lower data.batch_size or the model sizes"

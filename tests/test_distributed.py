@@ -243,3 +243,55 @@ def test_torchrun_refuses_batches_it_cannot_split(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert p.returncode != 0 and "data.batch_size=1: with 2 ranks every training batch" in p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_bytes().decode(errors="replace")
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
+def _processes(word: str) -> list[int]:
+    """Processes whose command line holds ``word`` (Linux /proc)."""
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and word in _read(f"{p}/cmdline")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank by its environment in /proc")
+def test_a_killed_rank_leaves_one_line_naming_it_and_a_run_that_resumes(tmp_path):
+    """kill -9 of rank 1 mid-training: rank 0's collective fails inside gloo. What it prints is one
+    line naming the lost rank and the epochs kept (not gloo's 80-line traceback), and the folder
+    resumes to the end under a fresh launch."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    base = ["--standalone", "--nproc_per_node=2", str(ROOT / "cli.py"), "train", "--quiet", "--out", str(run),
+            "data.n_train=400", "data.batch_size=16", "train.probe=false", "train.grad_probe=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *base, "train.epochs=400"], cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        while not (run / "last.pt").is_file() and job.poll() is None:  # an epoch is saved: the run is resumable
+            time.sleep(0.2)
+        time.sleep(1.0)
+        victim = [p for p in _processes(str(run)) if "LOCAL_RANK=1" in _read(f"/proc/{p}/environ").split("\0")]
+        assert len(victim) == 1, ranks
+        os.kill(victim[0], signal.SIGKILL)
+        err = job.communicate(timeout=120)[1]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    ours = [line for line in err.splitlines() if line.startswith(("error:", "[rank0]", "interrupted"))]
+    assert job.returncode != 0 and len(ours) == 1, err[-3000:]
+    assert ours[0].startswith("error: rank 1 of 2 of this torchrun job stopped mid-step (") and "seen by rank 0" in ours[0]
+    assert f"{run} holds epochs 0-" in ours[0] and ours[0].endswith("with --resume"), ours
+    epochs = json.loads((run / "config.json").read_text())["train"]["epochs"]
+    assert epochs == 400
+    # the folder is whole: a fresh launch continues it (a shorter budget ends at once after one epoch)
+    done = int(ours[0].split("holds epochs 0-")[1].split(",")[0])
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", *base, f"train.epochs={done + 2}", "--resume"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["epochs_run"] == done + 2
