@@ -373,42 +373,76 @@ def _table_lines(md_text: str) -> list[str]:
     return md_text.rstrip("\n").split("\n")
 
 
+def _sections(lines: list[str]) -> list[tuple[str, int, int, int]]:
+    """The tables of a Markdown table file: ``(key, caption, header, end)`` line indices, where the
+    key names what the section holds -- its header row, and for a comparison section the reference
+    it compares with (those share a header) -- so that two files' sections pair up by meaning, not
+    by position (a table made before a section existed lacks it)."""
+    out = []
+    for i, line in enumerate(lines):
+        if not line.startswith("| Method |"):
+            continue
+        caption = next((k for k in range(i - 1, -1, -1) if lines[k].strip() and not lines[k].startswith("|")), i)
+        key = line + (lines[caption].split(" (")[0] if lines[caption].startswith("Difference from") else "")
+        end = i + 1
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        out.append((key, caption, i, end))
+    return out
+
+
 def merge_tables(old_md: str, new_md: str, old_rows: list[dict], new_rows: list[dict], note: str,
                  drop=()) -> tuple[str, list[dict]]:
     """``table --update``: the rows of ``new_*`` (a table of some methods) replace the same methods'
-    rows of ``old_*`` in place, in every section (the results table, the probe table); a method the old
-    table lacks is appended to each section. Every other row is kept verbatim, and ``note`` (which rows
-    were re-made, by which command) is added under the command line after any earlier such notes.
-    The methods in ``drop`` lose their rows everywhere (a method no longer defined for the table)."""
-    new_lines = _table_lines(new_md)
+    rows of ``old_*`` in place, in every section (the results table, each comparison, the probe
+    table), sections paired by what they hold; a method the old table lacks is appended to each
+    section; a section the old table lacks is added whole, saying it holds the re-made rows only.
+    Every other row is kept verbatim, and ``note`` (which rows were re-made, by which command) is
+    added under the command line after any earlier such notes. The methods in ``drop`` lose their
+    rows everywhere (a method no longer defined for the table)."""
     method_of = lambda line: line.split("|")[1].strip() if line.startswith("| ") else None  # noqa: E731
-    fresh: dict[str, list[str]] = {}  # method -> its row in each section, in order
-    for line in new_lines:
-        m = method_of(line)
-        if m and m != "Method":
-            fresh.setdefault(m, []).append(line)
-    out, seen, section, last_row = [], {}, -1, {}
-    old_lines = _table_lines(old_md)
+    new_lines, old_lines = _table_lines(new_md), _table_lines(old_md)
+    fresh: dict[str, dict[str, str]] = {}  # section key -> method -> its row there
+    new_sections = _sections(new_lines)
+    for key, _, header, end in new_sections:
+        fresh[key] = {method_of(line): line for line in new_lines[header + 2:end]}
+    old_sections = _sections(old_lines)
+    section_at = {i: key for key, _, header, end in old_sections for i in range(header + 2, end)}
+    last_of = {end - 1: key for key, _, _, end in old_sections}
     notes = [i for i, line in enumerate(old_lines)
              if line.startswith("Command:") or line.startswith("Re-made rows:") or line.startswith("Removed rows:")]
-    for i, line in enumerate(old_lines):
-        m = method_of(line)
-        if m in drop:
+    old_keys = [key for key, *_ in old_sections]
+    # a section only the new table has goes before the first old section that follows it there
+    added: dict[int, list[str]] = {}
+    for n, (key, caption, header, end) in enumerate(new_sections):
+        if key in old_keys:
             continue
-        if m == "Method":
-            section += 1
-        elif m:
-            k = seen.get(m, 0)
-            seen[m] = k + 1
-            if m in fresh and k < len(fresh[m]):
-                line = fresh[m][k]
-            last_row[section] = len(out)
-        out.append(line)
+        after = next((k for k, *_ in new_sections[n + 1:] if k in old_keys), None)
+        at = next((c for k, c, _, _ in old_sections if k == after), len(old_lines)) if after else len(old_lines)
+        rows = [line for line in new_lines[header + 2:end] if method_of(line) not in drop]
+        added.setdefault(at, []).extend([new_lines[caption] + " This section holds the re-made rows only (it is newer "
+                                         "than the other rows' runs).", "", *new_lines[header:header + 2], *rows, ""])
+    out, seen = [], set()
+    for i, line in enumerate(old_lines):
+        out += added.get(i, [])
+        m = method_of(line)
+        key = section_at.get(i)
+        if key is not None and m in drop:
+            pass
+        elif key is not None:
+            seen.add((key, m))
+            out.append(fresh.get(key, {}).get(m, line))
+        else:
+            out.append(line)
+        if i in last_of:  # methods this section lacks: after its rows
+            out += [row for m, row in fresh.get(last_of[i], {}).items()
+                    if (last_of[i], m) not in seen and m not in drop]
         if notes and i == notes[-1]:
             out += ["", note]
-    for s in sorted(last_row, reverse=True):  # methods the old table lacks: after each section's rows
-        extra = [rows[s] for m, rows in fresh.items() if m not in seen and s < len(rows)]
-        out[last_row[s] + 1:last_row[s] + 1] = extra
+    if added.get(len(old_lines)):
+        out += ["", *added[len(old_lines)]]
+    while out and not out[-1].strip():
+        out.pop()
     done = {r["method"] for r in new_rows}
     kept = [r for r in old_rows if r["method"] not in done and r["method"] not in drop]
     order = list(dict.fromkeys([r["method"] for r in old_rows] + [r["method"] for r in new_rows]))

@@ -136,6 +136,38 @@ def test_table_update_replaces_only_the_remade_rows_in_every_section():
     assert [(r["method"], r["x"]) for r in rows] == [("Base", "0"), ("Opm", "new"), ("Zed", "2"), ("New", "n")]
 
 
+def test_table_update_pairs_sections_by_what_they_hold_not_by_position():
+    """An old table made before comparison sections existed ([results, probe]) updated by a new one
+    ([results, difference from Base, difference from Opm, probe]): each probe row lands in the probe
+    table (pairing by position put the difference rows there), the comparison sections are added
+    whole before the probe table with a sentence saying they hold the re-made rows only, and two
+    comparison sections, which share a header, pair up by the reference they compare with."""
+    from mmsent.table import merge_tables
+
+    diff = lambda ref, rows: (f"Difference from {ref} (test acc of Multi, row minus {ref}), seed against seed.\n\n"  # noqa: E731
+                              "| Method | Δ Multi [95 % CI] | p (seeds) | p (samples) |\n|---|---|---|---|\n" + rows + "\n")
+    old = ("Title\n\nCommand: `full`\n\n| Method | A | Multi |\n|---|---|---|\n| Base | 1 | 2 |\n| Opm | 3 | 4 |\n"
+           "| Zed | 5 | 6 |\n\nProbe\n\n| Method | A |\n|---|---|\n| Base | 7 |\n| Opm | 8 |\n| Zed | 9 |\n")
+    new = ("T\n\nCommand: `part`\n\n| Method | A | Multi |\n|---|---|---|\n| Base | 10 | 20 |\n| Opm | 30 | 40 |\n\n"
+           + diff("Base", "| Opm | +1 | 0.1 | 0.2 |\n") + diff("Opm", "| Base | -1 | 0.1 | 0.2 |\n")
+           + "P\n\n| Method | A |\n|---|---|\n| Base | 70 |\n| Opm | 80 |\n")
+    text, _ = merge_tables(old, new, [], [], "Re-made rows: Base, Opm (`part`)")
+    lines = text.splitlines()
+    probe = lines[lines.index("Probe") + 2:]
+    assert probe == ["| Method | A |", "|---|---|", "| Base | 70 |", "| Opm | 80 |", "| Zed | 9 |"], text
+    assert lines[lines.index("| Base | 10 | 20 |") + 2] == "| Zed | 5 | 6 |"
+    firsts = [i for i, line in enumerate(lines) if line.startswith("Difference from")]
+    assert len(firsts) == 2 and firsts[1] < lines.index("Probe"), text
+    assert lines[firsts[0]].startswith("Difference from Base") and lines[firsts[0]].endswith("holds the re-made rows "
+                                                                                              "only (it is newer than the other rows' runs).")
+    assert lines[firsts[0] + 4] == "| Opm | +1 | 0.1 | 0.2 |" and lines[firsts[1] + 4] == "| Base | -1 | 0.1 | 0.2 |"
+    # the merged table merged again with a newer Base row: each comparison keeps its own rows
+    newer = new.replace("| Opm | +1 | 0.1 | 0.2 |", "| Opm | +2 | 0.3 | 0.4 |")
+    again, _ = merge_tables(text, newer, [], [], "Re-made rows: Opm (`again`)")
+    assert "| Opm | +2 | 0.3 | 0.4 |" in again and "| Base | -1 | 0.1 | 0.2 |" in again and "| Opm | +1 |" not in again
+    assert again.count("Difference from") == 2
+
+
 def test_table_update_drops_rows_with_a_note(tmp_path):
     """``table --update --drop LABEL``: the rows leave every section and the CSV, nothing is trained,
     and the file says which rows were removed by which command; --drop without --update is refused."""
