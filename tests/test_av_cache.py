@@ -212,3 +212,42 @@ def test_a_damaged_cache_or_a_file_for_a_cache_is_one_line(tmp_path):
     (cache / "audio.npy").unlink()
     with pytest.raises(DataError, match="audio.npy: missing or damaged"):
         build_dataset(cremad_cfg(root, f"data.cache={cache}").data)
+
+
+def test_a_cache_that_cannot_fit_its_disk_is_one_line_and_leaves_no_part_folder(tmp_path, capsys, monkeypatch):
+    """`data cache` onto a full disk died of a Bus error (a memory-mapped page written with no block
+    behind it), printed nothing and left `cache.part` filling the disk. Now the size is known before
+    a byte is written and checked against the free space; the blocks are reserved when the maps are
+    made (posix_fallocate), so a disk that fills meanwhile is ENOSPC there; either way one line,
+    exit 2, and no `.part` folder."""
+    import errno
+    import os
+    import resource
+    import subprocess
+
+    root = make_cremad(tmp_path / "CREMA-D")
+    cache = tmp_path / "cache"
+    args = ["data", "cache", "cremad", "--data", str(root), "--out", str(cache), "data.image_size=48"]
+    # (1) not enough free space: said before anything is made
+    monkeypatch.setattr(av_cache.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the cache needs 0.00 GiB and its filesystem has 0.00 GiB free" in err, err
+    assert not cache.exists() and not (tmp_path / "cache.part").exists()
+    monkeypatch.undo()
+    # (2) the space goes while the maps are made: the reservation fails, the fresh .part is removed
+    real = os.posix_fallocate
+    monkeypatch.setattr(av_cache.os, "posix_fallocate",
+                        lambda fd, off, n: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cache.part: cannot write (No space left on device" in err, err
+    assert not (tmp_path / "cache.part").exists() and not cache.exists()
+    monkeypatch.setattr(av_cache.os, "posix_fallocate", real)
+    # (3) a real limit in a real process: a file-size limit below the frames array (EFBIG at the
+    # reservation or the map), one line and no traceback, nothing left
+    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=tmp_path, capture_output=True, text=True,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "cannot write" in p.stderr and not (tmp_path / "cache.part").exists()
+    assert cli.main(args) == 0 and cache.is_dir()  # with the space back, the same command builds it

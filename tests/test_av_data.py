@@ -136,6 +136,33 @@ def test_batches_are_the_same_with_worker_processes(tmp_path):
         torch.testing.assert_close(a.x["audio"], b.x["audio"])
 
 
+def test_every_frame_of_every_split_is_checked_before_the_first_epoch(tmp_path):
+    """A test clip's frame cut in half was found only after training; now the corpus is refused as it
+    loads, naming the frame. What PIL reads is accepted: a PNG saved under .jpg, and a JPEG with bytes
+    after its end marker (some cameras append data), both decoded in full because their bytes do not
+    look like a plain JPEG."""
+    from PIL import Image
+
+    root = make_cremad(tmp_path / "c")
+    test_clip = (root / "test.csv").read_text(encoding="utf-8-sig").split(",")[0]
+    frames = sorted((root / "Image-01-FPS" / test_clip).iterdir())
+    assert frames[0].read_bytes()[:3] == b"\xff\xd8\xff" and frames[0].read_bytes()[-2:] == b"\xff\xd9"
+    Image.open(frames[0]).convert("RGB").save(frames[0], format="PNG")
+    frames[-1].write_bytes(frames[-1].read_bytes() + b"trailer")
+    build_dataset(cremad_cfg(root).data)  # both readable: accepted
+    data = frames[0].read_bytes()
+    cut = sorted((root / "Image-01-FPS" / test_clip).iterdir())[-1]
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(cut, format="JPEG")  # large enough that half of it keeps the whole header
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    with pytest.raises(DataError, match=f"{cut.name}: not a readable image"):
+        build_dataset(cremad_cfg(root).data)
+    cut.write_bytes(b"\xff\xd8\xff" + bytes(40))  # a JPEG's first bytes and nothing else
+    with pytest.raises(DataError, match=f"{cut.name}: not a readable image"):
+        build_dataset(cremad_cfg(root).data)
+    assert data == frames[0].read_bytes()
+
+
 def test_bad_inputs_name_the_file_clip_or_label(tmp_path):
     root = make_cremad(tmp_path / "corrupt")
     (root / "AudioWAV" / f"{clip_name(2)}.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")

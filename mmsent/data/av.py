@@ -32,7 +32,7 @@ from mmsent.checks import command
 from mmsent.data import av_cache
 from mmsent.data.av_cache import cached_batch
 from mmsent.data.av_corpus import Clip, scan
-from mmsent.data.av_decode import AVFinish, AVSettings, check_wav, fit_length, frame_files, load_frames, read_wav
+from mmsent.data.av_decode import AVFinish, AVSettings, check_frames, check_wav, fit_length, frame_files, load_frames, read_wav
 from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
 
 
@@ -94,6 +94,7 @@ def checked_clips(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
         check_wav(c.wav)
         if not frame_files(c.frames):
             raise DataError(f"{c.frames}: clip {c.id!r} has no .jpg frames")
+        check_frames(c.frames)
     return clips, classes
 
 

@@ -24,6 +24,7 @@ under its name only when complete.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -87,6 +88,28 @@ def refuse_foreign(folder: Path, named_by: str) -> None:
                         "or new folder")
 
 
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _reserve(path: Path) -> None:
+    """Give a memory-mapped file its disk blocks now (``posix_fallocate``): a full disk is then an
+    ``ENOSPC`` here, not a Bus error on some later page. Filesystems without it skip the reservation."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    except AttributeError:  # not on this platform
+        pass
+    finally:
+        os.close(fd)
+
+
 def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None, want: dict | None = None) -> Path:
     """Decode every clip into a cache at ``out`` (see the module's doc); returns ``out``. ``want``:
     the corpus's ``fingerprint`` when the caller has it (it stats every file)."""
@@ -98,21 +121,37 @@ def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None, want:
     started = part / "started.json"
     if part.is_dir() and (not started.is_file() or json.loads(started.read_text()) != want):
         shutil.rmtree(part)  # our own unfinished build, for other settings: start again
-    make_dir(part)
-    if not started.is_file():
-        write_text(started, json.dumps(want))
     order = sorted(clips, key=lambda c: c.id)
     lengths = [_resampled_length(c.wav, spec.sample_rate) for c in order]
     files = [frame_files(c.frames) for c in order]
     counts = [len(f) for f in files]
     s = cache_size(spec)
+    fresh = not (part / "audio.npy").is_file()
+    if fresh:  # the whole cache's size is known now: refuse before writing a byte if it cannot fit
+        need = 4 * sum(lengths) + sum(counts) * s * s * 3 + len(order)
+        free = _free_bytes(part.parent if part.parent.is_dir() else Path.cwd())
+        if free is not None and need > free:
+            raise DataError(f"{out}: the cache needs {need / 2**30:.2f} GiB and its filesystem has "
+                            f"{free / 2**30:.2f} GiB free; free some space or pass another --out")
+    make_dir(part)
+    if not started.is_file():
+        write_text(started, json.dumps(want))
+    shapes = {"audio": (np.float32, (sum(lengths),)), "frames": (np.uint8, (sum(counts), s, s, 3)),
+              "done": (np.bool_, (len(order),))}
+    maps = {}
     try:
-        mode = "r+" if (part / "audio.npy").is_file() else "w+"
-        audio = np.lib.format.open_memmap(part / "audio.npy", mode=mode, dtype=np.float32, shape=(sum(lengths),))
-        frames = np.lib.format.open_memmap(part / "frames.npy", mode=mode, dtype=np.uint8, shape=(sum(counts), s, s, 3))
-        done = np.lib.format.open_memmap(part / "done.npy", mode=mode, dtype=np.bool_, shape=(len(order),))
+        for name, (dtype, shape) in shapes.items():
+            maps[name] = np.lib.format.open_memmap(part / f"{name}.npy", mode="w+" if fresh else "r+", dtype=dtype,
+                                                   shape=shape)
+            if fresh:  # a memory map over a sparse file: a page written when the disk is full is a SIGBUS
+                _reserve(part / f"{name}.npy")
     except OSError as e:
+        if fresh:  # ours, and nothing decoded yet: leave nothing behind to fill the disk
+            maps.clear()
+            shutil.rmtree(part, ignore_errors=True)
         raise write_failed(part, e) from None
+    audio, frames, done = maps["audio"], maps["frames"], maps["done"]
+    maps.clear()
     a_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     f_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     for i, c in enumerate(order):

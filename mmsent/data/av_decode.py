@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmsent.checks import check, finite
+from mmsent.checks import check, finite, first_line
 from mmsent.data.batch import Batch, DataError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -204,6 +204,30 @@ def random_resized_crop(w: int, h: int, rng: np.random.Generator, scale=(0.08, 1
 
 def frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def check_frames(folder: Path) -> None:
+    """Every frame of a clip readable, checked before the first epoch (a damaged test frame used to
+    surface only after training). A JPEG begins FF D8 FF and ends FF D9: two small reads a file. A
+    file that does not (cut short, another format under .jpg, bytes after the end marker) is decoded
+    in full, and only one that PIL cannot decode is refused, naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = frame_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no .jpg frames")
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(3)
+                f.seek(max(0, f.seek(0, 2) - 2))
+                tail = f.read(2)
+            if head == b"\xff\xd8\xff" and tail == b"\xff\xd9":
+                continue
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            raise DataError(f"{path}: not a readable image ({first_line(e)})") from None
 
 
 def chosen_frames(n: int, frames: int, rng: np.random.Generator | None) -> list[int]:
