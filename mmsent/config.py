@@ -341,8 +341,9 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-# What a resumed run may change of its own config: the epoch budget, where it runs, what it logs to.
-RESUMABLE = ("train.epochs:", "device:", "train.log:")
+# What a resumed run may change of its own config: the epoch budget, where it runs, what it logs to,
+# and where its folder now is (a run folder moved or copied elsewhere resumes from there).
+RESUMABLE = ("train.epochs:", "device:", "train.log:", "out:")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -68,10 +68,13 @@ def load_run(run_dir, data: str | None = None, device: str = "cpu") -> Run:
     dev = torch.device(device)
     model = build_model(cfg.model, dataset, task.out_dim).to(dev)
     strategy = build_strategy(cfg, model, build_optimizer(model, cfg.train), task, batch_size=cfg.data.batch_size)
+    # the strategy as the run ended, which scored the test split (a damaged file is said as itself)
+    last = load_checkpoint(run / "last.pt", dev) if (run / "last.pt").is_file() else None
+    best = load_checkpoint(run / "best.pt", dev)
     try:
-        if (run / "last.pt").is_file():  # the strategy as the run ended, which scored the test split
-            strategy.load_state_dict(load_checkpoint(run / "last.pt", dev)["strategy"])
-        model.load_state_dict(load_checkpoint(run / "best.pt", dev)["model"])
+        if last is not None:
+            strategy.load_state_dict(last["strategy"])
+        model.load_state_dict(best["model"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise DataError(f"{data or run}: the run's weights do not fit a model built on this data ({type(e).__name__}: "
                         f"{first_line(e)[:160]}); give data with the run's modalities and widths") from None

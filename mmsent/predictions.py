@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mmsent.data.batch import DataError, Dataset, Split
-from mmsent.files import write_text
+from mmsent.files import make_dir, write_text
 
 PREDICTIONS = "test_predictions.csv"  # in a run folder: the selected model's test predictions
 
@@ -79,4 +79,6 @@ def prediction_table(split: Split, preds: dict[str, Tensor], task_kind: str) -> 
 
 
 def write_predictions(path: Path, split: Split, preds: dict[str, Tensor], task_kind: str) -> Path:
-    return write_text(Path(path), prediction_table(split, preds, task_kind))
+    table = prediction_table(split, preds, task_kind)
+    make_dir(Path(path).parent)  # `--out results/preds.csv` into a folder not made yet (only now: all went well)
+    return write_text(Path(path), table)

@@ -33,13 +33,67 @@ def load_checkpoint(path: Path, device) -> dict:
     if not path.is_file():
         raise RunError(f"{path}: checkpoint not found; the run directory is incomplete (start a new run with another --out)")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:  # what weights_only raises for a disallowed global
         raise RunError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
                        f"({first_line(e)[:160]}); mmsent never writes such checkpoints") from None
     except Exception as e:  # empty, truncated or not a checkpoint at all
         raise RunError(f"{path}: damaged checkpoint ({type(e).__name__}: {first_line(e)[:160]}); "
                        "start a new run with another --out") from None
+    problem = checkpoint_problem(ckpt, full=path.name == "last.pt")
+    if problem:
+        raise RunError(f"{path}: damaged checkpoint ({problem}); start a new run with another --out")
+    return ckpt
+
+
+def _shown(v) -> str:
+    """A value as one short line (a tensor's repr spans lines)."""
+    if isinstance(v, torch.Tensor):
+        return f"a tensor of shape {tuple(v.shape)}"
+    return " ".join(repr(v).split())[:40]
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def checkpoint_problem(ckpt, full: bool) -> str | None:
+    """The schema of what ``fit`` writes, checked where a checkpoint enters: ``best.pt`` holds the
+    model's weights (finite: a NaN weight would surface later as a "non-finite training loss" that
+    blames the learning rate, or as NaN predictions) and its epoch; ``last.pt`` adds the optimizer,
+    the strategy, both RNG states and the loop's bookkeeping, whose epochs must be consistent.
+    A mismatch with the model (a tensor's shape, a missing key) is load_state_dict's to say."""
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        return "no 'model' weights"
+    for k, v in ckpt["model"].items():
+        if not isinstance(v, torch.Tensor):
+            return f"model entry {k!r} is a {type(v).__name__}, not a tensor"
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            return f"model weight {k!r} holds NaN or infinite values"
+    if not full:
+        return None if "epoch" not in ckpt or (_int(ckpt["epoch"]) and ckpt["epoch"] >= 0) else \
+            f"epoch = {_shown(ckpt['epoch'])} is not an epoch"
+    for key, kind in (("optimizer", dict), ("strategy", dict), ("state", dict), ("rng", torch.Tensor),
+                      ("generator", torch.Tensor)):
+        if not isinstance(ckpt.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    for key in ("rng", "generator"):
+        if ckpt[key].dtype != torch.uint8:
+            return f"{key!r} is not a random generator's state (dtype {ckpt[key].dtype})"
+    state = ckpt["state"]
+    epoch, best = state.get("epoch"), state.get("best_epoch")
+    if not (_int(epoch) and epoch >= 0):
+        return f"state['epoch'] = {_shown(epoch)} is not an epoch"
+    if not (_int(best) and -1 <= best <= epoch):
+        return f"state['best_epoch'] = {_shown(best)} is not an epoch of 0..{epoch}"
+    score = state.get("best_score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+        return f"state['best_score'] = {_shown(score)} is not a number"
+    if not (state.get("best_val") is None or isinstance(state.get("best_val"), dict)):
+        return f"state['best_val'] = {_shown(state.get('best_val'))} is not a mapping"
+    if best >= 0 and not isinstance(state.get("best_val"), dict):
+        return f"state['best_val'] is missing for the selected epoch {best}"
+    return None
 
 
 def default_run_dir(cfg: Config) -> Path:

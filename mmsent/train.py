@@ -238,7 +238,7 @@ def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Data
         if changed:
             raise RunError(f"{run}: --resume continues the same run, but {changed[0]}"
                            + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
-                           + "; only train.epochs (and device, train.log) may change: start a new run with another --out")
+                           + "; only train.epochs (and device, train.log, the folder's place) may change: start a new run with another --out")
     state = {"epoch": -1, "best_epoch": -1, "best_score": math.inf, "best_val": None,
              "data": data_fingerprint(dataset)}
     folder: list[RunFolder] = []  # rank 0's handle (the lock); other ranks never write
@@ -381,6 +381,32 @@ def check_inputs_fit(cfg: Config, dataset: Dataset, free: int, device: torch.dev
                   f"model.encoders.{m}=mlp", file=sys.stderr)
 
 
+def optimizer_problem(optimizer: torch.optim.Optimizer) -> str | None:
+    """What ``load_state_dict`` lets through but the next step trips on (a KeyError or a size
+    mismatch deep inside Adam): per parameter, the same buffers as every other parameter, each a
+    finite tensor of the parameter's shape, and a finite step count."""
+    keys = None
+    for i, p in enumerate(q for g in optimizer.param_groups for q in g["params"]):
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        if keys is None:
+            keys = set(state)
+        if set(state) != keys:
+            return f"parameter {i} holds {sorted(state)}, the others {sorted(keys)}"
+        for k, v in state.items():
+            if k == "step":
+                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) or \
+                    (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point())
+                if not ok or not math.isfinite(float(v)) or float(v) < 0:
+                    return f"parameter {i}: step is not a count"
+            elif v is None:
+                continue
+            elif not isinstance(v, torch.Tensor) or v.shape != p.shape or not torch.isfinite(v).all():
+                return f"parameter {i}: {k!r} is not a finite tensor of shape {tuple(p.shape)}"
+    return None
+
+
 def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, generator, device, ddp, console,
             quiet, on_epoch, stop, min_batch, here, trackers) -> dict:
     if resume:
@@ -391,6 +417,9 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            problem = optimizer_problem(optimizer)
+            if problem:
+                raise ValueError(f"optimizer state: {problem}")
             strategy.load_state_dict(ckpt["strategy"])
             torch.set_rng_state(ckpt["rng"])
             generator.set_state(ckpt["generator"])

@@ -420,3 +420,231 @@ def test_regression_a_wrong_type_inside_a_run_file_is_one_line(finished_run, tmp
     argv = ["report", str(run)] if command == "report" else ["plot", str(run), "--out", str(tmp_path / "fig")]
     rc, err = run_cli(argv)
     assert "Traceback" not in err and rc == 2 and err.strip().count("\n") == 0 and file in err, err
+
+
+# --- sweep specs ----------------------------------------------------------------------------------
+
+SPEC_KEYS = ["config", "overrides", "metric", "direction", "trials", "seeds", "sampler", "sampler_seed",
+             "pruner_warmup_epochs", "heartbeat", "space", "space.p", "space.p.type", "space.p.low", "space.p.high",
+             "space.p.log", "space.p.grid", "space.p.choices", "space.p.step", "new_key"]
+
+
+@FUZZ
+@given(key=st.sampled_from(SPEC_KEYS), value=yaml_corruptions(), drop=st.booleans())
+def test_a_corrupted_sweep_spec_runs_or_is_one_line(tmp_path_factory, key, value, drop):
+    """A valid spec (one trial of DGL's alpha on tiny synthetic data) with one key replaced by any
+    YAML value, or removed: the dry run is one line or passes, and a spec that passes the dry run
+    also runs its trial (or is one line), writing nothing where it is refused."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("spec")
+    spec = {"overrides": ["strategy=dgl"], "metric": "loss", "direction": "minimize", "trials": 1, "seeds": [0],
+            "sampler": "tpe", "sampler_seed": 0, "pruner_warmup_epochs": 1, "heartbeat": 30,
+            "space": {"strategy.args.alpha": {"type": "float", "low": 0.5, "high": 2.0}}}
+    parts = key.split(".")
+    node = spec
+    if parts[0] == "space" and len(parts) > 1:
+        node = spec["space"]
+        parts = ["strategy.args.alpha", *parts[2:]] if len(parts) > 2 else ["strategy.args.alpha"]
+        if len(parts) == 2:
+            node, parts = node["strategy.args.alpha"], parts[1:]
+    if drop:
+        node.pop(parts[0], None)
+    else:
+        node[parts[0]] = value
+    path = tmp / "spec.yaml"
+    try:
+        path.write_text(yaml.safe_dump(spec))
+    except (yaml.YAMLError, UnicodeEncodeError):
+        return
+    before, out = digest(path), tmp / "sweeps"
+    args = ["sweep", str(path), "--out-dir", str(out), "--storage", f"journal:{tmp / 'study.log'}", *TINY,
+            "data.n_train=16", "data.n_val=8", "data.n_test=8"]
+    rc, err = run_cli([*args, "--dry-run"])
+    assert_one_line_or_success(rc, err, out)
+    if rc == 0:
+        rc, err = run_cli(args)
+        assert "Traceback" not in err, err
+        if rc != 0:
+            rest = [line for line in err.splitlines() if line.strip() and not line.startswith(("warning:", "note:"))]
+            assert rc == 2 and len(rest) == 1 and rest[0].startswith("error:"), (rc, err)
+    assert digest(path) == before
+
+
+# --- checkpoints: a valid last.pt / best.pt with one entry changed ---------------------------------
+
+def tensor_corruptions():
+    return st.sampled_from(["drop", "shape", "dtype", "scalar", "string", "none", "nan", "list", "huge"])
+
+
+@FUZZ
+@given(file=st.sampled_from(["last.pt", "best.pt"]), how=tensor_corruptions(), seed=st.integers(0, 2**16),
+       command=st.sampled_from(["predict", "resume"]))
+def test_a_checkpoint_with_one_entry_changed_is_one_line(finished_run, tmp_path_factory, file, how, seed, command):
+    """torch.load'able checkpoints whose contents are wrong: an entry removed, a tensor of another
+    shape or dtype, a tensor replaced by a number, text, None or a list, NaN weights, an enormous
+    integer. predict (best.pt) and --resume (last.pt) either work (NaN weights predict NaN, said as
+    such or not) or say one line; reading never changes the run."""
+    import shutil
+
+    import torch
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    run = tmp / "run"
+    shutil.copytree(finished_run, run)
+    target = run / file
+    ckpt = torch.load(target, weights_only=True)
+    rng = np.random.default_rng(seed)
+
+    def spots(tree, prefix=()):
+        if isinstance(tree, dict):
+            return [x for k, v in tree.items() for x in spots(v, (*prefix, k))] or [(prefix, tree)]
+        return [(prefix, tree)]
+
+    places = [p for p, _ in spots(ckpt) if p]
+    where = places[int(rng.integers(len(places)))]
+    node = ckpt
+    for k in where[:-1]:
+        node = node[k]
+    old = node[where[-1]]
+    if how == "drop":
+        del node[where[-1]]
+    else:
+        tensor = isinstance(old, torch.Tensor)
+        node[where[-1]] = {
+            "shape": lambda: torch.zeros(*(n + 1 for n in old.shape)) if tensor and old.dim() else torch.zeros(3, 1),
+            "dtype": lambda: old.to(torch.int64) if tensor else torch.tensor([1], dtype=torch.int64),
+            "scalar": lambda: 3.5, "string": lambda: "x", "none": lambda: None, "list": lambda: [1, 2],
+            "nan": lambda: torch.full_like(old, float("nan")) if tensor and old.is_floating_point() else float("nan"),
+            "huge": lambda: 10**40,
+        }[how]()
+    torch.save(ckpt, target)
+    before = {p.name: digest(p) for p in run.iterdir() if p.is_file()}
+    out = tmp / "out"
+    argv = {"predict": ["predict", "--run", str(run), "--out", str(out / "preds.csv")],
+            "resume": ["train", "--quiet", "--out", str(run), "--resume", "--epochs", "3"]}[command]
+    rc, err = run_cli(argv)
+    assert "Traceback" not in err, err
+    if rc != 0:
+        rest = [line for line in err.splitlines() if line.strip() and not line.startswith(("warning:", "note:"))]
+        assert rc == 2 and len(rest) == 1 and rest[0].startswith("error:"), (rc, err)
+        assert command == "resume" or not out.exists() or not any(out.iterdir())
+    if command == "predict":
+        assert {p.name: digest(p) for p in run.iterdir() if p.is_file()} == before
+
+
+# --- audio-visual corpus folders ------------------------------------------------------------------
+
+AV_CORRUPTIONS = ["wav_truncate", "wav_garbage", "wav_empty", "wav_rate", "wav_bits", "wav_channels", "wav_nan",
+                  "jpg_truncate", "jpg_garbage", "jpg_empty", "jpg_png", "jpg_dir", "frames_empty", "wav_missing",
+                  "csv_absolute", "csv_parent", "csv_label", "csv_blank", "csv_columns", "csv_latin1", "csv_dup",
+                  "csv_empty", "link_out", "link_loop", "name_space"]
+
+
+def av_corrupt(root: Path, kind: str, rng: np.random.Generator, outside: Path) -> None:
+    """One corruption of ``kind`` in a small CREMA-D-layout corpus at ``root``."""
+    import struct
+
+    wavs = sorted((root / "AudioWAV").iterdir())
+    wav = wavs[int(rng.integers(len(wavs)))]
+    clips = sorted((root / "Image-01-FPS").iterdir())
+    clip = clips[int(rng.integers(len(clips)))]
+    jpg = sorted(clip.iterdir())[0]
+    csv = root / ("train.csv" if rng.random() < 0.6 else "test.csv")
+    rows = csv.read_text(encoding="utf-8-sig").splitlines()
+    blob = wav.read_bytes()
+    if kind == "wav_truncate":
+        wav.write_bytes(blob[: int(len(blob) * rng.uniform(0, 0.9))])
+    elif kind == "wav_garbage":
+        wav.write_bytes(bytes(rng.integers(0, 256, 300, dtype=np.uint8)))
+    elif kind == "wav_empty":
+        wav.write_bytes(b"")
+    elif kind == "wav_rate":  # the header's sample rate field (bytes 24..28)
+        wav.write_bytes(blob[:24] + struct.pack("<I", int(rng.choice([0, 1, 7, 2**31 - 1, 2**32 - 1]))) + blob[28:])
+    elif kind == "wav_bits":  # bits per sample (bytes 34..36)
+        wav.write_bytes(blob[:34] + struct.pack("<H", int(rng.choice([0, 3, 24, 64, 65535]))) + blob[36:])
+    elif kind == "wav_channels":  # channel count (bytes 22..24)
+        wav.write_bytes(blob[:22] + struct.pack("<H", int(rng.choice([0, 2, 3, 65535]))) + blob[24:])
+    elif kind == "wav_nan":
+        from scipy.io import wavfile
+
+        wavfile.write(wav, 16000, np.full(4000, np.nan, np.float32))
+    elif kind == "jpg_truncate":
+        jpg.write_bytes(jpg.read_bytes()[: int(jpg.stat().st_size * rng.uniform(0, 0.9))])
+    elif kind == "jpg_garbage":
+        jpg.write_bytes(bytes(rng.integers(0, 256, 300, dtype=np.uint8)))
+    elif kind == "jpg_empty":
+        jpg.write_bytes(b"")
+    elif kind == "jpg_png":
+        from PIL import Image
+
+        Image.open(jpg).convert("RGB").save(jpg, format="PNG")
+    elif kind == "jpg_dir":
+        jpg.unlink()
+        jpg.mkdir()
+    elif kind == "frames_empty":
+        for p in clip.iterdir():
+            p.unlink()
+    elif kind == "wav_missing":
+        wav.unlink()
+    elif kind == "csv_absolute":
+        rows[int(rng.integers(len(rows)))] = f"{outside / 'victim'},NEU"
+    elif kind == "csv_parent":
+        rows[int(rng.integers(len(rows)))] = "../../../victim,NEU"
+    elif kind == "csv_label":
+        i = int(rng.integers(len(rows)))
+        rows[i] = rows[i].split(",")[0] + ",CALM"
+    elif kind == "csv_blank":
+        rows.insert(int(rng.integers(len(rows) + 1)), "")
+    elif kind == "csv_columns":
+        i = int(rng.integers(len(rows)))
+        rows[i] = rows[i] + ",extra,columns"
+    elif kind == "csv_latin1":
+        csv.write_bytes(b"\xe9\xff" + "\n".join(rows).encode())
+        return
+    elif kind == "csv_dup":
+        rows.append(rows[0])
+    elif kind == "csv_empty":
+        rows = []
+    elif kind == "link_out":
+        (root / "AudioWAV" / "escape").symlink_to(outside, target_is_directory=True)
+    elif kind == "link_loop":
+        (root / "Image-01-FPS" / "loop").symlink_to(root, target_is_directory=True)
+    elif kind == "name_space":
+        i = int(rng.integers(len(rows)))
+        rows[i] = " " + rows[i]
+    csv.write_text("\n".join(rows) + ("\n" if rows else ""), encoding="utf-8-sig")
+
+
+def tree_digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 2, 8))
+@given(kind=st.sampled_from(AV_CORRUPTIONS), seed=st.integers(0, 2**16), command=st.sampled_from(["train", "cache"]))
+def test_a_corrupted_audio_visual_corpus_trains_or_is_one_line(tmp_path_factory, kind, seed, command):
+    """A small real-format corpus (WAV + JPG frames + split CSVs) with one corruption of its media,
+    its split files or its links: ``train`` and ``data cache`` either work or say one line, write
+    nothing, and touch no file of the corpus or beside it."""
+    from test_av_data import SMALL as AV_SMALL, make_cremad
+
+    tmp = tmp_path_factory.mktemp("av")
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "victim").mkdir()
+    (outside / "victim" / "keep.txt").write_text("the user's")
+    (outside / "victim.part").mkdir()
+    (outside / "victim.part" / "keep.txt").write_text("the user's too")
+    root = make_cremad(tmp / "CREMA-D", n_train=8, n_test=3)
+    av_corrupt(root, kind, np.random.default_rng(seed), outside)
+    before, beside = tree_digest(root), tree_digest(outside)
+    out = tmp / "out"
+    if command == "train":
+        argv = ["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--out", str(out), *AV_SMALL,
+                "train.epochs=1", "data.batch_size=4", "data.valid_fraction=0.25", "train.probe=false"]
+    else:
+        argv = ["data", "cache", "cremad", "--data", str(root), "--out", str(out), "data.image_size=48"]
+    rc, err = run_cli(argv)
+    assert_one_line_or_success(rc, err, out)
+    assert not (tmp / "out.part").exists()
+    assert tree_digest(root) == before and tree_digest(outside) == beside

@@ -113,8 +113,6 @@ def _reserve(path: Path) -> None:
 def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None, want: dict | None = None) -> Path:
     """Decode every clip into a cache at ``out`` (see the module's doc); returns ``out``. ``want``:
     the corpus's ``fingerprint`` when the caller has it (it stats every file)."""
-    from PIL import Image, UnidentifiedImageError
-
     out = Path(out)
     want = want or fingerprint(dataset, clips, spec)
     part = out.with_name(out.name + ".part")
@@ -152,6 +150,18 @@ def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None, want:
         raise write_failed(part, e) from None
     audio, frames, done = maps["audio"], maps["frames"], maps["done"]
     maps.clear()
+    try:
+        return _fill(part, out, order, lengths, files, counts, s, spec, want, audio, frames, done, progress)
+    except DataError:
+        if fresh:  # a file that fails to decode: what this call began is not worth resuming
+            del audio, frames, done
+            shutil.rmtree(part, ignore_errors=True)
+        raise
+
+
+def _fill(part, out, order, lengths, files, counts, s, spec, want, audio, frames, done, progress) -> Path:
+    from PIL import Image, UnidentifiedImageError
+
     a_off = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     f_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     for i, c in enumerate(order):

@@ -144,8 +144,9 @@ def _wav(path: Path, mmap: bool):
         if mmap and ("24-bit" in str(e) or "3-byte" in str(e)):
             return _wav(path, False)
         raise DataError(f"{path}: not a readable WAV file ({e})") from None
-    except (OSError, EOFError, MemoryError) as e:
-        raise DataError(f"{path}: not a readable WAV file ({type(e).__name__}: {e})") from None
+    except (OSError, EOFError, MemoryError, ZeroDivisionError, IndexError, OverflowError) as e:
+        # a header field of 0 (channels, block alignment) divides by zero inside scipy
+        raise DataError(f"{path}: not a readable WAV file ({type(e).__name__}: {first_line(e)})") from None
 
 
 def read_wav(path: Path, sample_rate: int) -> np.ndarray:
@@ -171,11 +172,14 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def check_wav(path: Path) -> None:
-    """Header check at load time, so a corrupt file fails before training starts, naming it."""
+    """Header check at load time, so a corrupt file fails before training starts, naming it (a
+    float WAV's samples are read too: NaN in one would otherwise stop a run mid-epoch)."""
     rate, data = _wav(path, True)
     _check_rate(path, rate)
     if data.size == 0:
         raise DataError(f"{path}: WAV file holds no samples")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():  # float WAVs only: integer PCM is always finite
+        raise DataError(f"{path}: WAV samples hold NaN or infinite values")
 
 
 def fit_length(wave: np.ndarray, n: int, rng: np.random.Generator | None) -> np.ndarray:
