@@ -276,7 +276,7 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
                 continue
             cells.append(cell(metric, *summary[branch][metric]))
         cells.append(cell(metric, *summarize(results[method], "val")["multi"][metric]))  # what selection sees
-        idle = sum(bool(r.get("never_acted")) for r in results[method])
+        idle = sum(bool(r.get("never_acted")) and idle_is_vanilla(r) for r in results[method])
         if idle:  # the method never acted before the selected epoch in these seeds: the row is vanilla there
             cells[list(columns).index("multi")] += f" (never acted: {idle}/{len(run_dirs)} seeds)"
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -302,6 +302,16 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     write_text(md, "\n".join(lines) + "\n")
     write_text(csv_path, _csv_text(rows, list(dict.fromkeys(k for r in rows for k in r))))
     return md, csv_path
+
+
+def idle_is_vanilla(result: dict) -> bool:
+    """Whether the run's method, when it never acted, trained plain joint training (results
+    written before ``Strategy.idle_is_vanilla`` existed say never_acted for methods where it
+    does not mean that)."""
+    from mmsent.strategies import STRATEGIES
+
+    name = ((result.get("config") or {}).get("strategy") or {}).get("name")
+    return bool(getattr(STRATEGIES.get(name), "idle_is_vanilla", False))
 
 
 def reference_runs(labels, dirs: dict[str, list[Path]], runs_dir: Path, seeds) -> dict[str, list[Path]]:

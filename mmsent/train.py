@@ -527,8 +527,9 @@ def _fit_in(cfg, run, resume, state, dataset, task, model, optimizer, strategy, 
     if strategy.counts:  # the method's actions up to the selected epoch's end, and over the whole run
         acted = state.get("best_actions") or dict.fromkeys(strategy.counts, 0)
         results["actions"] = {"selected_epoch": acted, "run": dict(strategy.actions)}
-        results["never_acted"] = not any(acted.values())
-        if results["never_acted"] and ddp.is_main:
+        if strategy.idle_is_vanilla:  # only then is a run without actions plain joint training
+            results["never_acted"] = not any(acted.values())
+        if results.get("never_acted") and ddp.is_main:
             print(f"note: {cfg.strategy.name} never acted before the selected epoch {state['best_epoch']} "
                   f"({', '.join(acted)}: 0), so the selected model is plain joint training"
                   + (f"; its schedule here: {', '.join(f'{k} {v}' for k, v in strategy.schedule.items())}"

@@ -11,7 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 AV=${AV:-../shared/data/avdigits}
+# MMPareto-SH: MMPareto through one shared head (not the official form, a row of its own). ReconBoost
+# on its reference's head for 64-wide features (64 -> 32 ReLU -> C, as its CREMA-D 512 -> 256) and
+# its weight decay 5e-4.
+SH="MMPareto-SH:strategy=mmpareto,strategy.args.unimodal_heads=false"
+RB="ReconBoost:strategy=reconboost,model.fusion=shared,model.hidden=32,train.weight_decay=5e-4"
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits --name avdigits_table \
-  --methods all "DGL-MH:strategy=dgl_mh"
+  --methods all "DGL-MH:strategy=dgl_mh" "$SH" "$RB"
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits_mmtm \
-  --name avdigits_mmtm_table --methods all "DGL-MH:strategy=dgl_mh" model.fusion=mmtm
+  --name avdigits_mmtm_table --methods all "DGL-MH:strategy=dgl_mh" "$SH" model.fusion=mmtm

@@ -111,3 +111,36 @@ def test_a_table_marks_a_row_whose_method_never_acted(tmp_path):
     import csv
     rows = list(csv.DictReader((tmp_path / "results/synthetic_table.csv").open()))
     assert next(r for r in rows if r["method"] == "D&R" and r["branch"] == "multi")["never_acted_seeds"] == "2"
+
+
+# method -> (settings that keep it from acting for 2 epochs, the fusion it needs)
+IDLE = {
+    "dnr": (["strategy.args.reinit_epoch=50"], None),
+    "opm": (["strategy.args.warmup=50"], None),
+    "pmr": (["strategy.args.modulation_end=-1"], None),
+    "agm": (["strategy.args.modulation_start=50", "strategy.args.conditional_clip=false"], None),
+    "valuation": (["strategy.args.warmup=50"], None),
+    "amco": (["strategy.args.eps=1000000"], "concat_mix"),  # in its window, but the mask size stays 0
+}
+
+
+@pytest.mark.parametrize("name", sorted(IDLE))
+def test_never_acted_is_claimed_only_where_an_idle_step_is_plain_training(tmp_path, name):
+    """"Never acted" says the selected model is vanilla. Checked against vanilla itself: two epochs
+    of a method kept from acting give vanilla's weights bit for bit exactly when the class says its
+    idle step is plain training (``idle_is_vanilla``), and only then does the run claim it. AMCo
+    without a mask still adds its unimodal terms: different weights, and no claim."""
+    import torch
+
+    ds = make_synthetic(n_modalities=2, n_train=32, n_val=16, n_test=16)
+    settings, fusion = IDLE[name]
+    head = [f"model.fusion={fusion}"] if fusion else []
+    common = [*head, "model.dropout=0", "train.probe=false"]
+    vanilla = fit(_cfg(tmp_path / "v", "vanilla", 2, *common), quiet=True, dataset=ds)
+    idle = fit(_cfg(tmp_path / "m", name, 2, *common, *settings), quiet=True, dataset=ds)
+    assert not any(idle["actions"]["run"].values()), idle["actions"]
+    a = torch.load(tmp_path / "v" / "run" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "m" / "run" / "last.pt", weights_only=True)["model"]
+    same = all(torch.equal(a[k], b[k]) for k in a if k in b)
+    assert same == STRATEGIES[name].idle_is_vanilla, (name, same)
+    assert idle.get("never_acted", False) == same and vanilla.get("never_acted") is None

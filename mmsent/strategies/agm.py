@@ -82,6 +82,7 @@ class AGM(Strategy):
     Settings = AGMSettings
     state = ("running", "iteration")  # saved in last.pt, restored on --resume
     counts = ("modulated_steps", "clipped_steps")
+    idle_is_vanilla = True
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)

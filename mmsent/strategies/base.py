@@ -81,10 +81,18 @@ class Strategy:
     # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.args.alpha=)
     dgl_weight: bool = False
     # What the method does that plain training does not, counted per run (``act``): re-
-    # initialisations, modulated or curated steps, estimates. A method with counts that stayed 0
-    # up to the selected epoch never acted: the run says so, and a table marks its row. Methods
-    # that change every step's loss (DGL, LFM, CML...) have none.
+    # initialisations, modulated or curated steps, estimates. A method whose idle step is plain
+    # training (``idle_is_vanilla``) with counts that stayed 0 up to the selected epoch never acted:
+    # the run says so, and a table marks its row. Methods that change every step's loss (DGL, LFM,
+    # CML...) have none.
     counts: tuple[str, ...] = ()
+    # True when a step in which the method did none of its counted actions is a plain joint-training
+    # step (OPM's warm-up, PMR and AGM unmodulated, valuation before it values, D&R before it
+    # re-initialises): only then does "never acted" mean the selected model is vanilla. MMPareto
+    # without a conflict still sums unimodal gradients, AMCo without a mask still adds its unimodal
+    # terms, MLA, Greedy, G-Blending, ReconBoost and UMT always train differently: their counts
+    # are reported, not read as idleness.
+    idle_is_vanilla: bool = False
     # The run length (epochs) of the reference recipe its epoch-valued defaults belong to: a
     # schedule setting left at None is that default scaled to the run's budget (``scheduled``).
     reference_epochs: int | None = None

@@ -81,6 +81,7 @@ class DnR(Strategy):
     Settings = DnRSettings
     state = ("init", "done")  # saved in last.pt, restored on --resume
     counts = ("reinits",)
+    idle_is_vanilla = True
     reference_epochs = 90
 
     def __init__(self, model, optimizer, task, **kw):

@@ -84,6 +84,7 @@ class OPM(Strategy):
     dist_test = {"warmup": -1, "p_exe": 1.0}  # its between-epoch machinery acts within two epochs
     Settings = OPMSettings
     counts = ("modulated_steps", "dropped")
+    idle_is_vanilla = True
     reference_epochs = 100
 
     def __init__(self, model, optimizer, task, **kw):

@@ -89,6 +89,7 @@ class PMR(Strategy):
     Settings = PMRSettings
     state = ("protos",)  # saved in last.pt, restored on --resume
     counts = ("modulated_steps",)
+    idle_is_vanilla = True
     reference_epochs = 150
 
     def __init__(self, model, optimizer, task, **kw):

@@ -90,6 +90,7 @@ class Valuation(Strategy):
     Settings = ValuationSettings
     state = ("copies",)  # saved in last.pt, restored on --resume
     counts = ("valuations", "copies")
+    idle_is_vanilla = True
     reference_epochs = 60
 
     def __init__(self, model, optimizer, task, **kw):
