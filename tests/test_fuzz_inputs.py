@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,9 +286,24 @@ def test_a_corrupted_config_trains_or_is_one_line(tmp_path_factory, section, val
     assert digest(path) == before
 
 
+def _alias_bomb(levels: int = 5) -> str:
+    """Nested anchors: each level a list of nine aliases of the one before (9**levels leaves)."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nmodel: {{encoders: {{a: *l{levels}}}}}\n"
+
+
+# Structured hostile texts, always tried (Hypothesis's explicit examples) beside the random ones:
+# nesting 60,000 deep, as a flow list and as flow mappings, and nested anchors
+HOSTILE_YAML = ["model: " + "[" * 60000 + "]" * 60000, "{a: " * 30000 + "1" + "}" * 30000, _alias_bomb()]
+
+
 @FUZZ
 @given(text=st.one_of(st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
                       st.text(alphabet="{}[]:,&*!- \n\tab01", max_size=120)))
+@example(text=HOSTILE_YAML[0])
+@example(text=HOSTILE_YAML[1])
+@example(text=HOSTILE_YAML[2])
 def test_a_garbage_config_file_is_one_line(tmp_path_factory, text):
     tmp = tmp_path_factory.mktemp("garbage")
     path = tmp / "cfg.yaml"
@@ -468,6 +483,23 @@ def test_a_corrupted_sweep_spec_runs_or_is_one_line(tmp_path_factory, key, value
         if rc != 0:
             rest = [line for line in err.splitlines() if line.strip() and not line.startswith(("warning:", "note:"))]
             assert rc == 2 and len(rest) == 1 and rest[0].startswith("error:"), (rc, err)
+    assert digest(path) == before
+
+
+@FUZZ
+@given(text=st.one_of(st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+                      st.text(alphabet="{}[]:,&*!- \n\tab01", max_size=120)))
+@example(text=HOSTILE_YAML[0].replace("model: ", "space: "))
+@example(text=HOSTILE_YAML[1])
+@example(text=HOSTILE_YAML[2].replace("model: {encoders: {a:", "space: {p: {choices:"))
+def test_a_garbage_sweep_spec_is_one_line(tmp_path_factory, text):
+    """Any text as a sweep spec, the structured hostile ones included: a dry run passes or is one line."""
+    tmp = tmp_path_factory.mktemp("garbage_spec")
+    path = tmp / "spec.yaml"
+    path.write_text(text, encoding="latin-1")
+    before, out = digest(path), tmp / "sweeps"
+    rc, err = run_cli(["sweep", str(path), "--dry-run", "--out-dir", str(out), *TINY])
+    assert_one_line_or_success(rc, err, out)
     assert digest(path) == before
 
 
