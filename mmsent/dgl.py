@@ -91,8 +91,6 @@ def call_keeping_buffers(module: nn.Module, *args, param_grad: float = 1.0):
     return functional_call(module, {**_params(module, param_grad), **buffers}, args)
 
 
-
-
 FILLS = ("zero", "mean")
 
 
@@ -144,7 +142,7 @@ def dgl_loss(
     alpha: float = 1.0,
     truncate_multimodal: bool = True,
     truncate_unimodal: bool = True,
-    batch_unimodal: bool | None = None,
+    batch_unimodal: bool = True,
     head_weight: float = 0.0,
     fill: str = "zero",
 ) -> DGLOutput:
@@ -177,8 +175,6 @@ def dgl_loss(
         raise ValueError("head_weight sets the head's share of the unimodal losses under UT; without UT it is alpha")
     if head_weight and alpha <= 0:
         raise ValueError("head_weight needs alpha > 0 (the masked passes are shared with the encoders' loss)")
-    if batch_unimodal is None:
-        batch_unimodal = True
     fused_in = {m: z.detach() for m, z in features.items()} if truncate_multimodal else dict(features)
     multimodal = criterion(head(fused_in), target)
     # The head's share of alpha * L_m is beta: its parameters' gradient is scaled by beta / alpha

@@ -75,7 +75,7 @@ def grads(encoders, head):
     return out + [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in head.parameters()]
 
 
-def ours(encoders, head, x, y, alpha, mt, ut, batch_unimodal=None):
+def ours(encoders, head, x, y, alpha, mt, ut, batch_unimodal=True):
     encoders.zero_grad(set_to_none=True)
     head.zero_grad(set_to_none=True)
     feats = {m: encoders[m](x[m]) for m in x}

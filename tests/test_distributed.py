@@ -25,9 +25,6 @@ from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification, Regression
 
 ROOT = Path(__file__).resolve().parents[1]
-# Exact per rank but not against one process, by design (none at present: LFM's alignment became a
-# per-sample divergence when it followed its reference).
-SHARD_LOCAL: set[str] = set()
 TOL = dict(rtol=1e-9, atol=1e-10)
 
 
@@ -115,12 +112,10 @@ def test_two_ranks_equal_one_process(two_ranks, name, task_name):
     """... and under 2 ranks a resumed run equals the uninterrupted one, bit for bit."""
     want, (got, resumed) = run_steps(name, task_name), two_ranks[(name, task_name)]
     for k, v in want["params"].items():
-        if name not in SHARD_LOCAL:
-            torch.testing.assert_close(got["params"][k], v, **TOL, msg=f"{name}/{task_name}: parameter {k}")
+        torch.testing.assert_close(got["params"][k], v, **TOL, msg=f"{name}/{task_name}: parameter {k}")
         assert torch.equal(resumed["params"][k], got["params"][k]), f"{name}/{task_name}: resumed parameter {k}"
     for k, v in want["val"].items():  # sharded evaluation gathers every sample once, in order
-        if name not in SHARD_LOCAL:
-            torch.testing.assert_close(got["val"][k], v, rtol=1e-6, atol=1e-6, msg=f"{name}: val predictions {k}")
+        torch.testing.assert_close(got["val"][k], v, rtol=1e-6, atol=1e-6, msg=f"{name}: val predictions {k}")
 
 
 # Dense prediction: both dense heads under vanilla, DGL and DGL-MH, GroupNorm (per-sample statistics;

@@ -74,12 +74,11 @@ def check_space(spec: SweepSpec, config: str | None, overrides: list):
 
 class Sweep:
     def __init__(self, spec: SweepSpec, *, config: str | None, overrides: list, storage: str | None,
-                 study: str | None, trials: int | None, out_dir: str = "runs/sweeps", quiet_console=None):
+                 study: str | None, trials: int | None, out_dir: str = "runs/sweeps"):
         self.spec, self.overrides = spec, list(spec.overrides) + list(overrides)
         self.config = config or (str(resolve(spec.config)) if spec.config else None)
         self.trials = trials or spec.trials
         self.out_dir = Path(out_dir)
-        self.console = quiet_console
         self._validate()  # config, space and data: a bad one stops here, before any trial
         self.study_name = study or study_key(spec, self.base_cfg)
         self.storage_url = storage or f"sqlite:///{self.out_dir / self.study_name}.db"
