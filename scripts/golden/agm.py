@@ -7,17 +7,13 @@ import argparse
 
 import torch
 
-from common import Conv1x1Maps, Quiet, Recorder, data, load, loader, recording, reference, seeded, stub_modules
+from common import Conv1x1Maps, Quiet, Recorder, data, load, loader, recording, reference, renamer, seeded, stub_modules
 
 REPO = "AGM_ICCV2023"
 
 
-def names(k: str) -> str | None:
-    for ref, ours in (("net.audio_net.", "encoders.audio."), ("net.visual_net.", "encoders.visual."),
-                      ("net.fusion_module.fc_out.", "head.net.")):
-        if k.startswith(ref):
-            return ours + k[len(ref):]
-    return None
+names = renamer(("net.audio_net.", "encoders.audio."), ("net.visual_net.", "encoders.visual."),
+                ("net.fusion_module.fc_out.", "head.net."))
 
 
 def record(refs):

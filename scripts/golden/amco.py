@@ -8,35 +8,25 @@ masks are drawn with numpy's RNG, seeded here; they are recorded with the number
 import numpy as np
 import torch
 
-from common import Conv1x1, Quiet, Recorder, bb_module, data, recording, reference, seeded
+from common import BB_NAMES, Quiet, Recorder, bb_batches, bb_model, bb_module, bb_trainer, data, recording, reference, renamer, seeded
 
 REPO = "BalanceBenchmark"
 
 
-def names(k: str) -> str | None:
-    for ref, ours in (("modality_encoder.audio.", "encoders.audio."), ("modality_encoder.visual.", "encoders.visual."),
-                      ("fusion_module.fc_out.", "head.net."), ("linear_star.", "head.mix.")):
-        if k.startswith(ref):
-            return ours + k[len(ref):]
-    return None
+names = renamer(*BB_NAMES, ("linear_star.", "head.mix."))
 
 
 def record(refs):
     root, ref = reference(refs, REPO)
     trainer_mod = bb_module(root, "balancemm.trainer.AMCo_trainer")
     model_mod = bb_module(root, "balancemm.models.avclassify_model")
-    model_mod.create_encoders = lambda enc: {"audio": Conv1x1(5), "visual": Conv1x1(4)}
-    args = {"n_classes": 3, "fusion": "concat", "device": " ", "modality_size": {"audio": 6, "visual": 6},
-            "encoders": {"audio": {"name": "Transformer"}, "visual": {"name": "Transformer"}}}
-    model = seeded(1, lambda: model_mod.BaseClassifierAMCoModel(args))
+    model = seeded(1, lambda: bb_model(model_mod, "BaseClassifierAMCoModel"))
     init = {names(k): v.detach().clone() for k, v in model.named_parameters()}
     method = {"alpha": 0.1, "method": "AMCo", "modulation_starts": 0, "modulation_ends": 80, "sigma": 0.5, "U": 512,
               "eps": 0.3, "modality": "audio"}
-    trainer = trainer_mod.AMCoTrainer(Quiet(), method, {})
-    trainer.progbar_wrapper = lambda iterable, **k: iterable
-    trainer._format_iterable = lambda *a, **k: None
+    trainer = bb_trainer(trainer_mod.AMCoTrainer(Quiet(), method, {}))
     x, y = data(n=8, batch=2)
-    train = [{"audio": x["audio"][r], "visual": x["visual"][r], "label": y[r]} for r in ([0, 1], [2, 3], [4, 5], [6, 7])]
+    train = bb_batches(x, y, ([0, 1], [2, 3], [4, 5], [6, 7]))
     opt = recording(torch.optim.SGD)(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
     opt.recorder = Recorder(model, ("loss", "pt", "N", "mask_t", "dependent_modality"), names)
     epochs = []

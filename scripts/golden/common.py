@@ -258,14 +258,24 @@ class AVStandIn(nn.Module):
         return self.fusion_module(self.audio_net(audio), self.visual_net(visual))
 
 
-def av_names(name: str) -> str | None:
-    """A GeWu stand-in's parameter name -> mmsent's (encoders.audio.conv.weight, head.net.weight)."""
-    name = name.removeprefix("module.")
-    for ref, ours in (("audio_net.", "encoders.audio."), ("visual_net.", "encoders.visual."),
-                      ("fusion_module.fc_out.", "head.net.")):
-        if name.startswith(ref):
-            return ours + name[len(ref):]
-    return None
+def renamer(*pairs: tuple[str, str], strip: str = ""):
+    """A reference's parameter name -> mmsent's: the first ``(their prefix, our prefix)`` that
+    matches is swapped (after removing ``strip`` in front); a name no pair matches is None (a
+    parameter mmsent's model does not have)."""
+
+    def rename(name: str) -> str | None:
+        name = name.removeprefix(strip) if strip else name
+        for ref, ours in pairs:
+            if name.startswith(ref):
+                return ours + name[len(ref):]
+        return None
+
+    return rename
+
+
+# A GeWu stand-in's parameter name -> mmsent's (encoders.audio.conv.weight, head.net.weight)
+av_names = renamer(("audio_net.", "encoders.audio."), ("visual_net.", "encoders.visual."),
+                   ("fusion_module.fc_out.", "head.net."), strip="module.")
 
 
 def loader(x: dict, y, order=("audio", "visual"), batch: int = BATCH):
@@ -339,3 +349,44 @@ def load_fixed(root: Path, relpath: str, name: str, line: int, bad: str, good: s
     sys.modules[name] = module
     exec(compile("".join(lines), str(file), "exec"), module.__dict__)
     return module
+
+
+# BalanceBenchmark's BaseClassifierModel around the stand-in encoders: its parameter names
+BB_NAMES = (("modality_encoder.audio.", "encoders.audio."), ("modality_encoder.visual.", "encoders.visual."),
+            ("fusion_module.fc_out.", "head.net."))
+BB_DIMS = {"audio": 5, "visual": 4}
+
+
+def bb_model(model_mod, cls: str, mods=("audio", "visual")):
+    """BalanceBenchmark's model class ``cls`` (a concat head over 6-wide features) on stand-in
+    ``Conv1x1`` encoders of the modalities ``mods``, built by the reference's own constructor."""
+    model_mod.create_encoders = lambda enc: {m: Conv1x1(BB_DIMS[m]) for m in mods}
+    args = {"n_classes": 3, "fusion": "concat", "device": " ", "modality_size": {m: 6 for m in mods},
+            "encoders": {m: {"name": "Transformer"} for m in mods}}
+    return getattr(model_mod, cls)(args)
+
+
+def bb_trainer(trainer):
+    """A BalanceBenchmark trainer with its progress bar and its per-batch summary switched off."""
+    trainer.progbar_wrapper = lambda iterable, **k: iterable
+    trainer._format_iterable = lambda *a, **k: None
+    return trainer
+
+
+def bb_batches(x: dict, y, rows) -> list[dict]:
+    """BalanceBenchmark's batches: one dict of modalities and ``label`` per list of row indices."""
+    return [{"audio": x["audio"][r], "visual": x["visual"][r], "label": y[r]} for r in rows]
+
+
+def stepping(opt_cls, steps: list, model: nn.Module, names):
+    """``opt_cls`` whose ``step(closure)`` appends the closure's loss and every (renamed) parameter
+    of ``model`` to ``steps`` after stepping (a Lightning-style trainer steps through closures)."""
+
+    class Stepping(opt_cls):
+        def step(self, closure=None):
+            loss = super().step(closure)
+            steps.append({"loss": loss.detach().clone(), "params": params({names(k): v for k, v in model.named_parameters()})})
+            return loss
+
+    Stepping.__name__ = opt_cls.__name__
+    return Stepping

@@ -5,7 +5,7 @@ with ``cls_k = getAlpha_Learnable_Fitted(epoch)``, as its ``__main__`` calls the
 import torch
 from torch import nn
 
-from common import Conv1x1, Quiet, Recorder, cpu_only, data, load, loader, recording, reference, seeded, stub_modules
+from common import Conv1x1, Quiet, Recorder, cpu_only, data, load, loader, recording, reference, renamer, seeded, stub_modules
 
 REPO = "NeurIPS24-LFM"
 
@@ -24,12 +24,8 @@ class StandIn(nn.Module):
         return o_a + o_v, o_a, o_v, a, v
 
 
-def names(k: str) -> str | None:
-    for ref, ours in (("audio_encoder.", "encoders.audio."), ("video_encoder.", "encoders.visual."),
-                      ("cls_a.", "head.fc.audio."), ("cls_v.", "head.fc.visual.")):
-        if k.startswith(ref):
-            return ours + k[len(ref):]
-    return None
+names = renamer(("audio_encoder.", "encoders.audio."), ("video_encoder.", "encoders.visual."),
+                ("cls_a.", "head.fc.audio."), ("cls_v.", "head.fc.visual."))
 
 
 def record(refs):

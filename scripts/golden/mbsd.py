@@ -6,43 +6,26 @@ a name the model class does not define at this commit (it defines ``unimodality_
 stand-in model carries that name as an alias, the attribute the reference code reaches for."""
 import torch
 
-from common import Conv1x1, Quiet, bb_module, data, params, reference, seeded
+from common import BB_NAMES, Quiet, bb_batches, bb_model, bb_module, bb_trainer, data, reference, renamer, seeded, stepping
 
 REPO = "BalanceBenchmark"
 
 
-def names(k: str) -> str | None:
-    for ref, ours in (("modality_encoder.audio.", "encoders.audio."), ("modality_encoder.visual.", "encoders.visual."),
-                      ("fusion_module.fc_out.", "head.net.")):
-        if k.startswith(ref):
-            return ours + k[len(ref):]
-    return None
+names = renamer(*BB_NAMES)
 
 
 def record(refs):
     root, ref = reference(refs, REPO)
     trainer_mod = bb_module(root, "balancemm.trainer.MBSD_trainer")
     model_mod = bb_module(root, "balancemm.models.avclassify_model")
-    model_mod.create_encoders = lambda enc: {"audio": Conv1x1(5), "visual": Conv1x1(4)}
-    args = {"n_classes": 3, "fusion": "concat", "device": " ", "modality_size": {"audio": 6, "visual": 6},
-            "encoders": {"audio": {"name": "Transformer"}, "visual": {"name": "Transformer"}}}
-    model = seeded(1, lambda: model_mod.BaseClassifierModel(args))
+    model = seeded(1, lambda: bb_model(model_mod, "BaseClassifierModel"))
     model.Unimodality_Calculate = model.unimodality_calculate
     init = {names(k): v.detach().clone() for k, v in model.named_parameters()}
-    trainer = trainer_mod.MBSDTrainer(Quiet(), {"modulation_starts": 0, "modulation_ends": 80, "modality": 2}, {})
-    trainer.progbar_wrapper = lambda iterable, **k: iterable
-    trainer._format_iterable = lambda *a, **k: None
+    trainer = bb_trainer(trainer_mod.MBSDTrainer(Quiet(), {"modulation_starts": 0, "modulation_ends": 80, "modality": 2}, {}))
     x, y = data(seed=10)
-    train = [{"audio": x["audio"][r], "visual": x["visual"][r], "label": y[r]} for r in (list(range(8)), list(range(8, 16)))]
+    train = bb_batches(x, y, (list(range(8)), list(range(8, 16))))
     steps = []
-
-    class SGD(torch.optim.SGD):
-        def step(self, closure=None):
-            loss = super().step(closure)
-            steps.append({"loss": loss.detach().clone(), "params": params({names(k): v for k, v in model.named_parameters()})})
-            return loss
-
-    opt = SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
+    opt = stepping(torch.optim.SGD, steps, model, names)(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-4)
     trainer.current_epoch = 0
     trainer.train_loop(model, opt, train)
     return {

@@ -5,7 +5,7 @@ The inputs are chosen so that one step has a conflict (a negative cosine) for on
 import torch
 from torch import nn
 
-from common import Conv1x1, Recorder, data, load, recording, reference, seeded, stub_modules, loader
+from common import Conv1x1, Recorder, data, load, loader, recording, reference, renamer, seeded, stub_modules
 
 REPO = "MMPareto_ICML2024"
 
@@ -24,12 +24,8 @@ class StandIn(nn.Module):
         return self.head(torch.cat((a, v), 1)), self.head_audio(a), self.head_video(v)
 
 
-def names(k: str) -> str | None:
-    for ref, ours in (("audio_net.", "encoders.audio."), ("visual_net.", "encoders.visual."), ("head_audio.", "heads.audio."),
-                      ("head_video.", "heads.visual."), ("head.", "head.net.")):
-        if k.startswith(ref):
-            return ours + k[len(ref):]
-    return None
+names = renamer(("audio_net.", "encoders.audio."), ("visual_net.", "encoders.visual."), ("head_audio.", "heads.audio."),
+                ("head_video.", "heads.visual."), ("head.", "head.net."))
 
 
 def record(refs):

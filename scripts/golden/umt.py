@@ -9,17 +9,12 @@ import types
 
 import torch
 
-from common import Conv1x1, Quiet, bb_module, data, params, reference, seeded
+from common import BB_NAMES, Quiet, bb_batches, bb_model, bb_module, bb_trainer, data, reference, renamer, seeded, stepping
 
 REPO = "BalanceBenchmark"
 
 
-def names(k: str) -> str | None:
-    for ref, ours in (("modality_encoder.audio.", "encoders.audio."), ("modality_encoder.visual.", "encoders.visual."),
-                      ("fusion_module.fc_out.", "head.net.")):
-        if k.startswith(ref):
-            return ours + k[len(ref):]
-    return None
+names = renamer(*BB_NAMES)
 
 
 def record(refs):
@@ -28,36 +23,20 @@ def record(refs):
     sys.modules["models.avclassify_model"] = types.SimpleNamespace(MultiModalParallel=None)
     trainer_mod = bb_module(root, "balancemm.trainer.UMT_trainer")
     model_mod = bb_module(root, "balancemm.models.avclassify_model")
-    dims = {"audio": 5, "visual": 4}
-
-    def build(mods):
-        model_mod.create_encoders = lambda enc: {m: Conv1x1(dims[m]) for m in mods}
-        args = {"n_classes": 3, "fusion": "concat", "device": " ", "modality_size": {m: 6 for m in mods},
-                "encoders": {m: {"name": "Transformer"} for m in mods}}
-        return model_mod.BaseClassifierModel(args)
-
-    model = seeded(1, lambda: build(("audio", "visual")))
+    model = seeded(1, lambda: bb_model(model_mod, "BaseClassifierModel"))
     init = {names(k): v.detach().clone() for k, v in model.named_parameters()}
     teachers = {}
     for i, m in enumerate(("audio", "visual")):
-        teachers[m] = seeded(2 + i, lambda m=m: build((m,)))
+        teachers[m] = seeded(2 + i, lambda m=m: bb_model(model_mod, "BaseClassifierModel", (m,)))
         teachers[m].eval()
     trainer = trainer_mod.UMTTrainer(Quiet(), {"scaling": 10, "modulation_starts": 0, "modulation_ends": 80},
                                      {}, types.SimpleNamespace(mode="train"))
     trainer.loaded_model = teachers
-    trainer.progbar_wrapper = lambda iterable, **k: iterable
-    trainer._format_iterable = lambda *a, **k: None
+    bb_trainer(trainer)
     x, y = data(seed=11)
-    train = [{"audio": x["audio"][r], "visual": x["visual"][r], "label": y[r]} for r in (list(range(8)), list(range(8, 16)))]
+    train = bb_batches(x, y, (list(range(8)), list(range(8, 16))))
     steps = []
-
-    class SGD(torch.optim.SGD):
-        def step(self, closure=None):
-            loss = super().step(closure)
-            steps.append({"loss": loss.detach().clone(), "params": params({names(k): v for k, v in model.named_parameters()})})
-            return loss
-
-    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = stepping(torch.optim.SGD, steps, model, names)(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     trainer.current_epoch = 0
     trainer.train_loop(model, opt, train)
     return {
