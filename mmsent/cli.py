@@ -208,7 +208,11 @@ def cmd_predict(args) -> int:
     print(f"wrote {out}: {len(split)} {args.split} samples, predictions of multi and {', '.join(run.model.modalities)}")
     if run.results and not args.data and args.split == "test":  # the run's own test split: what it scored
         metric = run.task.headline
-        now, then = run.task.metrics(preds["multi"], split.y)[metric], run.results["test"]["multi"][metric]
+        now, then = run.task.metrics(preds["multi"], split.y)[metric], run.results["test"].get("multi", {}).get(metric)
+        if then is None:  # a results file of another shape (checked to hold numbers, not which ones)
+            print(f"warning: results.json holds no test {metric} of the fused model; these predictions (test {metric} "
+                  f"{now:.6f}) were not compared with it", file=sys.stderr)
+            return 1
         if abs(now - then) > 1e-6:
             print(f"warning: test {metric} of these predictions is {now:.6f}, results.json says {then:.6f}: the code or "
                   "the data changed since the run", file=sys.stderr)

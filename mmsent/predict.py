@@ -22,8 +22,8 @@ from torch import Tensor
 
 from mmsent.checks import first_line
 from mmsent.data import DataError, Dataset, Split, build_dataset
-from mmsent.files import read_json
 from mmsent.predictions import check_data
+from mmsent.report import read_results
 
 
 @dataclasses.dataclass
@@ -60,8 +60,7 @@ def load_run(run_dir, data: str | None = None, device: str = "cpu") -> Run:
             raise RunError(f"{run}: best.pt (the selected epoch's weights) is missing, though the run has finished "
                            "epochs; it was removed or moved: restore it, or train the run again with another --out")
         raise RunError(f"{run}: no best.pt; no epoch of this run has finished (train it, or --resume it)")
-    results = (read_json(run / "results.json", "results file", "; re-run the run with --resume to write it again")
-               if (run / "results.json").is_file() else None)
+    results = read_results(run / "results.json") if (run / "results.json").is_file() else None
     dataset = build_dataset(dataclasses.replace(cfg.data, path=str(data)) if data else cfg.data, cfg.seed)
     check_data(str(data or cfg.data.path or cfg.data.dataset), dataset, (results or {}).get("data"))
     task = build_task(dataset.task, dataset.num_classes, dataset.class_weights)

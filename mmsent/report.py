@@ -14,15 +14,29 @@ def load_results(run_dirs) -> list[dict]:
         p = Path(d) / "results.json"
         if not p.is_file():
             raise FileError(f"{p}: no results.json (unfinished run?)")
-        res = read_json(p, "results file", "; re-run the run with --resume to write it again")
-        if not all(isinstance(res.get(k), dict) for k in ("test", "val")):
-            raise FileError(f"{p}: not an mmsent results file (no 'test' and 'val' metrics)")
-        wrong = bad_number({k: res[k] for k in ("test", "val")})
-        if wrong or not all(isinstance(b, dict) for k in ("test", "val") for b in res[k].values()):
-            raise FileError(f"{p}: {wrong or 'a branch'} is not a number (or a branch is not a mapping of metrics); "
-                            "not an mmsent results file")
-        out.append(res)
+        out.append(read_results(p))
     return out
+
+
+def read_results(p: Path) -> dict:
+    """One ``results.json``, checked where it enters (report, table and predict read only what this
+    let through): test and val each a non-empty mapping of branches, each a non-empty mapping of
+    numbers; provenance, if any, a mapping whose git record is a commit string and a dirty flag."""
+    res = read_json(p, "results file", "; re-run the run with --resume to write it again")
+    if not all(isinstance(res.get(k), dict) and res[k] for k in ("test", "val")):
+        raise FileError(f"{p}: not an mmsent results file (no 'test' and 'val' metrics)")
+    wrong = bad_number({k: res[k] for k in ("test", "val")})
+    if wrong or not all(isinstance(b, dict) and b for k in ("test", "val") for b in res[k].values()):
+        raise FileError(f"{p}: {wrong or 'a branch'} is not a number (or a branch is not a non-empty mapping of "
+                        "metrics); not an mmsent results file")
+    prov = res.get("provenance")
+    git = prov.get("git") if isinstance(prov, dict) else None
+    if not (prov is None or isinstance(prov, dict) and (git is None or isinstance(git, dict)
+            and isinstance(git.get("commit"), str) and isinstance(git.get("dirty"), bool))
+            and isinstance(prov.get("world_size", 1), int) and isinstance(prov.get("resumed", []), list)):
+        raise FileError(f"{p}: its provenance record is damaged (not a mapping with git commit/dirty, world_size "
+                        "and resumed of their types); not an mmsent results file")
+    return res
 
 
 def check_comparable(run_dirs, results: list[dict], split: str = "test") -> None:
