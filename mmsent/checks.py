@@ -17,6 +17,10 @@ class ConfigError(ValueError):
     """Bad configuration; the message names the key or file."""
 
 
+class RunError(RuntimeError):
+    """A run that cannot start or go on (existing run directory, non-finite loss...)."""
+
+
 class SettingError(ConfigError):
     """A value out of range, raised by a settings class; ``from_dict`` prefixes the section's key."""
 
@@ -78,6 +82,6 @@ def host_memory() -> int | None:
         return None
 
 
-# True inside a dry run (``--dry-run``, ``fit(dry_run=True)``): whatever would write (a data cache
+# True inside a dry run (``--dry-run``, ``prepare(planning=True)``): whatever would write (a data cache
 # built on first use) only says what it would do.
 PLANNING: ContextVar[bool] = ContextVar("planning", default=False)

@@ -14,14 +14,15 @@ def cmd_train(args) -> int:
     from mmsent.distributed import Dist
     from mmsent.recipes import train_config
     from mmsent.report import print_results
-    from mmsent.train import fit
+    from mmsent.train import prepare, train
 
     cfg = train_config(dataset=args.dataset, data=args.data, config=args.config, fusion=args.fusion,
                        strategy=args.strategy, alpha=args.alpha, seed=args.seed, epochs=args.epochs, out=args.out,
                        device=args.device, overrides=args.overrides, resume=args.resume)
-    results = fit(cfg, resume=args.resume, quiet=args.quiet, command_line=f"{command()} {shlex.join(args.argv)}",
-                  dry_run=args.dry_run)
+    run = prepare(cfg, resume=args.resume, quiet=args.quiet, command_line=f"{command()} {shlex.join(args.argv)}",
+                  planning=args.dry_run)
     if args.dry_run:
+        results = run.plan()
         c, d = results["config"], results["data"]
         print(f"dry run (nothing written): would {'resume' if args.resume else 'train'} {results['run_dir']}: dataset "
               f"{c['data']['dataset']} ({', '.join(f'{k} {v}' for k, v in results['sizes'].items())}; {d['task']}; "
@@ -29,6 +30,7 @@ def cmd_train(args) -> int:
               f"({results['parameters']:,} parameters), strategy {c['strategy']['name']} {c['strategy']['args'] or ''}"
               f"".rstrip() + f", {c['train']['epochs']} epochs of {results['steps_per_epoch']} steps, seed {c['seed']}")
         return 0
+    results = train(run)
     if Dist().is_main:  # under torchrun rank 0 alone reports
         print_results(results)
     return 0
@@ -398,7 +400,7 @@ def _main(argv) -> int:
         from mmsent.files import FileError
         from mmsent.sweep import SweepError
         from mmsent.checks import PLANNING, first_line, is_out_of_memory
-        from mmsent.train import RunError
+        from mmsent.rundir import RunError
 
         planning = PLANNING.set(bool(getattr(args, "dry_run", False)))
         try:

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from mmsent.checks import ConfigError
 from mmsent.data.batch import Batch
 
 
@@ -130,6 +131,20 @@ class Dist:
             return logs
         keys = sorted(logs)
         return dict(zip(keys, self.mean(torch.tensor([logs[k] for k in keys], dtype=torch.float64)).tolist()))
+
+    def check_batches(self, batch_size: int, n_train: int, batch_norm: bool = False) -> str | None:
+        """Every rank steps on a shard of every training batch, so each batch, the last one
+        included, needs a sample per rank; returns a note to say once when BatchNorm's training
+        statistics will be per shard (SyncBatchNorm is CUDA-only and the masked passes use
+        functional, vmapped, BatchNorm: equivalent in distribution, not bitwise, to one process)."""
+        last = n_train % batch_size
+        if self.active and (batch_size < self.world or 0 < last < self.world):
+            raise ConfigError(f"data.batch_size={batch_size}: with {self.world} ranks every training batch needs at "
+                              f"least {self.world} samples" + (f", and the last one holds {last}" if last else "")
+                              + "; choose another batch size")
+        if self.world > 1 and batch_norm:
+            return f"note: BatchNorm statistics are per rank ({self.world} shards of each batch), not synchronised"
+        return None
 
     def barrier(self) -> None:
         if self.active:

@@ -8,22 +8,27 @@ cleaned; checkpoints are read with ``weights_only=True`` and never run code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
+import signal
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from mmsent.checks import first_line
-from mmsent.config import Config, load_config
-from mmsent.files import FileError, RunLock, read_json, read_log, write_json, write_text
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or go on (existing run directory, non-finite loss...)."""
+from mmsent.checks import RunError, command, first_line, is_out_of_memory
+from mmsent.config import RESUMABLE, Config, differences, load_config
+from mmsent.distributed import Dist, lost_peer
+from mmsent.files import (FileError, RunLock, append_line, jsonable, read_json, read_log, save_torch, write_json,
+                          write_text)
+from mmsent.interrupt import Interrupted, StopAtSafePoint, ignore_stop_signals
+from mmsent.provenance import now as time_now
+from mmsent.tracking import Trackers
 
 
 def load_checkpoint(path: Path, device) -> dict:
@@ -117,6 +122,43 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(base=tree)
 
 
+def optimizer_problem(optimizer: torch.optim.Optimizer) -> str | None:
+    """What ``load_state_dict`` lets through but the next step trips on (a KeyError or a size
+    mismatch deep inside Adam): per parameter, the same buffers as every other parameter, each a
+    finite tensor of the parameter's shape, and a finite step count."""
+    keys = None
+    for i, p in enumerate(q for g in optimizer.param_groups for q in g["params"]):
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        if keys is None:
+            keys = set(state)
+        if set(state) != keys:
+            return f"parameter {i} holds {sorted(state)}, the others {sorted(keys)}"
+        for k, v in state.items():
+            if k == "step":
+                ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) or \
+                    (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point())
+                if not ok or not math.isfinite(float(v)) or float(v) < 0:
+                    return f"parameter {i}: step is not a count"
+            elif v is None:
+                continue
+            elif not isinstance(v, torch.Tensor) or v.shape != p.shape or not torch.isfinite(v).all():
+                return f"parameter {i}: {k!r} is not a finite tensor of shape {tuple(p.shape)}"
+    return None
+
+
+def check_resume_config(run: Path, cfg: Config) -> None:
+    """A run is one run: the resumed config must be the run's own, but for its budget and place."""
+    stored = load_run_config(run).to_dict() if (run / "config.json").is_file() else None
+    changed = [d for d in differences(stored, cfg.to_dict()) if not d.startswith(RESUMABLE)] if stored else []
+    if changed:
+        raise RunError(f"{run}: --resume continues the same run, but {changed[0]}"
+                       + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                       + "; only train.epochs (and device, train.log, the folder's place) may change: start a new "
+                         "run with another --out")
+
+
 class RunFolder:
     """The folder one ``fit`` writes, locked (``RunLock``) from before its first write to the end.
 
@@ -208,7 +250,142 @@ class RunFolder:
                 pass
 
     def close(self) -> None:
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
+
+    # --- the folder as a training run writes it (``train.train``) ---------------------------------
+
+    @classmethod
+    @contextmanager
+    def session(cls, run: Path, cfg: Config, resume: bool, dist: Dist, oom_hint: str = ""):
+        """The folder from its lock to its results. Rank 0 opens (or reopens) and alone writes it;
+        signals stop the run only at ``safe_point``; trackers follow the run. An error on the way
+        out is one line saying what the folder now holds and how to go on; a fresh folder that
+        holds no checkpoint yet is removed (nothing to resume, and it would block the next run).
+        ``oom_hint``: the data's share of an out-of-memory error (``resources.largest_input``)."""
+        opened: list[RunFolder] = []
+        dist.on_main(lambda: opened.append(cls.open(run, cfg, resume)), RunError)
+        folder = opened[0] if opened else cls(run, None, fresh=False, existed=True)  # another rank: writes nothing
+        try:
+            with StopAtSafePoint() as folder.stop:
+                folder.trackers = Trackers([n.strip() for n in cfg.train.log.split(",")], run, cfg.to_dict(),
+                                           active=dist.is_main)
+                yield folder
+                if folder.stop.requested and dist.is_main:  # it came after the last safe point: nothing was cut short
+                    print(f"note: {signal.Signals(folder.stop.signum).name} arrived as the run ended; {run} is "
+                          "complete (results.json written)", file=sys.stderr)
+        except BaseException as e:
+            folder.fail(e, oom_hint)
+            raise
+        finally:
+            if folder.trackers is not None:
+                folder.trackers.close()
+            folder.close()
+
+    stop: StopAtSafePoint | None = None
+    trackers: Trackers | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.lock is not None
+
+    def fail(self, e: BaseException, oom_hint: str) -> None:
+        """Raise ``e`` as one line saying what the folder holds (a fresh one without a checkpoint
+        is discarded first); return for an error that is not the run's to explain."""
+        run = self.path
+        unsaved = self.fresh and not (run / "last.pt").is_file()
+        if unsaved:
+            self.discard()
+        keep = f"{run} holds epochs 0-{saved_epoch(run)}"
+        if isinstance(e, Interrupted):
+            raise Interrupted(e.signum, f"interrupted by {signal.Signals(e.signum).name}: "
+                              + (f"no epoch of {run} had finished, so nothing was kept; run the same command again"
+                                 if unsaved else f"{keep}; continue with: {command()} train --out {run} --resume")) from None
+        lost = lost_peer(e)
+        if lost:  # the job is over; torchrun's own summary follows and names the exit code
+            ignore_stop_signals()  # torchrun now SIGTERMs every rank: let this line out first
+            raise RunError(lost + ("" if unsaved else f"; {keep}, continue by launching the same job with --resume")) from None
+        if isinstance(e, (MemoryError, RuntimeError)) and is_out_of_memory(e):
+            raise RunError(f"out of memory while training ({first_line(e)[:120]}){oom_hint}; lower data.batch_size "
+                           "or the model sizes" + ("" if unsaved else f", then continue with: {command()} train --out "
+                                                   f"{run} --resume")) from None
+        if isinstance(e, FileError):
+            raise RunError(str(e) + ("" if unsaved else "; the run stays resumable with --resume")) from None
+
+    def safe_point(self, dist: Dist | None = None) -> None:
+        """Where a requested stop happens: every file on disk is whole and matches ``last.pt``.
+        Under torchrun (``dist`` active) every rank stops if any was asked to (a collective)."""
+        if dist is not None and dist.active:
+            if dist.sum(float(self.stop.signum or 0)):
+                raise Interrupted(self.stop.signum or signal.SIGTERM)
+        elif self.stop.requested:
+            raise Interrupted(self.stop.signum)
+
+    def restore(self, run, state: dict) -> dict:
+        """``--resume``: the model, optimizer, strategy, both RNG streams and the loop's ``state``
+        as ``last.pt`` holds them, checked to fit this run and its data; the log is cut back to the
+        checkpoint (a crash between log line and checkpoint redoes that epoch). ``run`` is the
+        ``train.Run`` being resumed."""
+        path = self.path
+        if not (path / "last.pt").is_file():
+            raise RunError(f"{path}: no last.pt to resume from (a run that died before its first epoch is started "
+                           "again without --resume)")
+        ckpt = load_checkpoint(path / "last.pt", run.device)
+        fingerprint = state["data"]
+        try:
+            run.model.load_state_dict(ckpt["model"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            problem = optimizer_problem(run.optimizer)
+            if problem:
+                raise ValueError(f"optimizer state: {problem}")
+            run.strategy.load_state_dict(ckpt["strategy"])
+            torch.set_rng_state(ckpt["rng"])
+            run.generator.set_state(ckpt["generator"])
+            state.update(ckpt["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise RunError(f"{path / 'last.pt'}: does not fit this run's model and settings ({type(e).__name__}: "
+                           f"{first_line(e)[:160]}); start a new run with another --out") from None
+        if state.get("data", fingerprint) != fingerprint:  # same settings, other contents: not the run's data
+            raise RunError(f"{path}: --resume reads other data than the run started with (the same settings, other "
+                           "contents); start a new run with another --out")
+        state["data"] = fingerprint
+        if state["best_epoch"] >= 0 and not (path / "best.pt").is_file():
+            raise RunError(f"{path / 'best.pt'}: missing (the selected epoch's weights); the run cannot be finished, "
+                           "start a new one with another --out")
+        if self.writes:  # rank 0 alone writes (two ranks rewriting one log raced under torchrun)
+            truncate_log(path / "metrics.jsonl", state["epoch"])
+        return state
+
+    def log(self, row: dict) -> None:
+        if self.writes:
+            append_line(self.path / "metrics.jsonl", json.dumps(jsonable(row)))
+
+    def save_best(self, model: torch.nn.Module, epoch: int) -> None:
+        if self.writes:
+            save_torch(self.path / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+
+    def end_epoch(self, record: dict, checkpoint: dict) -> None:
+        """The epoch's log line, then ``last.pt``: a failure between leaves the checkpoint of the
+        epoch before, which ``--resume`` continues from (cutting the log back, redoing the epoch)."""
+        if self.writes:
+            self.log(record)
+            self.trackers.epoch(record)
+            save_torch(self.path / "last.pt", checkpoint)
+
+    def load_best(self, device, epoch: int) -> dict:
+        best = load_checkpoint(self.path / "best.pt", device)
+        if best.get("epoch", epoch) != epoch:
+            raise RunError(f"{self.path / 'best.pt'}: holds epoch {best.get('epoch')} but the run selected epoch "
+                           f"{epoch} (a write was cut short); resume with the run's own train.epochs")
+        return best
+
+    def write_results(self, results: dict, here: dict) -> None:
+        """``results.json`` with the run's provenance (its first start, every resume, its end)."""
+        if self.writes:
+            starts = [r["provenance"]["started"] for r in read_log(self.path / "metrics.jsonl") if "provenance" in r]
+            results["provenance"] = {**here, "started": starts[0], "resumed": starts[1:], "ended": time_now()}
+            write_json(self.path / "results.json", results)
+            self.trackers.results(results)
 
 
 def saved_epoch(run: Path) -> int:

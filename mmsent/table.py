@@ -29,7 +29,7 @@ from mmsent.recipes import recipe, train_argv, train_config
 from mmsent.report import cell, load_results, percent, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import build_task
-from mmsent.train import RunError, load_run_config
+from mmsent.rundir import RunError, load_run_config
 
 
 

@@ -216,6 +216,7 @@ def test_kill_9_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_pat
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     """A crash while last.pt is written (here: the 3rd save raises after writing half a file) leaves
     the previous last.pt whole; resuming from it gives the uninterrupted numbers."""
+    import mmsent.rundir as rundir
     import mmsent.train as train
     from mmsent.config import load_config
     from mmsent.files import write_atomic
@@ -225,7 +226,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
                                   f"out={tmp_path / out}"])
 
     straight = train.fit(cfg("a", 4), quiet=True)
-    real_save, calls = train.save_torch, []
+    real_save, calls = rundir.save_torch, []
 
     def crashing_save(path, obj):
         if Path(path).name == "last.pt":
@@ -237,10 +238,10 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monke
                 return write_atomic(Path(path), half)
         return real_save(path, obj)
 
-    monkeypatch.setattr(train, "save_torch", crashing_save)
+    monkeypatch.setattr(rundir, "save_torch", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train.fit(cfg("b", 4), quiet=True)
-    monkeypatch.setattr(train, "save_torch", real_save)
+    monkeypatch.setattr(rundir, "save_torch", real_save)
     assert not list((tmp_path / "b").glob("last.pt*.tmp")), "the half-written file was left behind"
     ckpt = torch.load(tmp_path / "b/last.pt", weights_only=True)  # whole, not the half-written file
     assert ckpt["state"]["epoch"] == 0
@@ -492,9 +493,9 @@ def test_a_step_whose_activations_cannot_fit_is_refused_before_any_allocation(tm
     """Bounds before work: the parameters fit, but an LSTM over 50,000 steps keeps per-step state for
     the backward pass (B x L x 12 hidden floats, ~2.5 GiB here); on a 1 GiB device that is one line
     naming the modality, its size and the file, exit 2, and no run folder."""
-    import mmsent.train as train_module
+    import mmsent.resources as resources
 
-    monkeypatch.setattr(train_module, "memory_bytes", lambda device: 2**30)
+    monkeypatch.setattr(resources, "memory_bytes", lambda device: 2**30)
     out = tmp_path / "out"
     data = write_views(tmp_path, train__b=np.ones((8, 50_000, 4), np.float32))
     rc, err = inproc(tmp_path, "train", "--quiet", "--epochs", "1", "--out", str(out), *data, "model.hidden=128")
@@ -512,9 +513,9 @@ def test_an_lstm_over_a_very_long_sequence_is_said_before_it_starts(tmp_path, in
     interrupts, so the run says so (naming the modality, the file and the way out) before the first
     step; a short one says nothing, and the same long one read by an MLP says nothing either. (The
     bound is lowered to 300 steps here so that the dry run's shape probe stays quick.)"""
-    import mmsent.train as train_module
+    import mmsent.resources as resources
 
-    monkeypatch.setattr(train_module, "LONG_SEQUENCE", 300)
+    monkeypatch.setattr(resources, "LONG_SEQUENCE", 300)
     data = write_views(tmp_path, train__b=np.ones((8, 400, 4), np.float32))
     base = ["train", "--dry-run", "--out", str(tmp_path / "out"), *data]
     rc, err = inproc(tmp_path, *base)

@@ -99,5 +99,21 @@ def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> Multi
     return model
 
 
+def min_batch(model: torch.nn.Module, batch_size: int, n_train: int) -> tuple[int, str | None]:
+    """The smallest training batch ``model`` trains on, and a note to say once (or None). Training
+    BatchNorm cannot normalise one sample: with BatchNorm layers a batch of one is refused, and a
+    last batch of one joins the batch before it (``Split.batches(min_size=2)``)."""
+    norm = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)), None)
+    if norm is None:
+        return 1, None
+    if batch_size < 2 or n_train < 2:
+        what = f"data.batch_size={batch_size}" if batch_size < 2 else f"the train split holds {n_train} sample"
+        raise ConfigError(f"{what}: the model has BatchNorm layers ({norm}), which need at least 2 samples per "
+                          "training batch; use data.batch_size >= 2 and a train split of 2 or more")
+    note = (f"note: the last training batch would hold 1 sample, which BatchNorm cannot train on; it joins the "
+            f"batch before it ({batch_size + 1} samples)") if n_train % batch_size == 1 else None
+    return 2, note
+
+
 __all__ = ["ENCODERS", "FUSIONS", "choose", "evaluating", "BertEncoder", "FramesEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel",
-           "SpectrogramEncoder", "build_model", "masked_pool"]
+           "SpectrogramEncoder", "build_model", "masked_pool", "min_batch"]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from mmsent.checks import NoSettings
 from mmsent.data.batch import EVAL_BATCH, Batch, Dataset
 from mmsent.distributed import Dist
+from mmsent.loop import train_epoch
 from mmsent.models.fusions import ConcatHead
 from mmsent.models.model import MultimodalModel, evaluating
 
@@ -106,7 +107,7 @@ class Strategy:
 
     def __init__(self, model: MultimodalModel, optimizer: torch.optim.Optimizer, task, *, grad_clip: float = 0.0,
                  dist: Dist | None = None, batch_size: int = 64, steps_per_epoch: int = 1, min_batch: int = 1,
-                 epochs: int | None = None, **settings):
+                 epochs: int | None = None, amp: bool = False, **settings):
         self.settings = self.Settings(**settings)  # TypeError on an unknown setting, SettingError out of range
         self.model, self.optimizer, self.task, self.grad_clip = model, optimizer, task, grad_clip
         self.epoch = 0
@@ -115,6 +116,7 @@ class Strategy:
         self.batch_size = batch_size  # data.batch_size: stages of a method's own use it
         self.min_batch = min_batch  # 2 for a model with BatchNorm (a last batch of one merges)
         self.epochs = epochs  # the run's epoch budget (train.epochs); None outside the training loop
+        self.amp = amp  # train.amp: bfloat16 autocast, in the run's steps and in a copy's (train_copy)
         self.actions = dict.fromkeys(self.counts, 0)
         self.schedule: dict[str, int] = {}  # the epochs its schedule settings resolved to (results.json)
         # The process group (torchrun). Every gradient a strategy consumes passes ``dist.grads`` /
@@ -125,7 +127,7 @@ class Strategy:
     def loop(self) -> dict:
         """This strategy's loop context, for a strategy it builds over a copy of the model."""
         return {"dist": self.dist, "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch,
-                "min_batch": self.min_batch, "epochs": self.epochs}
+                "min_batch": self.min_batch, "epochs": self.epochs, "amp": self.amp}
 
     def scheduled(self, key: str, default: int) -> int:
         """The epoch that schedule setting ``key`` means in this run: a number as set; None (its
@@ -240,14 +242,13 @@ class Strategy:
         teachers, G-Blending's estimates) for ``epochs`` epochs on the training split in the run's batch size. Its shuffling
         generator is seeded from the run's RNG, so the copy's training is reproducible and resumes
         exactly; under torchrun it trains on this rank's shards with the run's process group.
-        ``after_epoch(i)`` runs after each epoch (e.g. a validation check)."""
+        ``after_epoch(i)`` runs after each epoch (e.g. a validation check). The epochs are the run's
+        own (``loop.train_epoch``): the same autocast and the same non-finite-loss check."""
         gen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))
         for i in range(epochs):
             trainer.model.train()
             trainer.on_epoch_start(i, data)
-            for batch in data.train.batches(self.batch_size, shuffle=True, generator=gen, min_size=self.min_batch,
-                                            deferred=True):
-                trainer.train_step(self.dist.shard(batch, self.task.batch_weight).to(self.device))
+            train_epoch(trainer, data.train, gen, amp=self.amp, label=f"{type(self).__name__}'s copy, epoch {i}")
             if after_epoch is not None:
                 after_epoch(i)
 
