@@ -63,16 +63,18 @@ def cmd_sweep(args) -> int:
             f"{p.name} in {p.choices or p.grid or f'[{p.low}, {p.high}]'}" for p in spec.params))
         return 0
     study = sweep.run(progress=console.print, worker=args.worker)
+    from mmsent.tasks import shown_metrics, task_of
 
     table = Table(title=f"{sweep.study_name}: trials")
     keys = [p.name for p in spec.params]
-    for col in ["#", "state", *keys, f"val {spec.metric}", "seed spread", "test acc/acc2 (multi)", "error"]:
+    for col in ["#", "state", *keys, f"val {spec.metric}", "seed spread", "test headline (multi)", "error"]:
         table.add_column(col)
     for r in trial_rows(study):
         seeds = r["val_per_seed"] or []
         spread = f"{min(seeds):.4f}..{max(seeds):.4f}" if seeds else ""
         test = r["test"]["multi"] if r["test"] else {}
-        head = test.get("acc2_has0", test.get("acc"))
+        task = task_of(test)
+        head = test.get(task.headline) if task else None
         table.add_row(str(r["number"]), r["state"].lower(), *(fmt(r.get(k)) for k in keys),
                       "" if r["value"] is None else f"{r['value']:.4f}", spread,
                       "" if head is None else f"{head:.4f}", (r["error"] or "")[:60])
@@ -83,7 +85,7 @@ def cmd_sweep(args) -> int:
         return 1
     test = best.user_attrs.get("test", {}).get("multi", {})
     console.print(f"best: {best.params}  validation {spec.metric} {best.value:.4f}  test "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("acc2_has0", "f1_has0", "mae", "corr", "acc", "f1")))
+                  + "  ".join(f"{k} {test[k]:.4f}" for k in shown_metrics(test)))
     png = plot(study, spec, args.plot or sweep.out_dir / f"{sweep.study_name}.png")
     if png:
         console.print(f"plot: {png}")
@@ -100,7 +102,7 @@ def cmd_report(args) -> int:
 
     results = load_results(args.runs)  # a missing or damaged results.json: FileError, one line
     check_comparable(args.runs, results, args.split)
-    print_summary(results, args.split, args.metrics.split(","))
+    print_summary(results, args.split, args.metrics.split(",") if args.metrics else None)
     print_provenance(args.runs, results)
     return 0
 
@@ -201,12 +203,12 @@ def cmd_predict(args) -> int:
     from mmsent.predictions import write_predictions
 
     run = load_run(args.run, args.data, args.device)  # bad run or data: one line
-    if run.dataset.task == "segmentation":  # per-pixel maps are not rows of a CSV
+    if not run.task.tabular:  # per-pixel maps are not rows of a CSV
         raise ConfigError(f"{args.run}: a segmentation run's predictions are label maps, not a per-sample table; "
                           "use mmsent.load_run(RUN).predict(batch) for a batch's (B, K, H, W) logits")
     split = getattr(run.dataset, args.split)
     preds = run.predictions(split)
-    out = write_predictions(Path(args.out), split, preds, run.dataset.task)
+    out = write_predictions(Path(args.out), split, preds, run.task)
     print(f"wrote {out}: {len(split)} {args.split} samples, predictions of multi and {', '.join(run.model.modalities)}")
     if run.results and not args.data and args.split == "test":  # the run's own test split: what it scored
         metric = run.task.headline
@@ -298,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="mean ± std of finished runs' metrics (e.g. one method over seeds)")
     r.add_argument("runs", nargs="+", help="run directories holding results.json")
     r.add_argument("--split", default="test", choices=["test", "val"])
-    r.add_argument("--metrics", default="acc2_has0,f1_has0,acc2_non0,f1_non0,mae,corr,acc7,acc,f1")
+    r.add_argument("--metrics", default=None, help="comma-separated metrics to show (default: every metric of the runs' task)")
     tb = sub.add_parser("table", help="every strategy + unimodal-only models over seeds: the paper's Table 2 (right)")
     tb.add_argument("--dataset", default="mosi", help=names(DATASETS))
     tb.add_argument("--data", help="dataset file")

@@ -57,13 +57,13 @@ def check_data(source: str, dataset: Dataset, trained: dict | None) -> None:
                         f"a {trained['task']} task with {trained['num_classes']}")
 
 
-def prediction_table(split: Split, preds: dict[str, Tensor], task_kind: str) -> str:
+def prediction_table(split: Split, preds: dict[str, Tensor], task) -> str:
     """CSV text, one row per sample: id, label, then each branch's prediction (regression: the
     score; classification: the class, and the fused model's class probabilities p_0 ... p_K-1)."""
     out = io.StringIO(newline="")
     w = csv.writer(out)
     branches = list(preds)
-    if task_kind == "regression":
+    if task.continuous:
         w.writerow(["id", "label", *branches])
         cols = [preds[b][:, 0].tolist() for b in branches]
         for i, (sid, y) in enumerate(zip(split.ids, split.y.tolist())):
@@ -78,7 +78,7 @@ def prediction_table(split: Split, preds: dict[str, Tensor], task_kind: str) -> 
     return out.getvalue()
 
 
-def write_predictions(path: Path, split: Split, preds: dict[str, Tensor], task_kind: str) -> Path:
-    table = prediction_table(split, preds, task_kind)
+def write_predictions(path: Path, split: Split, preds: dict[str, Tensor], task) -> Path:
+    table = prediction_table(split, preds, task)
     make_dir(Path(path).parent)  # `--out results/preds.csv` into a folder not made yet (only now: all went well)
     return write_text(Path(path), table)

@@ -21,6 +21,7 @@ import torch
 
 from mmsent.data.batch import EVAL_BATCH
 from mmsent.models.model import MultimodalModel, evaluating
+from mmsent.tasks import lower_is_better
 
 RIDGE_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 LOGISTIC_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -52,7 +53,8 @@ def fit_probe(task, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict:
     from sklearn.linear_model import LogisticRegression, Ridge
 
     tr, va, te = _standardize(x["train"], x["val"], x["test"])
-    regression = task.name == "regression"
+    regression = task.continuous  # a ridge probe of the score, else a logistic one of the classes
+    select = task.probe_select or task.headline
     best = None
     for reg in RIDGE_ALPHAS if regression else LOGISTIC_CS:
         if regression:
@@ -65,7 +67,7 @@ def fit_probe(task, x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict:
             # logits over every class id, also those absent from train
             pred = lambda a, p=probe: _logits(p, a, task.num_classes)  # noqa: E731
         val = task.metrics(pred(va), torch.from_numpy(y["val"]))
-        score = -val["mae"] if regression else val["acc"]
+        score = -val[select] if lower_is_better(select) else val[select]
         if best is None or score > best[0]:
             best = (score, reg, val, pred)
     _, reg, val, pred = best
@@ -82,12 +84,12 @@ def probe_encoders(model: MultimodalModel, dataset, task, batch_size: int = EVAL
     """A linear probe per modality: ``{m: {"reg": ..., "val": metrics, "test": metrics}}``, or
     ``{m: {"skipped": why}}`` for a probe that cannot be fitted (the run's results are kept: a probe
     is an extra measurement, never a reason to lose a trained model)."""
-    if task.name == "segmentation":
+    if not task.tabular:  # per-pixel outputs: per-pixel probes
         return probe_pixels(model, dataset, task, batch_size)
     splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
     feats = {name: encoder_features(model, s, batch_size) for name, s in splits.items()}
     ys = {name: s.y.numpy() for name, s in splits.items()}
-    if task.name == "classification" and len(np.unique(ys["train"])) < 2:
+    if not task.continuous and len(np.unique(ys["train"])) < 2:
         why = f"the train split holds a single class ({int(ys['train'][0])}); a classifier needs two"
         warnings.warn(f"linear probes skipped: {why}", stacklevel=2)
         return {m: {"skipped": why} for m in model.modalities}

@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 from mmsent.files import FileError, bad_number, read_json
+from mmsent.tasks import percent, shown_metrics, task_of  # noqa: F401  (percent: table.py formats with it)
 
 
 def load_results(run_dirs) -> list[dict]:
@@ -75,8 +76,6 @@ def summarize_probes(results: list[dict], split: str = "test") -> dict[str, dict
     return {m: {k: mean_std([r["probe"][m][split][k] for r in results]) for k in probes[m][split]} for m in fitted}
 
 
-RESULT_METRICS = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "acc7", "acc", "f1")
-
 
 def _console():
     from rich.console import Console
@@ -89,7 +88,7 @@ def print_results(results: dict) -> None:
     from rich.table import Table
 
     multi = results["test"]["multi"]
-    names = [n for n in RESULT_METRICS if n in multi] or list(multi)
+    names = shown_metrics(multi)
     table = Table(title=f"test metrics at best validation epoch {results['best_epoch']} ({results['run_dir']})")
     table.add_column("branch")
     for n in names:
@@ -104,11 +103,6 @@ def print_results(results: dict) -> None:
             _console().print(f"probe {m}: skipped ({v['skipped']})")
 
 
-def percent(metric: str) -> bool:
-    """Whether a metric is a fraction shown in percent (accuracies, F1, IoU)."""
-    return metric.startswith(("acc", "f1", "miou", "pixel_acc", "mean_acc"))
-
-
 def cell(metric: str, mean: float, std: float) -> str:
     """Accuracy-like metrics in percent, the others as they are."""
     if percent(metric):
@@ -116,13 +110,16 @@ def cell(metric: str, mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def print_summary(results: list[dict], split: str, metrics: list[str]) -> None:
-    """Mean ± std over runs, one row per branch (``cli.py report``)."""
+def print_summary(results: list[dict], split: str, metrics: list[str] | None = None) -> None:
+    """Mean ± std over runs, one row per branch (``cli.py report``); ``metrics``: the columns
+    (default: every metric of the runs' task but the loss)."""
     from rich.table import Table
 
     summary = summarize(results, split)
     summary.update({f"probe {m}": v for m, v in summarize_probes(results, split).items()})
-    names = [n for n in metrics if n in next(iter(summary.values()))]
+    first = next(iter(summary.values()))
+    task = task_of(first)
+    names = [n for n in (metrics or (task.metric_names if task else first)) if n in first and (metrics or n != "loss")]
     table = Table(title=f"{split} metrics at the validation-selected epoch, mean ± std over {len(results)} runs")
     table.add_column("branch")
     for n in names:

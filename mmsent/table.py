@@ -28,7 +28,7 @@ from mmsent.interrupt import PARENT_ENV, Interrupted
 from mmsent.recipes import recipe, train_argv, train_config
 from mmsent.report import cell, load_results, percent, summarize, summarize_probes
 from mmsent.strategies import STRATEGIES
-from mmsent.tasks import build_task
+from mmsent.tasks import TASKS
 from mmsent.rundir import RunError, load_run_config
 
 
@@ -257,10 +257,10 @@ def write_table(dirs: dict[str, list[Path]], out_dir: Path, dataset: str, comman
     first = next(iter(results.values()))[0]
     labels = labels_of(dataset, [b for b in first["test"] if b != "multi"])
     columns = {**labels, "multi": "Multi"}
-    metric = DATASETS[dataset].headline or build_task(first["task"], 2).headline
+    metric = DATASETS[dataset].headline or TASKS[first["task"]].headline
     only = unimodal_only(labels)
     n_seeds = max(len(v) for v in dirs.values())
-    title = {"acc2_has0": "Acc-2 (has0, %)", "acc": "accuracy (%)", "miou": "mIoU (%)"}.get(metric, metric)
+    title = {k: v for t in TASKS.values() for k, v in t.titles.items()}.get(metric, metric)
     lines.append(f"Test {title} at the validation-selected epoch, mean ± std over {n_seeds} seeds.\n")
     lines.append(f"Command: `{command}`\n")
     lines.append("| Method | " + " | ".join(columns.values()) + " | Val Multi |")

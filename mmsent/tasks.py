@@ -30,9 +30,52 @@ SEGMENTATION_METRICS = ("miou", "pixel_acc", "mean_acc")
 VOID = -1  # the label of an unlabelled pixel (NYUv2's class 0)
 
 
+class Task:
+    """What a kind of prediction is to the generic code (loop, evaluation, probes, predictions,
+    tables): the loss and the metrics, and the abilities it declares -- never its name. A new task
+    is a subclass plus one line in ``TASKS``; a dataset names it (``Dataset.task``).
+
+    Subclasses give ``loss``, ``per_sample``, ``metrics`` and ``batch_weight``; class-based methods
+    also use ``correct``, ``score`` and ``classes``."""
+
+    name = ""
+    headline = ""  # the metric a one-line summary shows
+    metric_names: tuple[str, ...] = ()  # what ``metrics`` returns (evaluation adds ``loss``)
+    lower_better: tuple[str, ...] = ()  # its metrics where lower is better (``loss`` always is)
+    percent: tuple[str, ...] = ()  # its metrics that are fractions, shown in percent
+    shown: tuple[str, ...] = ()  # what a run's or a trial's summary line shows, in order
+    titles: dict[str, str] = {}  # a table's title for a metric (default: its name)
+    probe_select = ""  # the validation metric a linear probe's regularisation is chosen on (default: headline)
+    # The output is one real score per sample (a table's column), not class logits.
+    continuous = False
+    # A split is scored from per-batch sums (``summary``/``from_summary``) instead of held outputs
+    # (segmentation: a split's logits would not fit in memory).
+    summed = False
+    # Predictions are one row per sample (a predictions table, paired per-sample significance
+    # tests, per-sample logits for the balancing methods); False for per-pixel maps, on which only
+    # strategies marked ``dense_ok`` are defined and probes are per pixel.
+    tabular = True
+
+    def __init__(self, num_classes: int = 1, class_weights: Tensor | None = None):
+        self.out_dim = num_classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.out_dim
+
+    @staticmethod
+    def batch_weight(y: Tensor) -> float:
+        """What ``loss`` divides by: the number of samples (torchrun weighs shards by it)."""
+        return float(len(y))
+
+    def diagnose(self, pred: Tensor) -> dict[str, float]:
+        """What a task adds to the per-epoch diagnostics of a pass's outputs (``train.grad_probe``)."""
+        return {}
+
+
 def metric_names(task: str) -> tuple[str, ...]:
-    """What ``metrics`` returns for a task (``loss`` is added by evaluation)."""
-    return {"regression": REGRESSION_METRICS, "segmentation": SEGMENTATION_METRICS}.get(task, CLASSIFICATION_METRICS)
+    """What ``metrics`` returns for the task named ``task`` (``loss`` is added by evaluation)."""
+    return TASKS[task].metric_names
 
 
 def msa_regression_metrics(pred, true) -> dict[str, float]:
@@ -68,20 +111,24 @@ def classification_metrics(logits, true) -> dict[str, float]:
     return {"acc": float(accuracy_score(true, pred)), "f1": float(f1_score(true, pred, average="weighted"))}
 
 
-class Regression:
+class Regression(Task):
     """Sentiment regression (MOSI): L1 loss as in CubeMLP/MMSA; the head outputs (B, 1)."""
 
     name = "regression"
-    out_dim = 1
-    headline = "acc2_has0"  # what a one-line summary shows
+    headline = "acc2_has0"
+    metric_names = REGRESSION_METRICS
+    lower_better = ("mae",)
+    percent = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7")
+    shown = ("mae", "corr", "acc2_has0", "f1_has0", "acc2_non0", "acc7")
+    titles = {"acc2_has0": "Acc-2 (has0, %)"}
+    probe_select = "mae"
+    continuous = True
+
+    def __init__(self, num_classes: int = 1, class_weights: Tensor | None = None):
+        super().__init__(1)
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         return F.l1_loss(pred.reshape(-1), y.to(pred.dtype))
-
-    @staticmethod
-    def batch_weight(y: Tensor) -> float:
-        """What ``loss`` divides by: the number of samples (torchrun weighs shards by it)."""
-        return float(len(y))
 
     def per_sample(self, pred: Tensor, y: Tensor) -> Tensor:
         """The loss of each sample, (B,): ``loss`` is its mean."""
@@ -104,24 +151,27 @@ class Regression:
         has0 split, negative (y < 0) vs non-negative."""
         return (y >= 0).long()
 
-    num_classes = 2
+    @property
+    def num_classes(self) -> int:  # the Acc-2 classes of ``classes``
+        return 2
 
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
         return msa_regression_metrics(pred.reshape(-1).cpu().numpy(), y.cpu().numpy())
 
 
-class Classification:
+class Classification(Task):
     """Single-label classification with cross-entropy."""
 
     name = "classification"
     headline = "acc"
+    metric_names = CLASSIFICATION_METRICS
+    percent = shown = CLASSIFICATION_METRICS
+    titles = {"acc": "accuracy (%)"}
 
-    batch_weight = staticmethod(Regression.batch_weight)
-
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, class_weights: Tensor | None = None):
         if num_classes < 2:
             raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
-        self.out_dim = num_classes
+        super().__init__(num_classes)
 
     def loss(self, pred: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(pred, y.long())
@@ -138,12 +188,11 @@ class Classification:
     def classes(self, y: Tensor) -> Tensor:
         return y.long()
 
-    @property
-    def num_classes(self) -> int:
-        return self.out_dim
-
     def metrics(self, pred: Tensor, y: Tensor) -> dict[str, float]:
         return classification_metrics(pred.cpu().numpy(), y.cpu().numpy())
+
+    def diagnose(self, pred: Tensor) -> dict[str, float]:
+        return {"top_prob": float(pred.softmax(-1).max(-1).values.mean())}
 
 
 def confusion(pred: Tensor, y: Tensor, num_classes: int) -> Tensor:
@@ -190,18 +239,23 @@ def median_frequency_weights(labels: Tensor, num_classes: int) -> Tensor:
     return weights.float()
 
 
-class Segmentation:
+class Segmentation(Task):
     """Per-pixel classification: the head outputs (B, K, H, W) logits, labels are (B, H, W) class
     ids with ``VOID`` for unlabelled pixels. Cross-entropy over the labelled pixels, optionally
     weighted per class (``median_frequency_weights``)."""
 
     name = "segmentation"
     headline = "miou"
+    metric_names = percent = SEGMENTATION_METRICS
+    shown = ("loss", *SEGMENTATION_METRICS)
+    titles = {"miou": "mIoU (%)"}
+    summed = True
+    tabular = False
 
     def __init__(self, num_classes: int, class_weights: Tensor | None = None):
         if num_classes < 2:
             raise ValueError(f"segmentation needs num_classes >= 2, got {num_classes}")
-        self.out_dim = self.num_classes = num_classes
+        super().__init__(num_classes)
         self.class_weights = class_weights
 
     def _weights(self, pred: Tensor):
@@ -243,15 +297,37 @@ class Segmentation:
         return {"loss": float(total / weight) if weight > 0 else float("nan"), **segmentation_metrics(cm)}
 
 
-def build_task(task: str, num_classes: int = 1, class_weights: Tensor | None = None):
-    if task == "regression":
-        return Regression()
-    if task == "classification":
-        return Classification(num_classes)
-    if task == "segmentation":
-        return Segmentation(num_classes, class_weights)
-    raise ValueError(f"unknown task {task!r}; choose from classification, regression, segmentation")
+# One line per task; ``Dataset.task`` names one of these.
+TASKS: dict[str, type[Task]] = {
+    "regression": Regression,
+    "classification": Classification,
+    "segmentation": Segmentation,
+}
+
+
+def build_task(task: str, num_classes: int = 1, class_weights: Tensor | None = None) -> Task:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(sorted(TASKS))}")
+    return TASKS[task](num_classes, class_weights)
+
+
+def task_of(metrics: dict) -> type[Task] | None:
+    """The task whose headline metric a mapping of metrics holds (a trial's or an old run's scores,
+    which do not name their task); None when none does."""
+    return next((t for t in TASKS.values() if t.headline in metrics), None)
+
+
+def shown_metrics(metrics: dict) -> list[str]:
+    """The metrics of ``metrics`` a summary shows: its task's ``shown``, else all of them."""
+    task = task_of(metrics)
+    return [m for m in task.shown if m in metrics] if task else list(metrics)
+
+
+def percent(metric: str) -> bool:
+    """Whether a metric is a fraction shown in percent (accuracies, F1, IoU), by what the tasks declare."""
+    return any(metric in t.percent for t in TASKS.values())
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric in ("loss", "mae")
+    """Whether a smaller value of ``metric`` is better (the loss, and what a task declares)."""
+    return metric == "loss" or any(metric in t.lower_better for t in TASKS.values())

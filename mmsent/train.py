@@ -83,7 +83,7 @@ def build_strategy(cfg: Config, model, optimizer, task, **loop):
     training batch); what only the model can tell (a unimodal modality that the data lacks) fails
     here, still before the run directory exists."""
     cls = choose(STRATEGIES, "strategy", cfg.strategy.name)
-    if task.name == "segmentation" and not cls.dense_ok:
+    if not task.tabular and not cls.dense_ok:
         dense = ", ".join(n for n, c in STRATEGIES.items() if c.dense_ok)
         raise ConfigError(f"strategy {cfg.strategy.name!r} is not defined for dense prediction: it needs per-sample "
                           f"logits, scores or prototypes; choose from {dense}")
@@ -264,7 +264,7 @@ def finish(run: Run, state: dict, folder: RunFolder, here: dict) -> dict:
         results["probe"] = probe_encoders(run.model, run.dataset, run.task, cfg.data.batch_size)
         results["probe_seconds"] = time.perf_counter() - t0
     if folder.writes and test_preds is not None:  # per-sample test predictions: `cli.py table` tests differences on them
-        write_predictions(run.path / PREDICTIONS, run.dataset.test, test_preds, run.dataset.task)
+        write_predictions(run.path / PREDICTIONS, run.dataset.test, test_preds, run.task)
     folder.write_results(results, here)
     dist.barrier()  # the run is complete on disk before any rank returns
     results["run_dir"] = str(run.path)
@@ -332,7 +332,7 @@ def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = 
 def evaluate_with_predictions(strategy, split: Split, task, batch_size: int, device, amp: bool = False):
     """``evaluate``'s metrics and the branch predictions they were computed from (none for a
     task scored from per-batch sums, ``task.summary``: segmentation)."""
-    if hasattr(task, "summary"):
+    if task.summed:
         with autocast(device, amp):
             sums = strategy.branch_summaries(split, batch_size)
         return {k: task.from_summary(s) for k, s in sums.items()}, None
@@ -376,8 +376,7 @@ def diagnostics(model: MultimodalModel, batch, task) -> dict[str, dict[str, floa
             pred = model.head(inputs).float()
             row = {"loss": float(task.loss(pred, batch.y)), "out_std": float(pred.std(0).mean()),
                    "out_abs": float(pred.abs().mean())}
-            if task.name == "classification":
-                row["top_prob"] = float(pred.softmax(-1).max(-1).values.mean())
+            row.update(task.diagnose(pred))
             if k != "multi":
                 row["feat_norm"] = float(feature_vectors(feats[k].float()).norm(dim=1).mean())
             out[k] = row

@@ -118,7 +118,7 @@ def test_training_with_the_work_on_the_device_trains_as_with_it_in_the_loader(tm
         callers = {c for c, _ in left}
         if where == "device":  # every batch the run moves left its work for the device, wherever it was asked for
             assert {c for c, leave in left if not leave} == {"build_model"}, left  # its shape probe is not moved
-            assert {"_fit_in", "my_batches", "encoder_features"} <= callers, callers  # train, evaluate, probe
+            assert {"train_epoch", "my_batches", "encoder_features"} <= callers, callers  # train, evaluate, probe
         else:
             assert not any(leave for _, leave in left)
     (dev, dev_log), (ldr, ldr_log) = runs["device"], runs["loader"]

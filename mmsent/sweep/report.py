@@ -9,6 +9,7 @@ import yaml
 from mmsent.config import load_yaml, set_dotted
 from mmsent.files import make_dir, write_atomic, write_text
 from mmsent.sweep.spec import SweepError, SweepSpec
+from mmsent.tasks import task_of
 
 
 def trial_rows(study) -> list[dict]:
@@ -75,9 +76,10 @@ def write_report(study, spec: SweepSpec, path: Path, command: str, png) -> None:
     """Markdown record of a sweep: the command, every trial, the best value."""
     keys = [p.name for p in spec.params]
     rows = trial_rows(study)
-    # the task's own headline test metrics: MOSI-style regression or classification
-    regression = any("acc2_has0" in ((r["test"] or {}).get("multi") or {}) for r in rows)
-    shown = ("acc2_has0", "mae") if regression else ("acc", "f1")
+    # the task's own first two summary metrics (its headline among them)
+    tested = next(((r["test"] or {}).get("multi") for r in rows if (r["test"] or {}).get("multi")), {})
+    task = task_of(tested)
+    shown = (task.headline, next(m for m in task.shown if m != task.headline)) if task else ("acc", "f1")
     lines = [f"# Sweep `{study.study_name}`", "", f"Command: `{command}`", "",
              f"Objective: validation `{spec.metric}` of the multimodal model ({spec.direction}), mean over seeds "
              f"{spec.seeds}; test metrics are recorded, never optimised.", "",
