@@ -95,3 +95,64 @@ def test_a_linear_head_keeps_mlp_encoders_that_see_their_input():
     assert out.std() > 0
     wide = build_model(ModelConfig(dim=4, seq_len=1, hidden=0, encoder_hidden=32, fusion="concat"), ds, 1)
     assert wide.encoders[ds.modalities[0]].net[0].out_features == 32
+
+
+def test_every_head_subclasses_the_one_head_base():
+    """Strategies read a head's abilities from its class (branch_logits, fuses, separate_branches),
+    so every registered head, MMTM's and the per-pixel ones included, is a Head."""
+    from mmsent.models.fusions import FUSIONS
+    from mmsent.models.head import Head
+
+    assert all(issubclass(cls, Head) for cls in FUSIONS.values()), [n for n, c in FUSIONS.items() if not issubclass(c, Head)]
+    assert [n for n, c in FUSIONS.items() if c.separate_branches] == ["mmtm", "mmtm_seq"]
+    assert [n for n, c in FUSIONS.items() if c.fuses] == ["concat_mix"]
+
+
+def test_a_head_registered_in_a_test_trains_through_the_cli(tmp_path, monkeypatch):
+    """A fusion head of a test's own (the element-wise maximum of the modalities' pooled features,
+    one linear layer) with a setting of its own, registered with one line, trains from the CLI with
+    vanilla fusion and with DGL (whose unimodal passes zero the other modalities' slots); its
+    setting reaches its constructor and an out-of-range value is one line."""
+    import json
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from mmsent import cli
+    from mmsent.checks import check
+    from mmsent.models.fusions import FUSIONS
+    from mmsent.models.head import Head
+
+    @dataclass(frozen=True)
+    class MaxSettings:
+        scale: float = 1.0
+
+        def __post_init__(self):
+            check("scale", self.scale > 0, self.scale, "> 0")
+
+    built = []
+
+    class MaxHead(Head):
+        Settings = MaxSettings
+
+        def __init__(self, modalities, dim, seq_len, out_dim, *, hidden=0, dropout=0.0, scale=1.0):
+            super().__init__()
+            self.modalities, self.scale = list(modalities), scale
+            self.fc = nn.Linear(dim, out_dim)
+            built.append(scale)
+
+        def forward(self, feats):
+            pooled = torch.stack([feats[m].mean(1) for m in self.modalities])
+            return self.fc(self.scale * pooled.max(0).values)
+
+    monkeypatch.setitem(FUSIONS, "toy_max", MaxHead)
+    for strategy in ("vanilla", "dgl"):
+        out = tmp_path / strategy
+        assert cli.main(["train", "--quiet", "--fusion", "toy_max", "--strategy", strategy, "--epochs", "2",
+                         "--out", str(out), "model.scale=0.5", "data.n_train=64", "data.n_val=32",
+                         "data.n_test=32"]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["config"]["model"]["fusion"] == "toy_max" and set(res["test"]) == {"multi", "text", "audio", "vision"}
+    assert built and set(built) == {0.5}
+    assert cli.main(["train", "--quiet", "--fusion", "toy_max", "--out", str(tmp_path / "bad"), "model.scale=-1"]) == 2
+    assert not (tmp_path / "bad").exists()

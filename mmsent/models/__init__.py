@@ -33,7 +33,7 @@ def _encoder(cfg, dataset, m: str, head_cls):
     if (m in dataset.kinds) != (cls in IMAGE_ENCODERS) or (m in dataset.kinds and name != dataset.kinds[m]):
         raise ConfigError(f"encoder {name!r} cannot read modality {m!r} "
                           f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
-    if cls is DenseEncoder and getattr(head_cls, "stages", False):  # ESANet's head reads every stage
+    if cls is DenseEncoder and head_cls.reads_stages:  # ESANet's head reads every stage
         encoder = StageEncoder(dataset.dims[m], width=cfg.width, blocks=cfg.settings.blocks, norm=cfg.settings.norm)
         if cfg.settings.pretrained:
             load_resnet_weights(encoder, cfg.settings.pretrained)
@@ -74,7 +74,7 @@ def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> Multi
     if head_cls.needs_maps and not all(image):
         raise ConfigError(f"fusion {cfg.fusion!r} needs spectrogram/frames encoders (an audio-visual dataset)")
     dense = [isinstance(e, DENSE_ENCODERS) for e in encoders.values()]
-    if any(dense) != getattr(head_cls, "dense", False):  # MMTMHead (resnet.py) is not a Head subclass
+    if any(dense) != head_cls.dense:
         raise ConfigError(f"fusion {cfg.fusion!r} " + ("does not predict per pixel; a dense (segmentation) dataset needs "
                           "model.fusion=dense or esanet" if any(dense) else "predicts per pixel and needs a dense (segmentation) dataset"))
     dim, seq_len = cfg.dim, cfg.seq_len

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsent.checks import ConfigError, check, first_line
+from mmsent.models.head import Head
 from mmsent.models.resnet import BasicBlock, _kaiming
 
 
@@ -68,7 +69,7 @@ class DenseEncoder(nn.Module):
         return self.layer2(self.layer1(self.stem(x)))
 
 
-class DenseHead(nn.Module):
+class DenseHead(Head):
     """Per-modality 1x1 projections added (the fusion point), a 3x3 context block, x4 bilinear
     upsampling, a 3x3 classifier: (B, K, H, W) logits."""
 
@@ -240,7 +241,7 @@ class ESANetSettings(DenseSettings):
         check("se_ratio", self.se_ratio >= 1, self.se_ratio, ">= 1")
 
 
-class ESANetHead(nn.Module):
+class ESANetHead(Head):
     """ESANet's fusion and decoder (Seichter et al., ICRA 2021) for any N modalities, over the
     ``StageEncoder``s' packed stage maps. At every stage s the modalities are fused by
     squeeze-excitation and addition, ``F_s = sum_m SE_{m,s}(f_{m,s})``; a pyramid context module
@@ -259,7 +260,7 @@ class ESANetHead(nn.Module):
     Settings = ESANetSettings
     needs_maps = False
     dense = True
-    stages = True  # its encoders are StageEncoders (models/__init__.py builds them)
+    reads_stages = True  # its encoders are StageEncoders (models/__init__.py builds them)
 
     def __init__(self, modalities, dim, seq_len, out_dim, *, hidden: int = 128, dropout: float = 0.0,
                  blocks=(2, 2, 2, 2), pretrained: str = "", se_ratio: int = 16, norm: str = "batch"):

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmsent.checks import NoSettings, check
+from mmsent.checks import check
 from mmsent.models.dense import DenseHead, ESANetHead
+from mmsent.models.head import Head
 from mmsent.models.resnet import MMTM, MMTMHead, MMTMSettings
 
 
@@ -25,14 +26,6 @@ def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
     if hidden == 0:  # one linear layer: the authors' audio-visual classifier (concat -> fc)
         return nn.Linear(d_in, d_out)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
-
-
-class Head(nn.Module):
-    """What every fusion head declares for the registry (defaults: no settings, pooled features)."""
-
-    Settings: type = NoSettings
-    needs_maps: bool = False
-    dense: bool = False  # predicts per pixel from feature maps (segmentation); see models/dense.py
 
 
 class ConcatHead(Head):
@@ -61,6 +54,8 @@ class ConcatMixHead(ConcatHead):
     """AMCo's model (BalanceMM ``BaseClassifierAMCoModel``): the linear late-fusion head's
     per-modality logits ``z_m = W_m f_m + b/N`` (``branch_logits``), summed after an optional
     per-class mask, then one C x C layer: ``o = L*(sum_m mu_m * z_m)`` (``fuse``)."""
+
+    fuses = True
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0):
         super().__init__(modalities, dim, seq_len, out_dim, hidden=0, dropout=dropout)
@@ -140,6 +135,7 @@ class MMTMSeqHead(Head):
     the branch logits, as in the reference. Zero-masking enters at the first stage, as for ``mmtm``."""
 
     Settings = MMTMSeqSettings
+    separate_branches = True
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
                  ratio: int = 4):

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmsent.checks import check
+from mmsent.models.head import Head
 
 
 class BasicBlock(nn.Module):
@@ -161,7 +162,7 @@ class MMTMSettings:
         check("ratio", self.ratio >= 1, self.ratio, ">= 1")
 
 
-class MMTMHead(nn.Module):
+class MMTMHead(Head):
     """The MMTM network's fusion part for N streams (Joze et al., CVPR 2020; the DGL paper's Table 2
     left): MMTM on the encoders' layer2 maps, then per stream layer3 -> MMTM -> layer4 -> MMTM,
     global average pooling, concatenation and one linear classifier. Each stream owns its layers 3-4
@@ -172,6 +173,7 @@ class MMTMHead(nn.Module):
 
     Settings = MMTMSettings
     needs_maps = True  # the encoders stop after layer2: layers 3-4 live here
+    separate_branches = True
 
     def __init__(self, modalities, dim: int, seq_len: int, out_dim: int, *, hidden: int = 0, dropout: float = 0.0,
                  ratio: int = 2):

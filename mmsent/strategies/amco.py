@@ -46,7 +46,6 @@ from typing import Optional
 import torch
 
 from mmsent.checks import check, finite
-from mmsent.models.fusions import ConcatMixHead
 from mmsent.strategies.base import Strategy
 
 
@@ -88,7 +87,7 @@ class AMCo(Strategy):
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
-        if not isinstance(model.head, ConcatMixHead):
+        if not model.head.fuses:  # its masks act on per-modality logits before the head's fuse
             raise ValueError("amco needs its model: linear late fusion with a class-mixing layer "
                              "(set model.fusion=concat_mix)")
         self.sigma = self.settings.sigma or 1.0 / len(model.modalities)

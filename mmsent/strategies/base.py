@@ -208,8 +208,7 @@ class Strategy:
         (``branch_logits``: ``W_m f_m + b/N`` of a linear concat head, a late-fusion head's
         classifiers, ReconBoost's shared classifier), else the zero-masked branch through the
         shared head (the balancing literature's extension to heads that mix modalities)."""
-        logits = getattr(self.model.head, "branch_logits", None)
-        out = logits(self.model.mask_modalities(feats, feats)) if logits is not None else None
+        out = self.model.head.branch_logits(self.model.mask_modalities(feats, feats))
         return out if out is not None else self.branches(feats)
 
     @torch.no_grad()

@@ -103,7 +103,7 @@ class Greedy(Strategy):
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
         head = model.head
-        if not (hasattr(head, "mmtm") and hasattr(head, "branch_parameters")):
+        if not head.separate_branches:
             raise ValueError("greedy needs unimodal branches joined by MMTM blocks "
                              "(set model.fusion=mmtm_seq, or mmtm for audio-visual encoders)")
         mods = model.modalities
@@ -121,8 +121,7 @@ class Greedy(Strategy):
                 if self.speed_bypass[m] > 0 and self.speed_main[m] > 0 else 0.0 for m in self.speed_main}
 
     def branch_logits(self, feats):
-        head = self.model.head
-        return head.branch_logits(feats) if hasattr(head, "branch_logits") else head.stream_logits(feats)
+        return self.model.head.stream_logits(feats)
 
     def train_step(self, batch):
         s, blocks = self.settings, list(self.model.head.mmtm)

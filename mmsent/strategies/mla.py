@@ -120,8 +120,8 @@ class MLA(Strategy):
         mixes the modalities first, or m's call of a head that applies it once per modality."""
         if len(calls) == 1:
             return calls[0]
-        order = getattr(self.model.head, "modalities", None)
-        if order is None or len(calls) != len(order):
+        order = self.model.head.modalities
+        if len(calls) != len(order):
             raise RuntimeError(f"mla: the head called its classifier {len(calls)} times in one pass; "
                                f"cannot tell which call is modality {m!r}'s")
         return calls[order.index(m)]
