@@ -29,6 +29,7 @@ import yaml
 from mmsent.checks import ConfigError, NoSettings, SettingError, check, choose, finite  # noqa: F401  (re-exported)
 from mmsent.data import DATASETS
 from mmsent.tracking import TRACKERS
+from mmsent.models import ENCODERS
 from mmsent.models.fusions import FUSIONS
 from mmsent.strategies import STRATEGIES
 
@@ -43,6 +44,18 @@ def registry_of(kind: str) -> dict:
 def settings_class(kind: str, name: str) -> type:
     """Every registry entry (a dataset spec, a head class, a strategy class) carries ``Settings``."""
     return choose(REGISTRIES[kind], kind, name).Settings
+
+
+def encoder_keys() -> dict[str, set]:
+    """Encoder name -> the ``model.*`` keys of its own ``Settings`` (flat beside the fusion's)."""
+    return {name: {f.name for f in fields(cls.Settings)} for name, cls in ENCODERS.items()}
+
+
+def own_keys(kind: str, name: str) -> set:
+    """The keys a section's options may hold for its chosen component: the component's settings,
+    and in the model section the encoders' settings beside the fusion's."""
+    keys = {f.name for f in fields(settings_class(kind, name))}
+    return keys | set().union(*encoder_keys().values()) if kind == "fusion" else keys
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,20 @@ class ModelConfig:
 
     @cached_property
     def settings(self):
-        return from_dict(settings_class("fusion", self.fusion), self.options, "model.")
+        """The fusion head's typed settings (the options its ``Settings`` names)."""
+        own = {f.name for f in fields(settings_class("fusion", self.fusion))}
+        return from_dict(settings_class("fusion", self.fusion), {k: v for k, v in self.options.items() if k in own},
+                         "model.")
+
+    def check_encoders(self) -> None:
+        """Each encoder's settings from the keys it owns, checked when the config loads (the model
+        builder reads them again from the same keys)."""
+        keys = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "encoders")}
+        keys.update(self.options)
+        for name, own in encoder_keys().items():
+            given = {k: v for k, v in keys.items() if k in own}
+            if given:
+                from_dict(ENCODERS[name].Settings, given, "model.")
 
 
 @dataclass(frozen=True)
@@ -235,8 +261,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     if choice:
         name_field, kind = choice
         chosen = kwargs.get(name_field, next(f.default for f in fields(cls) if f.name == name_field))
-        settings = settings_class(kind, chosen)
-        allowed = {f.name for f in fields(settings)}
+        allowed = own_keys(kind, chosen)
         for k in options:
             if k not in allowed:
                 raise ConfigError(f"unknown config key {prefix + k!r} for {kind} {chosen!r}; valid keys: "
@@ -246,6 +271,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
         obj = cls(**kwargs)
         if choice or cls is StrategyConfig:
             obj.settings  # noqa: B018  (validates the component's settings now, not at first use)
+        if cls is ModelConfig:
+            obj.check_encoders()
     except SettingError as e:
         key = e.key if "." in e.key or not prefix else f"{prefix}{e.key}"
         raise ConfigError(f"config key {key!r} {e.message}") from None

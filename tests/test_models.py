@@ -108,7 +108,7 @@ def test_every_head_subclasses_the_one_head_base():
     assert [n for n, c in FUSIONS.items() if c.fuses] == ["concat_mix"]
 
 
-def test_a_head_registered_in_a_test_trains_through_the_cli(tmp_path, monkeypatch):
+def test_a_head_registered_in_a_test_trains_through_the_cli(tmp_path, monkeypatch, capsys):
     """A fusion head of a test's own (the element-wise maximum of the modalities' pooled features,
     one linear layer) with a setting of its own, registered with one line, trains from the CLI with
     vanilla fusion and with DGL (whose unimodal passes zero the other modalities' slots); its
@@ -146,6 +146,9 @@ def test_a_head_registered_in_a_test_trains_through_the_cli(tmp_path, monkeypatc
             return self.fc(self.scale * pooled.max(0).values)
 
     monkeypatch.setitem(FUSIONS, "toy_max", MaxHead)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "toy_max" in capsys.readouterr().out  # the help is read from the registry
     for strategy in ("vanilla", "dgl"):
         out = tmp_path / strategy
         assert cli.main(["train", "--quiet", "--fusion", "toy_max", "--strategy", strategy, "--epochs", "2",
@@ -155,4 +158,58 @@ def test_a_head_registered_in_a_test_trains_through_the_cli(tmp_path, monkeypatc
         assert res["config"]["model"]["fusion"] == "toy_max" and set(res["test"]) == {"multi", "text", "audio", "vision"}
     assert built and set(built) == {0.5}
     assert cli.main(["train", "--quiet", "--fusion", "toy_max", "--out", str(tmp_path / "bad"), "model.scale=-1"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_an_encoder_registered_in_a_test_trains_through_the_cli(tmp_path, monkeypatch):
+    """An encoder of a test's own (a linear map of a sequence's last valid steps), with a setting of
+    its own flat under model.*, registered with one line, trains every modality from the CLI with
+    vanilla fusion and with DGL; its setting reaches it through build(spec) and an out-of-range value
+    is one line at config load, before anything is written."""
+    import json
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from mmsent import cli
+    from mmsent.checks import check
+    from mmsent.models import ENCODERS, Encoder
+
+    @dataclass(frozen=True)
+    class LastSettings:
+        last_steps: int = 1
+
+        def __post_init__(self):
+            check("last_steps", self.last_steps >= 1, self.last_steps, ">= 1")
+
+    built = []
+
+    class LastSteps(Encoder):
+        Settings = LastSettings
+
+        def __init__(self, in_dim, dim, seq_len, last):
+            super().__init__()
+            self.proj, self.seq_len, self.last = nn.Linear(in_dim, dim), seq_len, last
+
+        @classmethod
+        def build(cls, spec):
+            built.append((spec.modality, cls.settings(spec).last_steps))
+            return cls(spec.in_dim, spec.dim, spec.seq_len, cls.settings(spec).last_steps)
+
+        def forward(self, x, mask):
+            x = x if x.dim() == 3 else x[:, None]
+            z = self.proj(x[:, -self.last:]).mean(1, keepdim=True)  # (B, 1, D)
+            return z.expand(-1, self.seq_len, -1)
+
+    monkeypatch.setitem(ENCODERS, "toy_last", LastSteps)
+    for strategy in ("vanilla", "dgl"):
+        out = tmp_path / strategy
+        assert cli.main(["train", "--quiet", "--strategy", strategy, "--epochs", "2", "--out", str(out),
+                         "model.encoder=toy_last", "model.last_steps=2", "data.n_train=64", "data.n_val=32",
+                         "data.n_test=32"]) == 0
+        res = json.loads((out / "results.json").read_text())
+        assert res["config"]["model"]["encoder"] == "toy_last" and res["config"]["model"]["last_steps"] == 2
+    assert {m for m, _ in built} == {"text", "audio", "vision"} and {k for _, k in built} == {2}
+    assert cli.main(["train", "--quiet", "--out", str(tmp_path / "bad"), "model.encoder=toy_last",
+                     "model.last_steps=0"]) == 2
     assert not (tmp_path / "bad").exists()

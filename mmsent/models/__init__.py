@@ -1,24 +1,29 @@
 """Models: encoders, fusion heads and ``MultimodalModel``; ``build_model`` wires them from config."""
 from __future__ import annotations
 
-import pickle
-import warnings
+import dataclasses
 from dataclasses import asdict
 
 import torch
 
-from mmsent.checks import ConfigError, choose, first_line, is_out_of_memory
-from mmsent.models.dense import DenseEncoder, StageEncoder, load_resnet_weights
+from mmsent.checks import ConfigError, choose
+from mmsent.models.dense import DenseEncoder, StageEncoder
+from mmsent.models.encoder import Encoder, EncoderSpec
 from mmsent.models.encoders import BertEncoder, LSTMEncoder, MLPEncoder, masked_pool
 from mmsent.models.fusions import FUSIONS
 from mmsent.models.model import MultimodalModel, evaluating
 from mmsent.models.resnet import FramesEncoder, SpectrogramEncoder
-from mmsent.pretrained import resolve_model_path
 
+# One line per encoder (an Encoder subclass: ``reads``, ``Settings``, ``build(spec)``).
 ENCODERS = {"mlp": MLPEncoder, "lstm": LSTMEncoder, "bert": BertEncoder, "spectrogram": SpectrogramEncoder,
             "frames": FramesEncoder, "dense": DenseEncoder}
-IMAGE_ENCODERS = (SpectrogramEncoder, FramesEncoder, DenseEncoder, StageEncoder)
-DENSE_ENCODERS = (DenseEncoder, StageEncoder)
+
+
+def model_keys(cfg) -> dict:
+    """Every flat ``model.*`` key as configured: the model config's own fields and the component
+    options (what an encoder's ``Settings`` are read from)."""
+    own = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("options", "encoders")}
+    return {**own, **cfg.options}
 
 
 def _encoder(cfg, dataset, m: str, head_cls):
@@ -30,38 +35,14 @@ def _encoder(cfg, dataset, m: str, head_cls):
             steps = dataset.train.x[m].shape[1]
             name = "bert" if m in dataset.token_modalities else ("lstm" if steps > 1 else "mlp")
     cls = choose(ENCODERS, "encoder", name)
-    if (m in dataset.kinds) != (cls in IMAGE_ENCODERS) or (m in dataset.kinds and name != dataset.kinds[m]):
+    if dataset.kinds.get(m) != cls.reads:
         raise ConfigError(f"encoder {name!r} cannot read modality {m!r} "
                           f"({'a ' + dataset.kinds[m] if m in dataset.kinds else 'feature sequences'})")
-    if cls is DenseEncoder and head_cls.reads_stages:  # ESANet's head reads every stage
-        encoder = StageEncoder(dataset.dims[m], width=cfg.width, blocks=cfg.settings.blocks, norm=cfg.settings.norm)
-        if cfg.settings.pretrained:
-            load_resnet_weights(encoder, cfg.settings.pretrained)
-        return encoder
-    if cls is DenseEncoder:  # per-pixel maps of any channel count (RGB 3, depth 1, ...)
-        return cls(dataset.dims[m], width=cfg.width, norm=getattr(cfg.settings, "norm", "batch"))  # a non-dense head is refused below
-    if cls in IMAGE_ENCODERS:
-        # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
-        return cls(width=cfg.width, maps=head_cls.needs_maps)
-    common = dict(seq_len=cfg.seq_len, dropout=cfg.dropout)
-    if cls is BertEncoder:
-        if not cfg.bert_path:
-            raise ConfigError(f"encoder 'bert' for {m!r} needs model.bert_path (a local transformers model directory)")
-        path = resolve_model_path(cfg.bert_path)
-        try:
-            with warnings.catch_warnings():  # torch's note on a refused pickle's protocol: the error says it all
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                return BertEncoder(cfg.dim, path=path, pooling=cfg.bert_pooling, freeze_layers=cfg.bert_freeze_layers,
-                                   **common)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError) as e:
-            if is_out_of_memory(e):
-                raise
-            # transformers' own errors run to ~30 lines (a hostile pytorch_model.bin is refused by
-            # weights_only loading, a config.json without model_type, no weights file at all)
-            raise ConfigError(f"model.bert_path {path}: not a loadable local transformers model "
-                              f"({type(e).__name__}: {first_line(e)})") from None
-    hidden = cfg.encoder_hidden or cfg.hidden or 128  # model.hidden=0 means a linear *head* only
-    return cls(dataset.dims[m], cfg.dim, hidden=hidden, **common)
+    spec = EncoderSpec(m, dataset.dims[m], dim=cfg.dim, seq_len=cfg.seq_len,
+                       hidden=cfg.encoder_hidden or cfg.hidden or 128,  # model.hidden=0 means a linear *head* only
+                       dropout=cfg.dropout, width=cfg.width, maps=head_cls.needs_maps, stages=head_cls.reads_stages,
+                       keys=model_keys(cfg))
+    return cls.build(spec)
 
 
 def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> MultimodalModel:
@@ -70,16 +51,16 @@ def build_model(cfg, dataset, out_dim: int, record_shapes: bool = True) -> Multi
     to count its parameters)."""
     head_cls = choose(FUSIONS, "fusion", cfg.fusion)
     encoders = {m: _encoder(cfg, dataset, m, head_cls) for m in dataset.modalities}
-    image = [isinstance(e, IMAGE_ENCODERS) for e in encoders.values()]
+    image = [e.reads is not None for e in encoders.values()]
     if head_cls.needs_maps and not all(image):
         raise ConfigError(f"fusion {cfg.fusion!r} needs spectrogram/frames encoders (an audio-visual dataset)")
-    dense = [isinstance(e, DENSE_ENCODERS) for e in encoders.values()]
+    dense = [e.reads == "dense" for e in encoders.values()]
     if any(dense) != head_cls.dense:
         raise ConfigError(f"fusion {cfg.fusion!r} " + ("does not predict per pixel; a dense (segmentation) dataset needs "
                           "model.fusion=dense or esanet" if any(dense) else "predicts per pixel and needs a dense (segmentation) dataset"))
     dim, seq_len = cfg.dim, cfg.seq_len
     if any(image):  # ResNet outputs: 512 pooled features (or 128-channel layer2 maps), one step
-        dims = {e.out_dim for e in encoders.values() if isinstance(e, IMAGE_ENCODERS)}
+        dims = {e.out_dim for e in encoders.values() if e.reads is not None}
         if len(dims) > 1 or not all(image):
             raise ConfigError("audio-visual encoders must all be ResNets of one model.width")
         dim, seq_len = dims.pop(), 1
@@ -115,5 +96,5 @@ def min_batch(model: torch.nn.Module, batch_size: int, n_train: int) -> tuple[in
     return 2, note
 
 
-__all__ = ["ENCODERS", "FUSIONS", "choose", "evaluating", "BertEncoder", "FramesEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel",
+__all__ = ["ENCODERS", "Encoder", "EncoderSpec", "FUSIONS", "choose", "evaluating", "BertEncoder", "FramesEncoder", "LSTMEncoder", "MLPEncoder", "MultimodalModel",
            "SpectrogramEncoder", "build_model", "masked_pool", "min_batch"]

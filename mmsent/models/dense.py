@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsent.checks import ConfigError, check, first_line
+from mmsent.models.encoder import Encoder, EncoderSpec
 from mmsent.models.head import Head
 from mmsent.models.resnet import BasicBlock, _kaiming
 
@@ -53,8 +54,29 @@ class DenseSettings:
         check("norm", self.norm in NORMS, self.norm, " or ".join(NORMS))
 
 
-class DenseEncoder(nn.Module):
-    """(B, C_in, H, W) -> (B, 4 * width, H / 4, W / 4)."""
+@dataclass(frozen=True)
+class NormSettings:
+    """The ``model.*`` key of the per-pixel encoders (the ``dense`` and ``esanet`` heads have one of
+    the same name: the encoders read it here, never from the head's settings)."""
+
+    norm: str = "batch"
+
+    def __post_init__(self):
+        check("norm", self.norm in NORMS, self.norm, " or ".join(NORMS))
+
+
+class DenseEncoder(Encoder):
+    """(B, C_in, H, W) -> (B, 4 * width, H / 4, W / 4). Built for a head that reads every stage
+    (``esanet``), the ``dense`` encoder is a ``StageEncoder``."""
+
+    Settings = NormSettings
+    reads = "dense"
+
+    @classmethod
+    def build(cls, spec: EncoderSpec) -> "Encoder":
+        if spec.stages:
+            return StageEncoder.build(spec)
+        return cls(spec.in_dim, width=spec.width, norm=cls.settings(spec).norm)
 
     def __init__(self, in_channels: int, width: int = 8, norm: str = "batch"):
         super().__init__()
@@ -118,12 +140,32 @@ def unpack(x: Tensor, layout: list[tuple[int, int]]) -> list[Tensor]:
     return [F.pixel_shuffle(p, f) if f > 1 else p for p, (_, f) in zip(parts, layout)]
 
 
-class StageEncoder(nn.Module):
+@dataclass(frozen=True)
+class StageSettings(NormSettings):
+    """The ``model.*`` keys a ``StageEncoder`` reads (``esanet``'s keys of the same names; their
+    ranges are checked there, where the config loads)."""
+
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    pretrained: str = ""
+
+
+class StageEncoder(Encoder):
     """ESANet's encoder of one modality: a ResNet of BasicBlocks (``blocks`` per stage: [2, 2, 2, 2]
     is ResNet18, [3, 4, 6, 3] ResNet34; ESANet's own R34 uses non-bottleneck-1D blocks, not built
     here) whose every stage output reaches the head, ``pack``-ed into one tensor of
     ``packed_channels`` channels at stride ``4 * 2**(stages - 1)``. Module names follow
     torchvision's ResNet, so ImageNet weights load from a local file (``load_resnet_weights``)."""
+
+    Settings = StageSettings
+    reads = "dense"
+
+    @classmethod
+    def build(cls, spec: EncoderSpec) -> "StageEncoder":
+        s = cls.settings(spec)
+        encoder = cls(spec.in_dim, width=spec.width, blocks=s.blocks, norm=s.norm)
+        if s.pretrained:
+            load_resnet_weights(encoder, s.pretrained)
+        return encoder
 
     def __init__(self, in_channels: int, width: int = 64, blocks=(2, 2, 2, 2), norm: str = "batch"):
         super().__init__()

@@ -6,9 +6,14 @@ CubeMLP-style mixer stack them into a ``(B, L, M, D)`` cube without per-modality
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmsent.models.encoder import Encoder, EncoderSpec
 
 
 def masked_pool(h: Tensor, mask: Tensor, out_len: int) -> Tensor:
@@ -29,8 +34,12 @@ def masked_pool(h: Tensor, mask: Tensor, out_len: int) -> Tensor:
     return w @ h  # (B, L, D)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Encoder):
     """Step-wise MLP for vector features (MOSI utterance vectors, pooled descriptors)."""
+
+    @classmethod
+    def build(cls, spec: EncoderSpec) -> "MLPEncoder":
+        return cls(spec.in_dim, spec.dim, seq_len=spec.seq_len, hidden=spec.hidden, dropout=spec.dropout)
 
     def __init__(self, in_dim: int, dim: int, *, seq_len: int = 1, hidden: int = 128, dropout: float = 0.0):
         super().__init__()
@@ -47,8 +56,10 @@ class MLPEncoder(nn.Module):
         return self.net(v).view(x.shape[0], self.seq_len, self.dim)
 
 
-class LSTMEncoder(nn.Module):
+class LSTMEncoder(Encoder):
     """LSTM over padded sequences; packing keeps padded steps out of the recurrence."""
+
+    build = classmethod(MLPEncoder.build.__func__)  # the same sizes: input width, D, L, hidden width, dropout
 
     def __init__(
         self, in_dim: int, dim: int, *, seq_len: int = 1, hidden: int = 128, layers: int = 1,
@@ -72,12 +83,49 @@ class LSTMEncoder(nn.Module):
         return self.proj(masked_pool(out, mask, self.seq_len))
 
 
-class BertEncoder(nn.Module):
+@dataclass(frozen=True)
+class BertSettings:
+    """The ``model.*`` keys of the ``bert`` encoder (checked where the model config loads)."""
+
+    bert_path: Optional[str] = None  # a local transformers model directory, or "minilm"
+    bert_pooling: str = "mean"
+    bert_freeze_layers: int = 0
+
+
+class BertEncoder(Encoder):
     """A ``transformers`` encoder on token ids, loaded from a local path (nothing is downloaded).
 
     ``x`` holds token ids (B, T) and ``mask`` the attention mask. ``pooling`` is ``"mean"`` (masked
     mean over tokens, then ``seq_len`` bins) or ``"cls"`` (the first token).
     """
+
+    Settings = BertSettings
+
+    @classmethod
+    def build(cls, spec: EncoderSpec) -> "BertEncoder":
+        import pickle
+        import warnings
+
+        from mmsent.checks import ConfigError, first_line, is_out_of_memory
+        from mmsent.pretrained import resolve_model_path
+
+        s = cls.settings(spec)
+        if not s.bert_path:
+            raise ConfigError(f"encoder 'bert' for {spec.modality!r} needs model.bert_path (a local transformers "
+                              "model directory)")
+        path = resolve_model_path(s.bert_path)
+        try:
+            with warnings.catch_warnings():  # torch's note on a refused pickle's protocol: the error says it all
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return cls(spec.dim, path=path, pooling=s.bert_pooling, freeze_layers=s.bert_freeze_layers,
+                           seq_len=spec.seq_len, dropout=spec.dropout)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, pickle.UnpicklingError) as e:
+            if is_out_of_memory(e):
+                raise
+            # transformers' own errors run to ~30 lines (a hostile pytorch_model.bin is refused by
+            # weights_only loading, a config.json without model_type, no weights file at all)
+            raise ConfigError(f"model.bert_path {path}: not a loadable local transformers model "
+                              f"({type(e).__name__}: {first_line(e)})") from None
 
     def __init__(
         self, dim: int, *, seq_len: int = 1, path: str | None = None, config=None, pooling: str = "mean",

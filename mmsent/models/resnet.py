@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmsent.checks import check
+from mmsent.models.encoder import Encoder, EncoderSpec
 from mmsent.models.head import Head
 
 
@@ -73,9 +74,16 @@ def per_frame(layer: nn.Module, x: Tensor) -> Tensor:
     return y.view(B, T, *y.shape[1:]).transpose(1, 2)
 
 
-class SpectrogramEncoder(nn.Module):
+class SpectrogramEncoder(Encoder):
     """Audio: ResNet18 on a 1-channel log spectrogram (B, F, T). Pooled: (B, 1, 512); with
     ``maps=True`` the layer2 map (B, 128, h, w) for an MMTM head."""
+
+    reads = "spectrogram"
+
+    @classmethod
+    def build(cls, spec: EncoderSpec) -> "Encoder":
+        # With MMTM, layers 3-4 belong to the fusion head: the encoder stops at layer2 (maps).
+        return cls(width=spec.width, maps=spec.maps)
 
     def __init__(self, width: int = 64, maps: bool = False):
         super().__init__()
@@ -88,9 +96,12 @@ class SpectrogramEncoder(nn.Module):
         return f if self.maps else f.mean((2, 3))[:, None]
 
 
-class FramesEncoder(nn.Module):
+class FramesEncoder(Encoder):
     """Visual: ResNet18 on each of T frames (B, T, 3, H, W). Pooled over time and space (the
     authors' 3-D adaptive average pool): (B, 1, 512); with ``maps=True`` (B, 128, T, h, w)."""
+
+    reads = "frames"
+    build = classmethod(SpectrogramEncoder.build.__func__)  # the same ResNet sizes
 
     def __init__(self, width: int = 64, maps: bool = False):
         super().__init__()
