@@ -3,6 +3,7 @@ checkout, ``python cli.py ...``. Parsing only; the work is in the modules it cal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shlex
 import sys
@@ -52,8 +53,8 @@ def cmd_sweep(args) -> int:
     overrides = [(k, v) for k, v in (("data.dataset", args.dataset), ("data.path", args.data)) if v is not None]
     shipped = recipe(args.dataset) if args.dataset else None
     config = args.config or (str(shipped) if shipped else None)
-    if args.heartbeat:
-        spec.heartbeat = args.heartbeat
+    if args.heartbeat:  # a copy: the loaded spec stays what its file says
+        spec = dataclasses.replace(spec, heartbeat=args.heartbeat)
     sweep = Sweep(spec, config=config, overrides=overrides + list(args.overrides), storage=args.storage,
                   study=args.study, trials=args.trials, out_dir=args.out_dir)
     console.print(f"study {sweep.study_name!r} in {sweep.storage_shown}: {sweep.trials} trials x seeds {spec.seeds}, "

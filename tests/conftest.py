@@ -1,8 +1,14 @@
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+
+# The checkout's data locations (../shared, when present), set as `python cli.py` sets them: the
+# package carries no path of this repository's surroundings.
+_cli = importlib.util.spec_from_file_location("checkout_cli", Path(__file__).resolve().parents[1] / "cli.py")
+_cli.loader.exec_module(importlib.util.module_from_spec(_cli))
 
 
 @pytest.fixture(autouse=True)

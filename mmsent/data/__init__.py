@@ -53,8 +53,10 @@ def find_data(locations) -> Path | None:
 
 MOSI_COLUMNS = {"audio": "Audio", "vision": "Visual", "text": "Text"}  # the paper's Table 2 (right) order
 AV_COLUMNS = {"audio": "Audio", "visual": "Visual"}  # Table 1
-# The main command (`python cli.py train --dataset mosi`) finds the shared MOSI features from a checkout.
-MOSI_FILES = ("$MMSENT_MOSI", "data/mosi/mosi_utterance.pkl", "../shared/data/mosi/mosi_utterance.pkl")
+# Where data is found without --data: an environment variable, then a folder of the working
+# directory. A checkout's `python cli.py` (and the tests) point the variables at their ../shared.
+MOSI_FILES = ("$MMSENT_MOSI", "data/mosi/mosi_utterance.pkl")
+AVDIGITS_FILES = ("$MMSENT_AVDIGITS", "data/avdigits")
 
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec(load_synthetic, SyntheticSettings),
@@ -66,7 +68,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "cremad": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
     "ks": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
     "vggsound": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
-    "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
+    "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, locations=AVDIGITS_FILES, prepare=media.prepare,
+                            cache=media.cache),
     "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.prepare, cache=media.cache),  # a user's own corpus
     "rgbd_scenes": DatasetSpec(load_rgbd_scenes, RGBDScenesSettings, {"rgb": "RGB", "depth": "Depth"}, dense=True),
     "nyuv2": DatasetSpec(nyuv2.load_nyuv2, nyuv2.NYUv2Settings, {"rgb": "RGB", "depth": "Depth"}, dense=True,
