@@ -3,7 +3,7 @@ seconds (its epochs, validation included), on CMU-MOSI with configs/mosi.yaml, b
 one process, so the ratio holds on a loaded machine.
 
     python benchmarks/probe_cost.py [--data PATH] [--strategies vanilla dgl dgl_mh] [--seeds 0 1]
-    python benchmarks/probe_cost.py --runs runs/mh/mosi_mlpmixer/*   # or read finished runs
+    python benchmarks/probe_cost.py --runs runs/mixing_heads/mosi_mlpmixer/*   # or read finished runs
 """
 from __future__ import annotations
 

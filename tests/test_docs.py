@@ -104,11 +104,6 @@ def _views(path: Path) -> Path:
     return path
 
 
-def test_results_pages_are_the_csvs():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts/results_pages.py"), "--check"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 def test_links_in_the_docs_point_at_files_that_exist():
     broken = []
     for doc in DOCS:

@@ -15,7 +15,7 @@ clips and every 10th train clip (sorted by id) as validation. The output is an M
 that ``python cli.py train --dataset features --data OUT`` reads (never committed: it is derived
 from ../shared)::
 
-    python scripts/avdigits_views.py --src ../shared/data/avdigits --out data/avdigits_views.pkl
+    python studies/avdigits_views.py --src ../shared/data/avdigits --out data/avdigits_views.pkl
 """
 from __future__ import annotations
 

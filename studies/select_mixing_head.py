@@ -4,11 +4,11 @@ read here). Rule, fixed before the last settings finished:
      (1 / classes) on validation;
   2. among the variants left, the largest mean over settings of (validation Multi - vanilla's).
 Prints a markdown table of the validation numbers and the choice. The validation Multi of each
-setting is the "Val Multi" column of its table (``results/mh/<setting>.md``: mean over seeds of the
+setting is the "Val Multi" column of its table (``results/mixing_heads/<setting>.md``: mean over seeds of the
 selected epochs' validation score, what model selection saw); the collapse check reads the six-view
 runs' ``results.json``.
 
-    python scripts/select_mixing_head.py [runs/mh] [results/mh] >> results/dgl_mixing_heads.md
+    python studies/select_mixing_head.py [runs/mixing_heads] [results/mixing_heads] >> results/dgl_mixing_heads.md
 """
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ def val_multi(tables: Path, setting: str) -> dict[str, float]:
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/mh")
-    tables = Path(sys.argv[2] if len(sys.argv) > 2 else "results/mh")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/mixing_heads")
+    tables = Path(sys.argv[2] if len(sys.argv) > 2 else "results/mixing_heads")
     val = {s: val_multi(tables, s) for s in SETTINGS}
     base = {s: val[s]["Multimodal Baseline"] for s in SETTINGS}
     lines = ["## Selection of DGL-MH's setting (validation only)", "",
              "Validation Multi (%, mean over 5 seeds) and its gain over vanilla; the variant must not collapse on "
              f"`{COLLAPSE_CHECK}` (every validation branch of every seed above chance). "
-             "`python scripts/select_mixing_head.py runs/mh results/mh`.", "",
+             "`python studies/select_mixing_head.py runs/mixing_heads results/mixing_heads`.", "",
              "| variant | " + " | ".join(SETTINGS) + " | mean gain | lowest branch on the six-view set |",
              "|---|" + "---|" * (len(SETTINGS) + 2),
              "| vanilla | " + " | ".join(f"{base[s]:.2f}" for s in SETTINGS) + " | 0 | |"]

@@ -6,7 +6,7 @@ the top class probability of the masked passes (one modality kept, the others ze
 unimodal losses and the branch metrics are computed through), and the validation accuracy of the
 branches. Prints a markdown table.
 
-    python scripts/mixing_head_mechanism.py runs/mh/avdigits6_mlpmixer >> results/dgl_mixing_heads.md
+    python studies/mixing_head_mechanism.py runs/mixing_heads/avdigits6_mlpmixer >> results/dgl_mixing_heads.md
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def at(runs: list[list[dict]], epoch: int, value) -> float | None:
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/mh/avdigits6_mlpmixer")
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/mixing_heads/avdigits6_mlpmixer")
     quantities = {
         "encoder feature norm": lambda r, m: r["diag"][m]["feat_norm"],
         "masked-pass loss": lambda r, m: r["diag"][m]["loss"],
@@ -42,7 +42,7 @@ def main() -> None:
     }
     lines = ["", f"## The mechanism, per epoch (`{root.name}`, mean over seeds and modalities)", "",
              "From each run's `metrics.jsonl` (diagnostics on a fixed training batch after each epoch); "
-             "`python scripts/mixing_head_mechanism.py " + str(root) + "`. A blank cell: every seed had "
+             "`python studies/mixing_head_mechanism.py " + str(root) + "`. A blank cell: every seed had "
              "stopped early before that epoch.", "",
              "| quantity | method | " + " | ".join(f"epoch {e + 1}" for e in EPOCHS) + " |",
              "|---|---|" + "---|" * len(EPOCHS)]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The mixing-heads study (README "DGL through mixing heads"): 5 seeds of the unimodal-only models,
 # vanilla fusion, DGL, the paper's "+MT" ablation and the candidate fixes, on five settings. Each
-# setting is one `cli.py table` (resumable: finished runs are kept under runs/mh/); the tables are
+# setting is one `cli.py table` (resumable: finished runs are kept under runs/mixing_heads/); the tables are
 # then joined into results/dgl_mixing_heads.{md,csv}. About 2 hours on 2 CPU cores.
-#   python scripts/avdigits_views.py && python scripts/mosi_views.py    # the two view files, once
-#   bash scripts/dgl_mixing_heads.sh
-#   SETTINGS="avdigits6_mlpmixer mosi_mlpmixer" bash scripts/dgl_mixing_heads.sh   # re-run only these;
-#     the others' tables in results/mh/ are joined as they are
+#   python studies/avdigits_views.py && python studies/mosi_views.py    # the two view files, once
+#   bash studies/dgl_mixing_heads.sh
+#   SETTINGS="avdigits6_mlpmixer mosi_mlpmixer" bash studies/dgl_mixing_heads.sh   # re-run only these;
+#     the others' tables in results/mixing_heads/ are joined as they are
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -31,7 +31,7 @@ SGD_ROWS=(
 table() {
   local name=$1; shift
   [[ " $SETTINGS " == *" $name "* ]] || return 0
-  $PY cli.py table --seeds 0 1 2 3 4 --jobs 2 --runs-dir "runs/mh/$name" --out results/mh --name "$name" "$@"
+  $PY cli.py table --seeds 0 1 2 3 4 --jobs 2 --runs-dir "runs/mixing_heads/$name" --out results/mixing_heads --name "$name" "$@"
 }
 # the six-view set first: it is the collapse case the selection rule checks
 table avdigits6_mlpmixer --dataset features --config configs/avdigits_views.yaml \
@@ -48,11 +48,11 @@ import csv
 from pathlib import Path
 names = ["mosi_mlpmixer", "mosi_concat", "mosi4_mlpmixer", "avdigits6_mlpmixer", "synthetic6_mlpmixer"]
 parts = ["# DGL through mixing heads: every setting, 5 seeds", "",
-         "Made by `bash scripts/dgl_mixing_heads.sh`; each section is one `cli.py table` (its command inside).", ""]
+         "Made by `bash studies/dgl_mixing_heads.sh`; each section is one `cli.py table` (its command inside).", ""]
 rows = []
 for n in names:
-    parts += [f"## {n}", "", Path(f"results/mh/{n}.md").read_text()]
-    rows += [{"setting": n, **r} for r in csv.DictReader(open(f"results/mh/{n}.csv"))]
+    parts += [f"## {n}", "", Path(f"results/mixing_heads/{n}.md").read_text()]
+    rows += [{"setting": n, **r} for r in csv.DictReader(open(f"results/mixing_heads/{n}.csv"))]
 Path("results/dgl_mixing_heads.md").write_text("\n".join(parts))
 with open("results/dgl_mixing_heads.csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}, key=lambda k: (k != "setting", k != "method", k != "branch", k)))
@@ -60,7 +60,7 @@ with open("results/dgl_mixing_heads.csv", "w", newline="") as f:
     w.writerows(rows)
 print("wrote results/dgl_mixing_heads.md and .csv")
 PY
-$PY scripts/select_mixing_head.py runs/mh results/mh >> results/dgl_mixing_heads.md
-$PY scripts/mixing_head_mechanism.py runs/mh/avdigits6_mlpmixer >> results/dgl_mixing_heads.md
+$PY studies/select_mixing_head.py runs/mixing_heads results/mixing_heads >> results/dgl_mixing_heads.md
+$PY studies/mixing_head_mechanism.py runs/mixing_heads/avdigits6_mlpmixer >> results/dgl_mixing_heads.md
 # the mechanism on the six-view set, seed 0: feature norms and masked-pass losses over epochs
-$PY cli.py plot runs/mh/avdigits6_mlpmixer/{multimodal_baseline,dgl,dgl_mh_b=0.1}-s0 --out results/figures/avdigits6
+$PY cli.py plot runs/mixing_heads/avdigits6_mlpmixer/{multimodal_baseline,dgl,dgl_mh_b=0.1}-s0 --out results/figures/avdigits6

