@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from mmsent.checks import RunError
+from mmsent.checks import RunError, first_line
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -30,8 +30,14 @@ def train_epoch(strategy, split, generator: torch.Generator, *, amp: bool = Fals
                                                min_size=strategy.min_batch, deferred=True)):
         if before_step is not None:
             before_step()
-        with autocast(device, amp):
-            logs = dist.average_logs(strategy.train_step(dist.shard(batch, weigh).to(device, non_blocking=True)))
+        try:
+            with autocast(device, amp):
+                logs = dist.average_logs(strategy.train_step(dist.shard(batch, weigh).to(device, non_blocking=True)))
+        except RuntimeError as e:  # torch's own overflow (a huge train.lr in Adam's float32 step): the same class
+            if "overflow" not in str(e):
+                raise
+            raise RunError(f"numeric overflow in the training step at {label or 'an epoch'} step {step} "
+                           f"({first_line(e)}); lower train.lr or set train.grad_clip") from None
         if not math.isfinite(logs["loss"]):
             raise RunError(f"non-finite training loss at {label or 'an epoch'} step {step}; lower train.lr or set "
                            "train.grad_clip")
