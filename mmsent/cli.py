@@ -227,7 +227,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_data(args) -> int:
-    """``data prepare|download NAME``: the dataset's own ``prepare`` / ``download`` (its registry line)."""
+    """``data ACTION NAME key=value...``: the dataset's own step (its registry line), with the options
+    the step declares and the dataset's settings (the recipe's, under the bare or dotted keys given)."""
+    from dataclasses import fields
+
     from rich.progress import Progress
 
     from mmsent.config import load_config
@@ -239,16 +242,31 @@ def cmd_data(args) -> int:
     if job is None:
         raise DataError(f"{args.dataset}: no {args.action}; get the raw files and run: {command()} data prepare "
                         f"{args.dataset} (see {command()} data --help)")
+    what = f"data {args.action} {args.dataset}"
+    options, overrides = job.split(what, args.overrides, {f.name for f in fields(spec.Settings)})
+    settings = load_config(recipe(args.dataset), [("data.dataset", args.dataset), *overrides]).data.settings
     with Progress() as progress:
-        task = progress.add_task(f"{args.action} {args.dataset}", total=None)
+        task = progress.add_task(what, total=None)
         tick = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
-        if args.action == "download":
-            message = job(args.dataset, args, tick)
-        else:  # the recipe's settings (sample rate, words per segment, ...) unless an option or override says otherwise
-            settings = load_config(recipe(args.dataset), [("data.dataset", args.dataset), *args.overrides]).data.settings
-            message = job(args.dataset, args, settings, tick)
+        message = job.run(args.dataset, options, settings, tick)
     print(message)
     return 0
+
+
+def data_help() -> str:
+    """Each dataset's steps and their options, read from the registry (so it never goes stale)."""
+    from mmsent.data import DATASETS
+
+    users: dict = {}  # (action, job) -> the datasets sharing it, in registry order
+    for name, spec in DATASETS.items():
+        for action in ("prepare", "download", "cache"):
+            if getattr(spec, action) is not None:
+                users.setdefault((action, getattr(spec, action)), []).append(name)
+    lines = ["options, as key=value (a bare key of the dataset's data.* settings works too: seq_len=50):"]
+    for (action, job), names in users.items():
+        lines.append(f"  {action} {'|'.join(names)} {job.usage()}")
+        lines += [f"      {h}" for h in job.help()]
+    return "\n".join(lines)
 
 
 DRY_RUN = "check everything (config, data, model, rows or trials) and print the plan; write nothing"
@@ -332,22 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="figures", help="output folder")
     da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound), "
-                        "NYUv2's labelled .mat (nyuv2)")
+                        "NYUv2's labelled .mat (nyuv2)", epilog=data_help(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     da.add_argument("action", choices=["prepare", "download", "cache"])
     da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.prepare or d.download or d.cache])
-    da.add_argument("--data", help="cache: the audio-visual corpus folder, as training reads it")
-    da.add_argument("--src", help="audio-visual: the raw corpus folder (split file, WAVs or videos, frames)")
-    da.add_argument("--sample-rate", type=int, help="audio-visual: audio rate to write (default: the config's)")
-    da.add_argument("--fps", type=int, help="audio-visual: frames per second taken from videos (default: the config's)")
-    da.add_argument("--csd-dir", help="folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])")
-    da.add_argument("--out", help="prepare: the MMSA-layout pickle (mosi/mosei) or folder (audio-visual, nyuv2) to write; "
-                    "download: the folder (data/<dataset>_csd)")
-    da.add_argument("--folds", help='standard (default: the shipped CMU folds) | video (a deterministic split) | '
-                    'FILE.json {"train": [video ids], "valid": [...], "test": [...]}')
-    da.add_argument("--seq-len", type=int, help="words per segment (pad or cut; default: the config's, 50)")
-    da.add_argument("--mat", help="nyuv2: nyu_depth_v2_labeled.mat (the labelled frames, MATLAB v7.3)")
-    da.add_argument("--splits", help="nyuv2: splits.mat (trainNdxs / testNdxs)")
-    da.add_argument("--mapping", help="nyuv2: classMapping40.mat (the 894 raw classes -> 40)")
+    da.add_argument("overrides", nargs="*", metavar="key=value", help="the step's options (listed below) and "
+                    "settings of the dataset")
     return parser
 
 
@@ -358,7 +366,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.argv = argv
     stray = [r for r in rest if "=" not in r or r.startswith("-")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        flag = next((r for r in stray if r.startswith("--")), None)
+        hint = (f" (the data steps take key=value options: {flag[2:].replace('-', '_')}=...; see "
+                f"{parser.prog} data --help)" if args.command == "data" and flag else "")
+        parser.error(f"unrecognized arguments: {' '.join(stray)}{hint}")
     args.overrides = list(getattr(args, "overrides", [])) + rest
     return args
 

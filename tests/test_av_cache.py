@@ -97,7 +97,7 @@ def test_an_interrupted_build_resumes_to_the_same_arrays(tmp_path):
 def test_the_cli_caches_a_corpus_and_trains_from_it(tmp_path, capsys):
     root = make_cremad(tmp_path / "CREMA-D")
     cache = tmp_path / "cache"
-    assert cli.main(["data", "cache", "cremad", "--data", str(root), "--out", str(cache), "data.image_size=48"]) == 0
+    assert cli.main(["data", "cache", "cremad", f"data={root}", f"out={cache}", "data.image_size=48"]) == 0
     assert "cached 17 clips" in capsys.readouterr().out
     run = tmp_path / "run"
     assert cli.main(["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--epochs", "1", "--out", str(run),
@@ -111,12 +111,12 @@ def test_the_cli_caches_a_corpus_and_trains_from_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a cache (no index.json)" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "junk" / "notes.txt").read_text() == "mine" and not (tmp_path / "r2").exists()
-    assert cli.main(["data", "cache", "cremad", "--data", str(root), "--out", str(tmp_path / "junk")]) == 2
+    assert cli.main(["data", "cache", "cremad", f"data={root}", f"out={tmp_path / 'junk'}"]) == 2
     err = capsys.readouterr().err
-    assert "--out names a folder that is not a cache" in err and len(err.strip().splitlines()) == 1
+    assert "out names a folder that is not a cache" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "junk").iterdir()) == ["notes.txt"] and not (tmp_path / "junk.part").exists()
-    assert cli.main(["data", "cache", "cremad", "--out", str(cache)]) == 2
-    assert "needs --data DIR" in capsys.readouterr().err
+    assert cli.main(["data", "cache", "cremad", f"out={cache}"]) == 2
+    assert "needs data=DIR" in capsys.readouterr().err
 
 
 def test_persistent_workers_give_each_epoch_the_batches_of_fresh_ones(tmp_path):
@@ -227,7 +227,7 @@ def test_a_cache_that_cannot_fit_its_disk_is_one_line_and_leaves_no_part_folder(
 
     root = make_cremad(tmp_path / "CREMA-D")
     cache = tmp_path / "cache"
-    args = ["data", "cache", "cremad", "--data", str(root), "--out", str(cache), "data.image_size=48"]
+    args = ["data", "cache", "cremad", f"data={root}", f"out={cache}", "data.image_size=48"]
     # (1) not enough free space: said before anything is made
     monkeypatch.setattr(av_cache.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     assert cli.main(args) == 2

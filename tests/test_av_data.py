@@ -275,11 +275,11 @@ def test_prepare_extracts_frames_and_audio_resumes_and_trains(tmp_path, monkeypa
         return real(clip, *a)
 
     monkeypatch.setattr(media, "_prepare_clip", crash_on_third)
-    assert cli.main(["data", "prepare", "ks", "--src", str(raw), "--out", str(out)]) == 130  # Ctrl-C: one line
+    assert cli.main(["data", "prepare", "ks", f"src={raw}", f"out={out}"]) == 130  # Ctrl-C: one line
     assert not (out / "splits.csv").exists() and sorted(p.name for p in (out / "frames").iterdir()) == ["clip00", "clip01"]
     kept = (out / "audio" / "clip00.wav").stat().st_mtime_ns
     monkeypatch.setattr(media, "_prepare_clip", real)
-    assert cli.main(["data", "prepare", "ks", "--src", str(raw), "--out", str(out)]) == 0
+    assert cli.main(["data", "prepare", "ks", f"src={raw}", f"out={out}"]) == 0
     assert (out / "audio" / "clip00.wav").stat().st_mtime_ns == kept  # finished clips are not redone
     assert len(list((out / "frames" / "clip05").glob("*.jpg"))) == 2  # 2 s at 1 frame per second
     rate, wave = wavfile.read(out / "audio" / "clip05.wav")
@@ -299,7 +299,7 @@ def test_a_video_only_clip_without_ffmpeg_says_how_to_fix_it(tmp_path, monkeypat
     (root / "VideoFlash").mkdir()
     (root / "VideoFlash" / f"{name}.flv").write_bytes(b"\x00")
     monkeypatch.setattr(media, "find_ffmpeg", lambda: None)
-    rc = cli.main(["data", "prepare", "cremad", "--src", str(root), "--out", str(tmp_path / "out")])
+    rc = cli.main(["data", "prepare", "cremad", f"src={root}", f"out={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert rc == 2 and "needs ffmpeg" in err and f"{name}.flv" in err
     rc = cli.main(["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--out", str(tmp_path / "r"), *SMALL])

@@ -82,8 +82,8 @@ def test_prepare_command_produces_a_trainable_pickle(tmp_path):
     folds = tmp_path / "folds.json"
     folds.write_text(json.dumps({"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidC"]}))
     out = tmp_path / "mosi.pkl"
-    assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(out), "--folds", str(folds),
-                     "--seq-len", "4"]) == 0
+    assert cli.main(["data", "prepare", "mosi", f"csd_dir={d}", f"out={out}", f"folds={folds}",
+                     "seq_len=4"]) == 0
     ds = load_mmsa(out)
     assert ds.modalities == ["audio", "vision"]
     assert ds.train.mask["audio"].sum(1).tolist() == [2, 3, 2, 3]
@@ -135,8 +135,8 @@ def test_empty_word_intervals_are_counted(tmp_path):
 
 def test_download_without_the_sdk_says_how_to_get_the_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "mmsdk", None)  # import fails even where an SDK is installed
-    assert cli.main(["data", "download", "mosi", "--out", str(tmp_path / "d")]) == 2
-    assert "data prepare mosi --csd-dir" in capsys.readouterr().err
+    assert cli.main(["data", "download", "mosi", f"out={tmp_path / 'd'}"]) == 2
+    assert "data prepare mosi csd_dir=" in capsys.readouterr().err
 
 
 def _fake_sdk(monkeypatch, urls):
@@ -158,13 +158,13 @@ def test_download_uses_the_sdk_recipe_never_prompts_and_resumes(tmp_path, monkey
     _fake_sdk(monkeypatch, [(src / n).as_uri() for n in names])
     monkeypatch.setattr("sys.stdin", None)  # any prompt would fail loudly
     out = tmp_path / "got"
-    assert cli.main(["data", "download", "mosi", "--out", str(out)]) == 0
+    assert cli.main(["data", "download", "mosi", f"out={out}"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     assert (out / names[1]).read_bytes() == (src / names[1]).read_bytes()
     (src / names[0]).unlink()  # files already there are kept, so the gone source is not fetched again
-    assert cli.main(["data", "download", "mosi", "--out", str(out)]) == 0
-    assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(out), "--out", str(tmp_path / "m.pkl"),
-                     "--folds", "video", "--seq-len", "3"]) == 0
+    assert cli.main(["data", "download", "mosi", f"out={out}"]) == 0
+    assert cli.main(["data", "prepare", "mosi", f"csd_dir={out}", f"out={tmp_path / 'm.pkl'}",
+                     "folds=video", "seq_len=3"]) == 0
 
 
 def test_a_failed_download_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
@@ -172,7 +172,7 @@ def test_a_failed_download_leaves_no_partial_file(tmp_path, monkeypatch, capsys)
     _fake_sdk(monkeypatch, [(src / "CMU_MOSI_TimestampedWords.csd").as_uri(), (tmp_path / "gone/COVAREP.csd").as_uri(),
                             (src / "CMU_MOSI_Visual_Facet_41.csd").as_uri(), (src / "CMU_MOSI_Opinion_Labels.csd").as_uri()])
     out = tmp_path / "got"
-    assert cli.main(["data", "download", "mosi", "--out", str(out)]) == 2
+    assert cli.main(["data", "download", "mosi", f"out={out}"]) == 2
     assert "COVAREP.csd: download failed" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["CMU_MOSI_TimestampedWords.csd"]
 
@@ -181,8 +181,8 @@ def test_a_failed_download_leaves_no_partial_file(tmp_path, monkeypatch, capsys)
 def test_binary_and_seven_class_settings_on_prepared_data(tmp_path, classes, want):
     d = make_corpus(tmp_path / "csd")
     out = tmp_path / "mosei.pkl"
-    assert cli.main(["data", "prepare", "mosei", "--csd-dir", str(d), "--out", str(out), "--seq-len", "4",
-                     "--folds", str(_folds(tmp_path))]) == 0
+    assert cli.main(["data", "prepare", "mosei", f"csd_dir={d}", f"out={out}", "seq_len=4",
+                     f"folds={_folds(tmp_path)}"]) == 0
     from mmsent.config import load_config
     from mmsent.data import build_dataset
 
@@ -239,7 +239,7 @@ def test_prepare_defaults_to_the_standard_folds(tmp_path):
     d = make_corpus(tmp_path / "csd", videos=[*f["train"], *f["valid"], *f["test"], "extraVid"])
     out = tmp_path / "mosi.pkl"
     with pytest.warns(UserWarning, match="1 labelled videos are in no standard fold"):
-        assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(out), "--seq-len", "2"]) == 0
+        assert cli.main(["data", "prepare", "mosi", f"csd_dir={d}", f"out={out}", "seq_len=2"]) == 0
     data = pickle.loads(out.read_bytes())
     for split in ("train", "valid", "test"):  # two labelled segments per video, in fold order
         assert data[split]["id"][::2] == [f"{v}_0" for v in f[split]]
@@ -247,12 +247,12 @@ def test_prepare_defaults_to_the_standard_folds(tmp_path):
 
 def test_standard_folds_on_a_partial_corpus_name_the_missing_video(tmp_path, capsys):
     d = make_corpus(tmp_path / "csd")
-    rc = cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(tmp_path / "x.pkl")])
+    rc = cli.main(["data", "prepare", "mosi", f"csd_dir={d}", f"out={tmp_path / 'x.pkl'}"])
     err = capsys.readouterr().err
-    assert rc == 2 and "videos of the standard mosi folds are not in the labels" in err and "--folds video" in err
+    assert rc == 2 and "videos of the standard mosi folds are not in the labels" in err and "folds=video" in err
     assert not (tmp_path / "x.pkl").exists()
-    assert cli.main(["data", "prepare", "mosi", "--csd-dir", str(d), "--out", str(tmp_path / "v.pkl"),
-                     "--folds", "video"]) == 0
+    assert cli.main(["data", "prepare", "mosi", f"csd_dir={d}", f"out={tmp_path / 'v.pkl'}",
+                     "folds=video"]) == 0
 
 
 def test_folds_json_is_validated(tmp_path):

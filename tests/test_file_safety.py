@@ -43,7 +43,7 @@ def test_a_clip_id_that_is_a_path_is_refused_and_nothing_outside_out_is_touched(
         rows = (raw / "splits.csv").read_text().replace("c1,", f"{bad},")
         (raw / "splits.csv").write_text(rows)
         out = tmp_path / f"out{abs(hash(bad))}" / "deep" / "er"
-        rc = cli.main(["data", "prepare", "avdigits", "--src", str(raw), "--out", str(out)])
+        rc = cli.main(["data", "prepare", "avdigits", f"src={raw}", f"out={out}"])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and "not a plain file name" in err and repr(bad) in err, err
         assert not out.exists()
@@ -56,14 +56,14 @@ def test_prepare_refuses_a_users_folder_and_resumes_its_own(tmp_path, capsys):
     mine.mkdir()
     (mine / "classes.txt").write_text("my own class list\n")
     before = snapshot(mine)
-    assert cli.main(["data", "prepare", "avdigits", "--src", str(raw), "--out", str(mine)]) == 2
+    assert cli.main(["data", "prepare", "avdigits", f"src={raw}", f"out={mine}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holding other files (classes.txt)" in err
     assert snapshot(mine) == before
     out = tmp_path / "out"
-    assert cli.main(["data", "prepare", "avdigits", "--src", str(raw), "--out", str(out)]) == 0
+    assert cli.main(["data", "prepare", "avdigits", f"src={raw}", f"out={out}"]) == 0
     assert (out / ".mmsent-prepared").is_file() and (out / "classes.txt").read_text() == "one\nzero\n"
-    assert cli.main(["data", "prepare", "avdigits", "--src", str(raw), "--out", str(out)]) == 0  # its own: again
+    assert cli.main(["data", "prepare", "avdigits", f"src={raw}", f"out={out}"]) == 0  # its own: again
 
 
 def test_a_lock_file_that_is_a_symlink_is_never_written_through(tmp_path, capsys):

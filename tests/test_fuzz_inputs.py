@@ -684,8 +684,53 @@ def test_a_corrupted_audio_visual_corpus_trains_or_is_one_line(tmp_path_factory,
         argv = ["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--out", str(out), *AV_SMALL,
                 "train.epochs=1", "data.batch_size=4", "data.valid_fraction=0.25", "train.probe=false"]
     else:
-        argv = ["data", "cache", "cremad", "--data", str(root), "--out", str(out), "data.image_size=48"]
+        argv = ["data", "cache", "cremad", f"data={root}", f"out={out}", "data.image_size=48"]
     rc, err = run_cli(argv)
     assert_one_line_or_success(rc, err, out)
     assert not (tmp / "out.part").exists()
     assert tree_digest(root) == before and tree_digest(outside) == beside
+
+
+# --- `cli.py data` step arguments -------------------------------------------------------------------
+
+STEP_KEYS = ["src", "out", "sample_rate", "fps", "image_size", "data.sample_rate", "data.fps", "model.dim", "views",
+             "", "=", "--src", "Src", "src.x"]
+STEP_VALUES = st.one_of(st.sampled_from(["", "0", "-1", "1e400", "nan", "[1, 2]", "{a: 1}", "null", "yes", "16000",
+                                         "10**9", "999999999999", "../..", "/", "a=b", "\x00"]),
+                        st.text(alphabet="ab01=.-/ []{}:", max_size=12))
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 2, 8))
+@given(extra=st.lists(st.tuples(st.sampled_from(STEP_KEYS), STEP_VALUES), max_size=3), drop=st.sampled_from(
+    [None, "src", "out"]))
+def test_data_step_arguments_prepare_or_are_one_line(tmp_path_factory, extra, drop):
+    """``data prepare cremad src=RAW out=DIR`` with up to three more ``key=value`` arguments drawn from
+    the step's options, the dataset's bare and dotted settings, other sections and junk (and maybe one
+    required option left out): it prepares, or exits 2 with one line (argparse's usage error for a
+    flag), writing nothing; the raw corpus is never touched."""
+    from test_av_data import make_cremad
+
+    tmp = tmp_path_factory.mktemp("step")
+    root = make_cremad(tmp / "raw", n_train=2, n_test=1)
+    before = tree_digest(root)
+    given = {"src": f"src={root}", "out": f"out={tmp / 'out'}"}
+    argv = ["data", "prepare", "cremad", *(v for k, v in given.items() if k != drop),
+            *(f"{k}={v}" if k != "=" else v for k, v in extra)]
+    # a key given twice: the last one wins, as with config overrides; relative paths from tmp
+    outs = [a.split("=", 1)[1] for a in argv[3:] if a.startswith("out=")]
+    out = tmp / outs[-1] if outs and outs[-1] else None
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        rc, err = run_cli(argv)
+    except SystemExit as e:  # argparse: a --flag or a stray word, usage and one error line
+        assert e.code == 2
+        rc, err = 2, "error: (argparse)"
+    finally:
+        os.chdir(cwd)
+    assert_one_line_if_refused(rc, err)
+    if rc == 0:
+        assert (out / "splits.csv").is_file()
+    elif out is not None and out.resolve() != root.resolve():
+        assert not out.exists() or out.resolve() in (tmp.resolve(), *tmp.resolve().parents) or not any(out.iterdir())
+    assert tree_digest(root) == before

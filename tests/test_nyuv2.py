@@ -65,7 +65,7 @@ def corpus(tmp_path):
 def prepare_args(d: Path, out: Path, **change) -> list[str]:
     files = {"mat": d / "nyu_depth_v2_labeled.mat", "splits": d / "splits.mat", "mapping": d / "classMapping40.mat",
              **change}
-    return ["data", "prepare", "nyuv2", *(a for k, v in files.items() for a in (f"--{k}", str(v))), "--out", str(out)]
+    return ["data", "prepare", "nyuv2", *(f"{k}={v}" for k, v in files.items()), f"out={out}"]
 
 
 def png(path: Path) -> np.ndarray:
@@ -211,8 +211,8 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus, capsys):
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, (change, err)
         assert not out.exists()
-    assert cli.main(["data", "prepare", "nyuv2", "--out", str(d / "out")]) == 2
-    assert "needs --mat nyu_depth_v2_labeled.mat --splits splits.mat" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "nyuv2", f"out={d / 'out'}"]) == 2
+    assert "needs mat=FILE splits=FILE mapping=FILE" in capsys.readouterr().err
     # a prepared folder with a frame missing: named before any run folder exists
     assert cli.main(prepare_args(d, d / "prepared")) == 0
     (d / "prepared" / "test" / "depth_raw" / "0010.png").unlink()
@@ -250,9 +250,9 @@ def test_prepare_on_the_real_split_mapping_and_test_labels(tmp_path):
         labels[frame - 1] = np.vectorize(lambda c: raw_of.get(int(c), 0))(lab)
     write_labelled(tmp_path / "nyu_depth_v2_labeled.mat", rgb, depth, raw, labels)
     out = tmp_path / "prepared"
-    assert cli.main(["data", "prepare", "nyuv2", "--mat", str(tmp_path / "nyu_depth_v2_labeled.mat"),
-                     "--splits", str(META / "splits.mat"), "--mapping", str(META / "classMapping40.mat"),
-                     "--out", str(out)]) == 0
+    assert cli.main(["data", "prepare", "nyuv2", f"mat={tmp_path / 'nyu_depth_v2_labeled.mat'}",
+                     f"splits={META / 'splits.mat'}", f"mapping={META / 'classMapping40.mat'}",
+                     f"out={out}"]) == 0
     assert len((out / "train.txt").read_text().split()) == 795 and len((out / "test.txt").read_text().split()) == 654
     for frame, lab in real.items():
         assert np.array_equal(png(out / "test" / "labels_40" / f"{frame:04d}.png"), lab), frame

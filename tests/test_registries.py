@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import cli  # noqa: E402
 from mmsent.config import check  # noqa: E402
-from mmsent.data import DATASETS, DataError, DatasetSpec, build_dataset, make_synthetic  # noqa: E402
+from mmsent.data import DATASETS, DataError, DatasetSpec, Job, build_dataset, make_synthetic, option  # noqa: E402
 from mmsent.config import DataConfig  # noqa: E402
 from mmsent.models.fusions import FUSIONS, Head  # noqa: E402
 from mmsent.strategies import STRATEGIES, Strategy  # noqa: E402
@@ -35,10 +35,14 @@ def load_toy(cfg, seed=0):
     return make_synthetic(n_modalities=cfg.settings.views, n_train=n_train, n_val=16, n_test=16, seed=seed)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ToyPrepareOptions:
+    src: str = option("a text file holding the number of training samples", "FILE")
+    out: str = option("the JSON file load_toy reads", "FILE")
+
+
 def prepare_toy(name, opts, settings, progress=None):
     """A toy `data prepare`: a raw file holding a count -> the file `load_toy` reads."""
-    if not opts.src or not opts.out:
-        raise DataError(f"data prepare {name} needs --src FILE and --out FILE")
     Path(opts.out).write_text(json.dumps({"n_train": int(Path(opts.src).read_text()), "views": settings.views}))
     progress(1, 1)
     return f"prepared {opts.out}"
@@ -78,7 +82,7 @@ class ToyStrategy(Strategy):
 @pytest.fixture
 def toys(monkeypatch):
     monkeypatch.setitem(DATASETS, "toy", DatasetSpec(load_toy, ToyDataSettings, {"m1": "One", "m0": "Zero"},
-                                                        prepare=prepare_toy))
+                                                        prepare=Job(prepare_toy, ToyPrepareOptions)))
     monkeypatch.setitem(FUSIONS, "toyhead", ToyHead)
     monkeypatch.setitem(STRATEGIES, "toystrat", ToyStrategy)
 
@@ -207,20 +211,29 @@ def _toy_ranks(rank, world, store, out):
 
 
 def test_a_registered_dataset_is_prepared_and_found_by_the_cli(tmp_path, toys, monkeypatch, capsys):
-    """`cli.py data` offers what the registry line gives (prepare, no download); `locations` is where
-    the data is found without --data."""
+    """`cli.py data` offers what the registry line gives (prepare, no download) with the options its
+    step declares, and the dataset's settings as bare keys; `locations` is where the data is found
+    without --data."""
     (tmp_path / "raw.txt").write_text("24")
     out = tmp_path / "toy.json"
-    assert cli.main(["data", "prepare", "toy", "--src", str(tmp_path / "raw.txt"), "--out", str(out)]) == 0
+    assert cli.main(["data", "prepare", "toy", f"src={tmp_path / 'raw.txt'}", f"out={out}", "views=3"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"prepared {out}")
-    assert json.loads(out.read_text()) == {"n_train": 24, "views": 2}  # the dataset's settings reach prepare
+    assert json.loads(out.read_text()) == {"n_train": 24, "views": 3}  # the dataset's settings reach prepare
+    assert cli.main(["data", "prepare", "toy", f"src={tmp_path / 'raw.txt'}", f"out={out}", "data.views=1"]) == 2
+    assert "config key 'data.views' must be >= 2" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "toy", f"src={tmp_path / 'raw.txt'}", f"out={out}", "count=3"]) == 2
+    assert "unknown option 'count'; valid: src, out, views" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "toy", f"src={tmp_path / 'raw.txt'}", f"out={out}"]) == 0
+    assert json.loads(out.read_text())["views"] == 2
     assert cli.main(["data", "download", "toy"]) == 2
     assert "toy: no download" in capsys.readouterr().err
-    assert cli.main(["data", "prepare", "toy", "--out", str(out)]) == 2
-    assert "data prepare toy needs --src FILE" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "toy", f"out={out}"]) == 2
+    assert "data prepare toy needs src=FILE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["data", "--help"])
-    assert "toy" in capsys.readouterr().out.split("{", 2)[2].split("}")[0]  # the dataset choices
+    shown = capsys.readouterr().out
+    assert "toy" in shown.split("{", 2)[2].split("}")[0]  # the dataset choices
+    assert "prepare toy src=FILE out=FILE" in shown and "src=FILE: a text file holding the number" in shown
 
     monkeypatch.setitem(DATASETS, "toy", dataclasses.replace(DATASETS["toy"], locations=("$MMSENT_TOY",)))
     monkeypatch.delenv("MMSENT_TOY", raising=False)

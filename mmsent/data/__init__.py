@@ -21,6 +21,7 @@ from mmsent.data.av import load_av
 from mmsent.data.av_corpus import is_av_folder
 from mmsent.data.av_decode import AVSettings
 from mmsent.data.batch import Batch, DataError, Dataset, Split
+from mmsent.data.job import Job, option
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.rgbd_scenes import RGBDScenesSettings, load_rgbd_scenes
 from mmsent.data.sentiment import prepare_csd
@@ -35,10 +36,10 @@ class DatasetSpec:
     headline: Optional[str] = None  # the table's metric; None: the task's (acc2_has0 for regression, else acc)
     detect: Optional[Callable[[Path], bool]] = None  # claims a --data path given without --dataset
     locations: tuple = ()  # where the data is looked for without --data: "$VARIABLE" or a path, first found wins
-    # `cli.py data prepare NAME`: (name, CLI options, the recipe's Settings, progress(done, total)) -> message
-    prepare: Optional[Callable] = None
-    download: Optional[Callable] = None  # `cli.py data download NAME`: (name, CLI options, progress) -> message
-    cache: Optional[Callable] = None  # `cli.py data cache NAME`: like prepare (decoded inputs for fast batches)
+    # `cli.py data ACTION NAME key=value...`: a Job (its function and the Options it declares, see data/job.py)
+    prepare: Optional[Job] = None  # raw files -> what `load` reads
+    download: Optional[Job] = None  # fetch the raw files
+    cache: Optional[Job] = None  # decoded inputs for fast batches
     dense: bool = False  # per-pixel labels (segmentation): its tables hold the strategies defined for dense prediction
 
 
@@ -61,19 +62,19 @@ AVDIGITS_FILES = ("$MMSENT_AVDIGITS", "data/avdigits")
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec(load_synthetic, SyntheticSettings),
     "mosi": DatasetSpec(sentiment.load_sentiment, sentiment.SentimentSettings, MOSI_COLUMNS, locations=MOSI_FILES,
-                        prepare=sentiment.prepare, download=sentiment.download),
+                        prepare=sentiment.PREPARE, download=sentiment.DOWNLOAD),
     "mosei": DatasetSpec(sentiment.load_sentiment, sentiment.SentimentSettings, MOSI_COLUMNS,
-                         prepare=sentiment.prepare, download=sentiment.download),
+                         prepare=sentiment.PREPARE, download=sentiment.DOWNLOAD),
     "features": DatasetSpec(features.load_features, features.FeaturesSettings, detect=features.is_feature_file),
-    "cremad": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
-    "ks": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
-    "vggsound": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.prepare, cache=media.cache),
-    "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, locations=AVDIGITS_FILES, prepare=media.prepare,
-                            cache=media.cache),
-    "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.prepare, cache=media.cache),  # a user's own corpus
+    "cremad": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.PREPARE, cache=media.CACHE),
+    "ks": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.PREPARE, cache=media.CACHE),
+    "vggsound": DatasetSpec(load_av, AVSettings, AV_COLUMNS, prepare=media.PREPARE, cache=media.CACHE),
+    "avdigits": DatasetSpec(load_av, AVSettings, AV_COLUMNS, locations=AVDIGITS_FILES, prepare=media.PREPARE,
+                            cache=media.CACHE),
+    "av": DatasetSpec(load_av, AVSettings, AV_COLUMNS, detect=is_av_folder, prepare=media.PREPARE, cache=media.CACHE),  # a user's own corpus
     "rgbd_scenes": DatasetSpec(load_rgbd_scenes, RGBDScenesSettings, {"rgb": "RGB", "depth": "Depth"}, dense=True),
     "nyuv2": DatasetSpec(nyuv2.load_nyuv2, nyuv2.NYUv2Settings, {"rgb": "RGB", "depth": "Depth"}, dense=True,
-                         detect=nyuv2.is_prepared_folder, prepare=nyuv2.prepare),
+                         detect=nyuv2.is_prepared_folder, prepare=nyuv2.PREPARE),
 }
 
 
@@ -101,5 +102,5 @@ def build_dataset(cfg, seed: int = 0) -> Dataset:
     return spec.load(cfg, seed)
 
 
-__all__ = ["DATASETS", "Batch", "DataError", "Dataset", "DatasetSpec", "Split", "build_dataset", "infer_dataset",
+__all__ = ["DATASETS", "Batch", "DataError", "Dataset", "DatasetSpec", "Job", "option", "Split", "build_dataset", "infer_dataset",
            "load_mmsa", "make_synthetic", "prepare_csd", "safe_load_pickle"]

@@ -88,7 +88,7 @@ def checked_clips(dataset: str, root: Path) -> tuple[list[Clip], list[str]]:
     for c in clips:
         if c.wav is None or c.frames is None:
             what = "WAV" if c.wav is None else "frames folder"
-            hint = (f"; it has a video: run {command()} data prepare {dataset} --src {root} --out DIR"
+            hint = (f"; it has a video: run {command()} data prepare {dataset} src={root} out=DIR"
                     if c.video is not None else "")
             raise DataError(f"{root}: clip {c.id!r} has no {what}{hint}")
         check_wav(c.wav)
@@ -102,7 +102,7 @@ def load_av(cfg, seed: int = 0) -> Dataset:
     """A ``Dataset`` of ``AVSplit``s for a prepared corpus folder (``cfg`` is a ``DataConfig``)."""
     if not cfg.path:
         raise DataError(f"{cfg.dataset}: pass --data DIR (a corpus folder in its usual layout, or the output of "
-                        f"`{command()} data prepare {cfg.dataset} --src RAW --out DIR`)")
+                        f"`{command()} data prepare {cfg.dataset} src=RAW out=DIR`)")
     root = Path(cfg.path)
     clips, classes = checked_clips(cfg.dataset, root)
     spec = cfg.settings

@@ -130,7 +130,7 @@ def build(dataset: str, clips, spec: AVSettings, out: Path, progress=None, want:
         free = _free_bytes(part.parent if part.parent.is_dir() else Path.cwd())
         if free is not None and need > free:
             raise DataError(f"{out}: the cache needs {need / 2**30:.2f} GiB and its filesystem has "
-                            f"{free / 2**30:.2f} GiB free; free some space or pass another --out")
+                            f"{free / 2**30:.2f} GiB free; free some space or choose another folder")
     make_dir(part)
     if not started.is_file():
         write_text(started, json.dumps(want))

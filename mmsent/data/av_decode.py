@@ -44,6 +44,10 @@ class AVSettings:
         check("valid_fraction", finite(self.valid_fraction) and 0 < self.valid_fraction < 1, self.valid_fraction,
               "in (0, 1)")
         check("num_workers", self.num_workers >= 0, self.num_workers, ">= 0")
+        # upper bounds where a typo would be a resample to gigabytes (384 kHz is the highest studio
+        # rate; 240 frames/s the fastest common camera), not a refusal of anything real
+        check("sample_rate", self.sample_rate <= 384_000, self.sample_rate, "<= 384000")
+        check("fps", self.fps <= 240, self.fps, "<= 240")
         check("finish", self.finish in ("auto", "device", "loader"), self.finish, "auto, device or loader")
 
     @property

@@ -23,7 +23,7 @@ TIMEOUT_S = 20
 
 def recipe_urls(dataset: str) -> dict[str, str]:
     """Modality key (as ``find_files``) -> URL, taken from the installed SDK's recipes."""
-    hint = (f"get the .csd files by hand and run: {command()} data prepare {dataset} --csd-dir DIR --out FILE")
+    hint = (f"get the .csd files by hand and run: {command()} data prepare {dataset} csd_dir=DIR out=FILE")
     try:
         sdk = importlib.import_module("mmsdk.mmdatasdk")
     except ImportError:
@@ -60,8 +60,8 @@ def download(dataset: str, out_dir: Path, progress=None) -> list[Path]:
             except (OSError, ValueError) as e:  # URLError, timeouts and HTTP errors are OSErrors
                 tmp.unlink(missing_ok=True)
                 raise DataError(f"{url}: download failed ({e}); the CMU server is often down: get the .csd files "
-                                f"by hand and run: {command()} data prepare {dataset} --csd-dir {out_dir} "
-                                "--out FILE") from None
+                                f"by hand and run: {command()} data prepare {dataset} csd_dir={out_dir} "
+                                "out=FILE") from None
             os.replace(tmp, dest)
         written.append(dest)
         if progress:

@@ -1,4 +1,4 @@
-"""``cli.py data prepare cremad|ks|vggsound --src RAW --out DIR``: raw media -> what training reads.
+"""``cli.py data prepare cremad|ks|vggsound src=RAW out=DIR``: raw media -> what training reads.
 
 For every clip of the split file: the WAV is decoded, resampled to ``sample_rate`` and written as
 16-bit mono (or extracted from the clip's video with ffmpeg), and the frames are copied (or
@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from mmsent.checks import command
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import read_wav
 from mmsent.data.batch import DataError
+from mmsent.data.job import Job, option
 from mmsent.files import claim_folder, make_dir, write_failed, write_text
 
 
@@ -103,13 +105,17 @@ def _prepare_clip(clip: Clip, out: Path, sample_rate: int, fps: int) -> None:
             raise
 
 
-def prepare(dataset: str, opts, settings, progress=None) -> str:
-    """``cli.py data prepare``: the raw corpus (``--src``) -> a prepared folder (``--out``), at the
-    recipe's sample rate and fps unless ``--sample-rate`` / ``--fps`` say otherwise."""
-    if not opts.src or not opts.out:
-        raise DataError(f"data prepare {dataset} needs --src DIR (the raw corpus) and --out DIR")
-    n = prepare_av(dataset, Path(opts.src), Path(opts.out), sample_rate=opts.sample_rate or settings.sample_rate,
-                   fps=opts.fps or settings.fps, progress=progress)
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    src: str = option("the raw corpus folder (split file, WAVs or videos, frames)", "DIR")
+    out: str = option("the prepared folder to write (audio/, frames/, classes.txt, splits.csv)", "DIR")
+
+
+def prepare(dataset: str, opts: PrepareOptions, settings, progress=None) -> str:
+    """``cli.py data prepare``: the raw corpus -> a prepared folder, at the settings' sample rate and
+    fps (the recipe's, unless ``sample_rate=`` / ``fps=`` say otherwise)."""
+    n = prepare_av(dataset, Path(opts.src), Path(opts.out), sample_rate=settings.sample_rate, fps=settings.fps,
+                   progress=progress)
     return (f"prepared {n} clips in {opts.out}; train with: {command()} train --dataset {dataset} "
             f"--data {opts.out} --strategy dgl")
 
@@ -118,7 +124,7 @@ def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int
     """Prepare every clip of ``src``'s split file into ``out``; returns the number of clips."""
     clips, classes = scan(dataset, src)
     # a user's folder is never written into (its classes.txt would be replaced): new, empty or ours
-    claim_folder(out, "prepared", "--out", frozenset({"audio", "frames", "classes.txt", "splits.csv"}),
+    claim_folder(out, "prepared", "out", frozenset({"audio", "frames", "classes.txt", "splits.csv"}),
                  frozenset({"audio", "frames"}))
     make_dir(out / "audio")
     make_dir(out / "frames")
@@ -134,20 +140,27 @@ def prepare_av(dataset: str, src: Path, out: Path, *, sample_rate: int, fps: int
     return len(clips)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CacheOptions:
+    data: str = option("the audio-visual corpus folder, as training reads it", "DIR")
+    out: str = option("the cache folder to write", "DIR")
+
+
 def cache(dataset: str, opts, settings, progress=None) -> str:
-    """``cli.py data cache``: decode a corpus (``--data``) into a cache folder (``--out``) at the
-    recipe's settings and the command's key=value overrides (``data.sample_rate``, ``data.cache_size``)."""
+    """``cli.py data cache``: decode a corpus (``data=``) into a cache folder (``out=``) at the
+    recipe's settings and the command's overrides (``sample_rate=``, ``cache_size=``)."""
     import dataclasses
 
     from mmsent.data import av_cache
     from mmsent.data.av import checked_clips
 
-    if not opts.data or not opts.out:
-        raise DataError(f"data cache {dataset} needs --data DIR (the corpus, as training reads it) and --out DIR (the cache)")
     out = Path(opts.out)
-    av_cache.refuse_foreign(out, "--out")
+    av_cache.refuse_foreign(out, "out")
     spec = dataclasses.replace(settings, cache="")
     clips, _ = checked_clips(dataset, Path(opts.data))
     av_cache.build(dataset, clips, spec, out, progress)
     return (f"cached {len(clips)} clips in {out} (sample rate {spec.sample_rate}, frames {av_cache.cache_size(spec)} px); "
             f"train with: {command()} train --dataset {dataset} --data {opts.data} data.cache={out}")
+
+
+PREPARE, CACHE = Job(prepare, PrepareOptions), Job(cache, CacheOptions)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from mmsent.checks import check, command, finite
 from mmsent.data.av_decode import IMAGENET_MEAN, IMAGENET_STD
 from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
+from mmsent.data.job import Job, option
 from mmsent.files import claim_folder, make_dir, write_bytes, write_text
 from mmsent.tasks import VOID, median_frequency_weights
 
@@ -243,7 +244,7 @@ def prepare_nyuv2(mat: Path, splits: Path, mapping: Path, out: Path, progress=No
     whose four PNGs exist is skipped, so an interrupted run continues where it stopped; the id
     lists come last, so a folder without them is visibly unfinished."""
     train, test, source = open_labelled(Path(mat), Path(splits), Path(mapping))
-    claim_folder(Path(out), "prepared-nyuv2", "--out", frozenset({"train", "test", "train.txt", "test.txt"}),
+    claim_folder(Path(out), "prepared-nyuv2", "out", frozenset({"train", "test", "train.txt", "test.txt"}),
                  frozenset({"train", "test"}))
     jobs = [("train", i) for i in train] + [("test", i) for i in test]
     for split in ("train", "test"):
@@ -264,14 +265,22 @@ def prepare_nyuv2(mat: Path, splits: Path, mapping: Path, out: Path, progress=No
     return len(jobs)
 
 
-def prepare(dataset: str, opts, settings, progress=None) -> str:
-    """``cli.py data prepare nyuv2 --mat FILE --splits FILE --mapping FILE --out DIR``."""
-    if not (opts.mat and opts.splits and opts.mapping and opts.out):
-        raise DataError("data prepare nyuv2 needs --mat nyu_depth_v2_labeled.mat --splits splits.mat "
-                        "--mapping classMapping40.mat --out DIR")
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    mat: str = option("nyu_depth_v2_labeled.mat (the labelled frames, MATLAB v7.3)", "FILE")
+    splits: str = option("splits.mat (trainNdxs / testNdxs)", "FILE")
+    mapping: str = option("classMapping40.mat (the 894 raw classes -> 40)", "FILE")
+    out: str = option("the prepared folder to write", "DIR")
+
+
+def prepare(dataset: str, opts: PrepareOptions, settings, progress=None) -> str:
+    """``cli.py data prepare nyuv2 mat=FILE splits=FILE mapping=FILE out=DIR``."""
     n = prepare_nyuv2(Path(opts.mat), Path(opts.splits), Path(opts.mapping), Path(opts.out), progress)
     return (f"prepared {n} frames in {opts.out}; train with: {command()} train --dataset nyuv2 --data {opts.out} "
             "--strategy dgl")
+
+
+PREPARE = Job(prepare, PrepareOptions)
 
 
 def is_prepared_folder(path: Path) -> bool:
@@ -367,8 +376,8 @@ def _train_statistics(source, frames: list[int], spec: NYUv2Settings):
 def load_nyuv2(cfg, seed: int = 0) -> Dataset:
     """``cfg`` is a ``DataConfig``; ``cfg.path`` a prepared folder or ``nyu_depth_v2_labeled.mat``."""
     if not cfg.path:
-        raise DataError(f"nyuv2: pass --data DIR (a prepared folder: {command()} data prepare nyuv2 --mat "
-                        "nyu_depth_v2_labeled.mat --splits splits.mat --mapping classMapping40.mat --out DIR) "
+        raise DataError(f"nyuv2: pass --data DIR (a prepared folder: {command()} data prepare nyuv2 mat="
+                        "nyu_depth_v2_labeled.mat splits=splits.mat mapping=classMapping40.mat out=DIR) "
                         "or --data nyu_depth_v2_labeled.mat")
     spec, path = cfg.settings, Path(cfg.path)
     if path.is_dir():

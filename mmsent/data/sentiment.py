@@ -2,7 +2,7 @@
 files, as regression (the score in [-3, 3]) or classification (has0 Acc-2 or Acc-7 classes).
 
 Registered twice (``mosi``, ``mosei``) in ``mmsent.data.DATASETS`` with ``load``, ``prepare``
-(``cli.py data prepare mosi --csd-dir DIR --out FILE``) and ``download`` (the CMU SDK's URLs).
+(``cli.py data prepare mosi csd_dir=DIR out=FILE``) and ``download`` (the CMU SDK's URLs).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Optional
 
 from mmsent.checks import check, command
 from mmsent.data.batch import DataError, Dataset
+from mmsent.data.job import Job, option
 from mmsent.data.mmsa import load_mmsa, write_pickle
 from mmsent.pretrained import resolve_model_path
 
@@ -68,7 +69,7 @@ def load_sentiment(cfg, seed: int = 0) -> Dataset:
     """CMU-MOSI / MOSEI from an MMSA pickle or a folder of .csd files (``cfg`` is a ``DataConfig``)."""
     if not cfg.path:
         raise DataError(f"{cfg.dataset}: pass --data PATH to an MMSA pickle or a folder of .csd files (build a "
-                        f"pickle with: {command()} data prepare {cfg.dataset} --csd-dir DIR --out FILE)")
+                        f"pickle with: {command()} data prepare {cfg.dataset} csd_dir=DIR out=FILE)")
     s = cfg.settings
     tokenizer = resolve_model_path(s.tokenizer) if s.tokenizer else None
     path = cfg.path
@@ -79,22 +80,34 @@ def load_sentiment(cfg, seed: int = 0) -> Dataset:
     return sentiment_classes(ds, s.num_classes) if s.task == "classification" else ds
 
 
-def prepare(dataset: str, opts, settings: SentimentSettings, progress=None) -> str:
-    """``cli.py data prepare``: ``.csd`` files (``--csd-dir``) -> one MMSA-layout pickle (``--out``)."""
-    if not opts.csd_dir or not opts.out:
-        raise DataError(f"data prepare {dataset} needs --csd-dir DIR and --out FILE")
-    data = prepare_csd(Path(opts.csd_dir), opts.folds or settings.folds, opts.seq_len or settings.seq_len, dataset,
-                       progress=progress)
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    csd_dir: str = option("the folder holding the .csd files (words, COVAREP, FACET, labels[, word vectors])", "DIR")
+    out: str = option("the MMSA-layout pickle to write", "FILE")
+
+
+def prepare(dataset: str, opts: PrepareOptions, settings: SentimentSettings, progress=None) -> str:
+    """``cli.py data prepare``: ``.csd`` files -> one MMSA-layout pickle, split by ``settings.folds``
+    (``folds=standard|video|FILE.json``) and cut to ``settings.seq_len`` words."""
+    data = prepare_csd(Path(opts.csd_dir), settings.folds, settings.seq_len, dataset, progress=progress)
     out = write_pickle(data, Path(opts.out))
     sizes = ", ".join(f"{k} {len(v['id'])}" for k, v in data.items())
     return f"wrote {out} ({sizes} segments); train with: {command()} train --dataset {dataset} --data {out}"
 
 
-def download(dataset: str, opts, progress=None) -> str:
-    """``cli.py data download``: the ``.csd`` files the installed CMU SDK names, into ``--out``."""
+@dataclass(frozen=True, kw_only=True)
+class DownloadOptions:
+    out: str = option("the folder for the .csd files (default data/<dataset>_csd)", "DIR", default="")
+
+
+def download(dataset: str, opts: DownloadOptions, settings=None, progress=None) -> str:
+    """``cli.py data download``: the ``.csd`` files the installed CMU SDK names, into ``out``."""
     from mmsent.data.download import download as fetch
 
     out_dir = Path(opts.out or f"data/{dataset}_csd")
     files = fetch(dataset, out_dir, progress=progress)
     return (f"wrote {len(files)} .csd files to {out_dir}; next: {command()} data prepare {dataset} "
-            f"--csd-dir {out_dir} --out data/{dataset}.pkl")
+            f"csd_dir={out_dir} out=data/{dataset}.pkl")
+
+
+PREPARE, DOWNLOAD = Job(prepare, PrepareOptions), Job(download, DownloadOptions)

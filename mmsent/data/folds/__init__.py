@@ -64,7 +64,7 @@ def resolve_folds(spec: str | None, dataset: str, videos: list[str], source: str
     folds = standard_folds(dataset)
     if folds is None:
         if spec == "standard":
-            raise DataError(f"{dataset}: no standard folds ship with mmsent; pass --folds FILE.json or --folds video")
+            raise DataError(f"{dataset}: no standard folds ship with mmsent; pass data.folds=FILE.json or data.folds=video")
         warnings.warn(f"{source}: no standard folds ship for {dataset}; using a deterministic video-level split",
                       stacklevel=3)
         return video_folds(videos)
@@ -72,7 +72,7 @@ def resolve_folds(spec: str | None, dataset: str, videos: list[str], source: str
     missing = [v for s in SPLITS for v in folds[s] if v not in have]
     if missing:
         raise DataError(f"{source}: {len(missing)} videos of the standard {dataset} folds are not in the labels "
-                        f"(first: {missing[0]!r}); pass --folds FILE.json or --folds video for a partial corpus")
+                        f"(first: {missing[0]!r}); pass data.folds=FILE.json or data.folds=video for a partial corpus")
     outside = len(have - {v for s in SPLITS for v in folds[s]})
     if outside:
         warnings.warn(f"{source}: {outside} labelled videos are in no standard fold and are left out", stacklevel=3)
