@@ -116,6 +116,12 @@ FRESH = {
     "negative alpha": (lambda t: ["--strategy", "dgl", "--alpha", "-3"], "'strategy.args.alpha' must be a finite number >= 0"),
     "nan alpha": (lambda t: ["--strategy", "dgl", "--alpha", "nan"], "'strategy.args.alpha' must be a finite number >= 0, got nan"),
     "zero epochs": (lambda t: ["--epochs", "0"], "'train.epochs' must be >= 1, got 0"),
+    # finite but huge: Adam's float32 step size overflows inside torch (a RuntimeError once); SGD's
+    # parameters become inf and the loss non-finite. Both are one line naming the step, with DGL too.
+    "lr that overflows adam": (lambda t: ["train.lr=1e38"], "numeric overflow in the training step at epoch 0 step 0"),
+    "lr that overflows adam under dgl": (lambda t: ["train.lr=3.4e37", "--strategy", "dgl"],
+                                         "at epoch 0 step 1; lower train.lr or set train.grad_clip"),
+    "lr that overflows sgd": (lambda t: ["train.lr=1e38", "train.optimizer=sgd"], "non-finite training loss"),
 }
 
 
