@@ -223,10 +223,17 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if tp is dict:
+    if tp is dict or get_origin(tp) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
-        return dict(value)
+        if tp is dict:
+            return dict(value)
+        kt, vt = get_args(tp)  # dict[str, X]: each entry checked (a dataclass X through from_dict)
+        out = {}
+        for k, v in value.items():
+            _check(k, kt, f"{key} (a key {k!r})")
+            out[k] = from_dict(vt, v, f"{key}.{k}.") if is_dataclass(vt) else _check(v, vt, f"{key}.{k}")
+        return out
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"config key {key!r} must be {tp.__name__}, got {value!r}")
     return value

@@ -338,10 +338,17 @@ def test_a_file_or_size_that_cannot_work_is_one_line_before_any_run_folder(tmp_p
 SPECS = {
     "binary garbage": (None, "not a text file"),
     "space is a list": ("space: [1, 2]\n", "'space' must be a mapping, got [1, 2]"),
-    "trials is a string": ("trials: '5'\nspace: {strategy.args.alpha: {low: 0, high: 1}}\n", "'trials' must be an integer, got '5'"),
-    "a parameter is not a mapping": ("space: {strategy.args.alpha: 3}\n", "space.strategy.args.alpha must be a mapping"),
-    "low is a string": ("space: {strategy.args.alpha: {low: a, high: 1}}\n", "space.strategy.args.alpha.low must be a number"),
+    "trials is a string": ("trials: '5'\nspace: {strategy.args.alpha: {low: 0, high: 1}}\n", "key 'trials' must be int, got '5'"),
+    "a parameter is not a mapping": ("space: {strategy.args.alpha: 3}\n", "section 'space.strategy.args.alpha' must be a mapping, got 3"),
+    "low is a string": ("space: {strategy.args.alpha: {low: a, high: 1}}\n", "key 'space.strategy.args.alpha.low' must be float, got 'a'"),
     "an unknown key": ("spaces: {}\n", "unknown key 'spaces'"),
+    # the one checking mechanism (config.from_dict) reaches inside the space and its lists
+    "a seed is a string": ("seeds: [0, x]\nspace: {train.lr: {low: 0.1, high: 1}}\n", "key 'seeds[1]' must be int"),
+    "an unknown parameter key": ("space: {train.lr: {low: 0.1, high: 1, step: 2}}\n",
+                                 "unknown key 'space.train.lr.step'"),
+    "a log range from 0": ("space: {train.lr: {low: 0, high: 1, log: true}}\n",
+                           "key 'space.train.lr.low' must be > 0 for a log range, got 0.0"),
+    "a space key that is not text": ("space: {1: {low: 0.1, high: 1}}\n", "must be str, got 1"),
 }
 
 

@@ -173,7 +173,7 @@ def test_two_workers_share_one_study(tmp_path, storage):
     ({"space": {"strategy.args.alpah": {"low": 1, "high": 2}}}, "unknown config key 'strategy.args.alpah'"),
     ({"space": {"strategy.args.alpha": {"low": -1, "high": 2}}}, "'strategy.args.alpha' must be a finite number >= 0"),
     ({"space": {"train.nope": {"low": 1, "high": 2}}}, "unknown config key 'train.nope'"),
-    ({"space": {"strategy.args.alpha": {"low": 2, "high": 2}}}, "empty range [2, 2]"),
+    ({"space": {"strategy.args.alpha": {"low": 2, "high": 2}}}, "empty range [2.0, 2.0]"),
     ({"space": {}}, "empty search space"),
     ({"metric": "accuracy"}, "unknown metric 'accuracy'"),
 ])

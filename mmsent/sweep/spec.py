@@ -2,11 +2,10 @@
 space mapped onto ``trial.suggest_*``. Needs neither data nor Optuna."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Optional
 
-
-from mmsent.config import ConfigError, load_yaml
+from mmsent.config import ConfigError, SettingError, check, from_dict, load_yaml
 from mmsent.recipes import SWEEPS, sweep_spec
 
 
@@ -14,29 +13,30 @@ class SweepError(ValueError):
     """Bad sweep spec or storage; the CLI prints it on one line and exits 2."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Param:
-    name: str  # dotted config key, e.g. strategy.args.alpha
-    type: str = "float"  # float | int | categorical
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: list | None = None  # categorical values
-    grid: list | None = None  # values for sampler: grid
+    """One dimension of the search space, ``space.<dotted config key>`` in the spec."""
 
-    def check(self) -> None:
-        if self.type not in ("float", "int", "categorical"):
-            raise SweepError(f"space.{self.name}: type must be float, int or categorical, got {self.type!r}")
+    name: str = ""  # the dotted config key, e.g. strategy.args.alpha (the space's key, set by load_spec)
+    type: str = "float"  # float | int | categorical
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[list] = None  # categorical values
+    grid: Optional[list] = None  # values for sampler: grid
+
+    def __post_init__(self):
+        check("type", self.type in ("float", "int", "categorical"), self.type, "float, int or categorical")
         if self.type == "categorical":
-            if not self.choices:
-                raise SweepError(f"space.{self.name}: categorical needs a non-empty 'choices' list")
+            check("choices", bool(self.choices), self.choices, "a non-empty list for a categorical parameter")
             return
         if self.low is None or self.high is None:
-            raise SweepError(f"space.{self.name}: needs 'low' and 'high'")
+            raise SettingError("low", "and 'high' are needed for a float or int parameter")
         if not self.low < self.high:
-            raise SweepError(f"space.{self.name}: empty range [{self.low}, {self.high}] (need low < high)")
-        if self.log and self.low <= 0:
-            raise SweepError(f"space.{self.name}: a log range needs low > 0, got {self.low}")
+            raise SettingError("low", f"and high make an empty range [{self.low}, {self.high}] (need low < high)")
+        check("low", not self.log or self.low > 0, self.low, "> 0 for a log range")
+        for v in self.grid or []:
+            check("grid", isinstance(v, (int, float)) and not isinstance(v, bool), self.grid, "a list of numbers")
 
     def suggest(self, trial):
         if self.type == "categorical":
@@ -53,28 +53,39 @@ class Param:
         return sorted({cast(self.low), cast(self.high), *map(cast, self.grid or [])})
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSpec:
-    name: str
-    config: str | None = None  # base training config, relative to the repo root
-    overrides: list = field(default_factory=list)
+    """A sweep spec; its fields are the keys of the YAML file, checked by the config's one mechanism
+    (``config.from_dict``: unknown keys, types, then each ``__post_init__``'s ranges)."""
+
+    name: str = ""  # the file's stem (set by load_spec, not a key of the file)
+    config: Optional[str] = None  # base training config, relative to the repo root
+    overrides: list[str] = field(default_factory=list)
     metric: str = "loss"  # validation metric of the multimodal model
     direction: str = "minimize"
     trials: int = 20
-    seeds: list = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])
     sampler: str = "tpe"  # tpe | grid
     sampler_seed: int = 0
     pruner_warmup_epochs: int = 3
     heartbeat: int = 30  # seconds between heartbeats of a running trial (RDB storages)
-    space: dict = field(default_factory=dict)
+    space: dict[str, Param] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check("space", bool(self.space), self.space, "a non-empty search space")
+        check("direction", self.direction in ("minimize", "maximize"), self.direction, "minimize or maximize")
+        check("sampler", self.sampler in ("tpe", "grid"), self.sampler, "tpe or grid")
+        if self.sampler == "grid":
+            for key, p in self.space.items():
+                check(f"space.{key}.grid", bool(p.grid), p.grid, "a list of values (sampler grid needs one per parameter)")
+        check("trials", self.trials >= 1, self.trials, ">= 1")
+        check("seeds", bool(self.seeds) and all(s >= 0 for s in self.seeds), self.seeds, "a non-empty list of integers >= 0")
+        check("heartbeat", self.heartbeat >= 1, self.heartbeat, ">= 1")
+        check("pruner_warmup_epochs", self.pruner_warmup_epochs >= 0, self.pruner_warmup_epochs, ">= 0")
 
     @property
     def params(self) -> list[Param]:
-        return [Param(k, **v) for k, v in self.space.items()]
-
-
-SPEC_TYPES = {"config": str, "overrides": list, "metric": str, "direction": str, "trials": int, "seeds": list,
-              "sampler": str, "sampler_seed": int, "pruner_warmup_epochs": int, "heartbeat": int, "space": dict}
+        return list(self.space.values())
 
 
 def load_spec(name_or_path: str) -> SweepSpec:
@@ -87,42 +98,15 @@ def load_spec(name_or_path: str) -> SweepSpec:
         raise SweepError(f"{path}: sweep spec not found (shipped sweeps: {known})")
     try:
         raw = load_yaml(path)
-    except ConfigError as e:
-        raise SweepError(str(e)) from None
-    fields = {f.name for f in dataclasses.fields(SweepSpec)} - {"name"}
-    unknown = sorted(map(str, set(raw) - fields))
-    if unknown:
-        raise SweepError(f"{path}: unknown key {unknown[0]!r}; a sweep spec has {', '.join(sorted(fields))}")
-    for key, want in SPEC_TYPES.items():  # a value of the wrong kind would fail deep inside Optuna
-        if key in raw and not (isinstance(raw[key], want) and not (want is int and isinstance(raw[key], bool))):
-            kind = {dict: "a mapping", list: "a list", int: "an integer", str: "a string"}[want]
-            raise SweepError(f"{path}: {key!r} must be {kind}, got {raw[key]!r:.60}")
-    for key, entry in (raw.get("space") or {}).items():
-        if not isinstance(entry, dict):
-            raise SweepError(f"{path}: space.{key} must be a mapping (type, low, high...), got {entry!r:.60}")
-        bad = sorted(set(map(str, entry)) - ({f.name for f in dataclasses.fields(Param)} - {"name"}))
-        if bad:
-            raise SweepError(f"{path}: space.{key}: unknown key {bad[0]!r}")
-        for k in ("low", "high"):
-            if entry.get(k) is not None and (isinstance(entry[k], bool) or not isinstance(entry[k], (int, float))):
-                raise SweepError(f"{path}: space.{key}.{k} must be a number, got {entry[k]!r:.60}")
-        for k in ("choices", "grid"):
-            if entry.get(k) is not None and not isinstance(entry[k], list):
-                raise SweepError(f"{path}: space.{key}.{k} must be a list, got {entry[k]!r:.60}")
-    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in raw.get("seeds") or []):
-        raise SweepError(f"{path}: 'seeds' must be a list of integers >= 0, got {raw['seeds']!r:.60}")
-    spec = SweepSpec(name=path.stem, **raw)
-    params = spec.params
-    if not params:
-        raise SweepError(f"{path}: empty search space")
-    for p in params:
-        p.check()
-    if spec.direction not in ("minimize", "maximize"):
-        raise SweepError(f"{path}: direction must be minimize or maximize, got {spec.direction!r}")
-    if spec.sampler not in ("tpe", "grid"):
-        raise SweepError(f"{path}: sampler must be tpe or grid, got {spec.sampler!r}")
-    if spec.sampler == "grid" and any(not p.grid for p in params):
-        raise SweepError(f"{path}: sampler grid needs a 'grid' list for every parameter")
-    if spec.trials < 1 or not spec.seeds:
-        raise SweepError(f"{path}: needs trials >= 1 and at least one seed")
-    return spec
+        if "name" in raw:  # the study's name is the file's (or --study)
+            raise ConfigError("unknown config key 'name'; a sweep is named by its file (or --study)")
+        space = raw.get("space")
+        if isinstance(space, dict):  # each parameter knows its key (a trial's parameter name)
+            for k, v in space.items():
+                if isinstance(v, dict) and "name" in v:
+                    raise ConfigError(f"unknown config key 'space.{k}.name'; a parameter is named by its key")
+            raw = {**raw, "space": {k: {**v, "name": k} if isinstance(v, dict) else v for k, v in space.items()}}
+        return from_dict(SweepSpec, {**raw, "name": path.stem})
+    except ConfigError as e:  # the config's wording, with the spec's file in front
+        message = str(e).replace("config key", "key").replace("config section", "section")
+        raise SweepError(message if message.startswith(str(path)) else f"{path}: {message}") from None
