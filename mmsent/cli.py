@@ -28,7 +28,8 @@ def cmd_train(args) -> int:
         print(f"dry run (nothing written): would {'resume' if args.resume else 'train'} {results['run_dir']}: dataset "
               f"{c['data']['dataset']} ({', '.join(f'{k} {v}' for k, v in results['sizes'].items())}; {d['task']}; "
               f"modalities {', '.join(f'{m} {w}' for m, w in d['dims'].items())}), fusion {c['model']['fusion']} "
-              f"({results['parameters']:,} parameters), strategy {c['strategy']['name']} {c['strategy']['args'] or ''}"
+              f"({results['parameters']:,} parameters), strategy {c['strategy']['name']} "
+              f"{ {k: v for k, v in c['strategy'].items() if k not in ('name', 'presets')} or ''}"
               f"".rstrip() + f", {c['train']['epochs']} epochs of {results['steps_per_epoch']} steps, seed {c['seed']}")
         return 0
     results = train(run)
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     tb.add_argument("--dry-run", action="store_true", help=DRY_RUN)
     tb.add_argument("--methods", nargs="+", help="rows by label (default: all, every row defined on the "
-                    "table's head); 'LABEL:key=value,...' adds a row of its own, e.g. 'DGL a=2:strategy=dgl,strategy.args.alpha=2'")
+                    "table's head); 'LABEL:key=value,...' adds a row of its own, e.g. 'DGL a=2:strategy=dgl,strategy.alpha=2'")
     tb.add_argument("--reference", action="append", metavar="LABEL", help="also compare every row with this row "
                     "(e.g. DGL); the multimodal baseline always is (significance: docs/guides/tables.md)")
     tb.add_argument("--config", help="training config for every row (default: configs/<dataset>.yaml)")

@@ -8,8 +8,13 @@ of its section (timm-style plain dicts; see ``registry_of``):
 * ``data.dataset`` -> ``mmsent.data.DATASETS[name].Settings``: the dataset's own keys sit flat under
   ``data`` (``data.sample_rate=16000``);
 * ``model.fusion`` -> ``mmsent.models.FUSIONS[name].Settings``: flat under ``model`` (``model.depth=3``);
-* ``strategy.name`` -> ``mmsent.strategies.STRATEGIES[name].Settings``: under ``strategy.args``, with
-  ``strategy.presets.<name>`` giving per-strategy defaults (checked for every strategy named there).
+* ``strategy.name`` -> ``mmsent.strategies.STRATEGIES[name].Settings``: flat under ``strategy``
+  (``strategy.alpha=2``), with ``strategy.presets.<name>`` giving per-strategy defaults (checked for
+  every strategy named there).
+
+All three have one shape: the choosing key and the chosen component's settings flat beside it, read
+by ``from_dict`` (which also reads sweep specs). ``strategy.args.KEY``, the spelling of stored runs
+and commands from before the strategy section was flat, is read as ``strategy.KEY`` and never written.
 
 Overrides compose in one order: the config file (or a stored run's config), then every choice of a
 component (``--dataset``, ``--fusion``, ``--strategy``, ``strategy=X``, ``model.fusion=X``), then all
@@ -127,8 +132,12 @@ class ModelConfig:
 @dataclass(frozen=True)
 class StrategyConfig:
     name: str = "vanilla"  # a name in mmsent.strategies.STRATEGIES
-    args: dict = field(default_factory=dict)  # the strategy's settings (STRATEGIES[name].Settings)
     presets: dict = field(default_factory=dict)  # strategy name -> its default settings when it is chosen
+    # the strategy's own settings, written flat under `strategy` (see STRATEGIES[name].Settings)
+    options: dict = field(default_factory=dict)
+
+    _choice = ("name", "strategy")
+    _folded = ("args",)  # the nested spelling of older run folders and commands, read into `options`
 
     def __post_init__(self):
         for name, preset in self.presets.items():
@@ -138,9 +147,9 @@ class StrategyConfig:
 
     @cached_property
     def settings(self):
-        """The chosen strategy's typed settings: its preset under the explicit ``args``."""
-        given = {**self.presets.get(self.name, {}), **self.args}
-        return from_dict(settings_class("strategy", self.name), given, "strategy.args.")
+        """The chosen strategy's typed settings: its preset under the ones given."""
+        given = {**self.presets.get(self.name, {}), **self.options}
+        return from_dict(settings_class("strategy", self.name), given, "strategy.")
 
 
 @dataclass(frozen=True)
@@ -199,7 +208,7 @@ class Config:
     def to_dict(self) -> dict:
         """The config as a plain tree, the component options flat again (what YAML holds)."""
         tree = asdict(self)
-        for section in ("data", "model"):
+        for section in ("data", "model", "strategy"):
             tree[section].update(tree[section].pop("options"))
         return tree
 
@@ -251,7 +260,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
     kwargs, options = {}, {}
     for k, v in data.items():
         key = f"{prefix}{k}"
-        if k == "options" and choice:
+        if choice and (k == "options" or k in getattr(cls, "_folded", ())):
             options.update(_check(v, dict, key))
         elif k not in names:
             if choice:
@@ -276,7 +285,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
         kwargs["options"] = options
     try:
         obj = cls(**kwargs)
-        if choice or cls is StrategyConfig:
+        if choice:
             obj.settings  # noqa: B018  (validates the component's settings now, not at first use)
         if cls is ModelConfig:
             obj.check_encoders()
@@ -296,20 +305,17 @@ def _drop_replaced(tree: dict, dotted: str, value: Any) -> None:
     """Choosing a different component drops the settings of the one it replaces (they were written
     for it); the same choice again keeps them."""
     kind = CHOICES[dotted]
-    if kind == "strategy":
-        node = tree.get("strategy")
-        old = node if isinstance(node, str) else (node or {}).get("name", StrategyConfig.name)
-        if isinstance(node, dict) and old != value:
-            tree["strategy"] = {k: v for k, v in node.items() if k != "args"}
-        return
-    section, name_field = dotted.split(".")
+    section, cls = {"dataset": ("data", DataConfig), "fusion": ("model", ModelConfig),
+                    "strategy": ("strategy", StrategyConfig)}[kind]
     node = tree.get(section)
-    if not isinstance(node, dict):
+    if not isinstance(node, dict):  # absent, or `strategy: dgl` (a name with nothing beside it)
         return
-    default = {"dataset": DataConfig.dataset, "fusion": ModelConfig.fusion}[kind]
-    old = node.get(name_field, default)
-    if old != value and old in registry_of(kind):
-        owned = {f.name for f in fields(settings_class(kind, old))}
+    name_field = cls._choice[0]
+    old = node.get(name_field, next(f.default for f in fields(cls) if f.name == name_field))
+    if old != value:
+        owned = set(cls._folded) if hasattr(cls, "_folded") else set()
+        if old in registry_of(kind):
+            owned |= {f.name for f in fields(settings_class(kind, old))}
         tree[section] = {k: v for k, v in node.items() if k not in owned}
 
 
@@ -321,7 +327,7 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node = tree
     for p in parents:
         child = node.get(p)
-        if isinstance(child, str):  # `strategy: dgl` then `strategy.args.alpha=2`
+        if isinstance(child, str):  # `strategy: dgl` then `strategy.alpha=2`
             child = {"name": child}
         node[p] = child = dict(child or {})
         node = child

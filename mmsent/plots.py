@@ -25,16 +25,21 @@ def read_log(run: Path) -> tuple[dict, list[dict]]:
     return cfg, rows
 
 
+def _modality(s: dict):
+    """A unimodal run's modality in a stored config: flat, or under ``args`` in older run folders."""
+    return s.get("modality", (s.get("args") or {}).get("modality"))
+
+
 def _label(run: Path, cfg: dict) -> str:
     s = cfg.get("strategy", {})
-    extra = s.get("args", {}).get("modality") if s.get("name") == "unimodal" else None
+    extra = _modality(s) if s.get("name") == "unimodal" else None
     return f"{run.name} ({s.get('name', '?')}{' ' + extra if extra else ''})"
 
 
 def _trains_only_another(cfg: dict, m: str) -> bool:
     """A unimodal-only model of another modality: its encoder for ``m`` is never trained."""
     s = cfg.get("strategy", {})
-    return s.get("name") == "unimodal" and s.get("args", {}).get("modality") != m
+    return s.get("name") == "unimodal" and _modality(s) != m
 
 
 def _finish(fig, ax_row, ylabel: str, path: Path) -> Path:

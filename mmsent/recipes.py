@@ -61,7 +61,7 @@ def train_argv(*, dataset=None, data=None, config=None, seed=None, out=None, ove
 
 def _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) -> list[tuple[str, object]]:
     pairs = [("data.dataset", dataset), ("data.path", data), ("model.fusion", fusion), ("strategy.name", strategy),
-             ("strategy.args.alpha", alpha), ("seed", seed), ("train.epochs", epochs), ("out", out),
+             ("strategy.alpha", alpha), ("seed", seed), ("train.epochs", epochs), ("out", out),
              ("device", device)]
     return [(k, v) for k, v in pairs if v is not None]
 
@@ -128,4 +128,4 @@ def _alpha_is_dgls(cfg: Config, alpha) -> None:
     if not STRATEGIES[cfg.strategy.name].dgl_weight:
         dgl = ", ".join(n for n, s in STRATEGIES.items() if s.dgl_weight)
         raise ConfigError(f"--alpha is DGL's weight on the unimodal losses ({dgl}); strategy {cfg.strategy.name!r} has "
-                          "no such weight: set its own settings with strategy.args.KEY=VALUE")
+                          "no such weight: set its own settings with strategy.KEY=VALUE")

@@ -78,7 +78,7 @@ def unimodal_only(columns: dict[str, str]) -> dict[str, str]:
 def table_rows(columns: dict[str, str], fusion: str | None = None, dense: bool = False) -> dict[str, list[str]]:
     """Every row of a table: one unimodal-only model per modality, then the strategies (those
     defined on ``fusion`` when the table fixes the head, and for dense prediction when ``dense``)."""
-    uni = {row: ["strategy=unimodal", f"strategy.args.modality={m}"] for row, m in unimodal_only(columns).items()}
+    uni = {row: ["strategy=unimodal", f"strategy.modality={m}"] for row, m in unimodal_only(columns).items()}
     return {**uni, **strategy_rows(fusion, dense)}
 
 

@@ -14,7 +14,7 @@ AV=${AV:-../shared/data/avdigits}
 # MMPareto-SH: MMPareto through one shared head (not the official form, a row of its own). ReconBoost
 # on its reference's head for 64-wide features (64 -> 32 ReLU -> C, as its CREMA-D 512 -> 256) and
 # its weight decay 5e-4.
-SH="MMPareto-SH:strategy=mmpareto,strategy.args.unimodal_heads=false"
+SH="MMPareto-SH:strategy=mmpareto,strategy.unimodal_heads=false"
 RB="ReconBoost:strategy=reconboost,model.fusion=shared,model.hidden=32,train.weight_decay=5e-4"
 $PY cli.py table --dataset avdigits --data "$AV" --seeds 0 1 2 --jobs 2 --runs-dir runs/avdigits --name avdigits_table \
   --methods all "DGL-MH:strategy=dgl_mh" "$SH" "$RB"

@@ -14,10 +14,10 @@ MOSI=${MOSI:-../shared/data/mosi/mosi_utterance.pkl}
 ROWS=(
   "Multimodal Baseline"
   "DGL"
-  "DGL +MT:strategy=dgl,strategy.args.truncate_unimodal=false"
-  "DGL-MH b=0.1:strategy=dgl_mh,strategy.args.head_weight=0.1,strategy.args.fill=zero"
-  "DGL-MH mean:strategy=dgl_mh,strategy.args.head_weight=0,strategy.args.fill=mean"
-  "DGL-MH mean b=0.1:strategy=dgl_mh,strategy.args.head_weight=0.1,strategy.args.fill=mean"
+  "DGL +MT:strategy=dgl,strategy.truncate_unimodal=false"
+  "DGL-MH b=0.1:strategy=dgl_mh,strategy.head_weight=0.1,strategy.fill=zero"
+  "DGL-MH mean:strategy=dgl_mh,strategy.head_weight=0,strategy.fill=mean"
+  "DGL-MH mean b=0.1:strategy=dgl_mh,strategy.head_weight=0.1,strategy.fill=mean"
 )
 SETTINGS=${SETTINGS:-avdigits6_mlpmixer mosi_mlpmixer mosi_concat synthetic6_mlpmixer mosi4_mlpmixer}
 # MOSI with the mixer also under the paper's optimizer (SGD lr 0.01 momentum 0.9, as sweeps/alpha_grid.yaml,
@@ -25,8 +25,8 @@ SETTINGS=${SETTINGS:-avdigits6_mlpmixer mosi_mlpmixer mosi_concat synthetic6_mlp
 SGD="train.optimizer=sgd,train.lr=0.01"
 SGD_ROWS=(
   "Multimodal Baseline SGD:strategy=vanilla,$SGD"
-  "DGL SGD a=2:strategy=dgl,strategy.args.alpha=2,$SGD"
-  "DGL-MH SGD a=2 b=0.1:strategy=dgl_mh,strategy.args.alpha=2,strategy.args.head_weight=0.1,$SGD"
+  "DGL SGD a=2:strategy=dgl,strategy.alpha=2,$SGD"
+  "DGL-MH SGD a=2 b=0.1:strategy=dgl_mh,strategy.alpha=2,strategy.head_weight=0.1,$SGD"
 )
 table() {
   local name=$1; shift

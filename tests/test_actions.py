@@ -30,7 +30,7 @@ def test_a_method_that_never_acted_is_said_to_be_one(tmp_path, capsys):
     """D&R due at epoch 50 of a 3-epoch run: its count stays 0 in every epoch's log line, results.json
     says never_acted, and one line on stderr says so with its schedule."""
     ds = make_synthetic(n_modalities=2, n_train=32, n_val=16, n_test=16)
-    results = fit(_cfg(tmp_path, "dnr", 3, "strategy.args.reinit_epoch=50"), quiet=True, dataset=ds)
+    results = fit(_cfg(tmp_path, "dnr", 3, "strategy.reinit_epoch=50"), quiet=True, dataset=ds)
     assert results["never_acted"] is True
     assert results["actions"] == {"selected_epoch": {"reinits": 0}, "run": {"reinits": 0}}
     assert results["schedule"] == {"reinit_epoch": 50}
@@ -46,7 +46,7 @@ def test_a_method_that_acted_counts_its_actions_up_to_the_selected_epoch(tmp_pat
     """OPM modulating every step from epoch 0: its counts grow epoch by epoch in the log, the counts
     at the selected epoch are the log line of that epoch, and nothing is said."""
     ds = make_synthetic(n_modalities=2, n_train=32, n_val=16, n_test=16)
-    results = fit(_cfg(tmp_path, "opm", 3, "strategy.args.warmup=-1", "strategy.args.p_exe=1.0"), quiet=True, dataset=ds)
+    results = fit(_cfg(tmp_path, "opm", 3, "strategy.warmup=-1", "strategy.p_exe=1.0"), quiet=True, dataset=ds)
     logged = [r["actions"] for r in log_records(tmp_path / "run" / "metrics.jsonl")]
     assert [a["modulated_steps"] for a in logged] == [2, 4, 6]  # 2 steps an epoch
     assert results["actions"]["selected_epoch"] == logged[results["best_epoch"]]
@@ -115,12 +115,12 @@ def test_a_table_marks_a_row_whose_method_never_acted(tmp_path):
 
 # method -> (settings that keep it from acting for 2 epochs, the fusion it needs)
 IDLE = {
-    "dnr": (["strategy.args.reinit_epoch=50"], None),
-    "opm": (["strategy.args.warmup=50"], None),
-    "pmr": (["strategy.args.modulation_end=-1"], None),
-    "agm": (["strategy.args.modulation_start=50", "strategy.args.conditional_clip=false"], None),
-    "valuation": (["strategy.args.warmup=50"], None),
-    "amco": (["strategy.args.eps=1000000"], "concat_mix"),  # in its window, but the mask size stays 0
+    "dnr": (["strategy.reinit_epoch=50"], None),
+    "opm": (["strategy.warmup=50"], None),
+    "pmr": (["strategy.modulation_end=-1"], None),
+    "agm": (["strategy.modulation_start=50", "strategy.conditional_clip=false"], None),
+    "valuation": (["strategy.warmup=50"], None),
+    "amco": (["strategy.eps=1000000"], "concat_mix"),  # in its window, but the mask size stays 0
 }
 
 

@@ -205,7 +205,7 @@ def test_bad_corpus_through_the_cli_is_one_line_and_no_run_dir(tmp_path, capsys)
 @pytest.mark.parametrize("args", [
     ["--strategy", "dgl"],
     ["--strategy", "dgl", "--fusion", "mmtm"],
-    ["--strategy", "unimodal", "--fusion", "mmtm", "strategy.args.modality=visual"],
+    ["--strategy", "unimodal", "--fusion", "mmtm", "strategy.modality=visual"],
     ["--strategy", "ogm_ge", "train.amp=true"],
 ])
 def test_one_epoch_end_to_end_through_the_cli(tmp_path, args):
@@ -318,7 +318,7 @@ def test_table_protocol_on_an_audio_visual_corpus(tmp_path, capsys):
     visual_only = next(line for line in md.splitlines() if line.startswith("| Visual-only |"))
     assert visual_only.split("|")[2].strip() == "-" and "±" in visual_only.split("|")[3]
     cfg = json.loads((tmp_path / "runs/visual_only-s0/config.json").read_text())
-    assert cfg["strategy"]["args"] == {"modality": "visual"}
+    assert cfg["strategy"]["modality"] == "visual"
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +362,7 @@ def test_every_strategy_steps_on_the_audio_visual_model(av_dataset, fusion, name
                       [("strategy", name), ("model.fusion", fusion), ("model.width", 4),
                        *((f"model.{k}", v) for k, v in STRATEGIES[name].needs_model.items() if k != "fusion"),
                        # its between-epoch machinery acts within the two epochs below
-                       *((f"strategy.args.{k}", v) for k, v in STRATEGIES[name].dist_test.items())])
+                       *((f"strategy.{k}", v) for k, v in STRATEGIES[name].dist_test.items())])
     torch.manual_seed(0)
     task = build_task("classification", 6)
     model = build_model(cfg.model, av_dataset, task.out_dim)

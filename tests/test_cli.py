@@ -31,7 +31,7 @@ def test_train_writes_results_logs_and_checkpoints(tmp_path):
     assert set(res["test"]) == {"multi", "text", "audio", "vision"}
     assert {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc5", "acc7", "mae", "corr"} <= set(res["test"]["multi"])
     assert set(res["val"]) == {"multi", "text", "audio", "vision"}
-    assert res["config"]["strategy"]["name"] == "dgl" and res["config"]["strategy"]["args"] == {"alpha": 2.0}
+    assert res["config"]["strategy"]["name"] == "dgl" and res["config"]["strategy"]["alpha"] == 2.0
     assert 0 <= res["best_epoch"] < 3
     lines = log_records(out / "metrics.jsonl")
     assert [line["epoch"] for line in lines] == [0, 1, 2]
@@ -58,7 +58,7 @@ def test_same_seed_same_result_and_resume_matches_uninterrupted(tmp_path):
 
 @pytest.mark.parametrize("name", ["vanilla", "unimodal"])
 def test_other_strategies_and_classification(tmp_path, name):
-    extra = ["strategy.args.modality=text"] if name == "unimodal" else []
+    extra = ["strategy.modality=text"] if name == "unimodal" else []
     rc, out = train(tmp_path, "--strategy", name, "--epochs", "1", "data.task=classification", "data.num_classes=3", *extra)
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
@@ -90,15 +90,15 @@ def test_bad_inputs_exit_2_with_one_line_and_no_run_dir(tmp_path, capsys):
         (["--strategy", "magic"], "unknown strategy 'magic'"),
         (["train.nope=1"], "unknown config key 'train.nope'"),
         (["train.epochs=many"], "'train.epochs' must be int"),
-        (["--strategy", "dgl", "strategy.args.beta=1"], "unknown config key 'strategy.args.beta'"),
-        (["--strategy", "dgl", "strategy.args.alpha=abc"], "'strategy.args.alpha' must be float, got 'abc'"),
-        (["--strategy", "dgl", "--alpha", "nan"], "'strategy.args.alpha' must be a finite number >= 0, got nan"),
-        (["--strategy", "unimodal", "strategy.args.modality=smell"], "unknown modality 'smell'"),
+        (["--strategy", "dgl", "strategy.beta=1"], "unknown config key 'strategy.beta'"),
+        (["--strategy", "dgl", "strategy.alpha=abc"], "'strategy.alpha' must be float, got 'abc'"),
+        (["--strategy", "dgl", "--alpha", "nan"], "'strategy.alpha' must be a finite number >= 0, got nan"),
+        (["--strategy", "unimodal", "strategy.modality=smell"], "unknown modality 'smell'"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["--fusion", "mmtm"], "fusion 'mmtm' needs spectrogram/frames encoders"),
         (["--strategy", "mmcosine", "--fusion", "mlpmixer"], "mmcosine needs a linear late-fusion head to split per modality: "
                                      "set model.fusion=concat and model.hidden=0"),
-        (["--strategy", "umt", "strategy.args.teacher_epochs=0"], "'strategy.args.teacher_epochs' must be an integer >= 1"),
+        (["--strategy", "umt", "strategy.teacher_epochs=0"], "'strategy.teacher_epochs' must be an integer >= 1"),
         (["--dataset", "cremad", "--data", str(tmp_path / "nowhere")], "nowhere: not a directory"),
     ]
     for k, (args, msg) in enumerate(cases):
@@ -183,7 +183,23 @@ def test_flags_and_overrides_compose_in_one_order(tmp_path):
     rc, out = train(tmp_path, "--alpha", "2", "strategy=dgl", "--epochs", "1")
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["strategy"]["name"] == "dgl" and cfg["strategy"]["args"] == {"alpha": 2.0}
+    assert cfg["strategy"]["name"] == "dgl" and cfg["strategy"]["alpha"] == 2.0
+
+
+def test_a_run_folder_from_before_the_flat_strategy_section_resumes(tmp_path):
+    """A stored config.json with the nested `strategy.args` (every run folder made before the strategy
+    settings sat flat) still resumes and keeps its settings; a new run writes them flat."""
+    rc, out = train(tmp_path, "--strategy", "dgl", "--alpha", "2", "strategy.truncate_unimodal=false", "--epochs", "1")
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["strategy"]["alpha"] == 2.0 and cfg["strategy"]["truncate_unimodal"] is False and "args" not in cfg["strategy"]
+    old = {**cfg, "strategy": {"name": "dgl", "presets": cfg["strategy"]["presets"],
+                               "args": {"alpha": 2.0, "truncate_unimodal": False}}}
+    (out / "config.json").write_text(json.dumps(old))
+    assert cli.main(["train", "--quiet", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["strategy_settings"]["alpha"] == 2.0 and results["strategy_settings"]["truncate_unimodal"] is False
+    assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2
 
 
 def test_alpha_flag_sets_only_dgls_weight(tmp_path):
@@ -192,9 +208,9 @@ def test_alpha_flag_sets_only_dgls_weight(tmp_path):
         rc, err = run_cli(tmp_path, "--strategy", strategy, "--alpha", "0.5", "--out", str(tmp_path / "x"))
         assert rc == 2 and err.splitlines() == [err] and not (tmp_path / "x").exists(), err
         assert f"--alpha is DGL's weight on the unimodal losses (dgl, dgl_mh); strategy {strategy!r} has no such " \
-               "weight: set its own settings with strategy.args.KEY=VALUE" in err
-    rc, out = train(tmp_path, "--strategy", "ogm_ge", "strategy.args.alpha=0.5", "--epochs", "1")
-    assert rc == 0 and json.loads((out / "config.json").read_text())["strategy"]["args"] == {"alpha": 0.5}
+               "weight: set its own settings with strategy.KEY=VALUE" in err
+    rc, out = train(tmp_path, "--strategy", "ogm_ge", "strategy.alpha=0.5", "--epochs", "1")
+    assert rc == 0 and json.loads((out / "config.json").read_text())["strategy"]["alpha"] == 0.5
 
 
 def test_data_without_dataset_is_inferred_or_refused(tmp_path, capsys):

@@ -30,8 +30,8 @@ def test_shipped_sweeps_are_valid_over_their_whole_space(path):
 
 
 def test_overrides_types_and_shorthand():
-    cfg = load_config(None, ["train.lr=3e-4", "strategy=dgl", "strategy.args.alpha=4", "model.encoders={audio: lstm}"])
-    assert cfg.train.lr == 3e-4 and cfg.strategy.name == "dgl" and cfg.strategy.args == {"alpha": 4}
+    cfg = load_config(None, ["train.lr=3e-4", "strategy=dgl", "strategy.alpha=4", "model.encoders={audio: lstm}"])
+    assert cfg.train.lr == 3e-4 and cfg.strategy.name == "dgl" and cfg.strategy.options == {"alpha": 4}
     assert cfg.strategy.settings.alpha == 4.0 and isinstance(cfg.strategy.settings.alpha, float)
     assert cfg.model.encoders == {"audio": "lstm"}
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # int accepted for float
@@ -39,22 +39,42 @@ def test_overrides_types_and_shorthand():
 
 def test_choices_apply_before_settings_whatever_the_order():
     """`--alpha 2 strategy=dgl` ran with alpha = 1: flags came first and strategy=X dropped the args."""
-    for order in (["strategy.args.alpha=2", "strategy=dgl"], ["strategy=dgl", "strategy.args.alpha=2"]):
+    for order in (["strategy.alpha=2", "strategy=dgl"], ["strategy=dgl", "strategy.alpha=2"]):
         assert load_config(None, order).strategy.settings.alpha == 2.0, order
-    # the same choice again keeps the section's args; another choice drops them
-    base = {"strategy": {"name": "dgl", "args": {"alpha": 3.0}}}
-    assert load_config(None, ["strategy=dgl"], base=base).strategy.args == {"alpha": 3.0}
-    assert load_config(None, ["strategy=vanilla"], base=base).strategy.args == {}
+    # the same choice again keeps the section's settings; another choice drops them
+    base = {"strategy": {"name": "dgl", "alpha": 3.0}}
+    assert load_config(None, ["strategy=dgl"], base=base).strategy.options == {"alpha": 3.0}
+    assert load_config(None, ["strategy=vanilla"], base=base).strategy.options == {}
+    assert load_config(None, ["strategy.name=vanilla"], base=base).strategy.options == {}
     # a fusion's own settings go when another fusion is chosen, and stay for the same one
     assert load_config(None, ["model.depth=3", "model.fusion=mlpmixer"]).model.settings.depth == 3
     mixer = {"model": {"fusion": "mlpmixer", "depth": 3}}
     assert load_config(None, ["model.fusion=concat"], base=mixer).model.options == {}
 
 
+def test_every_component_has_one_shape_and_the_nested_strategy_spelling_is_read():
+    """Dataset, fusion and strategy settings all sit flat beside the key that chooses them, and
+    to_dict writes them so. `strategy.KEY` (stored runs and commands from before) reads as
+    `strategy.KEY`, whether in a stored config or an override, and is never written back."""
+    cfg = load_config(None, ["data.dataset=synthetic", "data.n_train=40", "model.fusion=mlpmixer", "model.depth=3",
+                             "strategy=dgl", "strategy.alpha=2"])
+    tree = cfg.to_dict()
+    assert tree["data"]["n_train"] == 40 and tree["model"]["depth"] == 3 and tree["strategy"]["alpha"] == 2.0
+    assert "args" not in tree["strategy"] and "options" not in tree["strategy"]
+    old = {"strategy": {"name": "dgl", "args": {"alpha": 3.0, "truncate_unimodal": False}}}
+    for got in (load_config(None, base=old), load_config(None, ["strategy=dgl", "strategy.alpha=3",
+                                                                "strategy.truncate_unimodal=false"])):
+        assert got.strategy.options == {"alpha": 3.0, "truncate_unimodal": False}
+        assert got.to_dict()["strategy"] == {"name": "dgl", "presets": {}, "alpha": 3.0, "truncate_unimodal": False}
+    assert load_config(None, ["strategy=vanilla"], base=old).strategy.options == {}  # replaced with its strategy
+    with pytest.raises(ConfigError, match="unknown config key 'strategy.alpah' for strategy 'dgl'"):
+        load_config(None, ["strategy=dgl", "strategy.alpah=3"])
+
+
 def test_choosing_a_strategy_keeps_the_configs_presets():
     """`cli.py table` runs `strategy=dnr` on configs/mosi.yaml: D&R must get the preset reinit_epoch."""
     cfg = load_config(ROOT / "configs/mosi.yaml", ["strategy=dnr"])
-    assert cfg.strategy.name == "dnr" and cfg.strategy.args == {}
+    assert cfg.strategy.name == "dnr" and cfg.strategy.options == {}
     assert cfg.strategy.settings.reinit_epoch == 5
     assert load_config(None, ["strategy=dgl"]).strategy.presets == {}
 
@@ -74,10 +94,10 @@ def test_component_settings_are_typed_and_belong_to_the_chosen_component():
     ("train.grad_probe=3", "'train.grad_probe' must be bool"),
     ("data=5", "config section 'data' must be a mapping"),
     ("noequals", "must look like key=value"),
-    ("strategy.args.alpha=abc", "config key 'strategy.args.alpha' must be float, got 'abc'"),
-    ("strategy.args.alpha=-3", "config key 'strategy.args.alpha' must be a finite number >= 0, got -3.0"),
-    ("strategy.args.alpha=.nan", "config key 'strategy.args.alpha' must be a finite number >= 0, got nan"),
-    ("strategy.args.beta=1", "unknown config key 'strategy.args.beta'"),
+    ("strategy.alpha=abc", "config key 'strategy.alpha' must be float, got 'abc'"),
+    ("strategy.alpha=-3", "config key 'strategy.alpha' must be a finite number >= 0, got -3.0"),
+    ("strategy.alpha=.nan", "config key 'strategy.alpha' must be a finite number >= 0, got nan"),
+    ("strategy.beta=1", "unknown config key 'strategy.beta'"),
     ("strategy.presets={dgl: {alpah: 2}}", "unknown config key 'strategy.presets.dgl.alpah'"),
     ("strategy.presets={nope: {}}", "unknown strategy 'nope'"),
     ("train.lr=-1", "config key 'train.lr' must be a finite number > 0, got -1.0"),
@@ -90,7 +110,7 @@ def test_component_settings_are_typed_and_belong_to_the_chosen_component():
 ])
 def test_bad_overrides(override, msg):
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["strategy=dgl", override] if "strategy.args" in override else [override])
+        load_config(None, ["strategy=dgl", override] if override.startswith("strategy.") else [override])
     assert msg in str(e.value)
 
 

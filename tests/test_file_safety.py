@@ -211,7 +211,7 @@ def test_command_line_classes_are_one_line_before_any_work(tmp_path, capsys):
     cases = [
         ([*base, "--jobs", "-3"], "--jobs takes a number of parallel runs >= 1"),
         ([*base, "--update", "--methods", "DGL"], "--update needs the table to update"),
-        ([*base, "--methods", "DGL", "Mine:strategy=dgl,strategy.args.alpah=2"], "row 'mine'"),
+        ([*base, "--methods", "DGL", "Mine:strategy=dgl,strategy.alpah=2"], "row 'mine'"),
         (["sweep", "alpha", "--trials", "0", "data.dataset=synthetic"], "--trials takes"),
         (["sweep", "alpha", "--trials", "-3", "data.dataset=synthetic"], "--trials takes"),
     ]

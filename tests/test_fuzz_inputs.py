@@ -242,7 +242,7 @@ def test_regression_one_modality_is_refused_for_a_multimodal_strategy(tmp_path):
     for strategy in ("vanilla", "dgl"):
         rc, err = run_cli(["train", "--quiet", "--data", str(path), "--strategy", strategy, "--out", str(tmp_path / "run"), *TINY])
         assert rc == 2 and "one modality" in err, err
-    rc, _ = run_cli(["train", "--quiet", "--data", str(path), "--strategy", "unimodal", "strategy.args.modality=a",
+    rc, _ = run_cli(["train", "--quiet", "--data", str(path), "--strategy", "unimodal", "strategy.modality=a",
                      "--out", str(tmp_path / "uni"), *TINY])
     assert rc == 0
 
@@ -478,14 +478,14 @@ def test_a_corrupted_sweep_spec_runs_or_is_one_line(tmp_path_factory, key, value
     tmp = tmp_path_factory.mktemp("spec")
     spec = {"overrides": ["strategy=dgl"], "metric": "loss", "direction": "minimize", "trials": 1, "seeds": [0],
             "sampler": "tpe", "sampler_seed": 0, "pruner_warmup_epochs": 1, "heartbeat": 30,
-            "space": {"strategy.args.alpha": {"type": "float", "low": 0.5, "high": 2.0}}}
+            "space": {"strategy.alpha": {"type": "float", "low": 0.5, "high": 2.0}}}
     parts = key.split(".")
     node = spec
     if parts[0] == "space" and len(parts) > 1:
         node = spec["space"]
-        parts = ["strategy.args.alpha", *parts[2:]] if len(parts) > 2 else ["strategy.args.alpha"]
+        parts = ["strategy.alpha", *parts[2:]] if len(parts) > 2 else ["strategy.alpha"]
         if len(parts) == 2:
-            node, parts = node["strategy.args.alpha"], parts[1:]
+            node, parts = node["strategy.alpha"], parts[1:]
     if drop:
         node.pop(parts[0], None)
     else:

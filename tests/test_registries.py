@@ -93,11 +93,11 @@ SMALL = ["model.dim=4", "model.seq_len=1", "train.epochs=1", "data.batch_size=16
 def test_a_registered_dataset_fusion_and_strategy_train_from_the_cli(tmp_path, toys, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--quiet", "--dataset", "toy", "--fusion", "toyhead", "--strategy", "toystrat",
-                     "data.views=4", "model.scale=0.5", "strategy.args.weight=2", "--out", str(out), *SMALL]) == 0
+                     "data.views=4", "model.scale=0.5", "strategy.weight=2", "--out", str(out), *SMALL]) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["test"]) == {"multi", "m0", "m1", "m2", "m3"}
     cfg = res["config"]
-    assert cfg["data"]["views"] == 4 and cfg["model"]["scale"] == 0.5 and cfg["strategy"]["args"] == {"weight": 2.0}
+    assert cfg["data"]["views"] == 4 and cfg["model"]["scale"] == 0.5 and cfg["strategy"]["weight"] == 2.0
     # each entry's settings are typed and range-checked like the built-in ones
     assert cli.main(["train", "--dataset", "toy", "data.views=1", "--out", str(tmp_path / "x")]) == 2
     assert "'data.views' must be >= 2, got 1" in capsys.readouterr().err
@@ -116,7 +116,7 @@ def test_a_registered_dataset_gets_its_table_rows_and_columns(tmp_path, toys):
     from mmsent.table import modality_columns, table_rows, write_table
 
     rows = table_rows(modality_columns("toy"))
-    assert list(rows)[:2] == ["One-only", "Zero-only"] and rows["Zero-only"][-1] == "strategy.args.modality=m0"
+    assert list(rows)[:2] == ["One-only", "Zero-only"] and rows["Zero-only"][-1] == "strategy.modality=m0"
     dirs = {}
     for method in ("Zero-only", "DGL"):
         out = tmp_path / method

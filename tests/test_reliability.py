@@ -113,8 +113,8 @@ FRESH = {
     "nan lr": (lambda t: ["train.lr=.nan"], "'train.lr' must be a finite number > 0, got nan"),
     "negative seed": (lambda t: ["--seed", "-1"], "'seed' must be in [0, 2**32), got -1"),
     "unknown device": (lambda t: ["--device", "tpu"], "'device' must be cpu, cuda, cuda:N, mps or auto, got 'tpu'"),
-    "negative alpha": (lambda t: ["--strategy", "dgl", "--alpha", "-3"], "'strategy.args.alpha' must be a finite number >= 0"),
-    "nan alpha": (lambda t: ["--strategy", "dgl", "--alpha", "nan"], "'strategy.args.alpha' must be a finite number >= 0, got nan"),
+    "negative alpha": (lambda t: ["--strategy", "dgl", "--alpha", "-3"], "'strategy.alpha' must be a finite number >= 0"),
+    "nan alpha": (lambda t: ["--strategy", "dgl", "--alpha", "nan"], "'strategy.alpha' must be a finite number >= 0, got nan"),
     "zero epochs": (lambda t: ["--epochs", "0"], "'train.epochs' must be >= 1, got 0"),
     # finite but huge: Adam's float32 step size overflows inside torch (a RuntimeError once); SGD's
     # parameters become inf and the loss non-finite. Both are one line naming the step, with DGL too.
@@ -338,9 +338,9 @@ def test_a_file_or_size_that_cannot_work_is_one_line_before_any_run_folder(tmp_p
 SPECS = {
     "binary garbage": (None, "not a text file"),
     "space is a list": ("space: [1, 2]\n", "'space' must be a mapping, got [1, 2]"),
-    "trials is a string": ("trials: '5'\nspace: {strategy.args.alpha: {low: 0, high: 1}}\n", "key 'trials' must be int, got '5'"),
-    "a parameter is not a mapping": ("space: {strategy.args.alpha: 3}\n", "section 'space.strategy.args.alpha' must be a mapping, got 3"),
-    "low is a string": ("space: {strategy.args.alpha: {low: a, high: 1}}\n", "key 'space.strategy.args.alpha.low' must be float, got 'a'"),
+    "trials is a string": ("trials: '5'\nspace: {strategy.alpha: {low: 0, high: 1}}\n", "key 'trials' must be int, got '5'"),
+    "a parameter is not a mapping": ("space: {strategy.alpha: 3}\n", "section 'space.strategy.alpha' must be a mapping, got 3"),
+    "low is a string": ("space: {strategy.alpha: {low: a, high: 1}}\n", "key 'space.strategy.alpha.low' must be float, got 'a'"),
     "an unknown key": ("spaces: {}\n", "unknown key 'spaces'"),
     # the one checking mechanism (config.from_dict) reaches inside the space and its lists
     "a seed is a string": ("seeds: [0, x]\nspace: {train.lr: {low: 0.1, high: 1}}\n", "key 'seeds[1]' must be int"),

@@ -282,7 +282,7 @@ def test_ctrl_c_stops_a_sweep_in_one_line_and_the_same_command_goes_on(tmp_path)
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump({"config": "configs/synthetic.yaml", "overrides": ["strategy=dgl", "train.epochs=10"],
                                     "metric": "loss", "trials": 2, "seeds": [0],
-                                    "space": {"strategy.args.alpha": {"low": 0.5, "high": 4.0}}}))
+                                    "space": {"strategy.alpha": {"low": 0.5, "high": 4.0}}}))
     cmd = ["sweep", str(spec), "--out-dir", str(tmp_path / "sw"), "train.patience=100", *SMALL]
     s = start(tmp_path, *cmd)
     while s.poll() is None and not any(len(logged_epochs(p)) >= 2 for p in (tmp_path / "sw").glob("*/trial-*/seed-0/metrics.jsonl")):

@@ -25,7 +25,7 @@ def setup(fusion="mlpmixer", n=3, **model):
 
 
 def _cfg(tmp_path, name, epochs, out):
-    args = [f"strategy.args.{k}={v}" for k, v in STRATEGIES[name].resume_test.items()]
+    args = [f"strategy.{k}={v}" for k, v in STRATEGIES[name].resume_test.items()]
     args += [f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items()]
     return load_config(None, [f"strategy={name}", f"train.epochs={epochs}", "train.patience=100", "train.grad_probe=false",
                               "train.probe=false", "data.batch_size=16", "model.dim=8", "model.hidden=16",

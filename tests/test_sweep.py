@@ -29,7 +29,7 @@ TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.batch_size=3
 def spec(tmp_path, **kw):
     body = {"config": "configs/synthetic.yaml", "overrides": ["strategy=dgl", "train.epochs=2"], "metric": "acc2_has0",
             "direction": "maximize", "trials": 2, "seeds": [0, 1],
-            "space": {"strategy.args.alpha": {"type": "float", "low": 0.5, "high": 4.0, "log": True}}}
+            "space": {"strategy.alpha": {"type": "float", "low": 0.5, "high": 4.0, "log": True}}}
     body.update(kw)
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(body))
@@ -96,7 +96,7 @@ def test_sweep_runs_stores_test_metrics_plots_and_applies(tmp_path):
         assert f"| {fmt(t.user_attrs['test']['multi']['acc2_has0'])} | {fmt(t.user_attrs['test']['multi']['mae'])} |" in report
     assert (tmp_path / "sw" / f"{study.study_name}.png").stat().st_size > 1000
     applied = yaml.safe_load(target.read_text())
-    assert applied["strategy"] == {"name": "dgl", "args": {"alpha": study.best_params["strategy.args.alpha"]}}
+    assert applied["strategy"] == {"name": "dgl", "alpha": study.best_params["strategy.alpha"]}
     assert applied["train"] == {"epochs": 7}
     # the same command again: nothing left to run, no new trial
     assert cli.main(["sweep", str(spec(tmp_path)), "--out-dir", str(tmp_path / "sw"), *TINY]) == 0
@@ -105,9 +105,9 @@ def test_sweep_runs_stores_test_metrics_plots_and_applies(tmp_path):
 
 def test_grid_sampler_covers_the_grid(tmp_path):
     s = spec(tmp_path, sampler="grid", trials=3, seeds=[0],
-             space={"strategy.args.alpha": {"type": "float", "low": 1, "high": 3, "grid": [1, 2, 3]}})
+             space={"strategy.alpha": {"type": "float", "low": 1, "high": 3, "grid": [1, 2, 3]}})
     assert cli.main(["sweep", str(s), "--out-dir", str(tmp_path / "sw"), *TINY]) == 0
-    assert sorted(t.params["strategy.args.alpha"] for t in load(tmp_path).trials) == [1, 2, 3]
+    assert sorted(t.params["strategy.alpha"] for t in load(tmp_path).trials) == [1, 2, 3]
 
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -165,15 +165,15 @@ def test_two_workers_share_one_study(tmp_path, storage):
         assert (runs_of(t) / "seed-0/results.json").is_file()
     announced = [line for out in outs for line in out.splitlines() if line.startswith("trial")]
     assert sorted(int(line.split()[1]) for line in announced) == sorted(t.number for t in trials)
-    assert len({t.params["strategy.args.alpha"] for t in trials}) == len(trials)  # workers do not replay points
+    assert len({t.params["strategy.alpha"] for t in trials}) == len(trials)  # workers do not replay points
 
 
 @pytest.mark.parametrize("body,msg", [
-    ({"space": {"strategy.args.beta": {"low": 1, "high": 2}}}, "unknown config key 'strategy.args.beta'"),
-    ({"space": {"strategy.args.alpah": {"low": 1, "high": 2}}}, "unknown config key 'strategy.args.alpah'"),
-    ({"space": {"strategy.args.alpha": {"low": -1, "high": 2}}}, "'strategy.args.alpha' must be a finite number >= 0"),
+    ({"space": {"strategy.beta": {"low": 1, "high": 2}}}, "unknown config key 'strategy.beta'"),
+    ({"space": {"strategy.alpah": {"low": 1, "high": 2}}}, "unknown config key 'strategy.alpah'"),
+    ({"space": {"strategy.alpha": {"low": -1, "high": 2}}}, "'strategy.alpha' must be a finite number >= 0"),
     ({"space": {"train.nope": {"low": 1, "high": 2}}}, "unknown config key 'train.nope'"),
-    ({"space": {"strategy.args.alpha": {"low": 2, "high": 2}}}, "empty range [2.0, 2.0]"),
+    ({"space": {"strategy.alpha": {"low": 2, "high": 2}}}, "empty range [2.0, 2.0]"),
     ({"space": {}}, "empty search space"),
     ({"metric": "accuracy"}, "unknown metric 'accuracy'"),
 ])

@@ -61,7 +61,7 @@ def test_table_rejects_unknown_method(tmp_path, capsys):
 
 
 def test_plot_writes_figures(tmp_path):
-    for name, strat in (("dgl", ["--strategy", "dgl"]), ("uni", ["--strategy", "unimodal", "strategy.args.modality=audio"])):
+    for name, strat in (("dgl", ["--strategy", "dgl"]), ("uni", ["--strategy", "unimodal", "strategy.modality=audio"])):
         assert cli.main(["train", "--quiet", "--out", str(tmp_path / name), *strat, *TINY]) == 0
     assert cli.main(["plot", str(tmp_path / "dgl"), str(tmp_path / "uni"), "--out", str(tmp_path / "fig")]) == 0
     for f in ("grad_norms.png", "branch_accuracy.png", "masked_passes.png"):
@@ -72,10 +72,10 @@ def test_plot_writes_figures(tmp_path):
 def test_custom_rows_with_their_own_overrides(tmp_path):
     """'LABEL:key=value,...' is a row of its own; a label may hold '=' (it stopped a whole study once)."""
     args = ["table", "--dataset", "synthetic", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"), "--out",
-            str(tmp_path / "res"), "--name", "ablation", "--methods", "DGL a=2:strategy=dgl,strategy.args.alpha=2", *TINY]
+            str(tmp_path / "res"), "--name", "ablation", "--methods", "DGL a=2:strategy=dgl,strategy.alpha=2", *TINY]
     assert cli.main(args) == 0
     cfg = json.loads((tmp_path / "runs/dgl_a=2-s0/config.json").read_text())
-    assert cfg["strategy"] == {**cfg["strategy"], "name": "dgl", "args": {"alpha": 2.0}} and cfg["train"]["epochs"] == 2
+    assert cfg["strategy"] == {**cfg["strategy"], "name": "dgl", "alpha": 2.0} and cfg["train"]["epochs"] == 2
     assert "| DGL a=2 |" in (tmp_path / "res/ablation.md").read_text()
     assert cli.main([*args[:-len(TINY) - 2], "--methods", "Broken:strategy", *TINY]) == 2
 

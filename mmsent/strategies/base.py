@@ -3,7 +3,7 @@
 Like a ``torch.optim.Optimizer``, a strategy is built on what it acts on (model, optimizer, task)
 plus keyword-only settings, and owns the backward pass, any gradient edits and the optimizer step.
 Each strategy declares its settings as a frozen dataclass ``Settings`` (types, defaults, range
-checks); the config layer validates ``strategy.args`` and ``strategy.presets`` against it when a
+checks); the config layer validates the flat ``strategy.*`` keys and ``strategy.presets`` against it when a
 config loads, and the constructor builds it from the keyword arguments. ``train.fit`` calls::
 
     on_epoch_start(epoch, data)   # optional: prototypes, blending weights, re-initialisation
@@ -79,7 +79,7 @@ class Strategy:
     # Defined for dense prediction (segmentation): needs no per-sample logits, scores or prototypes.
     dense_ok: bool = False
     # True for the methods whose `alpha` is DGL's weight on the unimodal losses: the only ones the
-    # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.args.alpha=)
+    # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.alpha=)
     dgl_weight: bool = False
     # What the method does that plain training does not, counted per run (``act``): re-
     # initialisations, modulated or curated steps, estimates. A method whose idle step is plain
@@ -354,7 +354,7 @@ class OneModality(Strategy):
         super().__init__(model, optimizer, task, **kw)
         self.modality = self.settings.modality
         if self.modality not in model.modalities:
-            raise ValueError(f"unimodal strategy: unknown modality {self.modality!r} (strategy.args.modality); "
+            raise ValueError(f"unimodal strategy: unknown modality {self.modality!r} (strategy.modality); "
                              f"choose from {', '.join(model.modalities)}")
 
     def train_step(self, batch):

@@ -11,7 +11,7 @@ from mmsent.strategies.base import OneModality
 
 
 class Unimodal(OneModality):
-    method = "one modality alone (`strategy.args.modality`)"
+    method = "one modality alone (`strategy.modality`)"
     resume_test = {"modality": 'audio'}  # its state matters within a few epochs
     dist_test = {"modality": 'audio'}  # its between-epoch machinery acts within two epochs
     dense_ok = True  # per-pixel losses only: defined for segmentation

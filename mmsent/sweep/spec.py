@@ -17,7 +17,7 @@ class SweepError(ValueError):
 class Param:
     """One dimension of the search space, ``space.<dotted config key>`` in the spec."""
 
-    name: str = ""  # the dotted config key, e.g. strategy.args.alpha (the space's key, set by load_spec)
+    name: str = ""  # the dotted config key, e.g. strategy.alpha (the space's key, set by load_spec)
     type: str = "float"  # float | int | categorical
     low: Optional[float] = None
     high: Optional[float] = None
