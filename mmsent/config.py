@@ -46,9 +46,20 @@ def registry_of(kind: str) -> dict:
     return REGISTRIES[kind]
 
 
+SECTIONS = {"dataset": "data", "fusion": "model", "strategy": "strategy"}
+
+
 def settings_class(kind: str, name: str) -> type:
-    """Every registry entry (a dataset spec, a head class, a strategy class) carries ``Settings``."""
-    return choose(REGISTRIES[kind], kind, name).Settings
+    """Every registry entry (a dataset spec, a head class, a strategy class) carries ``Settings``,
+    whose keys sit flat in the section beside the section's own: a setting named like one of those
+    could never be set, so it is refused by name (a plug-in's mistake, said when it is chosen)."""
+    cls = choose(REGISTRIES[kind], kind, name).Settings
+    section = {"dataset": DataConfig, "fusion": ModelConfig, "strategy": StrategyConfig}[kind]
+    taken = ({f.name for f in fields(section)} | set(getattr(section, "_folded", ()))) & {f.name for f in fields(cls)}
+    if taken:
+        raise ConfigError(f"{kind} {name!r} declares the setting {sorted(taken)[0]!r}, a key of the "
+                          f"{SECTIONS[kind]} section itself; rename it in its Settings")
+    return cls
 
 
 def encoder_keys() -> dict[str, set]:

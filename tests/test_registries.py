@@ -110,6 +110,21 @@ def test_a_registered_dataset_fusion_and_strategy_train_from_the_cli(tmp_path, t
     assert all(name in helptext for name in ("toy", "toyhead", "toystrat"))
 
 
+def test_a_setting_named_like_its_sections_own_key_is_refused_by_name(tmp_path, toys, monkeypatch, capsys):
+    """Settings sit flat beside the section's own keys, so a plug-in's setting called `name` (or a
+    dataset's `path`) could never be set: said in one line when the component is chosen."""
+    Named = dataclass(frozen=True)(type("Named", (), {"__annotations__": {"name": str}, "name": "x"}))
+    monkeypatch.setitem(STRATEGIES, "named", type("NamedStrategy", (ToyStrategy,), {"Settings": Named}))
+    assert cli.main(["train", "--strategy", "named", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "strategy 'named' declares the setting 'name', a key of the strategy section itself" in err, err
+    Pathy = dataclass(frozen=True)(type("Pathy", (), {"__annotations__": {"path": str}, "path": ""}))
+    monkeypatch.setitem(DATASETS, "toy", dataclasses.replace(DATASETS["toy"], Settings=Pathy))
+    assert cli.main(["train", "--dataset", "toy", "--out", str(tmp_path / "x")]) == 2
+    assert "dataset 'toy' declares the setting 'path', a key of the data section itself" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_registered_dataset_gets_its_table_rows_and_columns(tmp_path, toys):
     # `cli.py table` trains each row in a subprocess, which sees registry lines written in source, not
     # this test's runtime registration: the rows are trained in-process here with the table's overrides
