@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mmsent.checks import first_line
 from mmsent.data import DataError, Dataset, Split, build_dataset
+from mmsent.evaluate import branch_predictions
 from mmsent.predictions import check_data
 from mmsent.report import read_results
 
@@ -43,7 +44,7 @@ class Run:
         return self.strategy.predict(batch.to(self.strategy.device), keep)
 
     def predictions(self, split: Split) -> dict[str, Tensor]:
-        return self.strategy.branch_predictions(split, self.config.data.batch_size)
+        return branch_predictions(self.strategy, split, self.config.data.batch_size)
 
 
 def load_run(run_dir, data: str | None = None, device: str = "cpu") -> Run:

@@ -27,8 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mmsent.checks import PLANNING
 from mmsent.config import Config, ConfigError, choose
-from mmsent.data import Dataset, Split, build_dataset
+from mmsent.data import Dataset, build_dataset
 from mmsent.distributed import Dist, init_from_env
+from mmsent.evaluate import evaluate, evaluate_with_predictions
 from mmsent.loop import autocast, train_epoch
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating, min_batch
 from mmsent.predictions import PREDICTIONS, data_fingerprint, data_signature, write_predictions
@@ -322,23 +323,6 @@ class Bars:
         val = record["val"]["multi"]
         self.console.print(f"epoch {record['epoch']:3d}  train loss {record['train']['loss']:.4f}  val {select} "
                            f"{val[select]:.4f}  val {headline} {val[headline]:.4f}" + ("  *" if best else ""))
-
-
-def evaluate(strategy, split: Split, task, batch_size: int, device, amp: bool = False) -> dict[str, dict[str, float]]:
-    """Metrics of the full model ("multi") and of every modality branch (the others zeroed)."""
-    return evaluate_with_predictions(strategy, split, task, batch_size, device, amp)[0]
-
-
-def evaluate_with_predictions(strategy, split: Split, task, batch_size: int, device, amp: bool = False):
-    """``evaluate``'s metrics and the branch predictions they were computed from (none for a
-    task scored from per-batch sums, ``task.summary``: segmentation)."""
-    if task.summed:
-        with autocast(device, amp):
-            sums = strategy.branch_summaries(split, batch_size)
-        return {k: task.from_summary(s) for k, s in sums.items()}, None
-    with autocast(device, amp):
-        preds = strategy.branch_predictions(split, batch_size)
-    return {k: {"loss": float(task.loss(p, split.y)), **task.metrics(p, split.y)} for k, p in preds.items()}, preds
 
 
 def gradient_probe(model: MultimodalModel, batch, task) -> dict[str, dict[str, float]]:

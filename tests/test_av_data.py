@@ -18,6 +18,7 @@ from mmsent.data import DataError, build_dataset
 from mmsent.data.av_decode import AVSettings, fit_length, load_frames, read_wav
 from mmsent.data.media import find_ffmpeg
 from mmsent.train import set_epoch_lr
+from mmsent.evaluate import branch_predictions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_av_blocks import numpy_log_stft  # noqa: E402
@@ -383,7 +384,7 @@ def test_every_strategy_steps_on_the_audio_visual_model(av_dataset, fusion, name
                 assert (len(want) > 0) == (fusion == "mmtm")
                 for k in want:
                     torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
-    preds = strategy.branch_predictions(av_dataset.test)
+    preds = branch_predictions(strategy, av_dataset.test)
     assert set(preds) == {"multi", "audio", "visual"} and all(p.shape == (4, 6) for p in preds.values())
 
 

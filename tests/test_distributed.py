@@ -23,6 +23,7 @@ from mmsent.distributed import Dist
 from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification, Regression
+from mmsent.evaluate import branch_predictions, branch_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-9, atol=1e-10)
@@ -72,7 +73,7 @@ def run_steps(name: str, task_name: str, resume: bool = False) -> dict:
         for batch in ds.train.batches(12, shuffle=True, generator=gen):
             s.train_step(s.dist.shard(batch))
     return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "val": s.branch_predictions(ds.val, batch_size=4)}
+            "val": branch_predictions(s, ds.val, batch_size=4)}
 
 
 CASES = [(name, task) for name in sorted(STRATEGIES) for task in ("regression", "classification")]
@@ -148,7 +149,7 @@ def run_dense_steps(fusion: str, name: str) -> dict:
         for batch in ds.train.batches(8, shuffle=True, generator=gen):
             s.train_step(s.dist.shard(batch, task.batch_weight))
     return {"params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "val": s.branch_summaries(ds.val, batch_size=4)}
+            "val": branch_summaries(s, ds.val, batch_size=4)}
 
 
 def _all_dense_cases():

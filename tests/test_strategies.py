@@ -14,6 +14,7 @@ from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification, Regression
 from mmsent.train import fit
+from mmsent.evaluate import branch_predictions
 
 # each strategy's `resume_test` settings: under them its state between epochs matters in a few epochs
 
@@ -70,7 +71,7 @@ def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
     strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **STRATEGIES[name].resume_test)
     strategy.on_epoch_start(0, ds)
     strategy.train_step(batch)
-    preds = strategy.branch_predictions(ds.test, batch_size=3)
+    preds = branch_predictions(strategy, ds.test, batch_size=3)
     model.eval()
     head = strategy.logits if name == "mmcosine" else model.head
     with torch.no_grad():
@@ -131,7 +132,7 @@ def test_a_unimodal_models_own_prediction_is_its_branch():
     ds, model, batch = setup()
     s = STRATEGIES["unimodal"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), modality="audio")
     s.train_step(batch)
-    preds = s.branch_predictions(ds.test)
+    preds = branch_predictions(s, ds.test)
     torch.testing.assert_close(preds["multi"], preds["audio"], rtol=0, atol=0)
     assert not torch.allclose(preds["multi"], preds["vision"])
 

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from mmsent.checks import NoSettings
-from mmsent.data.batch import EVAL_BATCH, Batch, Dataset
+from mmsent.data.batch import Batch, Dataset
 from mmsent.distributed import Dist
 from mmsent.loop import train_epoch
 from mmsent.models.fusions import ConcatHead
-from mmsent.models.model import MultimodalModel, evaluating
+from mmsent.models.model import MultimodalModel
 
 
 def feature_vectors(z: Tensor) -> Tensor:
@@ -157,44 +157,6 @@ class Strategy:
         """Prediction of the model, or of the branch that keeps only ``keep`` (others zeroed)."""
         feats = self.model.encode(batch, keep)
         return self.model.head(self.model.mask_modalities(feats, keep if keep is not None else feats))
-
-    @torch.no_grad()
-    def branch_predictions(self, split, batch_size: int = EVAL_BATCH) -> dict[str, Tensor]:
-        """``predict`` of the model ("multi") and of every modality branch over a whole split, in
-        eval mode, on the CPU: what validation/test metrics and G-Blending's weights are made of."""
-        keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
-        preds = {k: [] for k in keeps}
-        with evaluating(self.model):
-            for batch in self.my_batches(split, batch_size):
-                for k, keep in keeps.items():
-                    preds[k].append(self.predict(batch, keep).float())
-        # a rank with nothing to score (a split smaller than the world) still joins the gather
-        empty = torch.zeros((0, self.task.out_dim), device=self.device)
-        return {k: self.dist.gather(torch.cat(v) if v else empty).cpu() for k, v in preds.items()}
-
-    @torch.no_grad()
-    def branch_summaries(self, split, batch_size: int = EVAL_BATCH) -> dict[str, Tensor]:
-        """For a task that scores a split from per-batch sums (``task.summary``: segmentation's
-        loss sums and confusion counts), each branch's summary of the whole split, summed over
-        batches and ranks; the predictions themselves are never held."""
-        keeps = {"multi": None, **{m: [m] for m in self.model.modalities}}
-        rows = {k: [] for k in keeps}
-        with evaluating(self.model):
-            for batch in self.my_batches(split, batch_size):
-                for k, keep in keeps.items():
-                    rows[k].append(self.task.summary(self.predict(batch, keep), batch.y))
-        width = len(self.task.summary(torch.zeros(1, self.task.out_dim, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long)))
-        empty = torch.zeros((0, width), dtype=torch.float64)
-        return {k: self.dist.gather((torch.stack(v) if v else empty).to(self.device)).cpu().sum(0)
-                for k, v in rows.items()}
-
-    def my_batches(self, split, batch_size: int):
-        """In order, the batches of this rank's contiguous slice of ``split`` (one process: all of
-        it), on the device: under torchrun each rank scores its slice once and ``dist.gather``
-        puts the pieces back in order."""
-        mine = self.dist.split_range(len(split))
-        for start in range(mine.start, mine.stop, batch_size):
-            yield split.batch(torch.arange(start, min(mine.stop, start + batch_size)), deferred=True).to(self.device)
 
     def branches(self, feats: dict[str, Tensor], names=None) -> dict[str, Tensor]:
         """Each modality's prediction through the shared head with the others zeroed (the DGL

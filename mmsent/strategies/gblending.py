@@ -50,6 +50,7 @@ import copy
 from dataclasses import dataclass
 
 from mmsent.checks import check
+from mmsent.evaluate import branch_predictions
 from mmsent.strategies.base import Joint, OneModality, Strategy
 
 MULTI = "multi"
@@ -98,7 +99,7 @@ class GBlending(Strategy):
 
     def branch_losses(self, split, strategy: Strategy | None = None) -> dict[str, float]:
         """Per-sample mean loss of the model and of each branch over ``split`` (eval mode)."""
-        preds = (strategy or self).branch_predictions(split)
+        preds = branch_predictions(strategy or self, split)
         return {k: float(self.task.loss(preds[k], split.y)) for k in self.weights}
 
     def gb_estimate(self, data) -> dict[str, float] | None:

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from mmsent.checks import check
 from mmsent.data.batch import EVAL_BATCH
+from mmsent.evaluate import my_batches
 from mmsent.models.model import evaluating
 from mmsent.strategies.base import Strategy
 from mmsent.strategies.shapley import coalitions, shapley_contributions
@@ -105,7 +106,7 @@ class Valuation(Strategy):
         mods = self.model.modalities
         counts = []
         with evaluating(self.model):
-            for batch in self.my_batches(split, batch_size):  # torchrun: this rank's slice
+            for batch in my_batches(self, split, batch_size):  # torchrun: this rank's slice
                 feats = self.model.encode(batch)
                 correct = {S: self.task.correct(self.model.head(self.model.mask_modalities(feats, S)), batch.y)
                            for S in coalitions(mods) if S}

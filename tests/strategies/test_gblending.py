@@ -9,6 +9,7 @@ from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
 from mmsent.strategies.gblending import blend_weights
 from mmsent.tasks import Classification
+from mmsent.evaluate import branch_predictions
 
 
 def test_gblending_weights_oracle():
@@ -44,7 +45,7 @@ def test_gblending_estimates_weights_on_temporary_copies():
     state = copy.deepcopy(model.state_dict())
 
     def losses(strategy, split):
-        preds = strategy.branch_predictions(split)
+        preds = branch_predictions(strategy, split)
         return {k: float(task.loss(v, split.y)) for k, v in preds.items()}
 
     torch.manual_seed(7)
