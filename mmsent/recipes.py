@@ -13,6 +13,7 @@ In a checkout, ``configs/`` and ``sweeps/`` at the top are links to these folder
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
 
@@ -60,9 +61,10 @@ def train_argv(*, dataset=None, data=None, config=None, seed=None, out=None, ove
 
 
 def _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) -> list[tuple[str, object]]:
+    """``alpha``: (the strategy's setting that ``--alpha`` sets, its value), or None."""
     pairs = [("data.dataset", dataset), ("data.path", data), ("model.fusion", fusion), ("strategy.name", strategy),
-             ("strategy.alpha", alpha), ("seed", seed), ("train.epochs", epochs), ("out", out),
-             ("device", device)]
+             (f"strategy.{alpha[0]}" if alpha else "", alpha[1] if alpha else None), ("seed", seed),
+             ("train.epochs", epochs), ("out", out), ("device", device)]
     return [(k, v) for k, v in pairs if v is not None]
 
 
@@ -104,7 +106,7 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
             raise RunError("--resume needs --out DIR (the run to continue)")
         base = load_run_config(Path(out)).to_dict()
         if alpha is not None:  # which strategy --alpha would go to, before it is applied
-            _alpha_is_dgls(load_config(config, given(None), base=base), alpha)
+            alpha = (_alpha_key(load_config(config, given(None), base=base)), alpha)
         return load_config(config, given(alpha), base=base)
     chosen = config or any(str(o).startswith("data.dataset=") for o in overrides)
     if dataset is None and data and not chosen:
@@ -116,16 +118,25 @@ def train_config(*, dataset: str | None = None, data: str | None = None, config:
                   "e.g. --dataset mosi for the MOSI recipe)", file=sys.stderr)
     path = config if config is not None else recipe(dataset)
     if alpha is not None:
-        _alpha_is_dgls(load_config(path, given(None)), alpha)
+        alpha = (_alpha_key(load_config(path, given(None))), alpha)
     cfg = load_config(path, given(alpha))
     needed = _model_the_strategy_needs(cfg, config, fusion, overrides, notes)
     return load_config(path, given(alpha) + needed) if needed else cfg
 
 
-def _alpha_is_dgls(cfg: Config, alpha) -> None:
-    """``--alpha`` is DGL's weight on the unimodal losses; for a strategy whose ``alpha`` means
-    something else (or that has none) it is refused rather than silently setting that."""
-    if not STRATEGIES[cfg.strategy.name].dgl_weight:
-        dgl = ", ".join(n for n, s in STRATEGIES.items() if s.dgl_weight)
+def flag_setting(strategy: str, flag: str) -> str | None:
+    """The setting of ``strategy`` that the CLI flag ``flag`` sets: the field of its ``Settings``
+    that declares it (``field(..., metadata={"flag": "--alpha"})``), or None."""
+    return next((f.name for f in fields(STRATEGIES[strategy].Settings) if f.metadata.get("flag") == flag), None)
+
+
+def _alpha_key(cfg: Config) -> str:
+    """``--alpha`` is DGL's weight on the unimodal losses, declared by the settings that have it;
+    for a strategy whose ``alpha`` means something else (OGM-GE's tanh slope, AGM's strength) or
+    that has none it is refused rather than silently setting that."""
+    key = flag_setting(cfg.strategy.name, "--alpha")
+    if key is None:
+        dgl = ", ".join(n for n in STRATEGIES if flag_setting(n, "--alpha"))
         raise ConfigError(f"--alpha is DGL's weight on the unimodal losses ({dgl}); strategy {cfg.strategy.name!r} has "
                           "no such weight: set its own settings with strategy.KEY=VALUE")
+    return key

@@ -110,6 +110,20 @@ def test_a_registered_dataset_fusion_and_strategy_train_from_the_cli(tmp_path, t
     assert all(name in helptext for name in ("toy", "toyhead", "toystrat"))
 
 
+def test_the_alpha_flag_sets_the_setting_that_declares_it(tmp_path, toys, monkeypatch, capsys):
+    """`--alpha` is not tied to strategy names or to a setting called alpha: a strategy's Settings
+    field that declares the flag (metadata {"flag": "--alpha"}) is what it sets; others refuse it."""
+    Weighted = dataclass(frozen=True)(type("Weighted", (), {
+        "__annotations__": {"weight": float}, "weight": dataclasses.field(default=1.0, metadata={"flag": "--alpha"})}))
+    monkeypatch.setitem(STRATEGIES, "weighted", type("WeightedStrategy", (ToyStrategy,), {"Settings": Weighted}))
+    out = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--strategy", "weighted", "--alpha", "3", "--out", str(out), *SMALL]) == 0
+    assert json.loads((out / "results.json").read_text())["strategy_settings"] == {"weight": 3.0}
+    assert cli.main(["train", "--strategy", "toystrat", "--alpha", "3", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--alpha is DGL's weight on the unimodal losses (dgl, dgl_mh, weighted); strategy 'toystrat'" in err, err
+
+
 def test_a_setting_named_like_its_sections_own_key_is_refused_by_name(tmp_path, toys, monkeypatch, capsys):
     """Settings sit flat beside the section's own keys, so a plug-in's setting called `name` (or a
     dataset's `path`) could never be set: said in one line when the component is chosen."""

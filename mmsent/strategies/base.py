@@ -78,9 +78,6 @@ class Strategy:
     also_on: tuple = ()
     # Defined for dense prediction (segmentation): needs no per-sample logits, scores or prototypes.
     dense_ok: bool = False
-    # True for the methods whose `alpha` is DGL's weight on the unimodal losses: the only ones the
-    # `--alpha` flag sets (OGM-GE's alpha is a tanh slope, AGM's a strength: strategy.alpha=)
-    dgl_weight: bool = False
     # What the method does that plain training does not, counted per run (``act``): re-
     # initialisations, modulated or curated steps, estimates. A method whose idle step is plain
     # training (``idle_is_vanilla``) with counts that stayed 0 up to the selected epoch never acted:

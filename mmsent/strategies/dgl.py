@@ -7,7 +7,7 @@ ablations of Table 3. The gradient arithmetic lives in :func:`mmsent.dgl.dgl_los
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from mmsent.checks import check, finite
 from mmsent.dgl import dgl_loss
@@ -16,7 +16,8 @@ from mmsent.strategies.base import Strategy
 
 @dataclass(frozen=True)
 class DGLSettings:
-    alpha: float = 1.0  # weight on sum_m L_m (Eq. 15; Table 4: 4 is best on CREMA-D)
+    # weight on sum_m L_m (Eq. 15; Table 4: 4 is best on CREMA-D); the CLI's --alpha sets it
+    alpha: float = field(default=1.0, metadata={"flag": "--alpha"})
     truncate_multimodal: bool = True  # MT: L_d on detached features
     truncate_unimodal: bool = True  # UT: L_m never reaches the head
 
@@ -33,7 +34,6 @@ class DGL(Strategy):
     resume_test = {"alpha": 2.0}  # its state matters within a few epochs
     dist_test = {"alpha": 2.0}  # its between-epoch machinery acts within two epochs
     Settings = DGLSettings
-    dgl_weight = True
 
     def train_step(self, batch):
         out = dgl_loss(self.model.encode(batch), self.model.head, self.task.loss, batch.y, **asdict(self.settings))

@@ -31,7 +31,7 @@ zero-masked branches at chance on the six-view set, so it is not the default).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from mmsent.checks import check, finite
 from mmsent.dgl import FILLS, dgl_loss
@@ -40,7 +40,8 @@ from mmsent.strategies.base import Strategy
 
 @dataclass(frozen=True)
 class DGLMHSettings:
-    alpha: float = 1.0  # weight on sum_m L_m for the encoders (Eq. 15)
+    # weight on sum_m L_m for the encoders (Eq. 15); the CLI's --alpha sets it
+    alpha: float = field(default=1.0, metadata={"flag": "--alpha"})
     head_weight: float = 0.1  # beta: the head's weight on sum_m L_m (detached features)
     fill: str = "zero"  # what a masked modality becomes in training: zero | mean
 
@@ -55,7 +56,6 @@ class DGLMH(Strategy):
     summary = "any N via `dgl_loss(head_weight=, fill=)`"
     checked = "its own two-pass form: `test_mixing_head_form_matches_its_two_pass_reference`"
     Settings = DGLMHSettings
-    dgl_weight = True
     dense_ok = True  # per-pixel losses only: defined for segmentation
 
     def train_step(self, batch):
