@@ -75,7 +75,7 @@ def strategy_steps(device: torch.device, size: dict) -> list[dict]:
                 continue
             over = [f"strategy={name}", f"model.fusion={fusion}", f"model.width={size['width']}", "train.amp=true",
                     *(f"model.{k}={v}" for k, v in cls.needs_model.items() if k != "fusion"),
-                    *(f"strategy.{k}={json.dumps(v)}" for k, v in cls.dist_test.items())]
+                    *(f"strategy.{k}={json.dumps(v)}" for k, v in cls.short_run.items())]
             if name == "unimodal":
                 over.append("strategy.modality=audio")
             row = {"strategy": name, "fusion": fusion}

@@ -363,7 +363,7 @@ def test_every_strategy_steps_on_the_audio_visual_model(av_dataset, fusion, name
                       [("strategy", name), ("model.fusion", fusion), ("model.width", 4),
                        *((f"model.{k}", v) for k, v in STRATEGIES[name].needs_model.items() if k != "fusion"),
                        # its between-epoch machinery acts within the two epochs below
-                       *((f"strategy.{k}", v) for k, v in STRATEGIES[name].dist_test.items())])
+                       *((f"strategy.{k}", v) for k, v in STRATEGIES[name].short_run.items())])
     torch.manual_seed(0)
     task = build_task("classification", 6)
     model = build_model(cfg.model, av_dataset, task.out_dim)

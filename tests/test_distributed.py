@@ -52,7 +52,7 @@ def run_steps(name: str, task_name: str, resume: bool = False) -> dict:
         torch.manual_seed(0)
         model = build_model(ModelConfig(**cfg), shapes, task.out_dim).double()
         s = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), task,
-                             **STRATEGIES[name].dist_test)
+                             **STRATEGIES[name].short_run)
         s.batch_size, s.steps_per_epoch = 12, 3
         return model, s
 
@@ -140,7 +140,7 @@ def run_dense_steps(fusion: str, name: str) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg.model, ds, task.out_dim).double()
     s = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), task,
-                         **{**dict(vars(cfg.strategy.settings)), **STRATEGIES[name].dist_test})
+                         **{**dict(vars(cfg.strategy.settings)), **STRATEGIES[name].short_run})
     s.batch_size, s.steps_per_epoch = 8, 3
     ds = _double(ds)
     gen = torch.Generator().manual_seed(1)
@@ -266,7 +266,11 @@ def test_a_killed_rank_leaves_one_line_naming_it_and_a_run_that_resumes(tmp_path
     base = ["--standalone", "--nproc_per_node=2", str(ROOT / "cli.py"), "train", "--quiet", "--out", str(run),
             "data.n_train=400", "data.batch_size=16", "train.probe=false", "train.grad_probe=false"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *base, "train.epochs=400"], cwd=tmp_path,
+    # torchrun's agent polls its workers every 0.1 s and SIGTERMs the survivors of a failure: on a
+    # loaded machine that came before rank 0's collective saw the lost peer, and rank 0 said
+    # "interrupted by SIGTERM" (true, less specific). Polling every 3 s leaves gloo the first word.
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--monitor-interval=3", *base,
+                            "train.epochs=400"], cwd=tmp_path,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         while not (run / "last.pt").is_file() and job.poll() is None:  # an epoch is saved: the run is resumable

@@ -183,8 +183,7 @@ class ToyWithState(ToyStrategy):
     summary = "scales the fused loss; counts its steps"
     checked = "`test_a_strategy_is_one_file_plus_one_registry_line`"
     state = ("steps",)
-    resume_test = {"weight": 0.5}
-    dist_test = {"weight": 0.5}
+    short_run = {"weight": 0.5}
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)

@@ -16,7 +16,7 @@ from mmsent.tasks import Classification, Regression
 from mmsent.train import fit
 from mmsent.evaluate import branch_predictions
 
-# each strategy's `resume_test` settings: under them its state between epochs matters in a few epochs
+# each strategy's `short_run` settings: under them its between-epoch work happens within two epochs
 
 
 def setup(fusion="mlpmixer", n=3, **model):
@@ -26,7 +26,7 @@ def setup(fusion="mlpmixer", n=3, **model):
 
 
 def _cfg(tmp_path, name, epochs, out):
-    args = [f"strategy.{k}={v}" for k, v in STRATEGIES[name].resume_test.items()]
+    args = [f"strategy.{k}={v}" for k, v in STRATEGIES[name].short_run.items()]
     args += [f"model.{k}={v}" for k, v in STRATEGIES[name].needs_model.items()]
     return load_config(None, [f"strategy={name}", f"train.epochs={epochs}", "train.patience=100", "train.grad_probe=false",
                               "train.probe=false", "data.batch_size=16", "model.dim=8", "model.hidden=16",
@@ -68,7 +68,7 @@ def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
     a unimodal-only model: its own branch).
     MMCosine's head is its cosine classifier over the linear head's weight blocks."""
     ds, model, batch = setup(**STRATEGIES[name].needs_model)
-    strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **STRATEGIES[name].resume_test)
+    strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **STRATEGIES[name].short_run)
     strategy.on_epoch_start(0, ds)
     strategy.train_step(batch)
     preds = branch_predictions(strategy, ds.test, batch_size=3)

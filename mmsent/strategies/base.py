@@ -69,8 +69,10 @@ class Strategy:
     method = ""  # README: the method, its venue and which reference form it follows
     summary = "—"  # README: what it does for N modalities
     checked = "—"  # README: the test(s) checking it against its reference's semantics at N = 2
-    resume_test: dict = {}  # settings under which its between-epoch state matters in a short run
-    dist_test: dict = {}  # settings under which its between-epoch machinery acts within two epochs
+    # Settings under which its between-epoch work (schedules, re-initialisations, estimates, state
+    # carried across epochs) happens within two epochs: what a smoke run trains it with (the
+    # generic resume and two-rank suites, benchmarks/gpu_check.py) to exercise all of the method.
+    short_run: dict = {}
     # Model settings (``model.KEY=value``) a method needs to be defined at all, e.g. MMCosine's
     # linear late-fusion head; tables, benchmarks and tests build its model with these.
     needs_model: dict = {}

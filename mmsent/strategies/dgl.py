@@ -31,8 +31,7 @@ class DGL(Strategy):
     method = "DGL (ICCV 2025)"
     summary = "any N via `dgl_loss`"
     checked = "`test_golden.py::test_dgl_equals_the_authors_code`, `test_dgl.py::test_one_backward_equals_algorithm_1`"
-    resume_test = {"alpha": 2.0}  # its state matters within a few epochs
-    dist_test = {"alpha": 2.0}  # its between-epoch machinery acts within two epochs
+    short_run = {"alpha": 2.0}  # its between-epoch work happens within two epochs
     Settings = DGLSettings
 
     def train_step(self, batch):

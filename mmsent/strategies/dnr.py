@@ -76,8 +76,7 @@ class DnR(Strategy):
     method = "D&R (ECCV 2024)"
     summary = "per-encoder KMeans purity gap → soft re-initialisation"
     checked = "`test_golden.py::test_dnr_equals_the_reference`, `test_dnr_strength_oracle`"
-    resume_test = {"reinit_epoch": 1, "reinit_num": 1}  # its state matters within a few epochs
-    dist_test = {"reinit_epoch": 1}  # its between-epoch machinery acts within two epochs
+    short_run = {"reinit_epoch": 1, "reinit_num": 1}  # its between-epoch work happens within two epochs
     Settings = DnRSettings
     state = ("init", "done")  # saved in last.pt, restored on --resume
     counts = ("reinits",)

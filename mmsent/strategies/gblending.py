@@ -85,8 +85,7 @@ class GBlending(Strategy):
     method = "G-Blending (CVPR 2020), the paper's GB-Estimate, online (`estimate: offline` once; `inplace`: mmsent's no-copy variant)"
     summary = "every super-epoch, one temporary copy per branch (N + 1) trained from the checkpoint on its own loss; w_k ∝ max(ΔG, 0)/ΔO² (held-out = validation)"
     checked = "`test_golden.py::test_gblending_estimate_equals_the_reference`, `test_gblending_weights_oracle`, `test_gblending_copies_train_at_the_live_learning_rate`"
-    resume_test = {"super_epoch": 2}  # its state matters within a few epochs
-    dist_test = {"super_epoch": 1}  # its between-epoch machinery acts within two epochs
+    short_run = {"super_epoch": 1}  # its between-epoch work happens within two epochs
     Settings = GBlendingSettings
     state = ("weights", "snapshot")  # saved in last.pt, restored on --resume
     counts = ("estimates",)

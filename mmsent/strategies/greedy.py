@@ -92,8 +92,7 @@ class Greedy(Strategy):
     method = "Greedy (ICML 2022), official code; needs an MMTM head (`model.fusion=mmtm_seq`, or `mmtm` audio-visual)"
     summary = "Σ_m CE of the branches; conditional learning speeds of each branch's MMTM gates vs its main branch (BDR); from epoch 2, \\|ΔBDR\\| > 0.01 → 5 curation steps with the caring branch's gates at their running mean"
     checked = "`test_golden.py::test_greedy_equals_the_reference`, `test_greedy_relative_speed_and_bdr_switch_oracle`"
-    resume_test = {"eps": 0.0, "curation_steps": 2, "start_epoch": 0}  # its state matters within a few epochs
-    dist_test = {"eps": 0.0, "curation_steps": 1, "start_epoch": 0}  # its between-epoch machinery acts within two epochs
+    short_run = {"eps": 0.0, "curation_steps": 1, "start_epoch": 0}  # its between-epoch work happens within two epochs
     Settings = GreedySettings
     state = ("speed_main", "speed_bypass", "care", "left")  # saved in last.pt, restored on --resume
     needs_model = {"fusion": "mmtm_seq"}  # ratio 4, the head's default (its model's)

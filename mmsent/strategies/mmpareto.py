@@ -75,7 +75,7 @@ class MMPareto(Strategy):
     method = "MMPareto (ICML 2024), official separate unimodal classifiers (`unimodal_heads: false`: MMPareto-SH, L_m through the shared head)"
     summary = "per encoder, 2 objectives (L_mm, L_m) from `torch.autograd.grad`"
     checked = "`test_golden.py::test_mmpareto_equals_the_reference`, `test_mmpareto_conflict_oracle`"
-    resume_test = {"unimodal_heads": True}  # its state matters within a few epochs
+    short_run = {"unimodal_heads": True}  # its between-epoch work happens within two epochs
     Settings = MMParetoSettings
     state = ("heads",)  # saved in last.pt, restored on --resume
     counts = ("conflicts",)

@@ -80,8 +80,7 @@ class OPM(Strategy):
     method = "OPM (TPAMI 2024), official code"
     summary = "from epoch 6, with probability 0.7 per step: drop modality m per sample with q_m = min(1, 0.5(1 + 0.5 tanh(ρ_m − 1))) if ρ_m > 1, all features × 1/(1 − θ)"
     checked = "`test_golden.py::test_opm_equals_the_reference`, `test_opm_drop_probability_oracle`, `test_opm_gate_and_warmup`"
-    resume_test = {"warmup": -1, "p_exe": 1.0}  # its state matters within a few epochs
-    dist_test = {"warmup": -1, "p_exe": 1.0}  # its between-epoch machinery acts within two epochs
+    short_run = {"warmup": -1, "p_exe": 1.0}  # its between-epoch work happens within two epochs
     Settings = OPMSettings
     counts = ("modulated_steps", "dropped")
     idle_is_vanilla = True

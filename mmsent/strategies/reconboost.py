@@ -76,8 +76,7 @@ class ReconBoost(Strategy):
     method = "ReconBoost (ICML 2024), official code; needs `model.fusion=shared`"
     summary = "learners β·H(f_m) with one shared head; stages of 4 learner epochs (loss mean_i (w₁ − w₂ q_i[y]) CE_i / C) then 4 rectification epochs, fresh optimizer state per phase"
     checked = "`test_golden.py::test_reconboost_equals_the_reference`, `test_reconboost_per_sample_weight_and_loss_oracle`, `test_reconboost_stage_zero_has_no_ensemble_yet`"
-    resume_test = {"learner_epochs": 2, "rectify_epochs": 1}  # its state matters within a few epochs
-    dist_test = {"learner_epochs": 1, "rectify_epochs": 1}  # its between-epoch machinery acts within two epochs
+    short_run = {"learner_epochs": 1, "rectify_epochs": 1}  # its between-epoch work happens within two epochs
     Settings = ReconBoostSettings
     needs_model = {"fusion": "shared"}
     counts = ("stages",)

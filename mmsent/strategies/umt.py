@@ -61,7 +61,7 @@ class UMT(Strategy):
     method = "UMT (ICML 2023), BalanceBenchmark's"
     summary = "N unimodal teachers (validation-selected), L + 10 Σ_m MSE(φ_m, φ_m^T)"
     checked = "`test_golden.py::test_umt_equals_the_reference`, `test_umt_teachers_are_trained_frozen_and_pull_the_encoders`"
-    dist_test = {"teacher_epochs": 2}  # its between-epoch machinery acts within two epochs
+    short_run = {"teacher_epochs": 2}  # its between-epoch work happens within two epochs
     Settings = UMTSettings
     counts = ("teachers",)
 

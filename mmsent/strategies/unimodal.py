@@ -12,6 +12,5 @@ from mmsent.strategies.base import OneModality
 
 class Unimodal(OneModality):
     method = "one modality alone (`strategy.modality`)"
-    resume_test = {"modality": 'audio'}  # its state matters within a few epochs
-    dist_test = {"modality": 'audio'}  # its between-epoch machinery acts within two epochs
+    short_run = {"modality": "audio"}  # its between-epoch work happens within two epochs
     dense_ok = True  # per-pixel losses only: defined for segmentation

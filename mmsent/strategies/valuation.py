@@ -86,8 +86,7 @@ class Valuation(Strategy):
     method = "Sample-level modality valuation (CVPR 2024), official code"
     summary = "5 warm-up epochs; each epoch every sample's every modality valued (Shapley, v(S) = \\|S\\|·correct) and copied 3/2/1/0 times by the reference's table; copies weighted into the batch loss"
     checked = "`test_golden.py::test_valuation_equals_the_reference`, `test_valuation_copy_counts_for_the_specs_five_cases`, the step test"
-    resume_test = {"warmup": 2}  # its state matters within a few epochs
-    dist_test = {"warmup": 1}  # its between-epoch machinery acts within two epochs
+    short_run = {"warmup": 1}  # its between-epoch work happens within two epochs
     Settings = ValuationSettings
     state = ("copies",)  # saved in last.pt, restored on --resume
     counts = ("valuations", "copies")
