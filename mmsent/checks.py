@@ -4,8 +4,6 @@ the memory sizes are checked against. A leaf module: it imports nothing of mmsen
 fusion or strategy module can use it without importing the config (which imports their registries)."""
 from __future__ import annotations
 
-from contextvars import ContextVar
-
 import math
 import os
 import sys
@@ -81,7 +79,3 @@ def host_memory() -> int | None:
     except (ValueError, OSError, AttributeError):
         return None
 
-
-# True inside a dry run (``--dry-run``, ``prepare(planning=True)``): whatever would write (a data cache
-# built on first use) only says what it would do.
-PLANNING: ContextVar[bool] = ContextVar("planning", default=False)

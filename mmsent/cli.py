@@ -57,7 +57,7 @@ def cmd_sweep(args) -> int:
     if args.heartbeat:  # a copy: the loaded spec stays what its file says
         spec = dataclasses.replace(spec, heartbeat=args.heartbeat)
     sweep = Sweep(spec, config=config, overrides=overrides + list(args.overrides), storage=args.storage,
-                  study=args.study, trials=args.trials, out_dir=args.out_dir)
+                  study=args.study, trials=args.trials, out_dir=args.out_dir, planning=args.dry_run)
     console.print(f"study {sweep.study_name!r} in {sweep.storage_shown}: {sweep.trials} trials x seeds {spec.seeds}, "
                   f"{spec.direction} validation {spec.metric}")
     if args.dry_run:  # the spec, its space, the base config and the data are checked: stop before the storage
@@ -414,10 +414,9 @@ def _main(argv) -> int:
         from mmsent.data import DataError
         from mmsent.files import FileError
         from mmsent.sweep import SweepError
-        from mmsent.checks import PLANNING, first_line, is_out_of_memory
+        from mmsent.checks import first_line, is_out_of_memory
         from mmsent.rundir import RunError
 
-        planning = PLANNING.set(bool(getattr(args, "dry_run", False)))
         try:
             return {"train": cmd_train, "sweep": cmd_sweep, "report": cmd_report, "table": cmd_table,
                     "plot": cmd_plot, "data": cmd_data, "predict": cmd_predict}[args.command](args)
@@ -438,8 +437,6 @@ def _main(argv) -> int:
                 raise
             print(f"error: out of memory ({first_line(e)}); choose smaller data or model sizes", file=sys.stderr)
             return 2
-        finally:
-            PLANNING.reset(planning)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return e.exit_code

@@ -61,7 +61,7 @@ def modality_columns(dataset: str, data: str | None = None, overrides=(), config
         path = Path(config) if config else recipe(dataset)
         cfg = load_config(path if path is not None and path.is_file() else None,
                           [("data.dataset", dataset), *([("data.path", data)] if data else []), *overrides])
-        return labels_of(dataset, build_dataset(cfg.data).modalities)
+        return labels_of(dataset, build_dataset(cfg.data, planning=True).modalities)  # its keys: nothing built
     return labels_of(dataset, [])
 
 

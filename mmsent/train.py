@@ -25,7 +25,6 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mmsent.checks import PLANNING
 from mmsent.config import Config, ConfigError, choose
 from mmsent.data import Dataset, build_dataset
 from mmsent.distributed import Dist, init_from_env
@@ -131,19 +130,16 @@ class Run:
 
 def prepare(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,
             on_epoch=None, command_line: str | None = None, planning: bool = False) -> Run:
-    """Build and check a run; nothing is written. ``planning``: a dry run (a data cache that
-    would be built on first use only says so). Every refusal is one line (ConfigError, DataError,
-    RunError) before the run folder exists."""
+    """Build and check a run; nothing is written but the data's deferred work (a data cache built
+    on first use), done last, after every check. ``planning``: a dry run, which only says what that
+    work would be. Every refusal is one line (ConfigError, DataError, RunError) before the run
+    folder exists."""
     device = resolve_device(init_from_env(cfg.device))  # under torchrun: join the group, pick this rank's GPU
     dist = Dist()
     console = Console(quiet=quiet or not dist.is_main, stderr=True)  # rank 0 alone speaks and writes
     if cfg.train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.amp=true uses bfloat16 autocast, which this GPU does not support; set train.amp=false")
-    token = PLANNING.set(PLANNING.get() or planning)
-    try:
-        dataset = dataset or build_dataset(cfg.data)
-    finally:
-        PLANNING.reset(token)
+    dataset = dataset or build_dataset(cfg.data, planning=True)  # its deferred work (a cache) waits for the checks
     check_fits_data(cfg, dataset)
     task = build_task(dataset.task, dataset.num_classes, dataset.class_weights)
     if device.type == "cuda" and dataset.kinds:  # image inputs of one size: let cuDNN pick its fastest kernels
@@ -165,6 +161,11 @@ def prepare(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: 
     path = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     if resume:
         check_resume_config(path, cfg)
+    if planning:  # a dry run writes nothing: it says what the run would do first
+        for work in dataset.deferred if dist.is_main else ():
+            print(f"note: the run would {work.note} first", file=sys.stderr)
+    else:
+        dataset.run_deferred()
     return Run(cfg, dataset, task, model, optimizer, strategy, device, dist, path, torch.Generator().manual_seed(cfg.seed),
                console, resume, command_line, on_epoch)
 

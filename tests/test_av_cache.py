@@ -143,6 +143,19 @@ def test_a_dry_run_does_not_build_the_cache(tmp_path, capsys):
                      f"data.cache={cache}", "data.audio_frames=64", "data.image_size=48", "model.width=4"]) == 0
     assert f"would build the cache data.cache={cache}" in capsys.readouterr().err
     assert not cache.exists() and not (tmp_path / "cache.part").exists() and not (tmp_path / "run").exists()
+    # a sweep's dry run loads the same data and builds nothing either (the loader only reads; its
+    # deferred work is done by whoever may write)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("trials: 1\nspace: {train.lr: {low: 0.001, high: 0.01}}\n")
+    assert cli.main(["sweep", str(spec), "--dataset", "cremad", "--data", str(root), "--dry-run", "--out-dir",
+                     str(tmp_path / "sw"), f"data.cache={cache}", "data.audio_frames=64", "data.image_size=48"]) == 0
+    assert f"the sweep would build the cache data.cache={cache}" in capsys.readouterr().err
+    assert not cache.exists() and not (tmp_path / "cache.part").exists() and not (tmp_path / "sw").exists()
+    # and a run builds it, before its first epoch, after every check
+    assert cli.main(["train", "--quiet", "--dataset", "cremad", "--data", str(root), "--out", str(tmp_path / "run"),
+                     f"data.cache={cache}", "data.audio_frames=64", "data.image_size=48", "model.width=4",
+                     "train.epochs=1", "data.batch_size=4", "train.probe=false"]) == 0
+    assert (cache / "index.json").is_file()
 
 
 def _ks_layout(root: Path) -> Path:

@@ -20,7 +20,7 @@ from mmsent.data import features, media, nyuv2, sentiment
 from mmsent.data.av import load_av
 from mmsent.data.av_corpus import is_av_folder
 from mmsent.data.av_decode import AVSettings
-from mmsent.data.batch import Batch, DataError, Dataset, Split
+from mmsent.data.batch import Batch, DataError, Dataset, Deferred, Split
 from mmsent.data.job import Job, option
 from mmsent.data.mmsa import load_mmsa, safe_load_pickle
 from mmsent.data.rgbd_scenes import RGBDScenesSettings, load_rgbd_scenes
@@ -91,16 +91,20 @@ def infer_dataset(path: str | Path) -> str:
     return claims[0]
 
 
-def build_dataset(cfg, seed: int = 0) -> Dataset:
-    """``cfg`` is a ``DataConfig``."""
+def build_dataset(cfg, seed: int = 0, *, planning: bool = False) -> Dataset:
+    """``cfg`` is a ``DataConfig``. The loader only reads; what it leaves to write (``Dataset.deferred``:
+    a data cache built on first use) is done here, unless ``planning`` (a dry run, which says it)."""
     spec = choose(DATASETS, "dataset", cfg.dataset)
     if not cfg.path and spec.locations:
         found = find_data(spec.locations)
         if found is None:
             raise DataError(f"{cfg.dataset} data not found (looked at {', '.join(spec.locations)}); pass --data PATH")
         cfg = dataclasses.replace(cfg, path=str(found))
-    return spec.load(cfg, seed)
+    dataset = spec.load(cfg, seed)
+    if not planning:
+        dataset.run_deferred()
+    return dataset
 
 
-__all__ = ["DATASETS", "Batch", "DataError", "Dataset", "DatasetSpec", "Job", "option", "Split", "build_dataset", "infer_dataset",
+__all__ = ["DATASETS", "Batch", "DataError", "Dataset", "DatasetSpec", "Deferred", "Job", "option", "Split", "build_dataset", "infer_dataset",
            "load_mmsa", "make_synthetic", "prepare_csd", "safe_load_pickle"]

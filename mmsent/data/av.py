@@ -33,7 +33,7 @@ from mmsent.data import av_cache
 from mmsent.data.av_cache import cached_batch
 from mmsent.data.av_corpus import Clip, scan
 from mmsent.data.av_decode import AVFinish, AVSettings, check_frames, check_wav, fit_length, frame_files, load_frames, read_wav
-from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, carve_validation
+from mmsent.data.batch import Batch, DataError, Dataset, DecodedSplit, Deferred, carve_validation
 
 
 class ClipSet(torch.utils.data.Dataset):
@@ -112,11 +112,19 @@ def load_av(cfg, seed: int = 0) -> Dataset:
         raise DataError(f"{root}: the split file needs train and test clips (got {len(train)} train, {len(test)} test)")
     train, val = carve_validation(train, spec.valid_fraction, root, "clip")
     w = spec.num_workers
-    cache = av_cache.check(cfg.dataset, clips, spec) if spec.cache else None
-    return Dataset(
+    cache, missing = av_cache.find(cfg.dataset, clips, spec) if spec.cache else (None, False)
+    ds = Dataset(
         train=AVSplit(train, spec, train=True, num_workers=w, cache=cache),
         val=AVSplit(val, spec, train=False, num_workers=w, cache=cache),
         test=AVSplit(test, spec, train=False, num_workers=w, cache=cache),
         task="classification", num_classes=len(classes), dims={"audio": 1, "visual": 3},
         kinds={"audio": "spectrogram", "visual": "frames"},
     )
+    if missing:  # built on first use, by whoever may write (a dry run only says so)
+        def build() -> None:
+            built = av_cache.build_for(cfg.dataset, clips, spec)
+            for split in (ds.train, ds.val, ds.test):
+                split.set.cache = built
+
+        ds.deferred.append(Deferred(f"build the cache data.cache={spec.cache} ({len(clips)} clips)", build))
+    return ds

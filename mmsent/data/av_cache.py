@@ -250,25 +250,27 @@ class Cache:
         return self._frames[self.f_off[i]:self.f_off[i + 1]]
 
 
-def check(dataset: str, clips, spec: AVSettings, progress=None) -> Cache | None:
-    """The cache ``data.cache`` names, built there first if the folder does not exist; None (and a
-    note saying why, on stderr) when the folder holds a cache for other settings or files."""
-    from mmsent.checks import PLANNING
-
+def find(dataset: str, clips, spec: AVSettings) -> tuple[Cache | None, bool]:
+    """(the cache ``data.cache`` names, whether it must be built first). Reads only: ``(None, True)``
+    when the folder is not there yet (``build_for`` makes it), ``(None, False)`` with a note on
+    stderr when it holds a cache for other settings or files."""
     folder = Path(spec.cache)
     refuse_foreign(folder, "data.cache")
-    want = fingerprint(dataset, clips, spec)
     if not (folder / "index.json").is_file():
-        if PLANNING.get():  # a dry run writes nothing: it decodes, and says what the run would build
-            print(f"note: the run would build the cache data.cache={folder} ({len(clips)} clips) first", file=sys.stderr)
-            return None
-        build(dataset, clips, spec, folder, progress, want)
-    cache = Cache(folder)
+        return None, True
+    cache, want = Cache(folder), fingerprint(dataset, clips, spec)
     if cache.fingerprint != want:
         print(f"note: data.cache {folder} was made for other inputs ({_differences(cache.fingerprint, want)}); "
               "decoding from the files instead (remove the folder, or name another, to cache these)", file=sys.stderr)
-        return None
-    return cache
+        return None, False
+    return cache, False
+
+
+def build_for(dataset: str, clips, spec: AVSettings, progress=None) -> Cache:
+    """Build the cache ``data.cache`` names (the first use of a new folder) and open it."""
+    folder = Path(spec.cache)
+    build(dataset, clips, spec, folder, progress, fingerprint(dataset, clips, spec))
+    return Cache(folder)
 
 
 def cached_batch(cache: Cache, clips, spec: AVSettings, items, train: bool):

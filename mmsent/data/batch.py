@@ -122,6 +122,15 @@ def batch_bounds(n: int, batch_size: int, min_size: int = 1) -> list[tuple[int, 
     return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """Work a loader leaves for whoever may write (a data cache built on first use): a loader only
+    reads, so a dry run can load the same data and say what a run would do."""
+
+    note: str  # what it would do, e.g. "build the cache data.cache=DIR (120 clips)"
+    run: Callable[[], None]
+
+
 @dataclass
 class Dataset:
     """train/val/test splits plus what a model needs to know about them."""
@@ -135,10 +144,16 @@ class Dataset:
     token_modalities: tuple[str, ...] = ()  # modalities given as token ids (BERT input)
     kinds: dict[str, str] = field(default_factory=dict)  # m -> "spectrogram" | "frames" | "dense" (image modalities)
     class_weights: Tensor | None = None  # per-class loss weights the data prescribes (NYUv2: median frequency)
+    deferred: list[Deferred] = field(default_factory=list)  # left for whoever may write (run_deferred)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.dims)
+
+    def run_deferred(self) -> None:
+        """Do the work the loader left (``build_dataset`` does, unless planning a dry run)."""
+        while self.deferred:
+            self.deferred.pop(0).run()
 
 
 class DecodedSplit:

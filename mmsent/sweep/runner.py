@@ -24,6 +24,7 @@ import json
 import logging
 import signal
 import statistics
+import sys
 import uuid
 from pathlib import Path
 
@@ -74,12 +75,12 @@ def check_space(spec: SweepSpec, config: str | None, overrides: list):
 
 class Sweep:
     def __init__(self, spec: SweepSpec, *, config: str | None, overrides: list, storage: str | None,
-                 study: str | None, trials: int | None, out_dir: str = "runs/sweeps"):
+                 study: str | None, trials: int | None, out_dir: str = "runs/sweeps", planning: bool = False):
         self.spec, self.overrides = spec, list(spec.overrides) + list(overrides)
         self.config = config or (str(resolve(spec.config)) if spec.config else None)
         self.trials = trials or spec.trials
         self.out_dir = Path(out_dir)
-        self._validate()  # config, space and data: a bad one stops here, before any trial
+        self._validate(planning)  # config, space and data: a bad one stops here, before any trial
         self.study_name = study or study_key(spec, self.base_cfg)
         self.storage_url = storage or f"sqlite:///{self.out_dir / self.study_name}.db"
         self.storage_shown = mask_secret(self.storage_url)  # what is printed, logged and recorded
@@ -87,11 +88,14 @@ class Sweep:
     def _cfg(self, values: dict, seed: int, out: str | None = None):
         return trial_config(self.config, self.overrides, values, seed, out)
 
-    def _validate(self) -> None:
+    def _validate(self, planning: bool) -> None:
         """Every parameter names a real config key whose whole range is valid, the data loads and
         the metric belongs to its task -- all before any trial runs."""
         cfg = check_space(self.spec, self.config, self.overrides)
-        self._dataset = build_dataset(cfg.data)  # a DataError ends the command in one line; loaded once per worker
+        # a DataError ends the command in one line; loaded once per worker (a dry run builds no cache)
+        self._dataset = build_dataset(cfg.data, planning=planning)
+        for work in self._dataset.deferred:
+            print(f"note: the sweep would {work.note} first", file=sys.stderr)
         metrics = ["loss", *metric_names(self._dataset.task)]
         if self.spec.metric not in metrics:
             raise SweepError(f"sweep {self.spec.name!r}: unknown metric {self.spec.metric!r}; choose from {', '.join(metrics)}")
