@@ -9,7 +9,7 @@ Layout of a cache folder: ``audio.npy`` (float32, every clip's samples end to en
 (uint8, (frames, S, S, 3)), and ``index.json`` (the fingerprint, and per clip its id and where its
 samples and frames are). The fingerprint holds the decoding settings and a digest of the corpus
 (clip ids, splits, labels, file names and sizes): a cache made with other settings or for other
-files is never read, and the run says why (``check``). What is random per epoch when training
+files is never read, and the run says why (``find``). What is random per epoch when training
 stays random: the waveform's window (``fit_length``), the frame chosen in each segment, the random
 resized crop and the flip, all drawn from the batch's seeds as the decoding path draws them; the
 crop is taken on the cached S x S image (the original squashed to a square, as the decoding path's
