@@ -29,7 +29,7 @@ from mmsent.config import Config, ConfigError, choose
 from mmsent.data import Dataset, build_dataset
 from mmsent.distributed import Dist, init_from_env
 from mmsent.evaluate import evaluate, evaluate_with_predictions
-from mmsent.loop import autocast, train_epoch
+from mmsent.loop import train_epoch
 from mmsent.models import BertEncoder, MultimodalModel, build_model, evaluating, min_batch
 from mmsent.predictions import PREDICTIONS, data_fingerprint, data_signature, write_predictions
 from mmsent.probe import probe_encoders

@@ -277,7 +277,7 @@ def test_a_killed_rank_leaves_one_line_naming_it_and_a_run_that_resumes(tmp_path
             time.sleep(0.2)
         time.sleep(1.0)
         victim = [p for p in _processes(str(run)) if "LOCAL_RANK=1" in _read(f"/proc/{p}/environ").split("\0")]
-        assert len(victim) == 1, ranks
+        assert len(victim) == 1, victim
         os.kill(victim[0], signal.SIGKILL)
         err = job.communicate(timeout=120)[1]
     finally:

@@ -4,7 +4,6 @@ parses with today's CLI, and every train / table / sweep whose data exists here 
 docs' links point at files that exist."""
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 

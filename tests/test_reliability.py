@@ -450,20 +450,6 @@ def test_a_last_training_batch_of_one_joins_the_batch_before_it_with_batchnorm(t
                      "the batch before it (5 samples)"], err
 
 
-def test_batches_merge_a_short_last_batch_only_when_asked():
-    from mmsent.data.batch import Split
-
-    s = Split({"a": torch.arange(9.0)[:, None, None]}, {"a": torch.ones(9, 1, dtype=torch.bool)}, torch.zeros(9), list("abcdefghi"))
-    sizes = lambda **kw: [len(b) for b in s.batches(4, **kw)]  # noqa: E731
-    assert sizes() == [4, 4, 1] and s.n_batches(4) == 3
-    assert sizes(min_size=2) == [4, 5] and s.n_batches(4, 2) == 2
-    assert sizes(min_size=2, shuffle=True, generator=torch.Generator().manual_seed(0)) == [4, 5]
-    assert sorted(torch.cat([b.x["a"].flatten() for b in s.batches(4, min_size=2, shuffle=True)]).tolist()) == list(range(9))
-    assert [len(b) for b in s.batches(3, min_size=2)] == [3, 3, 3]  # nothing short: nothing merged
-    one = Split({"a": torch.zeros(1, 1, 1)}, {"a": torch.ones(1, 1, dtype=torch.bool)}, torch.zeros(1), ["a"])
-    assert [len(b) for b in one.batches(4, min_size=2)] == [1]  # a single batch has nothing to join
-
-
 def test_a_failed_write_says_what_would_fix_it(tmp_path):
     """Space (disk or quota full, a file-size limit) and other causes (permissions, read-only) get
     different advice: freeing space does not help a folder the user cannot write."""

@@ -1,7 +1,6 @@
 """What every registered strategy must do, whatever its method: a real step for N = 2 and 4 and
-both tasks, exact resume, branch predictions through the masked head; DGL's step has DGL's
-gradients; unimodal trains only its modality. Each method's own oracles are in
-tests/strategies/test_<module>.py."""
+both tasks, exact resume; DGL's step has DGL's gradients; unimodal trains only its modality. What
+they score is tests/test_evaluate.py's; each method's own oracles are in tests/strategies/test_<module>.py."""
 import math
 
 import pytest
@@ -14,7 +13,6 @@ from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification, Regression
 from mmsent.train import fit
-from mmsent.evaluate import branch_predictions
 
 # each strategy's `short_run` settings: under them its between-epoch work happens within two epochs
 
@@ -61,33 +59,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, name):
         assert torch.equal(v, last[1]["model"][k]), k
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
-    """What validation/test report per modality must be the shared head with the OTHER modalities
-    zeroed (built here by hand), not the full model; "multi" is the full model (MLA, ReconBoost: their fusion;
-    a unimodal-only model: its own branch).
-    MMCosine's head is its cosine classifier over the linear head's weight blocks."""
-    ds, model, batch = setup(**STRATEGIES[name].needs_model)
-    strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **STRATEGIES[name].short_run)
-    strategy.on_epoch_start(0, ds)
-    strategy.train_step(batch)
-    preds = branch_predictions(strategy, ds.test, batch_size=3)
-    model.eval()
-    head = strategy.logits if name == "mmcosine" else model.head
-    with torch.no_grad():
-        feats = model.encode(ds.test.batch(torch.arange(len(ds.test))))
-        for m in feats:
-            masked = {k: f if k == m else torch.zeros_like(f) for k, f in feats.items()}
-            torch.testing.assert_close(preds[m], head(masked), rtol=1e-6, atol=1e-6)
-        # MLA averages the branches; ReconBoost's shared head is itself the ensemble beta * sum_m H(f_m)
-        # over the learners added so far (before the first stage ends: the first learner alone)
-        added = (strategy.added or [strategy.learner]) if name == "reconboost" else list(feats)
-        multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
-                 else head(zero_others(feats, "audio")) if name == "unimodal"
-                 else head({k: f if k in added else torch.zeros_like(f) for k, f in feats.items()}))
-        torch.testing.assert_close(preds["multi"], multi, rtol=1e-6, atol=1e-6)
-
-
 def test_dgl_step_applies_alpha_unimodal_to_encoders_and_multimodal_to_head():
     ds, model, batch = setup()
     task = Regression()
@@ -124,17 +95,6 @@ def test_dgl_runs_encoders_once_per_step():
         e.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
     STRATEGIES["dgl"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression()).train_step(batch)
     assert calls == {m: 1 for m in model.encoders}
-
-
-def test_a_unimodal_models_own_prediction_is_its_branch():
-    """Validation selects on "multi": for a unimodal-only model that must be its modality alone
-    (under MMTM the untrained encoders' maps gate the trained one; Audio-only was selected at random)."""
-    ds, model, batch = setup()
-    s = STRATEGIES["unimodal"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), modality="audio")
-    s.train_step(batch)
-    preds = branch_predictions(s, ds.test)
-    torch.testing.assert_close(preds["multi"], preds["audio"], rtol=0, atol=0)
-    assert not torch.allclose(preds["multi"], preds["vision"])
 
 
 EXTRA = {"unimodal": {"modality": "m1"}}

@@ -17,7 +17,7 @@ from mmsent.train import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
-from tests.test_data import tiny_mmsa  # noqa: E402
+from tests.test_mmsa import tiny_mmsa  # noqa: E402
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "was", "great", "bad", "a", "b", "c", "kids"]
 

@@ -1,4 +1,4 @@
-"""`cli.py table` (all methods over seeds, resumable, parallel) and `cli.py plot` end to end."""
+"""`cli.py table` (all methods over seeds, resumable, parallel, --update) end to end; plots are tests/test_plots.py's."""
 import csv
 import json
 import sys
@@ -58,15 +58,6 @@ def test_table_rejects_unknown_method(tmp_path, capsys):
     assert cli.main(["table", "--dataset", "synthetic", "--methods", "DGL", "--reference", "Nope", "--runs-dir",
                      str(tmp_path / "r")]) == 2
     assert "--reference 'Nope': no finished runs of it" in capsys.readouterr().err and not (tmp_path / "r").exists()
-
-
-def test_plot_writes_figures(tmp_path):
-    for name, strat in (("dgl", ["--strategy", "dgl"]), ("uni", ["--strategy", "unimodal", "strategy.modality=audio"])):
-        assert cli.main(["train", "--quiet", "--out", str(tmp_path / name), *strat, *TINY]) == 0
-    assert cli.main(["plot", str(tmp_path / "dgl"), str(tmp_path / "uni"), "--out", str(tmp_path / "fig")]) == 0
-    for f in ("grad_norms.png", "branch_accuracy.png", "masked_passes.png"):
-        assert (tmp_path / "fig" / f).stat().st_size > 5000
-    assert cli.main(["plot", str(tmp_path / "nothing"), "--out", str(tmp_path / "fig2")]) == 2
 
 
 def test_custom_rows_with_their_own_overrides(tmp_path):

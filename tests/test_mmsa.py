@@ -1,5 +1,5 @@
-"""MMSA pickle loading (restricted unpickling, cleaning, standardisation, labels), synthetic data,
-masked pooling."""
+"""mmsent/data/mmsa.py: MMSA pickle loading (restricted unpickling, cleaning, standardisation,
+labels, every pickle protocol, truncated files) and the real MOSI file."""
 import os
 import pickle
 from pathlib import Path
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsent.data import DataError, load_mmsa, make_synthetic
-from mmsent.models import masked_pool
+from mmsent.data import DataError, load_mmsa
 
 SHARED_MOSI = Path(__file__).resolve().parents[2] / "shared/data/mosi/mosi_utterance.pkl"
 
@@ -133,57 +132,9 @@ def test_truncated_and_missing_files(tmp_path):
         load_mmsa(tmp_path / "nope.pkl")
 
 
-@pytest.mark.parametrize("n", [2, 3, 5])
-def test_synthetic_any_n_with_planted_imbalance(n):
-    ds = make_synthetic(n_modalities=n, n_train=2000, n_val=10, n_test=10)
-    assert len(ds.modalities) == n
-    r2 = {}
-    for m in ds.modalities:  # least-squares fit of y from one modality
-        X = torch.cat([ds.train.x[m][:, 0], torch.ones(2000, 1)], 1).double()
-        y = ds.train.y.double()
-        sol = torch.linalg.lstsq(X, y[:, None]).solution
-        r2[m] = 1 - ((X @ sol)[:, 0] - y).var() / y.var()
-    first, *rest = ds.modalities
-    assert all(r2[first] > r2[m] + 0.3 for m in rest)  # the first modality dominates
-    assert all(r2[m] > 0.02 for m in rest)  # but the weak ones carry signal
-    cls = make_synthetic(n_modalities=n, task="classification", num_classes=4, n_train=400)
-    assert set(cls.train.y.tolist()) == {0, 1, 2, 3}
-
-
-def test_masked_pool_matches_manual_bins_and_ignores_padding():
-    h = torch.arange(12.0).view(1, 6, 2).repeat(2, 1, 1)
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    h_noisy = h.clone()
-    h_noisy[0, 4:] = 1e6  # padding must not matter
-    out = masked_pool(h_noisy, mask, 2)
-    torch.testing.assert_close(out[0], torch.stack([h[0, :2].mean(0), h[0, 2:4].mean(0)]))
-    torch.testing.assert_close(out[1], torch.stack([h[1, :3].mean(0), h[1, 3:].mean(0)]))
-    # 3 bins over 4 steps overlap like adaptive_avg_pool1d
-    ref = torch.nn.functional.adaptive_avg_pool1d(h[1:, :4].transpose(1, 2), 3).transpose(1, 2)
-    torch.testing.assert_close(masked_pool(h[1:, :4], mask[1:, :4], 3), ref)
-    assert (masked_pool(h, torch.zeros_like(mask), 3) == 0).all()  # missing modality -> zeros
-
-
 @pytest.mark.skipif(not SHARED_MOSI.is_file(), reason="../shared MOSI data not present")
 def test_real_mosi_loads():
     ds = load_mmsa(SHARED_MOSI)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (1447, 265, 487)
     assert ds.dims == {"text": 100, "audio": 73, "vision": 100}
     assert ds.test.y.min() >= -3 and ds.test.y.max() <= 3
-
-
-def test_batch_select_and_map_carry_every_field():
-    from mmsent.data.batch import Batch, Split
-
-    x = {"a": torch.arange(12.0).reshape(4, 3, 1), "b": torch.arange(8.0).reshape(4, 2)}
-    mask = {"a": torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]]).bool(), "b": torch.ones(4, 1).bool()}
-    split = Split(x, mask, torch.tensor([0.5, -1.0, 2.0, 3.0]), ["p", "q", "r", "s"])
-    b = split.batch(torch.tensor([2, 0, 3]))
-    assert b.ids == ["r", "p", "s"] and b.index.tolist() == [2, 0, 3] and b.y.tolist() == [2.0, 0.5, 3.0]
-    assert b.x["a"][:, :, 0].tolist() == [[6, 7, 8], [0, 1, 2], [9, 10, 11]] and b.mask["a"][2].tolist() == [0, 0, 0]
-    s = b.select(torch.tensor([1]))  # positions within the batch; the split positions follow them
-    assert s.ids == ["p"] and s.index.tolist() == [0] and s.x["b"].tolist() == [[0.0, 1.0]]
-    m = b.map(lambda t: t[:, :1] if t.dim() > 1 else t * 2)
-    assert m.y.tolist() == [4.0, 1.0, 6.0] and m.x["a"].shape == (3, 1, 1) and m.mask["a"].shape == (3, 1)
-    assert m.ids == b.ids and m.index is b.index
-    assert Batch(x, mask, split.y, split.ids).select(torch.tensor([1])).index is None
