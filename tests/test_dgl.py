@@ -1,5 +1,7 @@
 """dgl_loss against an independent reference: the paper's Algorithm 1 with two backward calls and
-the head's unimodal gradients zeroed in between (selected by module, not by name)."""
+the head's unimodal gradients zeroed in between (selected by module, not by name); the DGL
+strategy's step (alpha on the encoders' unimodal losses, the head's multimodal loss, one encoder
+pass)."""
 import itertools
 
 import pytest
@@ -8,6 +10,9 @@ from torch import nn
 
 from mmsent import dgl_loss, zero_others
 from mmsent.models.fusions import FUSIONS
+from mmsent.strategies import STRATEGIES
+from mmsent.tasks import Regression
+from test_strategies import setup
 
 
 @pytest.fixture(autouse=True)
@@ -342,3 +347,29 @@ def test_dense_prediction_one_backward_equals_algorithm_1(n):
         dgl_loss(feats, head, crit, y, alpha=1.5, batch_unimodal=batched).total.backward()
         for a, b in zip(ref, grads(encoders, head)):
             torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-10)
+
+
+def test_dgl_step_applies_alpha_unimodal_to_encoders_and_multimodal_to_head():
+    ds, model, batch = setup()
+    task = Regression()
+    feats = model.encode(batch)
+    enc_p = [p for e in model.encoders.values() for p in e.parameters()]
+    head_p = list(model.head.parameters())
+    want_enc = torch.autograd.grad(2.0 * sum(task.loss(model.head(zero_others(feats, m)), batch.y) for m in feats),
+                                   enc_p, retain_graph=True)
+    want_head = torch.autograd.grad(task.loss(model.head({m: f.detach() for m, f in feats.items()}), batch.y), head_p)
+    lr = 0.5
+    before = [p.detach().clone() for p in enc_p + head_p]
+    strategy = STRATEGIES["dgl"](model, torch.optim.SGD(model.parameters(), lr=lr), task, alpha=2.0)
+    strategy.train_step(batch)
+    for p0, g, p in zip(before, list(want_enc) + list(want_head), enc_p + head_p):
+        torch.testing.assert_close(p.detach(), p0 - lr * g, atol=1e-6, rtol=1e-5)
+
+
+def test_dgl_runs_encoders_once_per_step():
+    ds, model, batch = setup()
+    calls = {m: 0 for m in model.encoders}
+    for m, e in model.encoders.items():
+        e.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    STRATEGIES["dgl"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression()).train_step(batch)
+    assert calls == {m: 1 for m in model.encoders}

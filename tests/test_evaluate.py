@@ -5,7 +5,7 @@ import torch
 
 from mmsent.dgl import zero_others
 from mmsent.evaluate import branch_predictions
-from mmsent.strategies import STRATEGIES
+from mmsent.strategies import STRATEGIES, Strategy
 from mmsent.tasks import Regression
 from test_strategies import setup
 
@@ -13,36 +13,25 @@ from test_strategies import setup
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_branch_prediction_is_the_head_on_its_masked_input(name):
     """What validation/test report per modality must be the shared head with the OTHER modalities
-    zeroed (built here by hand), not the full model; "multi" is the full model (MLA, ReconBoost: their fusion;
-    a unimodal-only model: its own branch).
-    MMCosine's head is its cosine classifier over the linear head's weight blocks."""
-    ds, model, batch = setup(**STRATEGIES[name].needs_model)
-    strategy = STRATEGIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **STRATEGIES[name].short_run)
+    zeroed (built here by hand), not the full model, and "multi" the full model. A strategy that
+    defines its own test-time prediction (``predict``: MMCosine's cosine classifier, MLA's and
+    ReconBoost's ensembles, a unimodal-only model's branch) is scored by it: then the oracle is its
+    ``predict`` on the whole split at once (what it computes is its own test file's oracle), and
+    this checks the scoring around it: eval mode, batches of 3, order, every branch."""
+    cls = STRATEGIES[name]
+    ds, model, batch = setup(**cls.needs_model)
+    strategy = cls(model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), **cls.short_run)
     strategy.on_epoch_start(0, ds)
     strategy.train_step(batch)
     preds = branch_predictions(strategy, ds.test, batch_size=3)
+    assert model.training  # scoring leaves the model as it found it
     model.eval()
-    head = strategy.logits if name == "mmcosine" else model.head
+    own = cls.predict is not Strategy.predict
     with torch.no_grad():
-        feats = model.encode(ds.test.batch(torch.arange(len(ds.test))))
+        whole = ds.test.batch(torch.arange(len(ds.test)))
+        feats = model.encode(whole)
         for m in feats:
-            masked = {k: f if k == m else torch.zeros_like(f) for k, f in feats.items()}
-            torch.testing.assert_close(preds[m], head(masked), rtol=1e-6, atol=1e-6)
-        # MLA averages the branches; ReconBoost's shared head is itself the ensemble beta * sum_m H(f_m)
-        # over the learners added so far (before the first stage ends: the first learner alone)
-        added = (strategy.added or [strategy.learner]) if name == "reconboost" else list(feats)
-        multi = (sum(head(zero_others(feats, m)) for m in feats) / len(feats) if name == "mla"
-                 else head(zero_others(feats, "audio")) if name == "unimodal"
-                 else head({k: f if k in added else torch.zeros_like(f) for k, f in feats.items()}))
-        torch.testing.assert_close(preds["multi"], multi, rtol=1e-6, atol=1e-6)
-
-
-def test_a_unimodal_models_own_prediction_is_its_branch():
-    """Validation selects on "multi": for a unimodal-only model that must be its modality alone
-    (under MMTM the untrained encoders' maps gate the trained one; Audio-only was selected at random)."""
-    ds, model, batch = setup()
-    s = STRATEGIES["unimodal"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), modality="audio")
-    s.train_step(batch)
-    preds = branch_predictions(s, ds.test)
-    torch.testing.assert_close(preds["multi"], preds["audio"], rtol=0, atol=0)
-    assert not torch.allclose(preds["multi"], preds["vision"])
+            want = strategy.predict(whole, [m]) if own else model.head(zero_others(feats, m))
+            torch.testing.assert_close(preds[m], want, rtol=1e-6, atol=1e-6)
+        want = strategy.predict(whole) if own else model.head(feats)
+        torch.testing.assert_close(preds["multi"], want, rtol=1e-6, atol=1e-6)

@@ -1,6 +1,6 @@
 """What every registered strategy must do, whatever its method: a real step for N = 2 and 4 and
-both tasks, exact resume; DGL's step has DGL's gradients; unimodal trains only its modality. What
-they score is tests/test_evaluate.py's; each method's own oracles are in tests/strategies/test_<module>.py."""
+both tasks (with its short_run settings), exact resume. What they score is tests/test_evaluate.py's;
+each method's own oracles are in tests/test_dgl.py and tests/strategies/test_<module>.py."""
 import math
 
 import pytest
@@ -8,7 +8,6 @@ import torch
 
 from mmsent.config import ModelConfig, load_config
 from mmsent.data import make_synthetic
-from mmsent.dgl import zero_others
 from mmsent.models import build_model
 from mmsent.strategies import STRATEGIES
 from mmsent.tasks import Classification, Regression
@@ -59,45 +58,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, name):
         assert torch.equal(v, last[1]["model"][k]), k
 
 
-def test_dgl_step_applies_alpha_unimodal_to_encoders_and_multimodal_to_head():
-    ds, model, batch = setup()
-    task = Regression()
-    feats = model.encode(batch)
-    enc_p = [p for e in model.encoders.values() for p in e.parameters()]
-    head_p = list(model.head.parameters())
-    want_enc = torch.autograd.grad(2.0 * sum(task.loss(model.head(zero_others(feats, m)), batch.y) for m in feats),
-                                   enc_p, retain_graph=True)
-    want_head = torch.autograd.grad(task.loss(model.head({m: f.detach() for m, f in feats.items()}), batch.y), head_p)
-    lr = 0.5
-    before = [p.detach().clone() for p in enc_p + head_p]
-    strategy = STRATEGIES["dgl"](model, torch.optim.SGD(model.parameters(), lr=lr), task, alpha=2.0)
-    strategy.train_step(batch)
-    for p0, g, p in zip(before, list(want_enc) + list(want_head), enc_p + head_p):
-        torch.testing.assert_close(p.detach(), p0 - lr * g, atol=1e-6, rtol=1e-5)
-
-
-def test_unimodal_trains_only_its_encoder_and_the_head():
-    ds, model, batch = setup()
-    strategy = STRATEGIES["unimodal"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), modality="vision")
-    before = {m: [p.clone() for p in e.parameters()] for m, e in model.encoders.items()}
-    strategy.train_step(batch)
-    for m, ps in before.items():
-        moved = any(not torch.equal(a, b) for a, b in zip(ps, model.encoders[m].parameters()))
-        assert moved == (m == "vision"), m
-    with pytest.raises(ValueError, match="unknown modality 'smell'"):
-        STRATEGIES["unimodal"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression(), modality="smell")
-
-
-def test_dgl_runs_encoders_once_per_step():
-    ds, model, batch = setup()
-    calls = {m: 0 for m in model.encoders}
-    for m, e in model.encoders.items():
-        e.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
-    STRATEGIES["dgl"](model, torch.optim.SGD(model.parameters(), lr=0.1), Regression()).train_step(batch)
-    assert calls == {m: 1 for m in model.encoders}
-
-
-EXTRA = {"unimodal": {"modality": "m1"}}
+def short_run(cls, modalities) -> dict:
+    """The class's ``short_run`` settings, a modality it names (a unimodal-only model's) replaced by
+    one this data has."""
+    return {k: (v if k != "modality" or v in modalities else modalities[-1]) for k, v in cls.short_run.items()}
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -107,7 +71,7 @@ def test_real_step_any_n_both_tasks(name, n, task_name):
     task = Regression() if task_name == "regression" else Classification(3)
     model = build_model(ModelConfig(**{"dim": 6, "seq_len": 2, "hidden": 8, "dropout": 0.0, **STRATEGIES[name].needs_model}),
                         ds, task.out_dim)
-    s = STRATEGIES[name](model, torch.optim.Adam(model.parameters(), lr=1e-2), task, **EXTRA.get(name, {}))
+    s = STRATEGIES[name](model, torch.optim.Adam(model.parameters(), lr=1e-2), task, **short_run(STRATEGIES[name], ds.modalities))
     before = [p.clone() for p in model.parameters()]
     for epoch in range(2):
         s.on_epoch_start(epoch, ds)

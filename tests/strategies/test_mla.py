@@ -129,3 +129,32 @@ def test_mla_each_modality_projects_with_its_own_features(n):
     assert s.actions["projected_steps"] == 2 * n - 1
     for wrong in model.modalities:  # one modality's features for every step: another projector
         assert not torch.allclose(fold(lambda rb, m, w=wrong: rb[w]), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("task_name", ["regression", "classification"])
+def test_mla_is_scored_by_its_test_time_fusion(task_name):
+    """MLA's test-time prediction (the reference's fused output): regression averages the branches'
+    outputs; classification weighs each branch's softmax by its entropy weight (the oracle above)
+    and the score is the log of that mixture. Each single branch stays the masked shared head."""
+    from mmsent.dgl import zero_others
+    from mmsent.evaluate import branch_predictions
+
+    classes = 3 if task_name == "classification" else 1
+    ds = make_synthetic(n_modalities=3, n_train=24, n_val=8, n_test=8, task=task_name, num_classes=3)
+    model = build_model(ModelConfig(dim=4, seq_len=2, hidden=8, dropout=0.0), ds, classes)
+    task = Classification(3) if task_name == "classification" else Regression()
+    s = STRATEGIES["mla"](model, torch.optim.SGD(model.parameters(), lr=0.1), task)
+    s.train_step(ds.train.batch(torch.arange(8)))
+    preds = branch_predictions(s, ds.test, batch_size=3)
+    model.eval()
+    with torch.no_grad():
+        feats = model.encode(ds.test.batch(torch.arange(len(ds.test))))
+        branch = {m: model.head(zero_others(feats, m)) for m in feats}
+        for m in feats:
+            torch.testing.assert_close(preds[m], branch[m], rtol=1e-5, atol=1e-5)
+        if task_name == "regression":
+            want = sum(branch.values()) / 3
+        else:
+            w = entropy_weights(branch)
+            want = sum(w[m][:, None] * branch[m].softmax(-1) for m in branch).log()
+        torch.testing.assert_close(preds["multi"], want, rtol=1e-5, atol=1e-5)

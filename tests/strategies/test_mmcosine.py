@@ -50,3 +50,29 @@ def test_mmcosine_refuses_heads_without_per_modality_blocks():
         _, model = _model(**model_cfg)
         with pytest.raises(ValueError, match="model.fusion=concat and model.hidden=0"):
             STRATEGIES["mmcosine"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3))
+
+
+def test_mmcosine_is_scored_by_its_cosine_classifier():
+    """Validation and test score MMCosine's own classifier (the reference evaluates its cosine
+    logits, not the linear head's): each branch is s * cos of the kept modality alone (a zeroed
+    modality votes 0), built here from the head's weight blocks and pooled features by hand."""
+    import torch.nn.functional as F
+
+    from mmsent.evaluate import branch_predictions
+
+    ds, model = _model(n=3, **STRATEGIES["mmcosine"].needs_model)
+    s = STRATEGIES["mmcosine"](model, torch.optim.SGD(model.parameters(), lr=0.1), Classification(3), scaling=4.0)
+    s.train_step(ds.train.batch(torch.arange(8)))
+    preds = branch_predictions(s, ds.test, batch_size=3)
+    model.eval()
+    with torch.no_grad():
+        feats = model.encode(ds.test.batch(torch.arange(len(ds.test))))
+        fc = model.head.net  # concat with hidden=0: one Linear over the concatenated pooled features
+        cos, start = {}, 0
+        for m in s.order:  # the fc's input is the modalities' pooled features, concatenated in order
+            d = feats[m].shape[-1]
+            cos[m] = 4.0 * F.normalize(feats[m].mean(1), dim=-1) @ F.normalize(fc.weight[:, start:start + d], dim=-1).T
+            start += d
+        for m in s.order:
+            torch.testing.assert_close(preds[m], cos[m], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(preds["multi"], sum(cos.values()), rtol=1e-5, atol=1e-5)
