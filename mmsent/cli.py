@@ -408,6 +408,14 @@ def _main(argv) -> int:
     from mmsent.interrupt import Interrupted
 
     try:
+        from mmsent.checks import ConfigError
+        from mmsent.plugins import load_plugins
+
+        try:  # before the parser: its help and choices are read from the registries
+            load_plugins()
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         args = parse(sys.argv[1:] if argv is None else list(argv))
 
         from mmsent.config import ConfigError

@@ -8,6 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mmsent.plugins import load_plugins  # noqa: E402
 from mmsent.strategies import strategy_table  # noqa: E402
 
 HEADER = "| name | method | what it does, N modalities | checked against the reference at N = 2 |"
@@ -22,6 +23,7 @@ def render(readme: str) -> str:
 
 
 if __name__ == "__main__":
+    load_plugins()  # a fork's own strategies ($MMSENT_PLUGINS, entry points) get their rows too
     path = ROOT / "README.md"
     path.write_text(render(path.read_text()))
     print(f"wrote the strategy table into {path}")
