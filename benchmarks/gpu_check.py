@@ -44,7 +44,8 @@ from mmsent.data import Dataset, Split  # noqa: E402
 from mmsent.models import build_model  # noqa: E402
 from mmsent.strategies import STRATEGIES  # noqa: E402
 from mmsent.tasks import Classification  # noqa: E402
-from mmsent.train import autocast, build_optimizer, build_strategy  # noqa: E402
+from mmsent.loop import autocast  # noqa: E402
+from mmsent.train import build_optimizer, build_strategy  # noqa: E402
 
 SIZES = {  # (spectrogram frames, image side, ResNet width, batch, steps)
     "gpu": dict(frames=299, image=224, width=64, batch=32, steps=10),

@@ -199,6 +199,7 @@ def test_a_strategy_is_one_file_plus_one_registry_line(tmp_path, monkeypatch, ca
     a name in the CLI help, and passes the generic suites (resume == uninterrupted, its branches
     through the masked head, exact under a 2-rank process group) with the settings it declares."""
     import test_distributed
+    import test_evaluate
     import test_strategies
 
     from mmsent.strategies import strategy_table
@@ -212,7 +213,7 @@ def test_a_strategy_is_one_file_plus_one_registry_line(tmp_path, monkeypatch, ca
     helptext = " ".join(capsys.readouterr().out.split())
     assert "| mbsd | toy" in helptext.split("--strategy STRATEGY")[-1]  # the help lists the registry
     test_strategies.test_resume_equals_an_uninterrupted_run(tmp_path, "toy")
-    test_strategies.test_every_branch_prediction_is_the_head_on_its_masked_input("toy")
+    test_evaluate.test_every_branch_prediction_is_the_head_on_its_masked_input("toy")
     import torch.multiprocessing as mp
 
     mp.spawn(_toy_ranks, args=(2, str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2, join=True)
