@@ -46,19 +46,16 @@ def registry_of(kind: str) -> dict:
     return REGISTRIES[kind]
 
 
-SECTIONS = {"dataset": "data", "fusion": "model", "strategy": "strategy"}
-
-
 def settings_class(kind: str, name: str) -> type:
     """Every registry entry (a dataset spec, a head class, a strategy class) carries ``Settings``,
     whose keys sit flat in the section beside the section's own: a setting named like one of those
     could never be set, so it is refused by name (a plug-in's mistake, said when it is chosen)."""
     cls = choose(REGISTRIES[kind], kind, name).Settings
-    section = {"dataset": DataConfig, "fusion": ModelConfig, "strategy": StrategyConfig}[kind]
-    taken = ({f.name for f in fields(section)} | set(getattr(section, "_folded", ()))) & {f.name for f in fields(cls)}
+    section, config = SECTIONS[kind]
+    taken = ({f.name for f in fields(config)} | set(getattr(config, "_folded", ()))) & {f.name for f in fields(cls)}
     if taken:
         raise ConfigError(f"{kind} {name!r} declares the setting {sorted(taken)[0]!r}, a key of the "
-                          f"{SECTIONS[kind]} section itself; rename it in its Settings")
+                          f"{section} section itself; rename it in its Settings")
     return cls
 
 
@@ -198,6 +195,9 @@ class TrainConfig:
         check("train.patience", self.patience >= 0, self.patience, ">= 0")
 
 
+# kind of component -> (the config section holding its settings, that section's dataclass)
+SECTIONS = {"dataset": ("data", DataConfig), "fusion": ("model", ModelConfig), "strategy": ("strategy", StrategyConfig)}
+
 DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
 
@@ -316,8 +316,7 @@ def _drop_replaced(tree: dict, dotted: str, value: Any) -> None:
     """Choosing a different component drops the settings of the one it replaces (they were written
     for it); the same choice again keeps them."""
     kind = CHOICES[dotted]
-    section, cls = {"dataset": ("data", DataConfig), "fusion": ("model", ModelConfig),
-                    "strategy": ("strategy", StrategyConfig)}[kind]
+    section, cls = SECTIONS[kind]
     node = tree.get(section)
     if not isinstance(node, dict):  # absent, or `strategy: dgl` (a name with nothing beside it)
         return
