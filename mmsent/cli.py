@@ -350,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG figures from run logs: gradient norms, branch accuracy")
     pl.add_argument("runs", nargs="+", help="run directories")
     pl.add_argument("--out", default="figures", help="output folder")
-    da = sub.add_parser("data", help="prepare datasets: CMU SDK .csd files (mosi/mosei), raw media (cremad/ks/vggsound), "
-                        "NYUv2's labelled .mat (nyuv2)", epilog=data_help(),
+    da = sub.add_parser("data", help="a dataset's own steps: prepare its raw files, download them, cache decoded "
+                        "inputs (each dataset's steps and options: data --help)", epilog=data_help(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     da.add_argument("action", choices=["prepare", "download", "cache"])
     da.add_argument("dataset", choices=[n for n, d in DATASETS.items() if d.prepare or d.download or d.cache])
