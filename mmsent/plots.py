@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmsent.files import FileError, make_dir, read_epochs, read_json, write_atomic
+from mmsent.strategies import STRATEGIES
 
 
 def read_log(run: Path) -> tuple[dict, list[dict]]:
@@ -25,21 +26,23 @@ def read_log(run: Path) -> tuple[dict, list[dict]]:
     return cfg, rows
 
 
-def _modality(s: dict):
-    """A unimodal run's modality in a stored config: flat, or under ``args`` in older run folders."""
-    return s.get("modality", (s.get("args") or {}).get("modality"))
+def _one_modality(s: dict):
+    """The modality a one-modality run (its strategy class says so) trained, from a stored config:
+    flat, or under ``args`` in older run folders; None for any other run."""
+    cls = STRATEGIES.get(s.get("name"))
+    return s.get("modality", (s.get("args") or {}).get("modality")) if cls is not None and cls.one_modality else None
 
 
 def _label(run: Path, cfg: dict) -> str:
     s = cfg.get("strategy", {})
-    extra = _modality(s) if s.get("name") == "unimodal" else None
+    extra = _one_modality(s)
     return f"{run.name} ({s.get('name', '?')}{' ' + extra if extra else ''})"
 
 
 def _trains_only_another(cfg: dict, m: str) -> bool:
     """A unimodal-only model of another modality: its encoder for ``m`` is never trained."""
-    s = cfg.get("strategy", {})
-    return s.get("name") == "unimodal" and _modality(s) != m
+    alone = _one_modality(cfg.get("strategy", {}))
+    return alone is not None and alone != m
 
 
 def _finish(fig, ax_row, ylabel: str, path: Path) -> Path:
@@ -117,7 +120,7 @@ def plot_runs(runs: list[Path], out_dir: Path) -> list[Path]:
             if m not in log[0]["val"] or _trains_only_another(cfg, m):
                 continue
             metric = "acc2_has0" if "acc2_has0" in log[0]["val"][m] else "acc"
-            style = ":" if cfg.get("strategy", {}).get("name") == "unimodal" else "-"
+            style = ":" if _one_modality(cfg.get("strategy", {})) is not None else "-"
             ax.plot([r["epoch"] for r in log], [r["val"][m][metric] for r in log], style, color=colors[i % len(colors)],
                     label=_label(run, cfg))
         ax.set_title(f"{m} branch (others zeroed)")

@@ -175,9 +175,10 @@ def check_fits_data(cfg: Config, dataset: Dataset) -> None:
     if cfg.train.select != "loss" and cfg.train.select not in metric_names(dataset.task):
         raise ConfigError(f"train.select {cfg.train.select!r} is not a metric of this {dataset.task} task; "
                           f"choose from loss, {', '.join(metric_names(dataset.task))}")
-    if len(dataset.modalities) < 2 and cfg.strategy.name != "unimodal":  # README: N >= 2 modalities
+    if len(dataset.modalities) < 2 and not STRATEGIES[cfg.strategy.name].one_modality:  # README: N >= 2
+        alone = ", ".join(repr(n) for n, c in STRATEGIES.items() if c.one_modality)
         raise ConfigError(f"the data holds one modality ({', '.join(dataset.modalities)}); strategy "
-                          f"{cfg.strategy.name!r} needs two or more (strategy 'unimodal' trains one alone)")
+                          f"{cfg.strategy.name!r} needs two or more (strategy {alone} trains one alone)")
 
 
 def fit(cfg: Config, *, resume: bool = False, quiet: bool = False, dataset: Dataset | None = None,

@@ -80,6 +80,9 @@ class Strategy:
     also_on: tuple = ()
     # Defined for dense prediction (segmentation): needs no per-sample logits, scores or prototypes.
     dense_ok: bool = False
+    # Trains one modality alone (its ``modality`` setting): defined on one-modality data, and the
+    # other encoders never learn (a plot leaves their branches out).
+    one_modality: bool = False
     # What the method does that plain training does not, counted per run (``act``): re-
     # initialisations, modulated or curated steps, estimates. A method whose idle step is plain
     # training (``idle_is_vanilla``) with counts that stayed 0 up to the selected epoch never acted:
@@ -310,6 +313,7 @@ class OneModality(Strategy):
     pass. The unimodal-only step, also what UMT's teachers and G-Blending's unimodal copies train with."""
 
     Settings = OneModalitySettings
+    one_modality = True
 
     def __init__(self, model, optimizer, task, **kw):
         super().__init__(model, optimizer, task, **kw)
