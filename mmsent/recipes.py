@@ -63,8 +63,8 @@ def train_argv(*, dataset=None, data=None, config=None, seed=None, out=None, ove
 def _flags(dataset, data, fusion, strategy, alpha, seed, epochs, out, device) -> list[tuple[str, object]]:
     """``alpha``: (the strategy's setting that ``--alpha`` sets, its value), or None."""
     pairs = [("data.dataset", dataset), ("data.path", data), ("model.fusion", fusion), ("strategy.name", strategy),
-             (f"strategy.{alpha[0]}" if alpha else "", alpha[1] if alpha else None), ("seed", seed),
-             ("train.epochs", epochs), ("out", out), ("device", device)]
+             *([(f"strategy.{alpha[0]}", alpha[1])] if alpha else []), ("seed", seed), ("train.epochs", epochs),
+             ("out", out), ("device", device)]
     return [(k, v) for k, v in pairs if v is not None]
 
 
